@@ -1,0 +1,120 @@
+/* Every key and value of ebpflb's maps: the one definition, compiled into the BPF programs
+ * and read by Python through cffi (ebpflb/structs.py).
+ *
+ * cffi parses this file as it is, so it keeps to what cffi's cdef understands: `#define NAME
+ * <integer>` and plain structs of __u8/__u16/__u32/__u64 with explicit padding (no includes, no
+ * expressions, no attributes). Addresses and ports are in network byte order ("be" in the
+ * comments), as the packet carries them.
+ *
+ * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
+ */
+
+#define EBPFLB_LAYOUT_VERSION 1
+
+/* Map sizes (entries). */
+#define NAT_FE_MAX 131072
+#define NAT_BE_MAX 1048576
+#define SVC_IP_MAX 131072
+#define CT_MAX 524288
+#define SVC_COUNTERS_MAX 65536
+
+/* nat_fe_value.flags (names follow Calico's nat dump). */
+#define NAT_FLG_EXTERNAL_LOCAL 1
+#define NAT_FLG_INTERNAL_LOCAL 2
+
+/* ct_value.type */
+#define CT_TYPE_NAT_FWD 1
+#define CT_TYPE_NAT_REV 2
+
+/* ct_value.flags */
+#define CT_FLAG_SNAT 1
+
+/* ct_value.tcp_seen: TCP flags seen on the flow, per direction. Kept in the NAT_REV entry. */
+#define CT_TCP_SYN_FWD 1
+#define CT_TCP_SYN_REV 2
+#define CT_TCP_FIN_FWD 4
+#define CT_TCP_FIN_REV 8
+#define CT_TCP_RST 16
+#define CT_TCP_ACK_REV 32
+
+/* config.flags */
+#define CFG_FLG_NONE 0
+
+/* A service frontend: (address, port, IP protocol). */
+struct nat_fe_key {
+	__u32 addr;  /* be */
+	__u16 port;  /* be */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct nat_fe_value {
+	__u32 id;     /* service-port id: backends are (id, 0..count-1) */
+	__u32 count;  /* backends in use; 0 = reject (or drop when *_LOCAL) */
+	__u32 local;  /* backends on this node: ordinals 0..local-1 */
+	__u32 flags;  /* NAT_FLG_* */
+};
+
+struct nat_be_key {
+	__u32 id;
+	__u32 ordinal;
+};
+
+struct nat_be_value {
+	__u32 addr;  /* be */
+	__u16 port;  /* be */
+	__u16 pad;
+};
+
+/* Addresses that belong to services: ports no service uses there are rejected, and the
+ * address does not answer ping. */
+struct svc_ip_value {
+	__u32 flags;
+};
+
+/* A conntrack key is directional: the tuple as the packet carries it. */
+struct ct_key {
+	__u32 src_addr;  /* be */
+	__u32 dst_addr;  /* be */
+	__u16 src_port;  /* be */
+	__u16 dst_port;  /* be */
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* A NATed flow has two entries: NAT_FWD keyed by what the client sends (client -> VIP) and
+ * NAT_REV keyed by what the backend answers (backend -> client). Each names the other (twin). */
+struct ct_value {
+	__u64 created_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 last_seen_ns;  /* last packet in this entry's direction */
+	__u8 type;           /* CT_TYPE_* */
+	__u8 flags;          /* CT_FLAG_* */
+	__u8 tcp_seen;       /* CT_TCP_*; authoritative in the NAT_REV entry */
+	__u8 pad0;
+	__u32 svc_id;
+	/* NAT_FWD: destination becomes (nat_addr, nat_port), the backend.
+	 * NAT_REV: source becomes (nat_addr, nat_port), the service frontend. */
+	__u32 nat_addr;      /* be */
+	__u16 nat_port;      /* be */
+	__u16 pad1;
+	/* With CT_FLAG_SNAT (hairpin): NAT_FWD source becomes snat_addr; NAT_REV destination
+	 * becomes snat_addr (the client's own address). */
+	__u32 snat_addr;     /* be */
+	__u32 pad2;
+	struct ct_key twin;
+};
+
+/* Per service-port counters; a per-CPU array indexed by service-port id. */
+struct svc_counters {
+	__u64 packets;
+	__u64 bytes;
+	__u64 connections;
+};
+
+/* Single-entry array: what the agent tells the programs, and the layout version of the maps. */
+struct config {
+	__u32 layout_version;  /* EBPFLB_LAYOUT_VERSION of whoever created the maps */
+	__u32 flags;           /* CFG_FLG_* */
+	__u32 hairpin_addr;    /* be: source for a pod reaching itself through its service */
+	__u32 pad;
+};

@@ -1,0 +1,1 @@
+"""ebpflb: an eBPF service load-balancer data plane for Kubernetes."""

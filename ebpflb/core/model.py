@@ -1,0 +1,54 @@
+"""What the maps should hold, in plain Python values. The writer turns these into map entries."""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class ServicePortName:
+    """One port of one Service: the unit that gets a service id (like kube-proxy's)."""
+    namespace: str
+    name: str
+    port: str       # the Service port's name, "" when unnamed
+    protocol: str   # "TCP", "UDP" or "SCTP"
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}:{self.port}" if self.port else f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, order=True)
+class FrontendKey:
+    addr: str       # dotted IPv4
+    port: int
+    proto: int      # IP protocol number: 6 TCP, 17 UDP, 132 SCTP
+
+
+@dataclass(frozen=True)
+class Frontend:
+    svc_id: int
+    count: int      # backends to choose from: ordinals 0..count-1; 0 = reject (drop if *_LOCAL flag)
+    local: int      # how many of the backends are on this node (they take the low ordinals)
+    flags: int      # NAT_FLG_* from bpf/structs.h
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    addr: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An object skipped as malformed: named in the log, counted in a metric by reason."""
+    kind: str       # "Service" or "EndpointSlice"
+    namespace: str
+    name: str
+    reason: str     # short, metric-label friendly: bad_ip, bad_port, bad_protocol, missing_field, ...
+    detail: str     # human sentence for the log
+
+
+@dataclass
+class DesiredState:
+    frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
+    backends: dict[int, tuple[Backend, ...]] = field(default_factory=dict)  # id -> by ordinal
+    service_ips: frozenset[str] = frozenset()
+    ids: dict[ServicePortName, int] = field(default_factory=dict)           # ids in use now
+    rejected: list[Rejected] = field(default_factory=list)

@@ -1,0 +1,60 @@
+"""Map keys and values, taken through cffi from the one C header the BPF programs compile.
+
+`ffi.new("struct nat_fe_key *")` etc. give the exact layout the kernel sees; `C.NAME` gives the
+header's constants. No struct is described a second time in Python.
+"""
+import socket
+import struct
+
+from cffi import FFI
+
+from .paths import BPF_DIR
+
+HEADER = BPF_DIR / "structs.h"
+
+ffi = FFI()
+ffi.cdef(
+    "typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32; typedef uint64_t __u64;\n"
+    + HEADER.read_text()
+)
+# dlopen(None) gives access to the #define constants without compiling anything.
+C = ffi.dlopen(None)
+
+LAYOUT_VERSION = C.EBPFLB_LAYOUT_VERSION
+PROTO_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", 132: "SCTP",
+               socket.IPPROTO_ICMP: "ICMP"}
+
+
+def ip_be(addr: str) -> int:
+    """Dotted IPv4 -> the __u32 whose memory holds it in network order."""
+    return struct.unpack("=I", socket.inet_aton(addr))[0]
+
+
+def ip_str(be: int) -> str:
+    return socket.inet_ntoa(struct.pack("=I", be))
+
+
+def port_be(port: int) -> int:
+    return socket.htons(port)
+
+
+def port_int(be: int) -> int:
+    return socket.ntohs(be)
+
+
+def new(ctype: str, **fields):
+    """A zeroed struct with some fields set: new("struct nat_be_key", id=1, ordinal=0)."""
+    obj = ffi.new(ctype + " *")
+    for name, value in fields.items():
+        setattr(obj, name, value)
+    return obj
+
+
+def to_bytes(obj) -> bytes:
+    return bytes(ffi.buffer(obj))
+
+
+def from_bytes(ctype: str, data: bytes):
+    obj = ffi.new(ctype + " *")
+    ffi.memmove(obj, data, ffi.sizeof(ctype))
+    return obj
