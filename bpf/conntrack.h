@@ -1,0 +1,73 @@
+/* Conntrack: a NATed flow is a NAT_FWD entry (client -> VIP, as the client sends) and a NAT_REV
+ * entry (backend -> client, as the backend answers). The fast path is one lookup of the packet's
+ * own tuple; the twin is touched only when TCP state changes. Expiry is the agent's sweep (and
+ * the LRU's); the programs only refuse to reuse a closed TCP flow for a new SYN. */
+#pragma once
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline void ct_key_of(const struct packet *p, struct ct_key *k)
+{
+	k->src_addr = p->saddr;
+	k->dst_addr = p->daddr;
+	k->src_port = p->sport;
+	k->dst_port = p->dport;
+	k->proto = p->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+static __always_inline __u8 ct_tcp_bits(const struct packet *p, int reply)
+{
+	__u8 bits = 0;
+
+	if (p->proto != IPPROTO_TCP)
+		return 0;
+	if (p->tcp_flags & TCP_FL_SYN)
+		bits |= reply ? CT_TCP_SYN_REV : CT_TCP_SYN_FWD;
+	if (p->tcp_flags & TCP_FL_FIN)
+		bits |= reply ? CT_TCP_FIN_REV : CT_TCP_FIN_FWD;
+	if (p->tcp_flags & TCP_FL_RST)
+		bits |= CT_TCP_RST;
+	if (reply && (p->tcp_flags & TCP_FL_ACK))
+		bits |= CT_TCP_ACK_REV;
+	return bits;
+}
+
+/* A SYN (without ACK) on a flow that already closed starts a new connection on a reused port. */
+static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_value *fwd)
+{
+	if (p->proto != IPPROTO_TCP ||
+	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != TCP_FL_SYN)
+		return 0;
+	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
+	return !rev || (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST));
+}
+
+/* Record a forward packet: last seen, and FIN/RST in the flow's state (kept in NAT_REV). */
+static __always_inline void ct_touch_fwd(const struct packet *p, struct ct_value *fwd, __u64 now)
+{
+	fwd->last_seen_ns = now;
+	__u8 bits = ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST);
+	if (!bits)
+		return;
+	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
+	if (rev && (rev->tcp_seen & bits) != bits)
+		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
+}
+
+static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value *rev, __u64 now)
+{
+	rev->last_seen_ns = now;
+	__u8 bits = ct_tcp_bits(p, 1);
+	if ((rev->tcp_seen & bits) != bits)
+		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
+}
+
+/* Create both halves; the REV half first so a FWD entry never exists without its twin. */
+static __always_inline int ct_create_nat(struct ct_key *fwd_key, struct ct_value *fwd,
+					 struct ct_key *rev_key, struct ct_value *rev)
+{
+	if (ct.update(rev_key, rev) < 0)
+		return -1;
+	return ct.update(fwd_key, fwd);
+}

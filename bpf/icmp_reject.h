@@ -1,0 +1,52 @@
+/* Turn a packet into the ICMP port-unreachable its sender would get from a closed port, and send
+ * it back to the pod: what kube-proxy's REJECT does for a service without endpoints. */
+#pragma once
+#include "nat.h"
+
+static __always_inline __u16 csum_fold(__s64 sum)
+{
+	__u64 s = (__u64)sum;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~s;
+}
+
+static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p)
+{
+	__u8 quote[ICMP_QUOTE_MAX];
+	__u32 quote_len = p->l4_off - ETH_HLEN_ + 8;   /* IP header with options + 8 bytes */
+
+	if (quote_len > ICMP_QUOTE_MAX || quote_len < 28)
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN_, quote, quote_len) < 0)
+		return TC_ACT_SHOT;
+
+	struct iphdr ip = {
+		.version = 4,
+		.ihl = 5,
+		.tot_len = bpf_htons(sizeof(struct iphdr) + sizeof(struct icmphdr) + quote_len),
+		.ttl = 64,
+		.protocol = IPPROTO_ICMP,
+		.saddr = p->daddr,
+		.daddr = p->saddr,
+	};
+	ip.check = csum_fold(bpf_csum_diff(NULL, 0, (__be32 *)&ip, sizeof(ip), 0));
+
+	struct icmphdr icmp = {
+		.type = ICMP_DEST_UNREACH_,
+		.code = ICMP_PORT_UNREACH_,
+	};
+	__s64 sum = bpf_csum_diff(NULL, 0, (__be32 *)&icmp, sizeof(icmp), 0);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)quote, quote_len, sum);
+	icmp.checksum = csum_fold(sum);
+
+	__u32 len = ETH_HLEN_ + sizeof(ip) + sizeof(icmp) + quote_len;
+	if (bpf_skb_change_tail(skb, len, 0) < 0)
+		return TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &ip, sizeof(ip), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(ip), &icmp, sizeof(icmp), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(ip) + sizeof(icmp), quote, quote_len, 0) < 0)
+		return TC_ACT_SHOT;
+	return redirect_back(skb);
+}

@@ -1,0 +1,17 @@
+/* Map definitions. All are pinned under PIN_DIR (a -D string the loader passes) so they outlive
+ * the agent and are shared by every program of the node; bcc reuses a pin that already exists. */
+#pragma once
+#include "structs.h"
+
+#define PINNED(name) PIN_DIR "/" #name
+
+BPF_TABLE_PINNED("hash", struct nat_fe_key, struct nat_fe_value, nat_fe, NAT_FE_MAX,
+		 PINNED(nat_fe), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", struct nat_be_key, struct nat_be_value, nat_be, NAT_BE_MAX,
+		 PINNED(nat_be), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("hash", __u32, struct svc_ip_value, svc_ips, SVC_IP_MAX,
+		 PINNED(svc_ips), BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAX, PINNED(ct));
+BPF_TABLE_PINNED("percpu_array", __u32, struct svc_counters, svc_counters, SVC_COUNTERS_MAX,
+		 PINNED(svc_counters));
+BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PINNED(config));

@@ -1,0 +1,95 @@
+/* Packet parsing: what the later stages need to know, read once. */
+#pragma once
+#include "consts.h"
+
+enum parse_result {
+	PARSE_OK,
+	PARSE_NOT_IPV4,   /* not ours: pass */
+	PARSE_MALFORMED,  /* truncated or inconsistent headers */
+	PARSE_FRAGMENT,   /* IPv4 fragment: no L4 header we may trust */
+};
+
+struct packet {
+	__u32 l4_off;       /* ETH_HLEN + IP header length (options included) */
+	__u32 l4_csum_off;  /* 0: no L4 checksum to fix */
+	__u32 l4_csum_flags;/* BPF_F_MARK_MANGLED_0 for UDP: a zero checksum stays zero */
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport;
+	__u8 proto;
+	__u8 tcp_flags;
+	__u8 icmp_type;
+	__u8 pad;
+};
+
+static __always_inline enum parse_result parse_packet(struct __sk_buff *skb, struct packet *p)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *iph = data + ETH_HLEN_;
+
+	if ((void *)(iph + 1) > data_end)
+		return (void *)(eth + 1) <= data_end && eth->h_proto != ETH_P_IP_BE ?
+			PARSE_NOT_IPV4 : PARSE_MALFORMED;
+	if (eth->h_proto != ETH_P_IP_BE)
+		return PARSE_NOT_IPV4;
+	if (iph->version != 4 || iph->ihl < 5)
+		return PARSE_MALFORMED;
+
+	__u32 ip_len = iph->ihl * 4;
+	__u16 tot_len = bpf_ntohs(iph->tot_len);
+	if (tot_len < ip_len || ETH_HLEN_ + tot_len > skb->len)
+		return PARSE_MALFORMED;
+
+	p->saddr = iph->saddr;
+	p->daddr = iph->daddr;
+	p->proto = iph->protocol;
+	p->l4_off = ETH_HLEN_ + ip_len;
+	p->l4_csum_off = 0;
+	p->l4_csum_flags = 0;
+	p->sport = 0;
+	p->dport = 0;
+	p->tcp_flags = 0;
+	p->icmp_type = 0;
+	if (iph->frag_off & IP_MF_OFFSET_MASK)
+		return PARSE_FRAGMENT;
+
+	void *l4 = data + p->l4_off;
+	switch (p->proto) {
+	case IPPROTO_TCP: {
+		struct tcphdr *tcp = l4;
+		if ((void *)(tcp + 1) > data_end || ip_len + sizeof(*tcp) > tot_len)
+			return PARSE_MALFORMED;
+		p->sport = tcp->source;
+		p->dport = tcp->dest;
+		p->tcp_flags = ((__u8 *)tcp)[13];
+		p->l4_csum_off = p->l4_off + offsetof(struct tcphdr, check);
+		break;
+	}
+	case IPPROTO_UDP: {
+		struct udphdr *udp = l4;
+		if ((void *)(udp + 1) > data_end || ip_len + sizeof(*udp) > tot_len)
+			return PARSE_MALFORMED;
+		p->sport = udp->source;
+		p->dport = udp->dest;
+		p->l4_csum_off = p->l4_off + offsetof(struct udphdr, check);
+		p->l4_csum_flags = BPF_F_MARK_MANGLED_0;
+		break;
+	}
+	case IPPROTO_ICMP: {
+		struct icmphdr *icmp = l4;
+		if ((void *)(icmp + 1) > data_end || ip_len + sizeof(*icmp) > tot_len)
+			return PARSE_MALFORMED;
+		p->icmp_type = icmp->type;
+		break;
+	}
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int is_l4_with_ports(const struct packet *p)
+{
+	return p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP;
+}

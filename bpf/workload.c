@@ -1,0 +1,164 @@
+/* Entry programs on the host side of a pod's veth (tc, direct-action).
+ *
+ *   from_workload (tc ingress: the pod sends)   established flow -> same translation again
+ *                                               service VIP:port  -> pick backend, DNAT, conntrack
+ *                                               hairpin           -> also SNAT, send straight back
+ *   to_workload   (tc egress: the pod receives) reply of a NATed flow -> source back to VIP:port
+ *
+ * DNAT happens on the client's node, so the reply's reverse NAT happens there too.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+
+#include "structs.h"
+#include "consts.h"
+#include "maps.h"
+#include "parse.h"
+#include "nat.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "counters.h"
+#include "icmp_reject.h"
+
+/* Apply a NAT_FWD entry: destination to the backend, and for hairpin the source too. */
+static __always_inline int forward_established(struct __sk_buff *skb, const struct packet *p,
+					       const struct ct_value *fwd)
+{
+	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
+		return TC_ACT_SHOT;
+	if (fwd->flags & CT_FLAG_SNAT) {
+		if (nat_set_addr(skb, p, IP_SRC_OFF, p->saddr, fwd->snat_addr) < 0)
+			return TC_ACT_SHOT;
+		/* The backend is this very pod: the routing stack would call its own address
+		 * martian, so deliver it back directly. */
+		return redirect_back(skb);
+	}
+	return TC_ACT_OK;
+}
+
+/* Apply a NAT_REV entry: source back to the frontend, and for hairpin the destination too. */
+static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packet *p,
+				       const struct ct_value *rev)
+{
+	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
+		return TC_ACT_SHOT;
+	if (rev->flags & CT_FLAG_SNAT) {
+		if (nat_set_addr(skb, p, IP_DST_OFF, p->daddr, rev->snat_addr) < 0)
+			return TC_ACT_SHOT;
+		return redirect_back(skb);
+	}
+	return TC_ACT_OK;
+}
+
+static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
+					    const struct nat_fe_value *fe, __u64 now)
+{
+	if (fe->count == 0)
+		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
+			TC_ACT_SHOT : reject_port_unreachable(skb, p);
+
+	struct nat_be_value *be = lb_pick_backend(fe);
+	if (!be)
+		return TC_ACT_SHOT;   /* a slot without backend: the writer's order forbids it */
+
+	struct ct_key fwd_key = {}, rev_key = {};
+	struct ct_value fwd = {}, rev = {};
+	__u32 reply_dst = p->saddr;
+
+	ct_key_of(p, &fwd_key);
+	if (be->addr == p->saddr) {
+		__u32 zero = 0;
+		struct config *cfg = config.lookup(&zero);
+		if (!cfg || !cfg->hairpin_addr)
+			return TC_ACT_SHOT;
+		reply_dst = cfg->hairpin_addr;
+		fwd.flags = rev.flags = CT_FLAG_SNAT;
+		fwd.snat_addr = cfg->hairpin_addr;
+		rev.snat_addr = p->saddr;
+	}
+	rev_key.src_addr = be->addr;
+	rev_key.dst_addr = reply_dst;
+	rev_key.src_port = be->port;
+	rev_key.dst_port = p->sport;
+	rev_key.proto = p->proto;
+
+	fwd.created_ns = rev.created_ns = now;
+	fwd.last_seen_ns = rev.last_seen_ns = now;
+	fwd.svc_id = rev.svc_id = fe->id;
+	fwd.type = CT_TYPE_NAT_FWD;
+	fwd.nat_addr = be->addr;
+	fwd.nat_port = be->port;
+	fwd.twin = rev_key;
+	rev.type = CT_TYPE_NAT_REV;
+	rev.nat_addr = p->daddr;
+	rev.nat_port = p->dport;
+	rev.tcp_seen = ct_tcp_bits(p, 0);
+	rev.twin = fwd_key;
+	if (ct_create_nat(&fwd_key, &fwd, &rev_key, &rev) < 0)
+		return TC_ACT_SHOT;
+
+	count_packet(skb, fe->id, 1);
+	return forward_established(skb, p, &fwd);
+}
+
+int from_workload(struct __sk_buff *skb)
+{
+	struct packet p;
+	enum parse_result res = parse_packet(skb, &p);
+
+	if (res == PARSE_NOT_IPV4)
+		return TC_ACT_OK;
+	if (res != PARSE_OK)
+		/* Never translate what we cannot parse whole; never let it reach a VIP untranslated. */
+		return res != PARSE_MALFORMED && lb_is_service_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
+	if (!is_l4_with_ports(&p))
+		/* A ClusterIP answers no ping and carries no other protocol. */
+		return lb_is_service_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key key;
+	ct_key_of(&p, &key);
+	struct ct_value *entry = ct.lookup(&key);
+	if (entry && entry->type == CT_TYPE_NAT_REV) {
+		if (!(entry->flags & CT_FLAG_SNAT))
+			return TC_ACT_OK;   /* a backend answering: reverse NAT is at the client's veth */
+		/* The hairpin backend answering itself comes back in here. */
+		ct_touch_rev(&p, entry, now);
+		count_packet(skb, entry->svc_id, 0);
+		return reverse_nat(skb, &p, entry);
+	}
+	if (entry && entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry)) {
+		ct_touch_fwd(&p, entry, now);
+		count_packet(skb, entry->svc_id, 0);
+		return forward_established(skb, &p, entry);
+	}
+
+	struct nat_fe_value *fe = lb_lookup_frontend(&p);
+	if (fe)
+		return new_service_flow(skb, &p, fe, now);
+	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
+	return lb_is_service_ip(p.daddr) ? reject_port_unreachable(skb, &p) : TC_ACT_OK;
+}
+
+int to_workload(struct __sk_buff *skb)
+{
+	struct packet p;
+
+	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+		return TC_ACT_OK;
+
+	struct ct_key key;
+	ct_key_of(&p, &key);
+	struct ct_value *rev = ct.lookup(&key);
+	if (!rev || rev->type != CT_TYPE_NAT_REV)
+		return TC_ACT_OK;
+	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
+	count_packet(skb, rev->svc_id, 0);
+	return reverse_nat(skb, &p, rev);
+}

@@ -1,0 +1,88 @@
+"""Conntrack upkeep from userspace: expiry by per-state timeouts, and forgetting UDP flows whose
+backend left its service (so the next datagram picks a live one, as kube-proxy does)."""
+import time
+from dataclasses import dataclass, fields
+
+from .maps import Maps
+from .structs import C, ffi
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Defaults close to Calico's."""
+    tcp_syn_sent: float = 20
+    tcp_established: float = 3600
+    tcp_fin: float = 30
+    tcp_rst: float = 40
+    udp: float = 60
+    icmp: float = 5
+    generic: float = 600
+
+    @classmethod
+    def parse(cls, spec: str) -> "Timeouts":
+        """'tcp-established=600,udp=30' -> Timeouts with those two changed."""
+        names = {f.name for f in fields(cls)}
+        values = {}
+        for item in filter(None, (s.strip() for s in spec.split(","))):
+            name, _, seconds = item.partition("=")
+            name = name.strip().replace("-", "_")
+            if name not in names:
+                raise ValueError(f"unknown conntrack timeout {name!r}; known: {', '.join(sorted(names))}")
+            values[name] = float(seconds)
+            if values[name] <= 0:
+                raise ValueError(f"conntrack timeout {name} must be positive")
+        return cls(**values)
+
+
+def tcp_state(tcp_seen: int) -> str:
+    """The flow's TCP state from the flags seen (as Calico names them)."""
+    if tcp_seen & C.CT_TCP_RST:
+        return "RESET"
+    if tcp_seen & C.CT_TCP_FIN_FWD and tcp_seen & C.CT_TCP_FIN_REV:
+        return "CLOSED"
+    if tcp_seen & C.CT_TCP_SYN_FWD and tcp_seen & (C.CT_TCP_SYN_REV | C.CT_TCP_ACK_REV):
+        return "ESTABLISHED"
+    return "SYN-SENT"
+
+
+def timeout_for(proto: int, tcp_seen: int, t: Timeouts) -> float:
+    if proto == 6:
+        return {"RESET": t.tcp_rst, "CLOSED": t.tcp_fin, "ESTABLISHED": t.tcp_established,
+                "SYN-SENT": t.tcp_syn_sent}[tcp_state(tcp_seen)]
+    if proto == 17:
+        return t.udp
+    if proto == 1:
+        return t.icmp
+    return t.generic
+
+
+def _key_bytes(key) -> bytes:
+    return bytes(ffi.buffer(key))
+
+
+def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None) -> int:
+    """Delete flows idle past their timeout (both halves together). Returns entries deleted."""
+    now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    entries = {_key_bytes(k): (k, v) for k, v in maps.ct.items()}
+    doomed = []
+    for raw, (key, value) in entries.items():
+        twin = entries.get(_key_bytes(ffi.addressof(value, "twin")))
+        rev = value if value.type == C.CT_TYPE_NAT_REV else (twin[1] if twin else None)
+        tcp_seen = rev.tcp_seen if rev else 0
+        last_seen = max(value.last_seen_ns, twin[1].last_seen_ns if twin else 0)
+        if now_ns - last_seen > timeout_for(key.proto, tcp_seen, timeouts) * 1e9:
+            doomed.append(key)
+    return sum(maps.ct.delete(k) for k in doomed)
+
+
+def forget_udp_flows_to(maps: Maps, gone: set[tuple[int, str, int]]) -> int:
+    """Delete UDP flows of (service id, backend addr, port) that left. Returns entries deleted."""
+    if not gone:
+        return 0
+    from .structs import ip_str, port_int
+    doomed = []
+    for key, value in maps.ct.items():
+        if key.proto == 17 and value.type == C.CT_TYPE_NAT_FWD and \
+                (value.svc_id, ip_str(value.nat_addr), port_int(value.nat_port)) in gone:
+            doomed += [key, ffi.new("struct ct_key *", value.twin)]
+    return sum(maps.ct.delete(k) for k in doomed)

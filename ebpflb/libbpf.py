@@ -1,0 +1,101 @@
+"""libbpf (Debian's libbpf.so.1, which libbcc links) through cffi, for what bcc's Python lacks:
+opening pinned maps, batch map operations, BPF_PROG_TEST_RUN, object info."""
+import errno
+import os
+
+from cffi import FFI
+
+ffi = FFI()
+ffi.cdef("""
+typedef uint8_t __u8; typedef uint32_t __u32; typedef uint64_t __u64;
+struct bpf_map_batch_opts { size_t sz; __u64 elem_flags; __u64 flags; };
+struct bpf_test_run_opts {
+    size_t sz; const void *data_in; void *data_out; __u32 data_size_in; __u32 data_size_out;
+    const void *ctx_in; void *ctx_out; __u32 ctx_size_in; __u32 ctx_size_out;
+    __u32 retval; int repeat; __u32 duration; __u32 flags; __u32 cpu; __u32 batch_size;
+};
+/* The leading fields of the kernel's struct bpf_map_info; the kernel fills what fits. */
+struct bpf_map_info_head {
+    __u32 type; __u32 id; __u32 key_size; __u32 value_size; __u32 max_entries; __u32 map_flags;
+    char name[16];
+};
+int bpf_obj_get(const char *pathname);
+int bpf_obj_pin(int fd, const char *pathname);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_update_elem(int fd, const void *key, const void *value, __u64 flags);
+int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
+int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values,
+                         __u32 *count, const struct bpf_map_batch_opts *opts);
+int bpf_map_update_batch(int fd, const void *keys, const void *values, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
+                         const struct bpf_map_batch_opts *opts);
+int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
+int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
+int libbpf_num_possible_cpus(void);
+""")
+lib = ffi.dlopen("libbpf.so.1")
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+
+
+class BPFError(OSError):
+    pass
+
+
+def check(ret: int, what: str) -> int:
+    """libbpf 1.x returns -errno; turn that into an exception that names the call."""
+    if ret < 0:
+        code = -ret
+        raise BPFError(code, f"{what}: {os.strerror(code)}")
+    return ret
+
+
+def obj_get(path: str) -> int:
+    return check(lib.bpf_obj_get(path.encode()), f"bpf_obj_get({path})")
+
+
+def obj_pin(fd: int, path: str) -> None:
+    check(lib.bpf_obj_pin(fd, path.encode()), f"bpf_obj_pin({path})")
+
+
+def map_info(fd: int):
+    info = ffi.new("struct bpf_map_info_head *")
+    size = ffi.new("__u32 *", ffi.sizeof(info[0]))
+    check(lib.bpf_obj_get_info_by_fd(fd, info, size), "bpf_obj_get_info_by_fd")
+    return info
+
+
+def possible_cpus() -> int:
+    return check(lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+
+ENOENT = errno.ENOENT
+
+
+def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0):
+    """Run a tc program on `packet` with BPF_PROG_TEST_RUN.
+
+    Returns (retval, packet_out, avg_ns_per_run). `ifindex` sets skb->ifindex (a device of the
+    caller's namespace; 0 leaves the kernel's default, loopback).
+    """
+    out = ffi.new("char[]", max(len(packet) + 512, 256))
+    opts = ffi.new("struct bpf_test_run_opts *")
+    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+    data_in = ffi.from_buffer(packet)
+    opts.data_in = data_in
+    opts.data_size_in = len(packet)
+    opts.data_out = out
+    opts.data_size_out = len(out)
+    opts.repeat = repeat
+    ctx = None
+    if ifindex:
+        # struct __sk_buff: ifindex is the 10th __u32 (offset 40); the kernel takes the rest as 0.
+        ctx = ffi.new("__u32[48]")
+        ctx[10] = ifindex
+        opts.ctx_in = ctx
+        opts.ctx_size_in = ffi.sizeof(ctx)
+    check(lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts")
+    return opts.retval, ffi.buffer(out, opts.data_size_out)[:], opts.duration

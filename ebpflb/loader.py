@@ -1,0 +1,89 @@
+"""Compile and load the BPF programs with bcc, their maps pinned under a pin dir."""
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from .maps import LayoutMismatch, Maps, read_layout_version
+from .paths import BPF_DIR
+from .structs import LAYOUT_VERSION, ffi, ip_be
+
+log = logging.getLogger(__name__)
+
+BPFFS = "/sys/fs/bpf"
+PROGRAMS = ("from_workload", "to_workload")
+DEFAULT_HAIRPIN_ADDR = "169.254.42.1"   # Cilium's choice: link-local, never a pod's address
+
+
+LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
+
+
+def program_text(source: Path) -> str:
+    """The entry program with ebpflb's own headers inlined, each once.
+
+    bcc rewrites map accesses (`ct.lookup(...)`) only in the text it is given, not in included
+    files; inlining keeps bpf/ split by concern and still lets every header use the maps.
+    """
+    seen: set[Path] = set()
+
+    def expand(path: Path) -> str:
+        def include(match: re.Match) -> str:
+            header = (path.parent / match.group(1)).resolve()
+            if header in seen:
+                return ""
+            seen.add(header)
+            return f'#line 1 "{header}"\n{expand(header)}\n'
+        return LOCAL_INCLUDE.sub(include, path.read_text())
+
+    return expand(source.resolve()).replace("#pragma once", "")
+
+
+def ensure_bpffs() -> None:
+    with open("/proc/self/mounts") as mounts:
+        if any(line.split()[1] == BPFFS and line.split()[2] == "bpf" for line in mounts):
+            return
+    os.makedirs(BPFFS, exist_ok=True)
+    subprocess.run(["mount", "-t", "bpf", "bpf", BPFFS], check=True)
+
+
+class Datapath:
+    """The loaded programs (fds by name) and the pinned maps they share."""
+
+    def __init__(self, pin_dir: str, source: str = "workload.c"):
+        self.pin_dir = os.path.abspath(pin_dir)
+        self.source = source
+        self.bpf = None
+        self.fds: dict[str, int] = {}
+        self.maps: Maps | None = None
+
+    def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR) -> "Datapath":
+        from bcc import BPF   # imported late: the CLI's read-only verbs work without bcc
+
+        if not self.pin_dir.startswith(BPFFS + "/"):
+            raise ValueError(f"pin dir {self.pin_dir} is not under {BPFFS}")
+        ensure_bpffs()
+        os.makedirs(self.pin_dir, exist_ok=True)
+        if os.path.exists(os.path.join(self.pin_dir, "config")):
+            found = read_layout_version(self.pin_dir)
+            if found not in (0, LAYOUT_VERSION):
+                raise LayoutMismatch(found, LAYOUT_VERSION, self.pin_dir)
+        self.bpf = BPF(text=program_text(BPF_DIR / self.source).encode(),
+                       cflags=[f'-DPIN_DIR="{self.pin_dir}"'])
+        self.fds = {name: self.bpf.load_func(name.encode(), BPF.SCHED_CLS).fd for name in PROGRAMS}
+        self.maps = Maps.open(self.pin_dir)
+        self._write_config(hairpin_addr)
+        return self
+
+    def _write_config(self, hairpin_addr: str) -> None:
+        want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION,
+                                           "hairpin_addr": ip_be(hairpin_addr)})
+        have = self.maps.read_config()
+        if bytes(ffi.buffer(have)) != bytes(ffi.buffer(want)):
+            self.maps.config.update(ffi.new("__u32 *", 0), want)
+
+    def close(self) -> None:
+        if self.maps:
+            self.maps.close()
+        if self.bpf:
+            self.bpf.cleanup()

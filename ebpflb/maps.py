@@ -1,0 +1,153 @@
+"""Typed handles on ebpflb's pinned maps: keys and values are cffi structs from bpf/structs.h."""
+import os
+from dataclasses import dataclass
+
+from . import libbpf
+from .libbpf import ffi as bpf_ffi, lib
+from .structs import LAYOUT_VERSION, ffi
+
+BATCH = 4096
+
+
+class MapsNotFound(RuntimeError):
+    """No pinned maps where we looked: ebpflb has not run on this node (or another pin dir)."""
+
+
+class LayoutMismatch(RuntimeError):
+    def __init__(self, found: int, expected: int, pin_dir: str):
+        super().__init__(
+            f"maps in {pin_dir} have layout version {found}, this ebpflb reads version {expected}; "
+            f"run the matching ebpflb, or `ebpflb cleanup --pin-dir {pin_dir}` to start afresh")
+        self.found, self.expected = found, expected
+
+
+class BpfMap:
+    """One pinned map. `percpu` maps return a list of per-CPU values."""
+
+    def __init__(self, path: str, key_type: str, value_type: str, percpu: bool = False):
+        self.path = path
+        self.key_type, self.value_type, self.percpu = key_type, value_type, percpu
+        self.fd = libbpf.obj_get(path)
+        info = libbpf.map_info(self.fd)
+        self.max_entries = info.max_entries
+        self.ncpus = libbpf.possible_cpus() if percpu else 1
+        if info.key_size != ffi.sizeof(key_type) or info.value_size != ffi.sizeof(value_type):
+            os.close(self.fd)
+            raise LayoutMismatch(-1, LAYOUT_VERSION, os.path.dirname(path))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _value_buf(self, n: int = 1):
+        return ffi.new(f"{self.value_type}[{n * self.ncpus}]")
+
+    def lookup(self, key):
+        """The value as a `struct X *` (a list of per-CPU structs for per-CPU maps), or None."""
+        value = self._value_buf() if self.percpu else ffi.new(f"{self.value_type} *")
+        ret = lib.bpf_map_lookup_elem(self.fd, key, value)
+        if ret == -libbpf.ENOENT:
+            return None
+        libbpf.check(ret, f"lookup in {self.path}")
+        return list(value) if self.percpu else value
+
+    def update(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
+        libbpf.check(lib.bpf_map_update_elem(self.fd, key, value, flags), f"update of {self.path}")
+
+    def delete(self, key) -> bool:
+        ret = lib.bpf_map_delete_elem(self.fd, key)
+        if ret == -libbpf.ENOENT:
+            return False
+        libbpf.check(ret, f"delete in {self.path}")
+        return True
+
+    def items(self):
+        """Every (key, value) as cffi structs, read with batch lookups."""
+        keys = ffi.new(f"{self.key_type}[{BATCH}]")
+        values = self._value_buf(BATCH)
+        token_in = ffi.new("char[16]")
+        token_out = ffi.new("char[16]")
+        count = bpf_ffi.new("__u32 *")
+        opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
+        first = True
+        out = []
+        while True:
+            count[0] = BATCH
+            ret = lib.bpf_map_lookup_batch(self.fd, bpf_ffi.NULL if first else token_in, token_out,
+                                           keys, values, count, opts)
+            if ret < 0 and ret != -libbpf.ENOENT:
+                libbpf.check(ret, f"batch lookup in {self.path}")
+            for i in range(count[0]):
+                key = ffi.new(f"{self.key_type} *", keys[i])
+                if self.percpu:
+                    out.append((key, [values[i * self.ncpus + c] for c in range(self.ncpus)]))
+                else:
+                    out.append((key, ffi.new(f"{self.value_type} *", values[i])))
+            if ret == -libbpf.ENOENT:
+                return out
+            ffi.memmove(token_in, token_out, 16)
+            first = False
+
+    def __len__(self) -> int:
+        return len(self.items())
+
+
+MAP_LAYOUT = {
+    # pin name: (key type, value type, per-CPU)
+    "nat_fe": ("struct nat_fe_key", "struct nat_fe_value", False),
+    "nat_be": ("struct nat_be_key", "struct nat_be_value", False),
+    "svc_ips": ("__u32", "struct svc_ip_value", False),
+    "ct": ("struct ct_key", "struct ct_value", False),
+    "svc_counters": ("__u32", "struct svc_counters", True),
+    "config": ("__u32", "struct config", False),
+}
+
+
+@dataclass
+class Maps:
+    pin_dir: str
+    nat_fe: BpfMap
+    nat_be: BpfMap
+    svc_ips: BpfMap
+    ct: BpfMap
+    svc_counters: BpfMap
+    config: BpfMap
+
+    @classmethod
+    def open(cls, pin_dir: str, check_layout: bool = True) -> "Maps":
+        if not os.path.exists(os.path.join(pin_dir, "config")):
+            raise MapsNotFound(f"no ebpflb maps in {pin_dir}: ebpflb has not run on this node "
+                               f"(or its maps are pinned elsewhere: --pin-dir)")
+        if check_layout:
+            found = read_layout_version(pin_dir)
+            if found not in (0, LAYOUT_VERSION):
+                raise LayoutMismatch(found, LAYOUT_VERSION, pin_dir)
+        opened = {}
+        try:
+            for name, (ktype, vtype, percpu) in MAP_LAYOUT.items():
+                opened[name] = BpfMap(os.path.join(pin_dir, name), ktype, vtype, percpu)
+        except LayoutMismatch:
+            for m in opened.values():
+                m.close()
+            raise LayoutMismatch(read_layout_version(pin_dir), LAYOUT_VERSION, pin_dir) from None
+        return cls(pin_dir, **opened)
+
+    def close(self) -> None:
+        for name in MAP_LAYOUT:
+            getattr(self, name).close()
+
+    def read_config(self):
+        return self.config.lookup(ffi.new("__u32 *", 0))
+
+
+def read_layout_version(pin_dir: str) -> int:
+    """The first field of the config value is the layout version, in every layout."""
+    fd = libbpf.obj_get(os.path.join(pin_dir, "config"))
+    try:
+        info = libbpf.map_info(fd)
+        value = ffi.new(f"char[{info.value_size}]")
+        libbpf.check(lib.bpf_map_lookup_elem(fd, ffi.new("__u32 *", 0), value), "config lookup")
+        return ffi.cast("__u32 *", value)[0]
+    finally:
+        os.close(fd)

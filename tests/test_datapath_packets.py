@@ -1,0 +1,290 @@
+"""Packets through the real programs with BPF_PROG_TEST_RUN: build a packet, fill the maps, run
+the entry point, check the bytes that come out, the verdict and the conntrack entries."""
+import shutil
+import uuid
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from ebpflb.conntrack import Timeouts, forget_udp_flows_to, sweep
+from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
+from ebpflb.libbpf import prog_test_run
+from ebpflb.loader import Datapath
+from ebpflb.structs import C, ffi, ip_str, port_int
+from ebpflb.writer import MapWriter
+
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+VIP, VIP_EMPTY, VIP_LOCAL = "10.96.0.2", "10.96.0.3", "10.96.0.4"
+A0, B, C_POD = "10.200.0.2", "10.200.1.2", "10.200.2.2"
+POD_MAC, GW_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
+HAIRPIN = "169.254.42.1"
+LO = 1   # skb->ifindex for redirects: test runs transmit nothing
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    pin_dir = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
+    datapath = Datapath(pin_dir)
+    try:
+        yield datapath.load(hairpin_addr=HAIRPIN)
+    finally:
+        datapath.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dp(loaded):
+    """The loaded programs with empty maps (compiling once per module keeps the suite quick)."""
+    maps = loaded.maps
+    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct):
+        for key, _ in m.items():
+            m.delete(key)
+    zeros = ffi.new(f"struct svc_counters[{maps.svc_counters.ncpus}]")
+    for svc_id in range(1, 8):
+        maps.svc_counters.update(ffi.new("__u32 *", svc_id), zeros)
+    return loaded
+
+
+def program(dp, *services, ips=(VIP, VIP_EMPTY, VIP_LOCAL)):
+    """services: (vip, port, proto, [backend ips], flags). Backend port is 8080 (5353 for UDP)."""
+    desired = DesiredState(service_ips=frozenset(ips))
+    for svc_id, (vip, port, proto, backends, flags) in enumerate(services, start=1):
+        be_port = 5353 if proto == 17 else 8080
+        desired.frontends[FrontendKey(vip, port, proto)] = Frontend(svc_id, len(backends), 0, flags)
+        desired.backends[svc_id] = tuple(Backend(ip, be_port) for ip in backends)
+    writer = MapWriter(dp.maps)
+    writer.apply(desired)
+    return writer
+
+
+def from_pod(l3):
+    return Ether(src=POD_MAC, dst=GW_MAC) / l3
+
+
+def to_pod(l3):
+    return Ether(src=GW_MAC, dst=POD_MAC) / l3
+
+
+def run(dp, prog, pkt, ifindex=LO):
+    retval, out, _ = prog_test_run(dp.fds[prog], bytes(pkt), ifindex=ifindex)
+    return retval, out
+
+
+def with_checksums(pkt) -> bytes:
+    pkt = Ether(bytes(pkt))
+    for layer in (IP, TCP, UDP, ICMP):
+        if pkt.haslayer(layer):
+            del pkt[layer].chksum
+    return bytes(pkt)
+
+
+def checksums_valid(raw: bytes) -> bool:
+    return with_checksums(Ether(raw)) == raw
+
+
+def ct_entries(dp):
+    return {(ip_str(k.src_addr), port_int(k.src_port), ip_str(k.dst_addr), port_int(k.dst_port), k.proto): v
+            for k, v in dp.maps.ct.items()}
+
+
+SYN = dict(sport=40000, dport=8080, flags="S", seq=1000)
+
+
+def test_first_packet_is_dnated_with_checksums_and_conntrack(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    pkt = from_pod(IP(src=C_POD, dst=VIP, id=7) / TCP(**SYN))
+    verdict, out = run(dp, "from_workload", pkt)
+    assert verdict == TC_ACT_OK
+    assert out == with_checksums(from_pod(IP(src=C_POD, dst=B, id=7) / TCP(**SYN)))
+    entries = ct_entries(dp)
+    fwd = entries[(C_POD, 40000, VIP, 8080, 6)]
+    rev = entries[(B, 8080, C_POD, 40000, 6)]
+    assert (fwd.type, ip_str(fwd.nat_addr), port_int(fwd.nat_port)) == (C.CT_TYPE_NAT_FWD, B, 8080)
+    assert (rev.type, ip_str(rev.nat_addr), port_int(rev.nat_port)) == (C.CT_TYPE_NAT_REV, VIP, 8080)
+    assert rev.tcp_seen == C.CT_TCP_SYN_FWD
+    assert fwd.svc_id == rev.svc_id == 1
+    counters = dp.maps.svc_counters.lookup(ffi.new("__u32 *", 1))
+    assert sum(c.connections for c in counters) == 1 and sum(c.packets for c in counters) == 1
+
+
+def test_established_packets_follow_the_first_ones_backend(dp):
+    program(dp, (VIP, 8080, 6, [A0, B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    chosen = ip_str(ct_entries(dp)[(C_POD, 40000, VIP, 8080, 6)].nat_addr)
+    for seq in range(20):
+        pkt = from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A", seq=seq) / Raw(b"x" * seq))
+        verdict, out = run(dp, "from_workload", pkt)
+        assert verdict == TC_ACT_OK
+        assert Ether(out)[IP].dst == chosen and checksums_valid(out)
+
+
+def test_backends_are_chosen_uniformly(dp):
+    program(dp, (VIP, 8080, 6, [A0, B], 0))
+    for sport in range(1000, 1400):
+        run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=sport, dport=8080, flags="S")))
+    chosen = [ip_str(v.nat_addr) for v in ct_entries(dp).values() if v.type == C.CT_TYPE_NAT_FWD]
+    assert len(chosen) == 400
+    assert 140 <= chosen.count(A0) <= 260
+
+
+def test_reply_is_reverse_nated_to_the_vip(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    reply = to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA", seq=5, ack=1001) / Raw(b"hi"))
+    verdict, out = run(dp, "to_workload", reply)
+    assert verdict == TC_ACT_OK
+    assert out == with_checksums(to_pod(IP(src=VIP, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA", seq=5, ack=1001) / Raw(b"hi")))
+    rev = ct_entries(dp)[(B, 8080, C_POD, 40000, 6)]
+    assert rev.tcp_seen & C.CT_TCP_SYN_REV
+
+
+def test_traffic_that_is_not_for_a_service_passes_untouched(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    for pkt in (from_pod(IP(src=C_POD, dst=B) / TCP(**SYN)),
+                from_pod(IP(src=C_POD, dst="10.96.0.9") / UDP(sport=1, dport=53)),
+                from_pod(IP(src=C_POD, dst=B) / ICMP()),
+                Ether(src=POD_MAC, dst=GW_MAC, type=0x86DD) / Raw(b"\x60" + b"\0" * 60)):
+        for prog in ("from_workload", "to_workload"):
+            assert run(dp, prog, pkt) == (TC_ACT_OK, bytes(pkt))
+    assert not ct_entries(dp)
+
+
+@pytest.mark.parametrize("vip,port", [(VIP_EMPTY, 8080), (VIP, 9999)], ids=["no-endpoints", "unused-port"])
+@pytest.mark.parametrize("l4", [TCP(sport=40000, dport=0, flags="S"), UDP(sport=40000, dport=0) / Raw(b"q")],
+                         ids=["tcp", "udp"])
+def test_no_endpoints_gets_icmp_port_unreachable(dp, vip, port, l4):
+    program(dp, (VIP, 8080, 6, [B], 0), (VIP_EMPTY, 8080, 6, [], 0), (VIP_EMPTY, 8080, 17, [], 0))
+    l4 = l4.copy()
+    l4.dport = port
+    original = IP(src=C_POD, dst=vip, id=99, ttl=63) / l4
+    verdict, out = run(dp, "from_workload", from_pod(original))
+    assert verdict == TC_ACT_REDIRECT
+    quote = bytes(IP(bytes(original)))[:28]
+    expected = Ether(src=GW_MAC, dst=POD_MAC) / IP(src=vip, dst=C_POD, id=0, ttl=64, flags=0) / \
+        ICMP(type=3, code=3) / Raw(quote)
+    assert out == with_checksums(expected)
+
+
+def test_local_policy_without_local_endpoint_drops(dp):
+    program(dp, (VIP_LOCAL, 8080, 6, [], C.NAT_FLG_INTERNAL_LOCAL))
+    assert run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP_LOCAL) / TCP(**SYN)))[0] == TC_ACT_SHOT
+
+
+@pytest.mark.parametrize("l4", [ICMP(type=8), Raw(b"\0" * 20)], ids=["ping", "other-protocol"])
+def test_service_ip_answers_no_ping_and_no_other_protocol(dp, l4):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    pkt = from_pod(IP(src=C_POD, dst=VIP, proto=1 if isinstance(l4, ICMP) else 47) / l4)
+    assert run(dp, "from_workload", pkt)[0] == TC_ACT_SHOT
+
+
+def test_udp_checksum_zero_stays_zero_and_nonzero_is_fixed(dp):
+    program(dp, (VIP, 5353, 17, [B], 0))
+    raw = bytearray(bytes(from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353) / Raw(b"query"))))
+    raw[14 + 20 + 6: 14 + 20 + 8] = b"\0\0"   # UDP checksum 0: "not computed"
+    verdict, out = run(dp, "from_workload", bytes(raw))
+    assert verdict == TC_ACT_OK
+    udp = Ether(out)[UDP]
+    assert udp.chksum == 0 and Ether(out)[IP].dst == B and udp.dport == 5353
+    verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5001, dport=5353) / Raw(b"query")))
+    assert Ether(out)[IP].dst == B and checksums_valid(out)
+
+
+def test_ip_options_are_kept_and_the_header_length_respected(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    opts = [IPOption_RR(routers=["1.2.3.4"])]
+    verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP, options=opts) / TCP(**SYN)))
+    assert verdict == TC_ACT_OK
+    assert out == with_checksums(from_pod(IP(src=C_POD, dst=B, options=opts) / TCP(**SYN)))
+    assert Ether(out)[IP].ihl > 5
+
+
+@pytest.mark.parametrize("cut", [14 + 20 + 5, 14 + 20 + 19], ids=["tcp-ports", "tcp-flags"])
+def test_truncated_packets_pass_untouched(dp, cut):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    pkt = bytes(from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))[:cut]
+    for prog in ("from_workload", "to_workload"):
+        assert run(dp, prog, pkt) == (TC_ACT_OK, pkt)
+    assert not ct_entries(dp)
+
+
+def test_ip_header_longer_than_the_packet_passes_untouched(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    pkt = bytearray(bytes(from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN))))
+    pkt[14] = 0x4F   # IHL 15: 60 bytes of header claimed, 40 bytes of packet present
+    pkt = bytes(pkt)
+    for prog in ("from_workload", "to_workload"):
+        assert run(dp, prog, pkt) == (TC_ACT_OK, pkt)
+    assert not ct_entries(dp)
+
+
+def test_lying_ip_length_passes_untouched(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    pkt = bytes(from_pod(IP(src=C_POD, dst=VIP, len=400) / TCP(**SYN)))
+    assert run(dp, "from_workload", pkt) == (TC_ACT_OK, pkt)
+
+
+@pytest.mark.parametrize("frag", [dict(flags="MF", frag=0), dict(flags=0, frag=10)], ids=["first", "later"])
+def test_fragments_to_a_service_are_dropped_others_untouched(dp, frag):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    to_vip = from_pod(IP(src=C_POD, dst=VIP, **frag) / Raw(b"\0" * 40))
+    assert run(dp, "from_workload", to_vip)[0] == TC_ACT_SHOT
+    other = from_pod(IP(src=C_POD, dst=B, **frag) / Raw(b"\0" * 40))
+    assert run(dp, "from_workload", other) == (TC_ACT_OK, bytes(other))
+
+
+def test_hairpin_is_snated_and_sent_straight_back_both_ways(dp):
+    program(dp, (VIP, 8080, 6, [A0], 0))
+    verdict, out = run(dp, "from_workload", from_pod(IP(src=A0, dst=VIP) / TCP(**SYN)))
+    assert verdict == TC_ACT_REDIRECT
+    assert out == with_checksums(to_pod(IP(src=HAIRPIN, dst=A0) / TCP(**SYN)))
+    reply = from_pod(IP(src=A0, dst=HAIRPIN) / TCP(sport=8080, dport=40000, flags="SA", ack=1001))
+    verdict, out = run(dp, "from_workload", reply)
+    assert verdict == TC_ACT_REDIRECT
+    assert out == with_checksums(to_pod(IP(src=VIP, dst=A0) / TCP(sport=8080, dport=40000, flags="SA", ack=1001)))
+
+
+def test_removed_backend_moves_udp_flows_but_keeps_tcp_flows(dp):
+    writer = program(dp, (VIP, 5353, 17, [B], 0), (VIP, 8080, 6, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    desired = DesiredState(
+        frontends={FrontendKey(VIP, 5353, 17): Frontend(1, 1, 0, 0), FrontendKey(VIP, 8080, 6): Frontend(2, 1, 0, 0)},
+        backends={1: (Backend(A0, 5353),), 2: (Backend(A0, 8080),)}, service_ips=frozenset([VIP]))
+    stats = writer.apply(desired)
+    assert stats.removed_backends == {(1, Backend(B, 5353)), (2, Backend(B, 8080))}
+    udp_gone = {(i, b.addr, b.port) for i, b in stats.removed_backends}
+    assert forget_udp_flows_to(dp.maps, udp_gone) == 2
+    _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
+    assert Ether(out)[IP].dst == A0
+    _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A")))
+    assert Ether(out)[IP].dst == B
+
+
+def test_syn_on_a_closed_flow_picks_again(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="R")))
+    assert ct_entries(dp)[(B, 8080, C_POD, 40000, 6)].tcp_seen & C.CT_TCP_RST
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    assert ct_entries(dp)[(B, 8080, C_POD, 40000, 6)].tcp_seen == C.CT_TCP_SYN_FWD
+
+
+def test_sweep_expires_by_state(dp):
+    program(dp, (VIP, 8080, 6, [B], 0), (VIP, 5353, 17, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
+    now = max(v.last_seen_ns for v in ct_entries(dp).values())
+    t = Timeouts()
+    assert sweep(dp.maps, t, now + int(59e9)) == 0
+    assert sweep(dp.maps, t, now + int(61e9)) == 2          # UDP idle 61 s; TCP established stays
+    assert {k[4] for k in ct_entries(dp)} == {6}
+    assert sweep(dp.maps, t, now + int(3601e9)) == 2
+
+
+def test_timeouts_parse():
+    assert Timeouts.parse("tcp-established=600, udp=30") == Timeouts(tcp_established=600, udp=30)
+    with pytest.raises(ValueError, match="unknown conntrack timeout"):
+        Timeouts.parse("tcp-bogus=1")
