@@ -1,0 +1,78 @@
+"""Services and EndpointSlices from YAML/JSON files, for running without an API server.
+
+Objects are returned as the API would give them (plain dicts); checking them is the core's job.
+Only a file that cannot be read or parsed is an error here, so the caller can keep its last good state.
+"""
+from pathlib import Path
+
+import yaml
+
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+SERVICE = ("v1", "Service")
+ENDPOINT_SLICE = ("discovery.k8s.io/v1", "EndpointSlice")
+
+
+class ManifestError(Exception):
+    """A manifest file could not be read or parsed; the message names the file."""
+
+
+def load_manifests(path) -> tuple[list[dict], list[dict]]:
+    """(services, endpointslices) from a file, or from every manifest file below a directory."""
+    services: list[dict] = []
+    slices: list[dict] = []
+    for file in manifest_files(path):
+        for obj in _objects(_documents(file), file):
+            type_ = (obj.get("apiVersion"), obj.get("kind"))
+            if type_ == SERVICE:
+                services.append(obj)
+            elif type_ == ENDPOINT_SLICE:
+                slices.append(obj)
+    return services, slices
+
+
+def fingerprint(path) -> tuple:
+    """Changes when a manifest file is added, removed or rewritten; costs one stat per file."""
+    stats = []
+    for file in manifest_files(path):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue  # gone since the listing, or never there: load_manifests will say which
+        stats.append((str(file), stat.st_mtime_ns, stat.st_size))
+    return tuple(stats)
+
+
+def manifest_files(path) -> list[Path]:
+    """`path` itself, or the manifest files below the directory `path`, sorted."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    try:
+        return sorted(f for f in path.rglob("*") if f.suffix.lower() in MANIFEST_SUFFIXES and f.is_file())
+    except OSError as error:
+        raise ManifestError(f"{path}: cannot list: {error}") from error
+
+
+def _documents(file: Path) -> list:
+    try:
+        text = file.read_text(encoding="utf-8")
+        # JSON is YAML, so one parser reads both.
+        return list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{file}: cannot read: {error}") from error
+    except yaml.YAMLError as error:
+        raise ManifestError(f"{file}: not valid YAML: {error}") from error
+
+
+def _objects(documents: list, file: Path) -> list[dict]:
+    """The documents' objects, `kind: List` expanded one level; empty and non-object documents left out."""
+    objects = []
+    for document in documents:
+        if isinstance(document, dict) and document.get("kind") == "List":
+            items = document.get("items") or []
+            if not isinstance(items, list):
+                raise ManifestError(f"{file}: the items of a List are not a list")
+            objects.extend(items)
+        else:
+            objects.append(document)
+    return [obj for obj in objects if isinstance(obj, dict)]
