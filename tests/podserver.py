@@ -1,0 +1,225 @@
+"""Tiny stand-ins for pod workloads and pod-side clients, run inside the lab's pod namespaces.
+
+Standard library only (it runs with the lab's interpreter under `ip netns exec`).
+
+    podserver.py serve NAME [--http-port 8080] [--udp-port 5353]
+        HTTP on TCP: GET / -> body NAME; GET /client -> "ip:port" of the peer;
+        GET /udp-peers -> one line "ip:port count" per UDP peer seen so far.
+        UDP: every datagram is answered with NAME.
+        Prints "ready" on stdout once both sockets listen.
+
+    podserver.py udp-client IP PORT
+        One connected UDP socket for the whole run (one source port). Prints "port N" (its local
+        port) first, then for every stdin line "go [TIMEOUT]" sends one datagram and prints
+        "reply TEXT", "timeout" or "error ERRNO_NAME".
+
+    podserver.py ping IP [COUNT] [TIMEOUT]
+        ICMP echo over a raw socket (this machine has no ping binary). Prints one line per echo
+        ("reply from IP seq N time MS" or "timeout seq N"); exit 0 if any reply came back.
+
+    podserver.py http-many IP PORT COUNT [TIMEOUT] [PATH]
+        COUNT sequential HTTP GETs, each on a new TCP connection; prints one line per request:
+        "ok BODY" or "error TEXT".
+"""
+import errno
+import http.server
+import select
+import socket
+import socketserver
+import sys
+import threading
+from collections import Counter
+
+
+def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
+    udp_peers: Counter = Counter()
+    lock = threading.Lock()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            if self.path == "/client":
+                body = f"{self.client_address[0]}:{self.client_address[1]}"
+            elif self.path == "/udp-peers":
+                with lock:
+                    body = "".join(f"{peer} {n}\n" for peer, n in sorted(udp_peers.items()))
+            else:
+                body = name
+            data = body.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):  # quiet
+            pass
+
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+        request_queue_size = 256
+
+    httpd = Server(("0.0.0.0", http_port), Handler)
+
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    udp.bind(("0.0.0.0", udp_port))
+
+    def udp_loop():
+        reply = name.encode()
+        while True:
+            try:
+                _, peer = udp.recvfrom(65535)
+            except OSError:
+                continue
+            with lock:
+                udp_peers[f"{peer[0]}:{peer[1]}"] += 1
+            try:
+                udp.sendto(reply, peer)
+            except OSError:
+                pass
+
+    threading.Thread(target=udp_loop, daemon=True).start()
+    print("ready", flush=True)
+    httpd.serve_forever()
+
+
+def udp_client(ip: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.connect((ip, port))
+    print(f"port {sock.getsockname()[1]}", flush=True)
+    for line in sys.stdin:
+        words = line.split()
+        if not words or words[0] != "go":
+            continue
+        timeout = float(words[1]) if len(words) > 1 else 1.0
+        # drop late replies to earlier requests so each answer belongs to this request
+        while select.select([sock], [], [], 0)[0]:
+            try:
+                sock.recv(65535)
+            except OSError:
+                break
+        try:
+            sock.send(b"ping")
+            ready = select.select([sock], [], [], timeout)[0]
+            if not ready:
+                print("timeout", flush=True)
+                continue
+            data = sock.recv(65535)
+            print("reply " + data.decode(errors="replace").replace("\n", " "), flush=True)
+        except OSError as e:
+            print("error " + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ping(ip: str, count: int = 1, timeout: float = 2.0) -> int:
+    import os
+    import struct
+    import time
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    ident = os.getpid() & 0xFFFF
+    replies = 0
+    for seq in range(1, count + 1):
+        payload = b"ebpflb-lab-ping"
+        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+        pkt = struct.pack("!BBHHH", 8, 0, _checksum(hdr + payload), ident, seq) + payload
+        start = time.monotonic()
+        sock.sendto(pkt, (ip, 0))
+        deadline = start + timeout
+        got = False
+        while not got:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                break
+            data, peer = sock.recvfrom(65535)
+            ihl = (data[0] & 0x0F) * 4
+            icmp_type, _, _, r_ident, r_seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+            if icmp_type == 0 and r_ident == ident and r_seq == seq:
+                got = True
+                replies += 1
+                ms = (time.monotonic() - start) * 1000
+                print(f"reply from {peer[0]} seq {seq} time {ms:.2f}", flush=True)
+            elif icmp_type == 3 and len(data) >= ihl + 8 + 28:
+                inner = data[ihl + 8:]
+                iihl = (inner[0] & 0x0F) * 4
+                _, _, _, i_ident, i_seq = struct.unpack("!BBHHH", inner[iihl:iihl + 8])
+                if i_ident == ident and i_seq == seq:
+                    print(f"unreachable from {peer[0]} seq {seq} code {data[ihl + 1]}", flush=True)
+                    break
+        if not got:
+            print(f"timeout seq {seq}", flush=True)
+    return 0 if replies else 1
+
+
+def http_many(ip: str, port: int, count: int, timeout: float = 2.0, path: str = "/") -> None:
+    request = f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n".encode()
+    for _ in range(count):
+        try:
+            with socket.create_connection((ip, port), timeout=timeout) as s:
+                s.sendall(request)
+                chunks = []
+                while True:
+                    chunk = s.recv(65535)
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+            raw = b"".join(chunks)
+            head, _, body = raw.partition(b"\r\n\r\n")
+            status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+            if " 200 " not in status + " ":
+                print(f"error bad status {status!r}", flush=True)
+            else:
+                print("ok " + body.decode(errors="replace").replace("\n", " "), flush=True)
+        except socket.timeout:
+            print("error timeout", flush=True)
+        except OSError as e:
+            print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd, args = argv[0], argv[1:]
+    if cmd == "serve":
+        name = args[0]
+        http_port, udp_port = 8080, 5353
+        rest = args[1:]
+        while rest:
+            opt, val, rest = rest[0], rest[1], rest[2:]
+            if opt == "--http-port":
+                http_port = int(val)
+            elif opt == "--udp-port":
+                udp_port = int(val)
+            else:
+                raise SystemExit(f"unknown option {opt}")
+        serve(name, http_port, udp_port)
+    elif cmd == "udp-client":
+        udp_client(args[0], int(args[1]))
+    elif cmd == "ping":
+        return ping(args[0], int(args[1]) if len(args) > 1 else 1,
+                    float(args[2]) if len(args) > 2 else 2.0)
+    elif cmd == "http-many":
+        http_many(args[0], int(args[1]), int(args[2]),
+                  float(args[3]) if len(args) > 3 else 2.0, args[4] if len(args) > 4 else "/")
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)

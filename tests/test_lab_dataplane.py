@@ -1,0 +1,119 @@
+"""The data plane in seed 004's lab: one agent per node namespace, real TCP and UDP between pods
+through the service address."""
+import signal
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.lab import HttpError
+
+VIP, VIP_EMPTY = "10.96.0.2", "10.96.0.3"
+NODES = ("node-0", "node-1", "node-2")
+
+
+def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def programmed_backends(lab, node) -> int:
+    dump = lab.agent_cli(node, "nat", "dump", check=False)
+    lines = dump.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"{VIP} port 8080 proto 6 "):
+            return int(line.split(" count ")[1].split()[0])
+    return -1
+
+
+@pytest.fixture(scope="module")
+def manifests(lab):
+    path = lab.manifests_dir()
+    for node in NODES:
+        lab.start_agent(node, path)
+    for node in NODES:
+        wait_for(lambda: programmed_backends(lab, node) == 2, what=f"agent on {node} to program svc-1")
+    yield path
+    for node in NODES:
+        lab.stop_agent(node)
+
+
+@pytest.mark.parametrize("client", ["C", "A1", "A0"])
+def test_100_requests_through_the_vip_all_succeed_and_spread(lab, manifests, client):
+    answers = lab.http_get_many(client, VIP, 100)
+    assert len(answers) == 100
+    served = Counter(answers)
+    assert set(served) == {"A0", "B"}, served
+    assert served["A0"] >= 25 and served["B"] >= 25, served
+
+
+def test_udp_through_the_vip_from_a_connected_socket(lab, manifests):
+    session = lab.udp_session("C", VIP)
+    try:
+        first = session.request()
+        assert first in ("A0", "B")
+        assert [session.request() for _ in range(10)] == [first] * 10
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("ip,port", [(VIP_EMPTY, 8080), (VIP, 9999)], ids=["no-endpoints", "unused-port"])
+def test_service_without_endpoints_is_refused_at_once(lab, manifests, ip, port):
+    started = time.monotonic()
+    with pytest.raises(HttpError) as refused:
+        lab.http_get("C", ip, port, timeout=5)
+    assert refused.value.code == 7   # connection refused, not a timeout
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_cluster_ip_is_not_pingable(lab, manifests):
+    assert lab.ping("C", "10.200.0.2")
+    assert not lab.ping("C", VIP, timeout=1)
+
+
+def test_dumps_show_the_flow_the_client_made(lab, manifests):
+    answer = lab.http_get("C", VIP)
+    backend = {"A0": "10.200.0.2", "B": "10.200.1.2"}[answer]
+    nat = lab.agent_cli("node-2", "nat", "dump")
+    assert f"{VIP} port 8080 proto 6 id " in nat and "10.200.0.2:8080" in nat and "10.200.1.2:8080" in nat
+    flows = lab.agent_cli("node-2", "conntrack", "dump")
+    assert any(line.startswith(f"TCP 10.200.2.2:") and f" -> {VIP}:8080 -> {backend}:8080  Active ago " in line
+               for line in flows.splitlines()), flows
+
+
+def test_data_plane_outlives_the_agent_and_a_restart_writes_nothing(lab, manifests):
+    lab.stop_agent("node-2", signal.SIGTERM)
+    assert set(lab.http_get_many("C", VIP, 20)) <= {"A0", "B"}
+    log_before = len(lab.agent_log("node-2"))
+    lab.start_agent("node-2", manifests)
+    wait_for(lambda: "sync:" in lab.agent_log("node-2")[log_before:], what="restarted agent's first sync")
+    assert "0 map writes, 0 deletes" in lab.agent_log("node-2")[log_before:]
+    assert set(lab.http_get_many("C", VIP, 20)) <= {"A0", "B"}
+
+
+def test_backend_removed_mid_run(lab, manifests):
+    """Runs last in this module: it takes B out of the service for good."""
+    sessions = [lab.udp_session("C", VIP) for _ in range(12)]
+    try:
+        on_b = next((s for s in sessions if s.request() == "B"), None)
+        assert on_b is not None, "no UDP flow landed on B in 12 tries"
+
+        during: list[str] = []
+        load = threading.Thread(target=lambda: during.extend(lab.http_get_many("C", VIP, 150)))
+        load.start()
+        time.sleep(0.3)
+        lab.remove_endpoint(manifests, "10.200.1.2")
+        wait_for(lambda: all(programmed_backends(lab, n) == 1 for n in NODES), what="B to leave svc-1")
+        load.join()
+        assert len(during) == 150 and set(during) <= {"A0", "B"}, Counter(during)
+
+        assert on_b.request() == "A0"   # the UDP flow that was on B continues on a live backend
+        assert set(lab.http_get_many("C", VIP, 30)) == {"A0"}
+    finally:
+        for s in sessions:
+            s.close()
