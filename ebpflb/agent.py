@@ -51,7 +51,7 @@ class Agent:
         attacher = WorkloadAttacher(self.datapath.fds, cfg.workload_ifaces)
         log.info("node %s: programs loaded, maps pinned in %s", cfg.node_name, cfg.pin_dir)
         try:
-            attacher.attach_existing()
+            attacher.reconcile()
             self.sync_if_changed()
             next_sweep = time.monotonic() + cfg.sweep_interval
             while not self.stopping:

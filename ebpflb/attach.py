@@ -87,18 +87,20 @@ class WorkloadAttacher:
         self.attached[ifindex] = name
         log.info("attached to %s (ifindex %d)", name, ifindex)
 
-    def attach_existing(self) -> None:
+    def reconcile(self) -> None:
+        """Attach to every matching link not yet attached; forget links that are gone."""
+        present = {}
         for link in self.ipr.get_links():
-            self._consider(link["index"], _link_name(link))
+            present[link["index"]] = _link_name(link)
+            self._consider(link["index"], present[link["index"]])
+        for ifindex in self.attached.keys() - present.keys():
+            del self.attached[ifindex]
 
     def handle_events(self) -> None:
-        """Read pending link notifications (call when fileno() is readable)."""
-        for msg in self.events.get():
-            event = msg.get("event")
-            if event == "RTM_NEWLINK":
-                self._consider(msg["index"], _link_name(msg))
-            elif event == "RTM_DELLINK":
-                self.attached.pop(msg["index"], None)
+        """Call when fileno() is readable. pyroute2 may read several notifications at once and
+        return only some, so a notification only says "links changed": reconcile with a dump."""
+        self.events.get()
+        self.reconcile()
 
     def close(self) -> None:
         self.events.close()

@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass, fields
 
 from .maps import Maps
-from .structs import C, ffi
+from .structs import C, ffi, ip_str, port_int
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,6 @@ def forget_udp_flows_to(maps: Maps, gone: set[tuple[int, str, int]]) -> int:
     """Delete UDP flows of (service id, backend addr, port) that left. Returns entries deleted."""
     if not gone:
         return 0
-    from .structs import ip_str, port_int
     doomed = []
     for key, value in maps.ct.items():
         if key.proto == 17 and value.type == C.CT_TYPE_NAT_FWD and \

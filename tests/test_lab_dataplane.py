@@ -96,6 +96,27 @@ def test_data_plane_outlives_the_agent_and_a_restart_writes_nothing(lab, manifes
     assert set(lab.http_get_many("C", VIP, 20)) <= {"A0", "B"}
 
 
+def ebpflb_filters(lab, node, dev) -> str:
+    out = lab.run(node, "tc", "filter", "show", "dev", dev, "ingress").stdout
+    out += lab.run(node, "tc", "filter", "show", "dev", dev, "egress").stdout
+    return out
+
+
+def test_a_pod_veth_created_later_gets_the_programs(lab, manifests):
+    lab.run("node-2", "ip", "link", "add", "veth-new", "type", "veth", "peer", "name", "new-peer")
+    try:
+        wait_for(lambda: ebpflb_filters(lab, "node-2", "veth-new").count("ebpflb:") == 2,
+                 timeout=5, what=f"programs on veth-new; agent log:\n{lab.agent_log('node-2')[-1500:]}")
+        assert "ebpflb:from_workload" in ebpflb_filters(lab, "node-2", "veth-new")
+        # A link the regex does not match is left alone.
+        lab.run("node-2", "ip", "link", "add", "other0", "type", "veth", "peer", "name", "other1")
+        time.sleep(0.5)
+        assert "ebpflb" not in lab.run("node-2", "tc", "filter", "show", "dev", "other0", "ingress").stdout
+    finally:
+        lab.run("node-2", "ip", "link", "del", "veth-new", check=False)
+        lab.run("node-2", "ip", "link", "del", "other0", check=False)
+
+
 def test_backend_removed_mid_run(lab, manifests):
     """Runs last in this module: it takes B out of the service for good."""
     sessions = [lab.udp_session("C", VIP) for _ in range(12)]
@@ -117,3 +138,16 @@ def test_backend_removed_mid_run(lab, manifests):
     finally:
         for s in sessions:
             s.close()
+
+
+def test_cleanup_detaches_and_removes_pins(lab, manifests):
+    """Runs after everything else in this module: it takes the data plane off node-2."""
+    lab.stop_agent("node-2")
+    out = lab.agent_cli("node-2", "cleanup")
+    assert "veth-c" in out
+    assert "ebpflb" not in ebpflb_filters(lab, "node-2", "veth-c")
+    assert not lab.pin_dir("node-2").exists()
+    with pytest.raises(HttpError):
+        lab.http_get("C", VIP, timeout=1)
+    refused = lab.agent_cli("node-2", "nat", "dump", check=False)
+    assert refused == ""
