@@ -99,8 +99,10 @@ class Agent:
                  (time.perf_counter() - started) * 1e3)
 
     def _desired(self, services, slices):
-        compute = lambda known: desired_state(services, slices, node_name=self.config.node_name,
-                                              known_ids=known, proxy_name=self.config.proxy_name)
+        def compute(known):
+            return desired_state(services, slices, node_name=self.config.node_name,
+                                 known_ids=known, proxy_name=self.config.proxy_name)
+
         if self.ids:
             return compute(self.ids)
         # First sync of this process: take back the ids the maps already use.
