@@ -1,5 +1,7 @@
 """The `ebpflb` command: thin verbs over the agent, the maps and the views."""
 import argparse
+import ipaddress
+import json
 import logging
 import os
 import shutil
@@ -19,12 +21,11 @@ def _open_maps(pin_dir: str):
 
 def cmd_agent(args) -> None:
     from .agent import AgentConfig, run_agent
-    from .conntrack import Timeouts
     if not args.node_name:
         sys.exit("ebpflb agent: --node-name (or $NODE_NAME) is required")
     run_agent(AgentConfig(manifests=args.manifests, node_name=args.node_name, pin_dir=args.pin_dir,
                           workload_ifaces=args.workload_ifaces, proxy_name=args.proxy_name,
-                          hairpin_addr=args.hairpin_addr, ct_timeouts=Timeouts.parse(args.ct_timeouts),
+                          hairpin_addr=args.hairpin_addr, ct_timeouts=args.ct_timeouts,
                           sweep_interval=args.ct_sweep_interval))
 
 
@@ -39,24 +40,76 @@ def cmd_cleanup(args) -> None:
         print(f"removed pins in {args.pin_dir}")
 
 
-def cmd_nat_dump(args) -> None:
-    from .views.nat import nat_dump_lines
-    from .writer import read_contents
-    contents = read_contents(_open_maps(args.pin_dir))
-    for line in nat_dump_lines(contents.frontends, contents.backends):
+def print_each(lines) -> None:
+    for line in lines:
         print(line)
 
 
+def as_json(records: list[dict]) -> list[str]:
+    return [json.dumps(record) for record in records]
+
+
+def cmd_nat_dump(args) -> None:
+    from .core.model import FrontendKey
+    from .views.nat import nat_dump_lines, nat_dump_records
+    from .writer import read_contents
+    frontend = (args.ip, args.port, args.proto)
+    if None in frontend and frontend != (None, None, None):
+        sys.exit("ebpflb nat dump: give IP PORT PROTO together, or none of them")
+    only = FrontendKey(*frontend) if args.ip else None
+    contents = read_contents(_open_maps(args.pin_dir))
+    print_each(as_json(nat_dump_records(contents.frontends, contents.backends, only)) if args.json
+               else nat_dump_lines(contents.frontends, contents.backends, only))
+
+
 def cmd_conntrack_dump(args) -> None:
-    from .structs import ffi
-    from .views.conntrack import flow_line
+    from .views.conntrack import flow_lines, flow_records, raw_lines
     entries = _open_maps(args.pin_dir).ct.items()
-    by_key = {bytes(ffi.buffer(k)): v for k, v in entries}
     now = time.monotonic_ns()
-    for key, value in entries:
-        line = flow_line(key, value, by_key.get(bytes(ffi.buffer(ffi.addressof(value, "twin")))), now)
-        if line:
-            print(line)
+    print_each(as_json(flow_records(entries, now)) if args.json
+               else (raw_lines if args.raw else flow_lines)(entries, now))
+
+
+def cmd_conntrack_stats(args) -> None:
+    from .views.conntrack import conntrack_stats, stats_lines
+    ct = _open_maps(args.pin_dir).ct
+    stats = conntrack_stats(ct.items(), ct.max_entries)
+    print_each(as_json([stats]) if args.json else stats_lines(stats))
+
+
+def cmd_conntrack_clean(args) -> None:
+    from .conntrack import sweep
+    removed = sweep(_open_maps(args.pin_dir), args.ct_timeouts)
+    print(f"removed {removed} conntrack entries")
+
+
+def cmd_conntrack_remove(args) -> None:
+    from .conntrack import remove_between
+    removed = remove_between(_open_maps(args.pin_dir), args.proto, args.ip1, args.ip2)
+    print(f"removed {removed} conntrack entries")
+
+
+def ct_timeouts(spec: str):
+    from .conntrack import Timeouts
+    try:
+        return Timeouts.parse(spec)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def protocol(text: str) -> int:
+    from .structs import proto_number
+    try:
+        return proto_number(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def ipv4(text: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -70,13 +123,17 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--pin-dir", default=DEFAULT_PIN_DIR, help=f"bpffs directory of the maps (default {DEFAULT_PIN_DIR})")
         return p
 
+    def with_json(p):
+        p.add_argument("--json", action="store_true", help="one JSON object per line")
+        return p
+
     agent = with_pin_dir(verbs.add_parser("agent", help="program this node's data plane and keep it in sync"))
     agent.add_argument("--manifests", required=True, help="YAML/JSON file or directory of Services and EndpointSlices")
     agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     agent.add_argument("--workload-ifaces", default=DEFAULT_WORKLOAD_IFACES, help="regex of pod veth host-side names")
     agent.add_argument("--proxy-name", help="serve services labelled service.kubernetes.io/service-proxy-name=NAME")
     agent.add_argument("--hairpin-addr", default=DEFAULT_HAIRPIN_ADDR, help="source address for a pod reaching itself via its service")
-    agent.add_argument("--ct-timeouts", default="", help="e.g. tcp-established=3600,udp=60 (also tcp-syn-sent, tcp-fin, tcp-rst, icmp, generic)")
+    agent.add_argument("--ct-timeouts", type=ct_timeouts, default="", help="e.g. tcp-established=3600,udp=60 (also tcp-syn-sent, tcp-fin, tcp-rst, icmp, generic)")
     agent.add_argument("--ct-sweep-interval", type=float, default=10.0, help="seconds between conntrack sweeps")
     agent.set_defaults(func=cmd_agent)
 
@@ -84,9 +141,28 @@ def parser() -> argparse.ArgumentParser:
     cleanup.set_defaults(func=cmd_cleanup)
 
     nat = verbs.add_parser("nat", help="NAT maps").add_subparsers(dest="what", required=True)
-    with_pin_dir(nat.add_parser("dump", help="frontends and their backends")).set_defaults(func=cmd_nat_dump)
+    nat_dump = with_json(with_pin_dir(nat.add_parser("dump", help="frontends and their backends")))
+    nat_dump.add_argument("ip", nargs="?", type=ipv4, help="only this frontend: address,")
+    nat_dump.add_argument("port", nargs="?", type=int, help="port")
+    nat_dump.add_argument("proto", nargs="?", type=protocol, help="and protocol (number, tcp, udp or sctp)")
+    nat_dump.set_defaults(func=cmd_nat_dump)
+
     ct = verbs.add_parser("conntrack", help="conntrack map").add_subparsers(dest="what", required=True)
-    with_pin_dir(ct.add_parser("dump", help="one line per flow")).set_defaults(func=cmd_conntrack_dump)
+    ct_dump = with_pin_dir(ct.add_parser("dump", help="one line per flow"))
+    form = ct_dump.add_mutually_exclusive_group()
+    form.add_argument("--raw", action="store_true", help="every entry (both halves of a flow), every field")
+    form.add_argument("--json", action="store_true", help="one JSON object per line")
+    ct_dump.set_defaults(func=cmd_conntrack_dump)
+    with_json(with_pin_dir(ct.add_parser("stats", help="entries, NAT flows, capacity, TCP states"))) \
+        .set_defaults(func=cmd_conntrack_stats)
+    clean = with_pin_dir(ct.add_parser("clean", help="expire idle flows now, as the agent's sweep does"))
+    clean.add_argument("--ct-timeouts", type=ct_timeouts, default="", help="as for the agent")
+    clean.set_defaults(func=cmd_conntrack_clean)
+    remove = with_pin_dir(ct.add_parser("remove", help="forget every flow between two addresses"))
+    remove.add_argument("proto", type=protocol, help="number, tcp, udp, sctp or icmp")
+    remove.add_argument("ip1", type=ipv4)
+    remove.add_argument("ip2", type=ipv4)
+    remove.set_defaults(func=cmd_conntrack_remove)
     return top
 
 

@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass, fields
 
 from .maps import Maps
-from .structs import C, ffi, ip_str, port_int
+from .structs import C, ffi, ip_be, ip_str, port_int, to_bytes
 
 
 @dataclass(frozen=True)
@@ -56,22 +56,39 @@ def timeout_for(proto: int, tcp_seen: int, t: Timeouts) -> float:
     return t.generic
 
 
-def _key_bytes(key) -> bytes:
-    return bytes(ffi.buffer(key))
+def by_key(entries) -> dict[bytes, tuple]:
+    """{key bytes: (key, value)} of (key, value) pairs, so that an entry's twin is twin_of(value, index)."""
+    return {to_bytes(key): (key, value) for key, value in entries}
+
+
+def twin_of(value, index: dict[bytes, tuple]):
+    """(key, value) of the other half of a NAT flow, or None when it is gone."""
+    return index.get(to_bytes(ffi.addressof(value, "twin")))
 
 
 def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None) -> int:
     """Delete flows idle past their timeout (both halves together). Returns entries deleted."""
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
-    entries = {_key_bytes(k): (k, v) for k, v in maps.ct.items()}
+    index = by_key(maps.ct.items())
     doomed = []
-    for raw, (key, value) in entries.items():
-        twin = entries.get(_key_bytes(ffi.addressof(value, "twin")))
+    for key, value in index.values():
+        twin = twin_of(value, index)
         rev = value if value.type == C.CT_TYPE_NAT_REV else (twin[1] if twin else None)
         tcp_seen = rev.tcp_seen if rev else 0
         last_seen = max(value.last_seen_ns, twin[1].last_seen_ns if twin else 0)
         if now_ns - last_seen > timeout_for(key.proto, tcp_seen, timeouts) * 1e9:
             doomed.append(key)
+    return sum(maps.ct.delete(k) for k in doomed)
+
+
+def remove_between(maps: Maps, proto: int, addr1: str, addr2: str) -> int:
+    """Delete every entry of `proto` between the two addresses (either direction), and its twin.
+    Returns entries deleted."""
+    pair = {ip_be(addr1), ip_be(addr2)}
+    doomed = []
+    for key, value in maps.ct.items():
+        if key.proto == proto and {key.src_addr, key.dst_addr} == pair:
+            doomed += [key, ffi.new("struct ct_key *", value.twin)]
     return sum(maps.ct.delete(k) for k in doomed)
 
 

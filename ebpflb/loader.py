@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .maps import LayoutMismatch, Maps, read_layout_version
 from .paths import BPF_DIR
-from .structs import LAYOUT_VERSION, ffi, ip_be
+from .structs import LAYOUT_VERSION, ffi, ip_be, to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Datapath:
         want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION,
                                            "hairpin_addr": ip_be(hairpin_addr)})
         have = self.maps.read_config()
-        if bytes(ffi.buffer(have)) != bytes(ffi.buffer(want)):
+        if to_bytes(have) != to_bytes(want):
             self.maps.config.update(ffi.new("__u32 *", 0), want)
 
     def close(self) -> None:

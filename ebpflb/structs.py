@@ -25,6 +25,22 @@ PROTO_NAMES = {socket.IPPROTO_TCP: "TCP", socket.IPPROTO_UDP: "UDP", 132: "SCTP"
                socket.IPPROTO_ICMP: "ICMP"}
 
 
+def proto_number(text: str) -> int:
+    """An IP protocol given as a number or a name: '6', 'tcp', 'UDP', 'sctp' -> 6, 17, 132."""
+    if text.isdigit() and int(text) < 256:
+        return int(text)
+    for number, name in PROTO_NAMES.items():
+        if name.lower() == text.lower():
+            return number
+    raise ValueError(f"unknown protocol {text!r}: a number 0-255 or one of "
+                     f"{', '.join(n.lower() for n in PROTO_NAMES.values())}")
+
+
+def names_of(prefix: str) -> dict[int, str]:
+    """The header's constants NAME_X under a prefix, by value: names_of("CT_TYPE_") -> {1: "NAT_FWD", ...}."""
+    return {getattr(C, name): name.removeprefix(prefix) for name in dir(C) if name.startswith(prefix)}
+
+
 def ip_be(addr: str) -> int:
     """Dotted IPv4 -> the __u32 whose memory holds it in network order."""
     return struct.unpack("=I", socket.inet_aton(addr))[0]

@@ -1,8 +1,12 @@
 """Shared fixtures. The lab tests need root and a real kernel; CI runs as root and must never skip."""
 import os
+import shutil
+import uuid
 
 import pytest
 
+from ebpflb.loader import Datapath
+from ebpflb.structs import ffi
 from tests.lab import Lab
 
 
@@ -23,3 +27,28 @@ def lab():
         yield lab
     finally:
         lab.teardown()
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    """The real programs loaded by bcc, maps pinned in a fresh dir under /sys/fs/bpf."""
+    pin_dir = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
+    datapath = Datapath(pin_dir)
+    try:
+        yield datapath.load()
+    finally:
+        datapath.close()
+        shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def dp(loaded):
+    """The loaded programs with empty maps (compiling once per module keeps the suite quick)."""
+    maps = loaded.maps
+    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct):
+        for key, _ in m.items():
+            m.delete(key)
+    zeros = ffi.new(f"struct svc_counters[{maps.svc_counters.ncpus}]")
+    for svc_id in range(1, 8):
+        maps.svc_counters.update(ffi.new("__u32 *", svc_id), zeros)
+    return loaded

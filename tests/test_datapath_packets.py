@@ -1,8 +1,5 @@
 """Packets through the real programs with BPF_PROG_TEST_RUN: build a packet, fill the maps, run
 the entry point, check the bytes that come out, the verdict and the conntrack entries."""
-import shutil
-import uuid
-
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import Ether
@@ -11,7 +8,7 @@ from scapy.packet import Raw
 from ebpflb.conntrack import Timeouts, forget_udp_flows_to, sweep
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.libbpf import prog_test_run
-from ebpflb.loader import Datapath
+from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
 from ebpflb.structs import C, ffi, ip_str, port_int
 from ebpflb.writer import MapWriter
 
@@ -19,32 +16,8 @@ TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 VIP, VIP_EMPTY, VIP_LOCAL = "10.96.0.2", "10.96.0.3", "10.96.0.4"
 A0, B, C_POD = "10.200.0.2", "10.200.1.2", "10.200.2.2"
 POD_MAC, GW_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
-HAIRPIN = "169.254.42.1"
+HAIRPIN = DEFAULT_HAIRPIN_ADDR
 LO = 1   # skb->ifindex for redirects: test runs transmit nothing
-
-
-@pytest.fixture(scope="module")
-def loaded():
-    pin_dir = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
-    datapath = Datapath(pin_dir)
-    try:
-        yield datapath.load(hairpin_addr=HAIRPIN)
-    finally:
-        datapath.close()
-        shutil.rmtree(pin_dir, ignore_errors=True)
-
-
-@pytest.fixture
-def dp(loaded):
-    """The loaded programs with empty maps (compiling once per module keeps the suite quick)."""
-    maps = loaded.maps
-    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct):
-        for key, _ in m.items():
-            m.delete(key)
-    zeros = ffi.new(f"struct svc_counters[{maps.svc_counters.ncpus}]")
-    for svc_id in range(1, 8):
-        maps.svc_counters.update(ffi.new("__u32 *", svc_id), zeros)
-    return loaded
 
 
 def program(dp, *services, ips=(VIP, VIP_EMPTY, VIP_LOCAL)):
