@@ -1,113 +1,160 @@
-"""The agent: keeps the maps equal to what the manifests say, keeps the programs on every pod
-veth, sweeps conntrack. On exit it leaves programs and maps in place: the data plane keeps
-forwarding without it."""
+"""The agent: keeps the maps equal to what its source (the Kubernetes API or manifests) says, keeps
+the programs on every pod veth, sweeps conntrack. On exit it leaves programs and maps in place: the
+data plane keeps forwarding without it.
+
+Syncs are coalesced: a change at rest is written at once; under a burst, at most one sync per
+--min-sync-period.
+"""
 import logging
+import os
 import select
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
 from .attach import DEFAULT_WORKLOAD_IFACES, WorkloadAttacher
 from .conntrack import Timeouts, forget_udp_flows_to, sweep
-from .core.ids import recover_ids
-from .core.services import desired_state
+from .core.tracker import ServiceTracker
 from .loader import DEFAULT_HAIRPIN_ADDR, Datapath
-from .manifests import ManifestError, fingerprint, load_manifests
+from .metrics import AgentMetrics, DataplaneCollector, Health, serve
 from .paths import DEFAULT_PIN_DIR
 from .writer import MapWriter
 
 log = logging.getLogger("ebpflb.agent")
 
+LOOP_TICK_S = 0.25   # manifests are polled this often; the loop's heartbeat
+
 
 @dataclass
 class AgentConfig:
-    manifests: str
     node_name: str
+    manifests: str | None = None       # else the Kubernetes API
+    kubeconfig: str | None = None      # None with no manifests: in-cluster config
     pin_dir: str = DEFAULT_PIN_DIR
     workload_ifaces: str = DEFAULT_WORKLOAD_IFACES
     proxy_name: str | None = None
     hairpin_addr: str = DEFAULT_HAIRPIN_ADDR
     ct_timeouts: Timeouts = Timeouts()
     sweep_interval: float = 10.0
-    poll_interval: float = 0.25    # how often the manifests are checked for changes
+    min_sync_period: float = 1.0
+    metrics_addr: str | None = None
+
+
+def make_source(config: AgentConfig, metrics: AgentMetrics):
+    if config.manifests:
+        from .sources.manifests import ManifestSource
+        return ManifestSource(config.manifests)
+    from .sources.kube import KubeSource
+    return KubeSource(config.kubeconfig, counters=metrics)
 
 
 class Agent:
     def __init__(self, config: AgentConfig):
         self.config = config
         self.stopping = False
-        self.datapath: Datapath | None = None
-        self.writer: MapWriter | None = None
-        self.ids = {}
-        self.seen_fingerprint = None
+        self.lock = threading.Lock()
+        self.metrics = AgentMetrics()
+        self.health = Health()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.last_sync = float("-inf")
+        self.logged_rejections: set = set()
 
     def stop(self, *_) -> None:
         self.stopping = True
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"x")
+        except BlockingIOError:
+            pass   # already awake
 
     def run(self) -> None:
         cfg = self.config
         self.datapath = Datapath(cfg.pin_dir).load(hairpin_addr=cfg.hairpin_addr)
         self.writer = MapWriter(self.datapath.maps)
+        # A restart takes back the ids the maps use, so nothing needs rewriting.
+        self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name,
+                                      id_hints={k: f.svc_id for k, f in self.writer.frontends.items()})
+        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
+        server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         attacher = WorkloadAttacher(self.datapath.fds, cfg.workload_ifaces)
+        source = make_source(cfg, self.metrics)
         log.info("node %s: programs loaded, maps pinned in %s", cfg.node_name, cfg.pin_dir)
         try:
             attacher.reconcile()
-            self.sync_if_changed()
+            source.start(self.tracker, self.lock, self.wake)
             next_sweep = time.monotonic() + cfg.sweep_interval
             while not self.stopping:
-                readable, _, _ = select.select([attacher], [], [], cfg.poll_interval)
-                if readable:
+                self.health.beat()
+                readable, _, _ = select.select([attacher, self.wake_r], [], [], self._wait_time(next_sweep))
+                if attacher in readable:
                     attacher.handle_events()
-                self.sync_if_changed()
+                if self.wake_r in readable:
+                    self._drain_wake()
+                source.poll()
+                if source.synced and self.tracker.dirty and self._sync_due():
+                    self.sync()
                 if time.monotonic() >= next_sweep:
                     self.sweep()
                     next_sweep = time.monotonic() + cfg.sweep_interval
         finally:
+            source.stop()
             attacher.close()
+            if server:
+                server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
 
-    def sync_if_changed(self) -> None:
+    def _sync_due(self) -> bool:
+        return time.monotonic() - self.last_sync >= self.config.min_sync_period
+
+    def _wait_time(self, next_sweep: float) -> float:
+        wait = min(LOOP_TICK_S, max(0.0, next_sweep - time.monotonic()))
+        if self.tracker.dirty:
+            wait = min(wait, max(0.0, self.last_sync + self.config.min_sync_period - time.monotonic()))
+        return wait
+
+    def _drain_wake(self) -> None:
         try:
-            current = fingerprint(self.config.manifests)
-        except (OSError, ManifestError) as err:
-            log.error("cannot read manifests: %s; keeping what is programmed", err)
-            return
-        if current != self.seen_fingerprint:
-            self.seen_fingerprint = current
-            self.sync()
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def sync(self) -> None:
         started = time.perf_counter()
+        self.last_sync = time.monotonic()
         try:
-            services, slices = load_manifests(self.config.manifests)
-        except ManifestError as err:
-            log.error("%s; keeping what is programmed", err)
+            with self.lock:
+                changes = self.tracker.flush()
+                stats = self.writer.apply(self.tracker.state, changes)
+                state, rejected = self.tracker.state, self.tracker.rejected
+                n_ports, n_frontends = len(state.ids), len(state.frontends)
+                n_backends = sum(map(len, state.backends.values()))
+        except Exception:
+            self.health.last_sync_failed = True
+            log.exception("sync failed; will compare everything again at the next period")
+            with self.lock:
+                self.writer = MapWriter(self.datapath.maps)     # what the maps really hold now
+                self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
             return
-        desired = self._desired(services, slices)
-        for rejected in desired.rejected:
-            log.warning("skipped %s %s/%s: %s (%s)", rejected.kind, rejected.namespace, rejected.name,
-                        rejected.detail, rejected.reason)
-        stats = self.writer.apply(desired)
-        self.ids = desired.ids
+        self.health.last_sync_failed = False
         gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
+        elapsed = time.perf_counter() - started
+        self.metrics.record_sync(elapsed, state, rejected, stats)
+        self.health.ready = True
+        for r in set(rejected) - self.logged_rejections:
+            log.warning("skipped %s %s/%s: %s (%s)", r.kind, r.namespace, r.name, r.detail, r.reason)
+        self.logged_rejections = set(rejected)
         log.info("sync: %d service ports, %d frontends, %d backends, %d rejected; "
                  "%d map writes, %d deletes, %d UDP flows moved off gone backends; %.1f ms",
-                 len(desired.ids), len(desired.frontends), sum(map(len, desired.backends.values())),
-                 len(desired.rejected), stats.written, stats.deleted, flushed,
-                 (time.perf_counter() - started) * 1e3)
-
-    def _desired(self, services, slices):
-        def compute(known):
-            return desired_state(services, slices, node_name=self.config.node_name,
-                                 known_ids=known, proxy_name=self.config.proxy_name)
-
-        if self.ids:
-            return compute(self.ids)
-        # First sync of this process: take back the ids the maps already use.
-        programmed = {key: fe.svc_id for key, fe in self.writer.mirror.frontends.items()}
-        return compute(recover_ids(compute({}), programmed))
+                 n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
+                 flushed, elapsed * 1e3)
 
     def sweep(self) -> None:
         deleted = sweep(self.datapath.maps, self.config.ct_timeouts)

@@ -23,10 +23,13 @@ def cmd_agent(args) -> None:
     from .agent import AgentConfig, run_agent
     if not args.node_name:
         sys.exit("ebpflb agent: --node-name (or $NODE_NAME) is required")
-    run_agent(AgentConfig(manifests=args.manifests, node_name=args.node_name, pin_dir=args.pin_dir,
-                          workload_ifaces=args.workload_ifaces, proxy_name=args.proxy_name,
-                          hairpin_addr=args.hairpin_addr, ct_timeouts=args.ct_timeouts,
-                          sweep_interval=args.ct_sweep_interval))
+    if args.manifests and args.kubeconfig:
+        sys.exit("ebpflb agent: --manifests and --kubeconfig exclude each other")
+    run_agent(AgentConfig(node_name=args.node_name, manifests=args.manifests, kubeconfig=args.kubeconfig,
+                          pin_dir=args.pin_dir, workload_ifaces=args.workload_ifaces,
+                          proxy_name=args.proxy_name, hairpin_addr=args.hairpin_addr,
+                          ct_timeouts=args.ct_timeouts, sweep_interval=args.ct_sweep_interval,
+                          min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None))
 
 
 def cmd_cleanup(args) -> None:
@@ -128,7 +131,10 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     agent = with_pin_dir(verbs.add_parser("agent", help="program this node's data plane and keep it in sync"))
-    agent.add_argument("--manifests", required=True, help="YAML/JSON file or directory of Services and EndpointSlices")
+    agent.add_argument("--manifests", help="YAML/JSON file or directory of Services and EndpointSlices (instead of the API)")
+    agent.add_argument("--kubeconfig", help="kubeconfig of the API server; in a pod with neither flag: in-cluster config")
+    agent.add_argument("--min-sync-period", type=float, default=1.0, help="seconds: under a burst of changes, at most one sync per period")
+    agent.add_argument("--metrics-addr", default="127.0.0.1:10249", help="HOST:PORT for /metrics, /healthz, /readyz ('' to disable)")
     agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     agent.add_argument("--workload-ifaces", default=DEFAULT_WORKLOAD_IFACES, help="regex of pod veth host-side names")
     agent.add_argument("--proxy-name", help="serve services labelled service.kubernetes.io/service-proxy-name=NAME")

@@ -89,8 +89,28 @@ class BpfMap:
             ffi.memmove(token_in, token_out, 16)
             first = False
 
+    def count(self) -> int:
+        """Number of entries, by batch lookups, without building Python objects for them."""
+        keys = ffi.new(f"char[{BATCH * ffi.sizeof(self.key_type)}]")
+        values = ffi.new(f"char[{BATCH * ffi.sizeof(self.value_type) * self.ncpus}]")
+        token_in, token_out = ffi.new("char[16]"), ffi.new("char[16]")
+        count = bpf_ffi.new("__u32 *")
+        opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
+        total, first = 0, True
+        while True:
+            count[0] = BATCH
+            ret = lib.bpf_map_lookup_batch(self.fd, bpf_ffi.NULL if first else token_in, token_out,
+                                           keys, values, count, opts)
+            if ret < 0 and ret != -libbpf.ENOENT:
+                libbpf.check(ret, f"batch lookup in {self.path}")
+            total += count[0]
+            if ret == -libbpf.ENOENT:
+                return total
+            ffi.memmove(token_in, token_out, 16)
+            first = False
+
     def __len__(self) -> int:
-        return len(self.items())
+        return self.count()
 
 
 MAP_LAYOUT = {

@@ -9,25 +9,31 @@ lets a packet see a frontend whose slots are not all filled:
   6. service addresses that are gone
 
 The writer mirrors what the maps hold (read once when it starts, then kept as it writes), so a
-sync that changes nothing reads and writes nothing.
+sync that changes nothing reads and writes nothing. Given the tracker's Changes it looks at those
+ids, frontends and addresses only; without, at everything.
 """
 import logging
 from dataclasses import dataclass, field
 
 from .core.model import Backend, DesiredState, Frontend, FrontendKey
+from .core.tracker import Changes
 from .maps import Maps
 from .structs import ffi, ip_be, ip_str, new, port_be, port_int
 
 log = logging.getLogger(__name__)
 
-BackendSlot = tuple[int, int]   # (service id, ordinal)
-
 
 @dataclass
 class MapContents:
     frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
-    backends: dict[BackendSlot, Backend] = field(default_factory=dict)
+    backends: dict[tuple[int, int], Backend] = field(default_factory=dict)   # (id, ordinal)
     service_ips: set[str] = field(default_factory=set)
+
+    def backends_by_id(self) -> dict[int, tuple[Backend, ...]]:
+        by_id: dict[int, list[Backend]] = {}
+        for (svc_id, ordinal), backend in sorted(self.backends.items()):
+            by_id.setdefault(svc_id, []).append(backend)
+        return {svc_id: tuple(backends) for svc_id, backends in by_id.items()}
 
 
 @dataclass
@@ -49,12 +55,16 @@ def fe_value(f: Frontend):
     return new("struct nat_fe_value", id=f.svc_id, count=f.count, local=f.local, flags=f.flags)
 
 
-def be_key(slot: BackendSlot):
-    return new("struct nat_be_key", id=slot[0], ordinal=slot[1])
+def be_key(svc_id: int, ordinal: int):
+    return new("struct nat_be_key", id=svc_id, ordinal=ordinal)
 
 
 def be_value(b: Backend):
     return new("struct nat_be_value", addr=ip_be(b.addr), port=port_be(b.port))
+
+
+def svc_ip_key(addr: str):
+    return ffi.new("__u32 *", ip_be(addr))
 
 
 def read_contents(maps: Maps) -> MapContents:
@@ -68,48 +78,70 @@ def read_contents(maps: Maps) -> MapContents:
     return contents
 
 
-def slots_of(desired: DesiredState) -> dict[BackendSlot, Backend]:
-    return {(svc_id, ordinal): backend
-            for svc_id, backends in desired.backends.items()
-            for ordinal, backend in enumerate(backends)}
-
-
 class MapWriter:
     def __init__(self, maps: Maps):
         self.maps = maps
-        self.mirror = read_contents(maps)
+        contents = read_contents(maps)
+        self.frontends = contents.frontends
+        self.backends = contents.backends_by_id()
+        self.service_ips = contents.service_ips
 
-    def apply(self, desired: DesiredState) -> WriteStats:
+    def apply(self, desired: DesiredState, changes: Changes | None = None) -> WriteStats:
+        if changes is None:
+            changes = Changes(desired.backends.keys() | self.backends.keys(),
+                              desired.frontends.keys() | self.frontends.keys(),
+                              desired.service_ips | self.service_ips)
         stats = WriteStats()
-        have = self.mirror
-        want_slots = slots_of(desired)
+        nat_fe, nat_be, svc_ips = self.maps.nat_fe, self.maps.nat_be, self.maps.svc_ips
         svc_ip_value = new("struct svc_ip_value")
+        empty = ()
 
-        for slot, backend in want_slots.items():
-            if have.backends.get(slot) != backend:
-                self.maps.nat_be.update(be_key(slot), be_value(backend))
+        for svc_id in changes.ids:
+            have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
+            for ordinal, backend in enumerate(want):
+                if ordinal >= len(have) or have[ordinal] != backend:
+                    nat_be.update(be_key(svc_id, ordinal), be_value(backend))
+                    stats.written += 1
+        for key in changes.frontends:
+            want = desired.frontends.get(key)
+            if want is not None and self.frontends.get(key) != want:
+                nat_fe.update(fe_key(key), fe_value(want))
                 stats.written += 1
-        for key, frontend in desired.frontends.items():
-            if have.frontends.get(key) != frontend:
-                self.maps.nat_fe.update(fe_key(key), fe_value(frontend))
+        for addr in changes.service_ips:
+            if addr in desired.service_ips and addr not in self.service_ips:
+                svc_ips.update(svc_ip_key(addr), svc_ip_value)
                 stats.written += 1
-        for addr in desired.service_ips - have.service_ips:
-            self.maps.svc_ips.update(ffi.new("__u32 *", ip_be(addr)), svc_ip_value)
-            stats.written += 1
-        for key in have.frontends.keys() - desired.frontends.keys():
-            self.maps.nat_fe.delete(fe_key(key))
-            stats.deleted += 1
-        for slot in have.backends.keys() - want_slots.keys():
-            self.maps.nat_be.delete(be_key(slot))
-            stats.deleted += 1
-        for addr in have.service_ips - desired.service_ips:
-            self.maps.svc_ips.delete(ffi.new("__u32 *", ip_be(addr)))
-            stats.deleted += 1
+        for key in changes.frontends:
+            if key not in desired.frontends and key in self.frontends:
+                nat_fe.delete(fe_key(key))
+                stats.deleted += 1
+        for svc_id in changes.ids:
+            have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
+            for ordinal in range(len(want), len(have)):
+                nat_be.delete(be_key(svc_id, ordinal))
+                stats.deleted += 1
+            stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
+        for addr in changes.service_ips:
+            if addr not in desired.service_ips and addr in self.service_ips:
+                svc_ips.delete(svc_ip_key(addr))
+                stats.deleted += 1
 
-        stats.removed_backends = backends_by_id(have.backends) - backends_by_id(want_slots)
-        self.mirror = MapContents(dict(desired.frontends), want_slots, set(desired.service_ips))
+        self._remember(desired, changes)
         return stats
 
-
-def backends_by_id(slots: dict[BackendSlot, Backend]) -> set[tuple[int, Backend]]:
-    return {(slot[0], backend) for slot, backend in slots.items()}
+    def _remember(self, desired: DesiredState, changes: Changes) -> None:
+        for svc_id in changes.ids:
+            if svc_id in desired.backends:
+                self.backends[svc_id] = desired.backends[svc_id]
+            else:
+                self.backends.pop(svc_id, None)
+        for key in changes.frontends:
+            if key in desired.frontends:
+                self.frontends[key] = desired.frontends[key]
+            else:
+                self.frontends.pop(key, None)
+        for addr in changes.service_ips:
+            if addr in desired.service_ips:
+                self.service_ips.add(addr)
+            else:
+                self.service_ips.discard(addr)

@@ -1,7 +1,7 @@
 """Service ids survive agent restarts: the maps remember them, keyed by frontend."""
 from collections.abc import Mapping
 
-from .model import DesiredState, FrontendKey, ServicePortName
+from .model import DesiredState, Frontend, FrontendKey, ServicePortName
 
 
 def recover_ids(desired: DesiredState, programmed: Mapping[FrontendKey, int]) -> dict[ServicePortName, int]:
@@ -22,3 +22,23 @@ def recover_ids(desired: DesiredState, programmed: Mapping[FrontendKey, int]) ->
             recovered[name] = svc_id
             taken.add(svc_id)
     return recovered
+
+
+def remap_ids(desired: DesiredState, wanted: Mapping[ServicePortName, int]) -> DesiredState:
+    """The same state with `wanted` ids where given; every other name keeps its id unless that id
+    is wanted by someone else, then it takes the smallest id nobody holds. Cheap: no recompute."""
+    final = dict(wanted)
+    held = set(final.values())
+    free = (i for i in range(1, 1 << 31) if i not in held)
+    for name in sorted(desired.ids):
+        if name not in final:
+            own = desired.ids[name]
+            final[name] = own if own not in held else next(free)
+            held.add(final[name])
+    old_to_new = {desired.ids[name]: final[name] for name in desired.ids}
+    return DesiredState(
+        frontends={k: Frontend(old_to_new[f.svc_id], f.count, f.local, f.flags) for k, f in desired.frontends.items()},
+        backends={old_to_new[i]: b for i, b in desired.backends.items()},
+        service_ips=desired.service_ips,
+        ids={name: final[name] for name in desired.ids},
+        rejected=list(desired.rejected))

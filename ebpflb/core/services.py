@@ -77,11 +77,15 @@ class _Endpoint:
 
 
 def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
-                  known_ids: Mapping[ServicePortName, int], proxy_name: str | None = None) -> DesiredState:
+                  known_ids: Mapping[ServicePortName, int], proxy_name: str | None = None,
+                  reserved_ids: frozenset[int] = frozenset()) -> DesiredState:
+    """`reserved_ids` are held by services outside this call (the tracker computes one service
+    at a time): new names never take them."""
     rejected: list[Rejected] = []
     parsed_services = _parse_each(services, "Service", lambda obj: _parse_service(obj, proxy_name), rejected)
     slices_by_service = _group_slices(_parse_each(slices, "EndpointSlice", _parse_slice, rejected))
-    ids = _assign_ids([port.name for service in parsed_services for port in service.ports], known_ids)
+    ids = _assign_ids([port.name for service in parsed_services for port in service.ports], known_ids,
+                      reserved_ids)
     state = DesiredState(rejected=rejected)
     service_ips: set[str] = set()
     for service in sorted(parsed_services, key=lambda s: (s.namespace, s.name)):
@@ -131,12 +135,12 @@ def _conflict(service: _Service, state: DesiredState,
     return None
 
 
-def _assign_ids(names: Iterable[ServicePortName],
-                known_ids: Mapping[ServicePortName, int]) -> dict[ServicePortName, int]:
+def _assign_ids(names: Iterable[ServicePortName], known_ids: Mapping[ServicePortName, int],
+                reserved: frozenset[int]) -> dict[ServicePortName, int]:
     """Known names keep their id (the maps and counters stay put); new names take the smallest free one."""
     names = sorted(set(names))
     ids: dict[ServicePortName, int] = {}
-    taken: set[int] = set()
+    taken: set[int] = set(reserved)
     for name in names:
         known = known_ids.get(name)
         if type(known) is int and 1 <= known < C.SVC_COUNTERS_MAX and known not in taken:

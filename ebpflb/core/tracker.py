@@ -1,0 +1,238 @@
+"""The change tracker: Kubernetes objects come and go one at a time (watch events, a changed
+manifest); it keeps the desired map contents up to date by recomputing only the services they
+touch, and says which ids, frontends and service addresses changed so the writer looks at those
+only. Pure: no I/O, no clock.
+"""
+from collections import Counter
+from dataclasses import dataclass, field
+
+from .ids import recover_ids, remap_ids
+from .model import Backend, DesiredState, Frontend, FrontendKey, Rejected, ServicePortName
+from .services import SERVICE_NAME_LABEL, desired_state
+
+ObjectKey = tuple[str, str]   # (namespace, name)
+
+# Past this many dirty services one pass over everything is quicker than one call per service.
+BULK_RECOMPUTE = 256
+
+
+@dataclass
+class Changes:
+    ids: set[int] = field(default_factory=set)
+    frontends: set[FrontendKey] = field(default_factory=set)
+    service_ips: set[str] = field(default_factory=set)
+
+    def __bool__(self) -> bool:
+        return bool(self.ids or self.frontends or self.service_ips)
+
+    def add(self, part: "Contribution") -> None:
+        self.ids |= part.backends.keys()
+        self.frontends |= part.frontends.keys()
+        self.service_ips |= part.service_ips
+
+
+@dataclass
+class Contribution:
+    """What one Service puts into the maps."""
+    ids: dict[ServicePortName, int]
+    frontends: dict[FrontendKey, Frontend]
+    backends: dict[int, tuple[Backend, ...]]
+    service_ips: frozenset[str]
+
+
+def object_key(obj) -> ObjectKey | None:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return None
+    return (meta.get("namespace") or "", meta["name"])
+
+
+def owning_service(slice_obj) -> ObjectKey | None:
+    key = object_key(slice_obj)
+    labels = slice_obj.get("metadata", {}).get("labels") if key else None
+    service = labels.get(SERVICE_NAME_LABEL) if isinstance(labels, dict) else None
+    return (key[0], service) if isinstance(service, str) else None
+
+
+class ServiceTracker:
+    def __init__(self, node_name: str, proxy_name: str | None = None,
+                 id_hints: dict[FrontendKey, int] | None = None):
+        self.node_name = node_name
+        self.proxy_name = proxy_name
+        self.id_hints = dict(id_hints or {})   # frontend -> id the maps already use (restart)
+        self.services: dict[ObjectKey, dict] = {}
+        self.slices: dict[ObjectKey, dict] = {}
+        self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
+        self.contributions: dict[ObjectKey, Contribution] = {}
+        self.rejected_by_service: dict[ObjectKey, list[Rejected]] = {}
+        self.unkeyed: list[Rejected] = []
+        self.state = DesiredState()
+        self.ip_refs: Counter[str] = Counter()
+        self.dirty: set[ObjectKey] = set()
+
+    # --- what happened -------------------------------------------------------------------
+    def set_service(self, obj) -> None:
+        key = object_key(obj)
+        if key is None:
+            self.unkeyed.append(Rejected("Service", "", "", "missing_field", "metadata.name is missing"))
+            return
+        if self.services.get(key) != obj:
+            self.services[key] = obj
+            self.dirty.add(key)
+
+    def delete_service(self, key: ObjectKey) -> None:
+        if self.services.pop(key, None) is not None:
+            self.dirty.add(key)
+
+    def set_slice(self, obj) -> None:
+        key = object_key(obj)
+        if key is None:
+            self.unkeyed.append(Rejected("EndpointSlice", "", "", "missing_field", "metadata.name is missing"))
+            return
+        if self.slices.get(key) == obj:
+            return
+        self.delete_slice(key)
+        self.slices[key] = obj
+        owner = owning_service(obj) or ("", "")
+        self.slices_of.setdefault(owner, set()).add(key)
+        self.dirty.add(owner)
+
+    def delete_slice(self, key: ObjectKey) -> None:
+        old = self.slices.pop(key, None)
+        if old is None:
+            return
+        owner = owning_service(old) or ("", "")
+        self.slices_of.get(owner, set()).discard(key)
+        self.dirty.add(owner)
+
+    def replace_all(self, services, slices) -> None:
+        """A full list (start, relist after 410, manifests reread): sets, and deletes the rest."""
+        self.replace_services(services)
+        self.replace_slices(slices)
+
+    def replace_services(self, services) -> None:
+        seen = set()
+        for obj in services:
+            self.set_service(obj)
+            seen.add(object_key(obj))
+        for key in self.services.keys() - seen:
+            self.delete_service(key)
+
+    def replace_slices(self, slices) -> None:
+        seen = set()
+        for obj in slices:
+            self.set_slice(obj)
+            seen.add(object_key(obj))
+        for key in self.slices.keys() - seen:
+            self.delete_slice(key)
+
+    # --- what the maps should hold -------------------------------------------------------------
+    @property
+    def rejected(self) -> list[Rejected]:
+        return self.unkeyed + [r for rs in self.rejected_by_service.values() for r in rs]
+
+    def flush(self) -> Changes:
+        """Recompute what the changes since the last flush touched."""
+        dirty, self.dirty = self.dirty, set()
+        changes = Changes()
+        if len(dirty) > BULK_RECOMPUTE:
+            self._recompute_all(changes)
+        else:
+            for key in sorted(dirty):
+                self._recompute(key, changes)
+        self.state.service_ips = frozenset(self.ip_refs)
+        return changes
+
+    def _slices_for(self, key: ObjectKey) -> list[dict]:
+        return [self.slices[s] for s in sorted(self.slices_of.get(key, ()))]
+
+    def _withdraw(self, key: ObjectKey, changes: Changes) -> Contribution | None:
+        old = self.contributions.pop(key, None)
+        if old is None:
+            return None
+        for name in old.ids:
+            del self.state.ids[name]
+        for k in old.frontends:
+            del self.state.frontends[k]
+        for i in old.backends:
+            del self.state.backends[i]
+        self.ip_refs.subtract(old.service_ips)
+        self.ip_refs += Counter()   # drop zero counts
+        changes.add(old)
+        return old
+
+    def _contribute(self, key: ObjectKey, part: Contribution, changes: Changes) -> None:
+        self.contributions[key] = part
+        self.state.ids.update(part.ids)
+        self.state.frontends.update(part.frontends)
+        self.state.backends.update(part.backends)
+        self.ip_refs.update(part.service_ips)
+        changes.add(part)
+
+    def _recompute(self, key: ObjectKey, changes: Changes) -> None:
+        old = self._withdraw(key, changes)
+        self.rejected_by_service.pop(key, None)
+        service = self.services.get(key)
+        if service is None:
+            return
+        desired = desired_state([service], self._slices_for(key), node_name=self.node_name,
+                                known_ids=old.ids if old else {}, proxy_name=self.proxy_name,
+                                reserved_ids=frozenset(self.state.ids.values()))
+        if old is None and self.id_hints:
+            in_use = set(self.state.ids.values())
+            hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items() if i not in in_use}
+            if any(desired.ids[n] != i for n, i in hinted.items()):
+                desired = remap_ids(desired, hinted)
+        self.rejected_by_service[key] = list(desired.rejected)
+        taken = [k for k in desired.frontends if k in self.state.frontends]
+        if taken:
+            self.rejected_by_service[key].append(Rejected(
+                "Service", key[0], key[1], "duplicate_frontend",
+                f"{taken[0].addr}:{taken[0].port} belongs to another service"))
+            return
+        self._contribute(key, split(desired).get(key, Contribution({}, {}, {}, frozenset())), changes)
+
+    def _recompute_all(self, changes: Changes) -> None:
+        """Everything at once (start-up, relist): one pass of the core, then split per service."""
+        previous = dict(self.state.ids)   # ids this process handed out stay put
+        for key in list(self.contributions):
+            self._withdraw(key, changes)
+        desired = desired_state(self.services.values(), self.slices.values(), node_name=self.node_name,
+                                known_ids=previous, proxy_name=self.proxy_name)
+        if self.id_hints:
+            # Restart: take back the ids the maps use, for names this process has not seen yet.
+            held = set(previous.values())
+            hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items()
+                      if n not in previous and i not in held}
+            if any(desired.ids[n] != i for n, i in hinted.items()):
+                desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}})
+        self.rejected_by_service = {}
+        for r in desired.rejected:
+            self.rejected_by_service.setdefault(self._owner_of(r), []).append(r)
+        for key, part in split(desired).items():
+            self._contribute(key, part, changes)
+
+    def _owner_of(self, rejected: Rejected) -> ObjectKey:
+        if rejected.kind == "Service":
+            return (rejected.namespace, rejected.name)
+        return owning_service(self.slices.get((rejected.namespace, rejected.name), {})) or ("", "")
+
+
+def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
+    """Per Service, the part of a DesiredState it contributed."""
+    parts: dict[ObjectKey, Contribution] = {}
+    owner_of_id = {}
+    for name, svc_id in desired.ids.items():
+        key = (name.namespace, name.name)
+        part = parts.setdefault(key, Contribution({}, {}, {}, frozenset()))
+        part.ids[name] = svc_id
+        part.backends[svc_id] = desired.backends[svc_id]
+        owner_of_id[svc_id] = key
+    ips: dict[ObjectKey, set[str]] = {}
+    for k, frontend in desired.frontends.items():
+        key = owner_of_id[frontend.svc_id]
+        parts[key].frontends[k] = frontend
+        ips.setdefault(key, set()).add(k.addr)
+    for key, addrs in ips.items():
+        parts[key].service_ips = frozenset(addrs)
+    return parts

@@ -1,0 +1,132 @@
+"""Prometheus metrics (ebpflb_ prefix, base units) and the /healthz and /readyz endpoints."""
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .structs import ffi
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_STALE_S = 10
+
+
+class AgentMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sync_duration = Histogram("ebpflb_sync_duration_seconds", "Time to bring the maps in line with the desired state",
+                                       buckets=(.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 2.5, 5), registry=r)
+        self.last_sync = Gauge("ebpflb_last_successful_sync_timestamp_seconds", "Unix time of the last successful sync", registry=r)
+        self.services = Gauge("ebpflb_services_programmed", "Service ports programmed", registry=r)
+        self.backends = Gauge("ebpflb_backends_programmed", "Backends programmed over all service ports", registry=r)
+        self.map_writes = Counter("ebpflb_map_writes_total", "Map entries written or deleted by syncs", ["op"], registry=r)
+        self.watch_events = Counter("ebpflb_watch_events_total", "Watch events received", ["resource", "type"], registry=r)
+        self.watch_restarts = Counter("ebpflb_watch_restarts_total", "Watches restarted", ["resource", "reason"], registry=r)
+        self.rejected = Gauge("ebpflb_objects_rejected", "Objects skipped as malformed, by reason", ["kind", "reason"], registry=r)
+
+    def watch_event(self, resource: str, kind: str) -> None:
+        self.watch_events.labels(resource, kind).inc()
+
+    def watch_restart(self, resource: str, reason: str) -> None:
+        self.watch_restarts.labels(resource, reason).inc()
+
+    def record_sync(self, seconds: float, state, rejected, stats) -> None:
+        self.sync_duration.observe(seconds)
+        self.last_sync.set(time.time())
+        self.services.set(len(state.ids))
+        self.backends.set(sum(map(len, state.backends.values())))
+        self.map_writes.labels("write").inc(stats.written)
+        self.map_writes.labels("delete").inc(stats.deleted)
+        self.rejected.clear()
+        counts: dict[tuple[str, str], int] = {}
+        for r in rejected:
+            counts[(r.kind, r.reason)] = counts.get((r.kind, r.reason), 0) + 1
+        for (kind, reason), n in counts.items():
+            self.rejected.labels(kind, reason).set(n)
+
+
+class DataplaneCollector:
+    """Read at scrape time: map fill and capacity, and per-service counters from the per-CPU map."""
+
+    def __init__(self, maps, writer, tracker, lock):
+        self.maps, self.writer, self.tracker, self.lock = maps, writer, tracker, lock
+
+    def collect(self):
+        entries = GaugeMetricFamily("ebpflb_map_entries", "Entries in a BPF map", labels=["map"])
+        capacity = GaugeMetricFamily("ebpflb_map_capacity", "Capacity of a BPF map (max entries)", labels=["map"])
+        with self.lock:
+            names = dict(self.tracker.state.ids)
+            filled = {"frontends": len(self.writer.frontends),
+                      "backends": sum(map(len, self.writer.backends.values()))}
+        filled["conntrack"] = self.maps.ct.count()
+        for name, bpf_map in (("frontends", self.maps.nat_fe), ("backends", self.maps.nat_be), ("conntrack", self.maps.ct)):
+            entries.add_metric([name], filled[name])
+            capacity.add_metric([name], bpf_map.max_entries)
+        yield entries
+        yield capacity
+
+        labels = ["namespace", "name", "port", "protocol"]
+        packets = CounterMetricFamily("ebpflb_service_packets", "Packets through a service port (both directions)", labels=labels)
+        octets = CounterMetricFamily("ebpflb_service_bytes", "Bytes through a service port (both directions)", labels=labels)
+        conns = CounterMetricFamily("ebpflb_service_connections", "New connections to a service port", labels=labels)
+        for name, svc_id in sorted(names.items()):
+            per_cpu = self.maps.svc_counters.lookup(ffi.new("__u32 *", svc_id)) or []
+            label = [name.namespace, name.name, name.port, name.protocol]
+            packets.add_metric(label, sum(c.packets for c in per_cpu))
+            octets.add_metric(label, sum(c.bytes for c in per_cpu))
+            conns.add_metric(label, sum(c.connections for c in per_cpu))
+        yield packets
+        yield octets
+        yield conns
+
+
+class Health:
+    """alive: the main loop turns and the last sync did not fail; ready: the first full sync is done."""
+
+    def __init__(self):
+        self.heartbeat = time.monotonic()
+        self.ready = False
+        self.last_sync_failed = False
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self.heartbeat < HEARTBEAT_STALE_S and not self.last_sync_failed
+
+
+def serve(address: str, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
+    host, _, port = address.rpartition(":")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok = health.alive()
+                self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+            elif path == "/readyz":
+                self._reply(200 if health.ready else 503, b"ready\n" if health.ready else b"not ready\n")
+            else:
+                self._reply(404, b"not found\n")
+
+        def _reply(self, code, body, ctype="text/plain; charset=utf-8"):
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    log.info("metrics, /healthz and /readyz on http://%s/", address)
+    return server

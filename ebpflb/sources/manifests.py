@@ -1,0 +1,35 @@
+"""Services and EndpointSlices from YAML/JSON files, reread when they change."""
+import logging
+
+from ..core.tracker import ServiceTracker
+from ..manifests import ManifestError, fingerprint, load_manifests
+
+log = logging.getLogger(__name__)
+
+
+class ManifestSource:
+    def __init__(self, path: str):
+        self.path = path
+        self.synced = False
+        self.seen = None
+
+    def start(self, tracker: ServiceTracker, lock, wake) -> None:
+        self.tracker, self.lock = tracker, lock
+
+    def poll(self) -> None:
+        """Reread the files if they changed; a file that does not parse changes nothing."""
+        try:
+            current = fingerprint(self.path)
+            if current == self.seen:
+                return
+            self.seen = current
+            services, slices = load_manifests(self.path)
+        except (OSError, ManifestError) as err:
+            log.error("cannot read manifests: %s; keeping what is programmed", err)
+            return
+        with self.lock:
+            self.tracker.replace_all(services, slices)
+        self.synced = True
+
+    def stop(self) -> None:
+        pass
