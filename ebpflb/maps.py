@@ -55,6 +55,20 @@ class BpfMap:
     def update(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
         libbpf.check(lib.bpf_map_update_elem(self.fd, key, value, flags), f"update of {self.path}")
 
+    def update_many(self, pairs: list) -> None:
+        """Write many (key, value) pairs: one batch syscall per BATCH entries instead of one each."""
+        opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
+        count = bpf_ffi.new("__u32 *")
+        for start in range(0, len(pairs), BATCH):
+            chunk = pairs[start:start + BATCH]
+            keys = ffi.new(f"{self.key_type}[{len(chunk)}]")
+            values = ffi.new(f"{self.value_type}[{len(chunk)}]")
+            for i, (key, value) in enumerate(chunk):
+                keys[i], values[i] = key[0], value[0]
+            count[0] = len(chunk)
+            libbpf.check(lib.bpf_map_update_batch(self.fd, keys, values, count, opts),
+                         f"batch update of {self.path}")
+
     def delete(self, key) -> bool:
         ret = lib.bpf_map_delete_elem(self.fd, key)
         if ret == -libbpf.ENOENT:

@@ -78,6 +78,11 @@ def read_contents(maps: Maps) -> MapContents:
     return contents
 
 
+def _changed_slots(have: tuple, want: tuple):
+    return ((ordinal, backend) for ordinal, backend in enumerate(want)
+            if ordinal >= len(have) or have[ordinal] != backend)
+
+
 class MapWriter:
     def __init__(self, maps: Maps):
         self.maps = maps
@@ -96,21 +101,17 @@ class MapWriter:
         svc_ip_value = new("struct svc_ip_value")
         empty = ()
 
-        for svc_id in changes.ids:
-            have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
-            for ordinal, backend in enumerate(want):
-                if ordinal >= len(have) or have[ordinal] != backend:
-                    nat_be.update(be_key(svc_id, ordinal), be_value(backend))
-                    stats.written += 1
-        for key in changes.frontends:
-            want = desired.frontends.get(key)
-            if want is not None and self.frontends.get(key) != want:
-                nat_fe.update(fe_key(key), fe_value(want))
-                stats.written += 1
-        for addr in changes.service_ips:
-            if addr in desired.service_ips and addr not in self.service_ips:
-                svc_ips.update(svc_ip_key(addr), svc_ip_value)
-                stats.written += 1
+        slots = [(be_key(svc_id, ordinal), be_value(backend))
+                 for svc_id in changes.ids
+                 for ordinal, backend in _changed_slots(self.backends.get(svc_id, empty),
+                                                        desired.backends.get(svc_id, empty))]
+        frontends = [(fe_key(key), fe_value(desired.frontends[key])) for key in changes.frontends
+                     if key in desired.frontends and self.frontends.get(key) != desired.frontends[key]]
+        addresses = [(svc_ip_key(addr), svc_ip_value) for addr in changes.service_ips
+                     if addr in desired.service_ips and addr not in self.service_ips]
+        for bpf_map, pairs in ((nat_be, slots), (nat_fe, frontends), (svc_ips, addresses)):
+            bpf_map.update_many(pairs)
+            stats.written += len(pairs)
         for key in changes.frontends:
             if key not in desired.frontends and key in self.frontends:
                 nat_fe.delete(fe_key(key))

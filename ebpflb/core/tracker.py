@@ -26,9 +26,10 @@ class Changes:
         return bool(self.ids or self.frontends or self.service_ips)
 
     def add(self, part: "Contribution") -> None:
-        self.ids |= part.backends.keys()
-        self.frontends |= part.frontends.keys()
-        self.service_ips |= part.service_ips
+        # update(), not |=: `set |= dict_keys` builds a new set each time (quadratic at 10k services)
+        self.ids.update(part.backends)
+        self.frontends.update(part.frontends)
+        self.service_ips.update(part.service_ips)
 
 
 @dataclass
