@@ -165,6 +165,13 @@ class Maps:
             for m in opened.values():
                 m.close()
             raise LayoutMismatch(read_layout_version(pin_dir), LAYOUT_VERSION, pin_dir) from None
+        except libbpf.BPFError as err:
+            for m in opened.values():
+                m.close()
+            if err.errno != libbpf.ENOENT:
+                raise
+            raise MapsNotFound(f"incomplete ebpflb maps in {pin_dir} ({err}): an agent starting, "
+                               f"or a half-removed pin dir") from None
         return cls(pin_dir, **opened)
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import json
+import contextlib
 import os
 import select
 import shutil
@@ -62,6 +63,8 @@ NODE_SUBNETS = {"node-0": "10.200.0.0/24", "node-1": "10.200.1.0/24", "node-2": 
 NODE_GATEWAYS = {"node-0": "10.200.0.1", "node-1": "10.200.1.1", "node-2": "10.200.2.1"}
 NODE_BRIDGES = {"node-0": "br0", "node-1": "br1", "node-2": "br2"}
 UNDERLAY_BRIDGE = "ul"
+CONTROL_PLANE_IP = "192.168.64.1"
+TCP_ECHO_PORT = 9000
 UNDERLAY_PREFIXLEN = 24
 POD_PREFIXLEN = 24
 
@@ -124,12 +127,13 @@ class _LineReader:
 
 
 class UdpSession:
-    """One connected UDP socket in a pod (one source port for its whole life)."""
+    """One connected UDP socket in a pod (one source port for its whole life); with
+    kind="tcp" one TCP connection to the pod servers' line echo instead."""
 
-    def __init__(self, lab: "Lab", pod: str, ip: str, port: int):
+    def __init__(self, lab: "Lab", pod: str, ip: str, port: int, kind: str = "udp"):
         self.pod, self.ip, self.port = pod, ip, port
         self.last_error: str | None = None
-        self.proc = lab.spawn(pod, sys.executable, str(PODSERVER), "udp-client", ip, str(port),
+        self.proc = lab.spawn(pod, sys.executable, str(PODSERVER), f"{kind}-client", ip, str(port),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self._out = _LineReader(self.proc.stdout.fileno())
         first = self._out.readline(10)
@@ -228,6 +232,17 @@ def _install_signal_handlers() -> None:
             signal.signal(s, _raise_interrupt)
 
 
+@contextlib.contextmanager
+def in_netns(name: str):
+    """Sockets made inside stay in that namespace (setns is per thread: this thread only)."""
+    from pyroute2 import netns
+    netns.pushns(name)
+    try:
+        yield
+    finally:
+        netns.popns()
+
+
 class Lab:
     NODES = NODES
     NODE_IPS = NODE_IPS
@@ -246,6 +261,7 @@ class Lab:
     def __init__(self, name: str | None = None):
         self.name = name or "elb" + os.urandom(2).hex()         # e.g. elb3fa2
         self.prefix = self.name + "-"                            # namespace prefix
+        self.apiserver = None
         self.underlay_ns = self.prefix + "ul"
         self.node_ns = {n: self.prefix + n.replace("-", "") for n in NODES}   # elb3fa2-node0
         self.pod_ns = {p: self.prefix + p.lower() for p in PODS}              # elb3fa2-a0
@@ -359,7 +375,9 @@ class Lab:
                      "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
 
     def _build_underlay(self) -> None:
+        # The bridge holds the seed's gateway address: the lab's control-plane host (API server).
         cmds = ["link set lo up", f"link add {UNDERLAY_BRIDGE} type bridge",
+                f"addr add {CONTROL_PLANE_IP}/{UNDERLAY_PREFIXLEN} dev {UNDERLAY_BRIDGE}",
                 f"link set {UNDERLAY_BRIDGE} up"]
         for node in NODES:
             port = node.replace("-", "")                              # node0
@@ -479,6 +497,10 @@ class Lab:
     def udp_session(self, pod: str, ip: str, port: int = UDP_PORT) -> UdpSession:
         return UdpSession(self, self.pod(pod), ip, port)
 
+    def tcp_session(self, pod: str, ip: str, port: int = TCP_ECHO_PORT) -> UdpSession:
+        """One long-lived TCP connection from pod; .request() -> the answering pod's name."""
+        return UdpSession(self, self.pod(pod), ip, port, kind="tcp")
+
     # ------------------------------------------------------------------ agent
     @staticmethod
     def ebpflb_bin() -> str | None:
@@ -510,9 +532,10 @@ class Lab:
         except OSError:
             return ""
 
-    def start_agent(self, node: str, manifests_dir, *extra_args) -> subprocess.Popen:
+    def start_agent(self, node: str, manifests_dir=None, *extra_args, kubeconfig=None) -> subprocess.Popen:
         """ebpflb agent for node, in the node's network namespace only (nsenter --net), so it
-        sees the real /sys/fs/bpf. Log: agent_log(node)."""
+        sees the real /sys/fs/bpf. Its source: manifests_dir, or the API through kubeconfig.
+        Log: agent_log(node)."""
         node = self.node(node)
         if not self._built:
             raise LabError("lab not built")
@@ -520,7 +543,8 @@ class Lab:
         if old is not None and old.poll() is None:
             raise LabError(f"agent on {node} is already running (pid {old.pid})")
         self._ensure_bpffs()
-        cmd = self._node_cmd(node, ["agent", "--manifests", manifests_dir, "--node-name", node,
+        source = ["--kubeconfig", kubeconfig] if kubeconfig else ["--manifests", manifests_dir]
+        cmd = self._node_cmd(node, ["agent", *source, "--node-name", node,
                                     "--pin-dir", self.pin_dir(node), *extra_args])
         log = self._open_log(f"agent-{node}")
         log.write(f"### {' '.join(cmd)}\n".encode())
@@ -529,6 +553,19 @@ class Lab:
                                             stderr=subprocess.STDOUT, start_new_session=True))
         self.agents[node] = proc
         return proc
+
+    def start_apiserver(self, **options):
+        """tests/apiserver.py's FakeApiServer on the control-plane host (underlay namespace,
+        192.168.64.1), reachable from every node. Returns (server, kubeconfig path)."""
+        from tests.apiserver import FakeApiServer
+        with in_netns(self.underlay_ns):
+            self.apiserver = FakeApiServer(host=CONTROL_PLANE_IP, **options).start()
+        kubeconfig = self.apiserver.write_kubeconfig(self.tmpdir / "kubeconfig")
+        return self.apiserver, kubeconfig
+
+    def restart_apiserver(self) -> None:
+        with in_netns(self.underlay_ns):
+            self.apiserver.restart()
 
     def stop_agent(self, node: str, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
         """Send sig to the node's agent and wait (SIGKILL after timeout). Its exit code."""
@@ -650,6 +687,8 @@ class Lab:
 
         for node in list(self.agents):
             step(self.stop_agent, node, signal.SIGTERM, 10)
+        if self.apiserver is not None:
+            step(self.apiserver.stop)
         for proc in list(self._procs):
             step(_kill, proc)
         self._procs.clear()

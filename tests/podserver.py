@@ -8,10 +8,11 @@ Standard library only (it runs with the lab's interpreter under `ip netns exec`)
         UDP: every datagram is answered with NAME.
         Prints "ready" on stdout once both sockets listen.
 
-    podserver.py udp-client IP PORT
-        One connected UDP socket for the whole run (one source port). Prints "port N" (its local
-        port) first, then for every stdin line "go [TIMEOUT]" sends one datagram and prints
-        "reply TEXT", "timeout" or "error ERRNO_NAME".
+    podserver.py udp-client IP PORT      (and tcp-client IP PORT)
+        One connected UDP socket (or one TCP connection) for the whole run (one source port).
+        Prints "port N" (its local port) first, then for every stdin line "go [TIMEOUT]" sends one
+        message and prints "reply TEXT", "timeout" or "error ERRNO_NAME".
+        The server side of TCP is a line echo on 9000 that answers every message with NAME.
 
     podserver.py ping IP [COUNT] [TIMEOUT]
         ICMP echo over a raw socket (this machine has no ping binary). Prints one line per echo
@@ -29,6 +30,9 @@ import socketserver
 import sys
 import threading
 from collections import Counter
+
+
+TCP_ECHO_PORT = 9000
 
 
 def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
@@ -81,13 +85,24 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
             except OSError:
                 pass
 
+    class EchoName(socketserver.BaseRequestHandler):
+        def handle(self):   # a long-lived TCP connection: one answer per message
+            while self.request.recv(65535):
+                self.request.sendall(name.encode())
+
+    class TcpServer(socketserver.ThreadingTCPServer):
+        daemon_threads = True
+        allow_reuse_address = True
+
+    tcp = TcpServer(("0.0.0.0", TCP_ECHO_PORT), EchoName)
+    threading.Thread(target=tcp.serve_forever, daemon=True).start()
     threading.Thread(target=udp_loop, daemon=True).start()
     print("ready", flush=True)
     httpd.serve_forever()
 
 
-def udp_client(ip: str, port: int) -> None:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def client(kind: int, ip: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET, kind)
     sock.connect((ip, port))
     print(f"port {sock.getsockname()[1]}", flush=True)
     for line in sys.stdin:
@@ -108,6 +123,9 @@ def udp_client(ip: str, port: int) -> None:
                 print("timeout", flush=True)
                 continue
             data = sock.recv(65535)
+            if not data:
+                print("error closed", flush=True)
+                continue
             print("reply " + data.decode(errors="replace").replace("\n", " "), flush=True)
         except OSError as e:
             print("error " + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
@@ -205,7 +223,9 @@ def main(argv: list[str]) -> int:
                 raise SystemExit(f"unknown option {opt}")
         serve(name, http_port, udp_port)
     elif cmd == "udp-client":
-        udp_client(args[0], int(args[1]))
+        client(socket.SOCK_DGRAM, args[0], int(args[1]))
+    elif cmd == "tcp-client":
+        client(socket.SOCK_STREAM, args[0], int(args[1]))
     elif cmd == "ping":
         return ping(args[0], int(args[1]) if len(args) > 1 else 1,
                     float(args[2]) if len(args) > 2 else 2.0)
