@@ -1,6 +1,6 @@
 PY := .venv/bin/python
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean bench
 setup:
 	scripts/install.sh
 
@@ -12,3 +12,6 @@ demo: setup
 
 clean:
 	rm -rf .venv *.egg-info
+
+bench: setup
+	$(PY) -m bench.controlplane

@@ -5,6 +5,7 @@ Only a file that cannot be read or parsed is an error here, so the caller can ke
 """
 from pathlib import Path
 
+import orjson
 import yaml
 
 MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
@@ -56,7 +57,12 @@ def manifest_files(path) -> list[Path]:
 def _documents(file: Path) -> list:
     try:
         text = file.read_text(encoding="utf-8")
-        # JSON is YAML, so one parser reads both.
+        if file.suffix.lower() == ".json":
+            try:
+                # orjson is ~50x quicker than YAML parsing: what a large cluster's dump wants.
+                return [orjson.loads(text)]
+            except orjson.JSONDecodeError:
+                pass   # JSON with YAML-only liberties (tabs, comments...): the YAML parser below
         return list(yaml.load_all(text, Loader=yaml.CSafeLoader))
     except (OSError, UnicodeDecodeError) as error:
         raise ManifestError(f"{file}: cannot read: {error}") from error

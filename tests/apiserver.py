@@ -425,6 +425,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        # As Go's net/http (kube-apiserver) does: without it a watch event written in pieces
+        # waits for the client's delayed ACK (tens of milliseconds).
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def _send_json(self, code: int, body: dict) -> None:
         data = _dumps(body)
         self.send_response(code)

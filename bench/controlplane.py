@@ -1,0 +1,196 @@
+"""Control-plane figures: 10k services x 10 endpoints to fully programmed maps, from the API test
+server and from manifests; one EndpointSlice change to the maps; the agent's memory.
+
+The agent runs for real (subprocess) in a network namespace of its own, the fake API server's
+socket lives in that namespace too; nothing touches the root namespace's interfaces.
+"""
+import json
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from bench.objects import cluster, endpoint_slice, service_ip
+from ebpflb.core.model import FrontendKey
+from ebpflb.maps import Maps
+from ebpflb.writer import fe_key
+from tests.apiserver import FakeApiServer
+from tests.lab import in_netns
+
+REPO = Path(__file__).resolve().parent.parent
+EBPFLB = str(Path(sys.executable).parent / "ebpflb")
+SERVICES, ENDPOINTS, RUNS, CHANGES = 10_000, 10, 3, 200
+FIRST_SYNC = re.compile(r"first full sync done ([0-9.]+) s after the source started")
+
+
+class BenchNamespace:
+    def __init__(self):
+        self.name = f"elbbench-{uuid.uuid4().hex[:6]}"
+        self.pin_root = Path("/sys/fs/bpf") / self.name
+        self.tmp = Path(tempfile.mkdtemp(prefix=self.name))
+        self.agents: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+        return self
+
+    def __exit__(self, *exc):
+        for agent in self.agents:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+                try:
+                    agent.wait(10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def start_agent(self, run: str, *source) -> tuple[subprocess.Popen, Path]:
+        log = self.tmp / f"agent-{run}.log"
+        cmd = ["nsenter", f"--net=/run/netns/{self.name}", EBPFLB, "agent", *source, "--node-name", "node-0",
+               "--pin-dir", str(self.pin_root / run), "--metrics-addr", "", "--min-sync-period", "0"]
+        agent = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.agents.append(agent)
+        return agent, log
+
+
+def wait_first_sync(agent, log: Path, timeout: float = 120) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = FIRST_SYNC.search(log.read_text(errors="replace"))
+        if found:
+            return float(found.group(1))
+        if agent.poll() is not None:
+            raise RuntimeError(f"agent exited: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no first sync: {log.read_text()[-2000:]}")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stop(agent) -> None:
+    agent.send_signal(signal.SIGTERM)
+    agent.wait(15)
+
+
+def change_latencies(api: FakeApiServer, pin_dir: str) -> list[float]:
+    """Mark one endpoint of a service not ready; time until its frontend count says so."""
+    maps = Maps.open(pin_dir)
+    try:
+        out = []
+        for n in range(CHANGES):
+            i = (n * 7919) % SERVICES
+            key = fe_key(FrontendKey(service_ip(i), 80, 6))
+            want = ENDPOINTS - 1 if maps.nat_fe.lookup(key).count == ENDPOINTS else ENDPOINTS
+            started = time.perf_counter()
+            api.put(endpoint_slice(i, ENDPOINTS, not_ready=0 if want < ENDPOINTS else -1))
+            while maps.nat_fe.lookup(key).count != want:
+                if time.perf_counter() - started > 5:
+                    raise TimeoutError(f"change {n} not programmed in 5 s")
+                time.sleep(0.0002)   # let the API server's thread (same process) have the GIL
+            out.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        return out
+    finally:
+        maps.close()
+
+
+def spread(values):
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
+
+
+def percentile(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def run() -> dict:
+    svcs, slices = cluster(SERVICES, ENDPOINTS)
+    with BenchNamespace() as ns:
+        with in_netns(ns.name):
+            api = FakeApiServer(bookmark_interval=5).start()
+        try:
+            api.load([*svcs, *slices])
+            kubeconfig = api.write_kubeconfig(ns.tmp / "kubeconfig")
+            api_cold, rss = [], 0.0
+            for r in range(RUNS):
+                agent, log = ns.start_agent(f"api-{r}", "--kubeconfig", kubeconfig)
+                api_cold.append(wait_first_sync(agent, log))
+                if r < RUNS - 1:
+                    stop(agent)
+            rss = rss_mb(agent.pid)
+            latencies = change_latencies(api, str(ns.pin_root / f"api-{RUNS - 1}"))
+            stop(agent)
+        finally:
+            api.stop()
+
+        manifest_cold = {}
+        for kind in ("yaml", "json"):
+            path = ns.tmp / f"cluster.{kind}"
+            with open(path, "w") as f:
+                if kind == "yaml":
+                    yaml.dump_all([*svcs, *slices], f, Dumper=yaml.CSafeDumper)
+                else:
+                    json.dump({"apiVersion": "v1", "kind": "List", "items": [*svcs, *slices]}, f)
+            manifest_cold[kind] = []
+            for r in range(RUNS):
+                agent, log = ns.start_agent(f"manifests-{kind}-{r}", "--manifests", str(path))
+                manifest_cold[kind].append(wait_first_sync(agent, log))
+                stop(agent)
+
+    return {
+        "scale": {"services": SERVICES, "endpoints_per_service": ENDPOINTS},
+        "cold_start_api_s": spread(api_cold),
+        "cold_start_manifests_yaml_s": spread(manifest_cold["yaml"]),
+        "cold_start_manifests_json_s": spread(manifest_cold["json"]),
+        "endpointslice_change_ms": {"p50": percentile(latencies, 50) * 1e3, "p99": percentile(latencies, 99) * 1e3,
+                                    "min": min(latencies) * 1e3, "max": max(latencies) * 1e3, "changes": len(latencies)},
+        "agent_rss_mb": rss,
+    }
+
+
+GOALS = [
+    ("cold start from the API, 10k x 10", lambda r: r["cold_start_api_s"]["median"], "s", "<= 3 s", lambda v: v <= 3),
+    ("cold start from JSON manifests, 10k x 10", lambda r: r["cold_start_manifests_json_s"]["median"], "s", "<= 3 s", lambda v: v <= 3),
+    ("cold start from YAML manifests, 10k x 10", lambda r: r["cold_start_manifests_yaml_s"]["median"], "s", "<= 3 s", lambda v: v <= 3),
+    ("one EndpointSlice change -> maps, p50", lambda r: r["endpointslice_change_ms"]["p50"], "ms", "", None),
+    ("one EndpointSlice change -> maps, p99", lambda r: r["endpointslice_change_ms"]["p99"], "ms", "<= 20 ms", lambda v: v <= 20),
+    ("agent RSS at 10k services", lambda r: r["agent_rss_mb"], "MB", "<= 150 MB", lambda v: v <= 150),
+]
+
+
+def table(results: dict) -> str:
+    rows = ["| figure | value | goal | met |", "|---|---|---|---|"]
+    for name, get, unit, goal, ok in GOALS:
+        value = get(results)
+        rows.append(f"| {name} | {value:.2f} {unit} | {goal or '-'} | {('met' if ok(value) else 'NOT met') if ok else '-'} |")
+    cold = results["cold_start_api_s"]
+    rows.append(f"\n(cold start runs: {cold['runs']}, min-max {cold['min']:.2f}-{cold['max']:.2f} s; "
+                f"change latency over {results['endpointslice_change_ms']['changes']} changes, "
+                f"min-max {results['endpointslice_change_ms']['min']:.2f}-{results['endpointslice_change_ms']['max']:.2f} ms)")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    results = run()
+    print(table(results))
+    out = REPO / "bench" / "results.json"
+    merged = json.loads(out.read_text()) if out.exists() else {}
+    merged["controlplane"] = results
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"\nwritten to {out}; rerun: make bench (or .venv/bin/python -m bench.controlplane)")
