@@ -50,7 +50,12 @@ class BpfMap:
         if ret == -libbpf.ENOENT:
             return None
         libbpf.check(ret, f"lookup in {self.path}")
-        return list(value) if self.percpu else value
+        return self._per_cpu(value, 0) if self.percpu else value
+
+    def _per_cpu(self, values, start: int) -> list:
+        """Owning copies: an element of a cffi array does not keep the array alive, and batch
+        buffers are reused."""
+        return [ffi.new(f"{self.value_type} *", values[start + c]) for c in range(self.ncpus)]
 
     def update(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
         libbpf.check(lib.bpf_map_update_elem(self.fd, key, value, flags), f"update of {self.path}")
@@ -76,52 +81,41 @@ class BpfMap:
         libbpf.check(ret, f"delete in {self.path}")
         return True
 
-    def items(self):
-        """Every (key, value) as cffi structs, read with batch lookups."""
+    def _batches(self):
+        """(keys, values, n) for each batch lookup over the whole map; the buffers are reused."""
         keys = ffi.new(f"{self.key_type}[{BATCH}]")
         values = self._value_buf(BATCH)
-        token_in = ffi.new("char[16]")
-        token_out = ffi.new("char[16]")
-        count = bpf_ffi.new("__u32 *")
-        opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
-        first = True
-        out = []
-        while True:
-            count[0] = BATCH
-            ret = lib.bpf_map_lookup_batch(self.fd, bpf_ffi.NULL if first else token_in, token_out,
-                                           keys, values, count, opts)
-            if ret < 0 and ret != -libbpf.ENOENT:
-                libbpf.check(ret, f"batch lookup in {self.path}")
-            for i in range(count[0]):
-                key = ffi.new(f"{self.key_type} *", keys[i])
-                if self.percpu:
-                    out.append((key, [values[i * self.ncpus + c] for c in range(self.ncpus)]))
-                else:
-                    out.append((key, ffi.new(f"{self.value_type} *", values[i])))
-            if ret == -libbpf.ENOENT:
-                return out
-            ffi.memmove(token_in, token_out, 16)
-            first = False
-
-    def count(self) -> int:
-        """Number of entries, by batch lookups, without building Python objects for them."""
-        keys = ffi.new(f"char[{BATCH * ffi.sizeof(self.key_type)}]")
-        values = ffi.new(f"char[{BATCH * ffi.sizeof(self.value_type) * self.ncpus}]")
         token_in, token_out = ffi.new("char[16]"), ffi.new("char[16]")
         count = bpf_ffi.new("__u32 *")
         opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
-        total, first = 0, True
+        first = True
         while True:
             count[0] = BATCH
             ret = lib.bpf_map_lookup_batch(self.fd, bpf_ffi.NULL if first else token_in, token_out,
                                            keys, values, count, opts)
             if ret < 0 and ret != -libbpf.ENOENT:
                 libbpf.check(ret, f"batch lookup in {self.path}")
-            total += count[0]
-            if ret == -libbpf.ENOENT:
-                return total
+            yield keys, values, count[0]
+            if ret == -libbpf.ENOENT:   # that was the last batch
+                return
             ffi.memmove(token_in, token_out, 16)
             first = False
+
+    def items(self):
+        """Every (key, value) as cffi structs (a list of per-CPU structs for per-CPU maps)."""
+        out = []
+        for keys, values, n in self._batches():
+            for i in range(n):
+                key = ffi.new(f"{self.key_type} *", keys[i])
+                if self.percpu:
+                    out.append((key, self._per_cpu(values, i * self.ncpus)))
+                else:
+                    out.append((key, ffi.new(f"{self.value_type} *", values[i])))
+        return out
+
+    def count(self) -> int:
+        """Number of entries, without building Python objects for them."""
+        return sum(n for _, _, n in self._batches())
 
     def __len__(self) -> int:
         return self.count()

@@ -261,3 +261,16 @@ def test_timeouts_parse():
     assert Timeouts.parse("tcp-established=600, udp=30") == Timeouts(tcp_established=600, udp=30)
     with pytest.raises(ValueError, match="unknown conntrack timeout"):
         Timeouts.parse("tcp-bogus=1")
+
+
+def test_per_cpu_items_past_one_batch_keep_their_values(dp):
+    """svc_counters holds 65536 entries: read in many batches, each value must stay its own."""
+    ncpus = dp.maps.svc_counters.ncpus
+    for svc_id in (5, 60000):
+        per_cpu = ffi.new(f"struct svc_counters[{ncpus}]")
+        for c in range(ncpus):
+            per_cpu[c].packets = svc_id + c
+        dp.maps.svc_counters.update(ffi.new("__u32 *", svc_id), per_cpu)
+    values = {k[0]: v for k, v in dp.maps.svc_counters.items()}
+    assert [c.packets for c in values[5]] == [5 + c for c in range(ncpus)]
+    assert [c.packets for c in values[60000]] == [60000 + c for c in range(ncpus)]
