@@ -9,7 +9,7 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 1
+#define EBPFLB_LAYOUT_VERSION 2
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
@@ -17,17 +17,21 @@
 #define SVC_IP_MAX 131072
 #define CT_MAX 524288
 #define SVC_COUNTERS_MAX 65536
+#define SRC_RANGES_MAX 65536
 
-/* nat_fe_value.flags (names follow Calico's nat dump). */
-#define NAT_FLG_EXTERNAL_LOCAL 1
-#define NAT_FLG_INTERNAL_LOCAL 2
+/* nat_fe_value.flags (names follow Calico's nat dump where it has them). */
+#define NAT_FLG_EXTERNAL_LOCAL 1   /* from outside: only local backends (ordinals < local), no SNAT */
+#define NAT_FLG_INTERNAL_LOCAL 2   /* from pods: only local backends */
+#define NAT_FLG_EXTERNAL 4         /* served to traffic from the uplink (NodePort, externalIP, LB) */
+#define NAT_FLG_SRC_RANGES 8       /* from outside only sources in src_ranges (id) may pass */
 
 /* ct_value.type */
 #define CT_TYPE_NAT_FWD 1
 #define CT_TYPE_NAT_REV 2
 
 /* ct_value.flags */
-#define CT_FLAG_SNAT 1
+#define CT_FLAG_SNAT 1       /* hairpin: source rewritten too */
+#define CT_FLAG_UPLINK 2     /* came in on the uplink; SNAT to the node address when CT_FLAG_SNAT */
 
 /* ct_value.tcp_seen: TCP flags seen on the flow, per direction. Kept in the NAT_REV entry. */
 #define CT_TCP_SYN_FWD 1
@@ -96,12 +100,20 @@ struct ct_value {
 	 * NAT_REV: source becomes (nat_addr, nat_port), the service frontend. */
 	__u32 nat_addr;      /* be */
 	__u16 nat_port;      /* be */
-	__u16 pad1;
-	/* With CT_FLAG_SNAT (hairpin): NAT_FWD source becomes snat_addr; NAT_REV destination
-	 * becomes snat_addr (the client's own address). */
+	/* With CT_FLAG_SNAT: NAT_FWD source becomes (snat_addr, snat_port) (hairpin address, or
+	 * the node's address from the uplink); NAT_REV destination becomes it (the client). */
+	__u16 snat_port;     /* be; 0 = keep the port */
 	__u32 snat_addr;     /* be */
 	__u32 pad2;
 	struct ct_key twin;
+};
+
+/* loadBalancerSourceRanges: an LPM trie keyed (id, source prefix). prefixlen counts the 32 bits
+ * of id too: a /24 range is prefixlen 32 + 24. */
+struct src_range_key {
+	__u32 prefixlen;
+	__u32 id;
+	__u32 addr;  /* be */
 };
 
 /* Per service-port counters; a per-CPU array indexed by service-port id. */
