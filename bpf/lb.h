@@ -27,3 +27,27 @@ static __always_inline struct nat_be_value *lb_pick_backend(const struct nat_fe_
 	};
 	return nat_be.lookup(&key);
 }
+
+/* loadBalancerSourceRanges: may this client reach this frontend from outside? */
+static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u32 saddr)
+{
+	if (!(fe->flags & NAT_FLG_SRC_RANGES))
+		return 1;
+	struct src_range_key key = {
+		.prefixlen = 64,   /* all of id and all of the address */
+		.id = fe->id,
+		.addr = saddr,
+	};
+	return src_ranges.lookup(&key) != NULL;
+}
+
+/* Among the first `n` ordinals: all backends (count), or the local ones (local). */
+static __always_inline struct nat_be_value *lb_pick_among(__u32 id, __u32 n, __u32 *ordinal)
+{
+	struct nat_be_key key = {
+		.id = id,
+		.ordinal = bpf_get_prandom_u32() % n,
+	};
+	*ordinal = key.ordinal;
+	return nat_be.lookup(&key);
+}

@@ -128,5 +128,5 @@ struct config {
 	__u32 layout_version;  /* EBPFLB_LAYOUT_VERSION of whoever created the maps */
 	__u32 flags;           /* CFG_FLG_* */
 	__u32 hairpin_addr;    /* be: source for a pod reaching itself through its service */
-	__u32 pad;
+	__u32 node_addr;       /* be: this node's uplink address, the SNAT source towards remote backends */
 };

@@ -126,8 +126,8 @@ int from_workload(struct __sk_buff *skb)
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
-		if (!(entry->flags & CT_FLAG_SNAT))
-			return TC_ACT_OK;   /* a backend answering: reverse NAT is at the client's veth */
+		if ((entry->flags & (CT_FLAG_SNAT | CT_FLAG_UPLINK)) != CT_FLAG_SNAT)
+			return TC_ACT_OK;   /* a backend answering: reverse NAT is at the client's side */
 		/* The hairpin backend answering itself comes back in here. */
 		ct_touch_rev(&p, entry, now);
 		count_packet(skb, entry->svc_id, 0);

@@ -12,7 +12,11 @@ from .structs import LAYOUT_VERSION, ffi, ip_be, to_bytes
 log = logging.getLogger(__name__)
 
 BPFFS = "/sys/fs/bpf"
-PROGRAMS = ("from_workload", "to_workload")
+# Entry files and the programs each holds: one bcc object per file, sharing the pinned maps.
+PROGRAMS = {
+    "workload.c": {"from_workload": "SCHED_CLS", "to_workload": "SCHED_CLS"},
+    "uplink.c": {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS"},
+}
 DEFAULT_HAIRPIN_ADDR = "169.254.42.1"   # Cilium's choice: link-local, never a pod's address
 
 
@@ -50,14 +54,13 @@ def ensure_bpffs() -> None:
 class Datapath:
     """The loaded programs (fds by name) and the pinned maps they share."""
 
-    def __init__(self, pin_dir: str, source: str = "workload.c"):
+    def __init__(self, pin_dir: str):
         self.pin_dir = os.path.abspath(pin_dir)
-        self.source = source
-        self.bpf = None
+        self.objects = []
         self.fds: dict[str, int] = {}
         self.maps: Maps | None = None
 
-    def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR) -> "Datapath":
+    def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None) -> "Datapath":
         from bcc import BPF   # imported late: the CLI's read-only verbs work without bcc
 
         if not self.pin_dir.startswith(BPFFS + "/"):
@@ -68,16 +71,20 @@ class Datapath:
             found = read_layout_version(self.pin_dir)
             if found not in (0, LAYOUT_VERSION):
                 raise LayoutMismatch(found, LAYOUT_VERSION, self.pin_dir)
-        self.bpf = BPF(text=program_text(BPF_DIR / self.source).encode(),
-                       cflags=[f'-DPIN_DIR="{self.pin_dir}"'])
-        self.fds = {name: self.bpf.load_func(name.encode(), BPF.SCHED_CLS).fd for name in PROGRAMS}
+        for source, programs in PROGRAMS.items():
+            obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=[f'-DPIN_DIR="{self.pin_dir}"'])
+            self.objects.append(obj)
+            for name, kind in programs.items():
+                self.fds[name] = obj.load_func(name.encode(), getattr(BPF, kind)).fd
         self.maps = Maps.open(self.pin_dir)
-        self._write_config(hairpin_addr)
+        self.write_config(hairpin_addr, node_addr)
         return self
 
-    def _write_config(self, hairpin_addr: str) -> None:
+    def write_config(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None) -> None:
+        """What the programs need to know; written only when it differs."""
         want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION,
-                                           "hairpin_addr": ip_be(hairpin_addr)})
+                                           "hairpin_addr": ip_be(hairpin_addr),
+                                           "node_addr": ip_be(node_addr) if node_addr else 0})
         have = self.maps.read_config()
         if to_bytes(have) != to_bytes(want):
             self.maps.config.update(ffi.new("__u32 *", 0), want)
@@ -85,5 +92,5 @@ class Datapath:
     def close(self) -> None:
         if self.maps:
             self.maps.close()
-        if self.bpf:
-            self.bpf.cleanup()
+        for obj in self.objects:
+            obj.cleanup()

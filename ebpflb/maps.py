@@ -129,6 +129,7 @@ MAP_LAYOUT = {
     "ct": ("struct ct_key", "struct ct_value", False),
     "svc_counters": ("__u32", "struct svc_counters", True),
     "config": ("__u32", "struct config", False),
+    "src_ranges": ("struct src_range_key", "__u32", False),
 }
 
 
@@ -141,6 +142,7 @@ class Maps:
     ct: BpfMap
     svc_counters: BpfMap
     config: BpfMap
+    src_ranges: BpfMap
 
     @classmethod
     def open(cls, pin_dir: str, check_layout: bool = True) -> "Maps":

@@ -9,6 +9,8 @@ from ebpflb.loader import Datapath
 from ebpflb.structs import ffi
 from tests.lab import Lab
 
+NODE_ADDR = "192.168.64.6"   # the loaded programs' node address (SNAT source from the uplink)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _require_root():
@@ -35,7 +37,7 @@ def loaded():
     pin_dir = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
     datapath = Datapath(pin_dir)
     try:
-        yield datapath.load()
+        yield datapath.load(node_addr=NODE_ADDR)
     finally:
         datapath.close()
         shutil.rmtree(pin_dir, ignore_errors=True)
@@ -45,7 +47,7 @@ def loaded():
 def dp(loaded):
     """The loaded programs with empty maps (compiling once per module keeps the suite quick)."""
     maps = loaded.maps
-    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct):
+    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct, maps.src_ranges):
         for key, _ in m.items():
             m.delete(key)
     zeros = ffi.new(f"struct svc_counters[{maps.svc_counters.ncpus}]")

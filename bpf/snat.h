@@ -1,0 +1,27 @@
+/* Source NAT towards a backend on another node: the node's address, and a source port no other
+ * flow to that backend uses (the reply's conntrack key must be unique). */
+#pragma once
+#include "conntrack.h"
+
+#define SNAT_PORT_MIN 32768
+#define SNAT_PORT_RANGE (65536 - SNAT_PORT_MIN)
+#define SNAT_TRIES 8
+
+/* Fills rev_key (backend -> node_addr:port) and returns the port (be), or 0 if none was free. */
+static __always_inline __u16 snat_pick_port(const struct packet *p, __u32 be_addr, __u16 be_port,
+					    __u32 node_addr, struct ct_key *rev_key)
+{
+	rev_key->src_addr = be_addr;
+	rev_key->dst_addr = node_addr;
+	rev_key->src_port = be_port;
+	rev_key->proto = p->proto;
+	__u16 port = p->sport;   /* the client's own port first: most often free */
+#pragma unroll
+	for (int i = 0; i < SNAT_TRIES; i++) {
+		rev_key->dst_port = port;
+		if (!ct.lookup(rev_key))
+			return port;
+		port = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
+	}
+	return 0;
+}

@@ -1,0 +1,167 @@
+/* Entry programs on the node's uplink (tc, direct-action): traffic from outside the cluster to
+ * NodePorts, externalIPs and LoadBalancer IPs, as kube-proxy serves it.
+ *
+ *   from_uplink (tc ingress)  reply of a flow we NATed      -> translated back (to the client)
+ *                             established external flow    -> same translation again
+ *                             new flow to an external frontend:
+ *                               source range check (LB IPs) -> drop when outside
+ *                               externalTrafficPolicy Local -> a local backend, client address kept
+ *                               Cluster, local backend      -> DNAT only (the reply passes here)
+ *                               Cluster, remote backend     -> DNAT + SNAT to the node address
+ *   to_uplink   (tc egress)   a local backend's reply to an outside client -> source back to the
+ *                             frontend
+ * ClusterIPs are not served from outside: only frontends flagged NAT_FLG_EXTERNAL are.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/pkt_cls.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+
+#include "structs.h"
+#include "consts.h"
+#include "maps.h"
+#include "parse.h"
+#include "nat.h"
+#include "conntrack.h"
+#include "lb.h"
+#include "snat.h"
+#include "counters.h"
+#include "icmp_reject.h"
+
+/* NAT_FWD of an external flow: destination to the backend, and the source to the node's when
+ * the backend is elsewhere (so its reply comes back through us). */
+static __always_inline int uplink_forward(struct __sk_buff *skb, const struct packet *p,
+					  const struct ct_value *fwd)
+{
+	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
+		return TC_ACT_SHOT;
+	if ((fwd->flags & CT_FLAG_SNAT) &&
+	    nat_set_src(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+/* NAT_REV: source back to the frontend, and the destination back to the client after SNAT. */
+static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct packet *p,
+					  const struct ct_value *rev)
+{
+	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
+		return TC_ACT_SHOT;
+	if ((rev->flags & CT_FLAG_SNAT) &&
+	    nat_set_dst(skb, p, rev->snat_addr, rev->snat_port ? rev->snat_port : p->dport) < 0)
+		return TC_ACT_SHOT;
+	return TC_ACT_OK;
+}
+
+static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
+					     const struct nat_fe_value *fe, __u64 now)
+{
+	if (!lb_source_allowed(fe, p->saddr))
+		return TC_ACT_SHOT;
+	int local_only = fe->flags & NAT_FLG_EXTERNAL_LOCAL;
+	__u32 n = local_only ? fe->local : fe->count;
+	if (n == 0)
+		return local_only ? TC_ACT_SHOT : reject_port_unreachable(skb, p);
+
+	__u32 ordinal;
+	struct nat_be_value *be = lb_pick_among(fe->id, n, &ordinal);
+	if (!be)
+		return TC_ACT_SHOT;
+
+	struct ct_key fwd_key = {}, rev_key = {};
+	struct ct_value fwd = {}, rev = {};
+	ct_key_of(p, &fwd_key);
+	fwd.flags = rev.flags = CT_FLAG_UPLINK;
+	if (ordinal >= fe->local) {
+		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated. */
+		__u32 zero = 0;
+		struct config *cfg = config.lookup(&zero);
+		if (!cfg || !cfg->node_addr)
+			return TC_ACT_SHOT;
+		__u16 port = snat_pick_port(p, be->addr, be->port, cfg->node_addr, &rev_key);
+		if (!port)
+			return TC_ACT_SHOT;
+		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
+		fwd.snat_addr = cfg->node_addr;
+		fwd.snat_port = port;
+		rev.snat_addr = p->saddr;
+		rev.snat_port = p->sport;
+	} else {
+		rev_key.src_addr = be->addr;
+		rev_key.dst_addr = p->saddr;
+		rev_key.src_port = be->port;
+		rev_key.dst_port = p->sport;
+		rev_key.proto = p->proto;
+	}
+	fwd.created_ns = rev.created_ns = now;
+	fwd.last_seen_ns = rev.last_seen_ns = now;
+	fwd.svc_id = rev.svc_id = fe->id;
+	fwd.type = CT_TYPE_NAT_FWD;
+	fwd.nat_addr = be->addr;
+	fwd.nat_port = be->port;
+	fwd.twin = rev_key;
+	rev.type = CT_TYPE_NAT_REV;
+	rev.nat_addr = p->daddr;
+	rev.nat_port = p->dport;
+	rev.tcp_seen = ct_tcp_bits(p, 0);
+	rev.twin = fwd_key;
+	if (ct_create_nat(&fwd_key, &fwd, &rev_key, &rev) < 0)
+		return TC_ACT_SHOT;
+
+	count_packet(skb, fe->id, 1);
+	return uplink_forward(skb, p, &fwd);
+}
+
+int from_uplink(struct __sk_buff *skb)
+{
+	struct packet p;
+
+	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+		return TC_ACT_OK;
+
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key key;
+	ct_key_of(&p, &key);
+	struct ct_value *entry = ct.lookup(&key);
+	if (entry && entry->type == CT_TYPE_NAT_REV) {
+		/* A backend elsewhere answering: an outside client's flow we SNATed, or a local
+		 * pod's flow to a service (its reverse NAT can as well happen here). */
+		ct_touch_rev(&p, entry, now);
+		count_packet(skb, entry->svc_id, 0);
+		if (entry->flags & CT_FLAG_UPLINK)
+			return uplink_reverse(skb, &p, entry);
+		return nat_set_src(skb, &p, entry->nat_addr, entry->nat_port) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+	}
+	if (entry && entry->type == CT_TYPE_NAT_FWD && (entry->flags & CT_FLAG_UPLINK) &&
+	    !ct_is_reopen(&p, entry)) {
+		ct_touch_fwd(&p, entry, now);
+		count_packet(skb, entry->svc_id, 0);
+		return uplink_forward(skb, &p, entry);
+	}
+
+	struct nat_fe_value *fe = lb_lookup_frontend(&p);
+	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
+		return new_external_flow(skb, &p, fe, now);
+	return TC_ACT_OK;
+}
+
+int to_uplink(struct __sk_buff *skb)
+{
+	struct packet p;
+
+	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+		return TC_ACT_OK;
+
+	struct ct_key key;
+	ct_key_of(&p, &key);
+	struct ct_value *rev = ct.lookup(&key);
+	if (!rev || rev->type != CT_TYPE_NAT_REV || (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) != CT_FLAG_UPLINK)
+		return TC_ACT_OK;
+	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
+	count_packet(skb, rev->svc_id, 0);
+	return uplink_reverse(skb, &p, rev);
+}

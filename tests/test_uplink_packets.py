@@ -1,0 +1,141 @@
+"""Packets through the uplink programs (from_uplink, to_uplink) with BPF_PROG_TEST_RUN: NodePort,
+LB and external traffic, as kube-proxy serves it."""
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+
+from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
+from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_int
+from ebpflb.writer import MapWriter
+from tests.conftest import NODE_ADDR
+from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, from_pod, run,
+                                         with_checksums)
+
+CLIENT, OTHER_CLIENT = "192.168.64.100", "192.168.64.101"
+LB_IP, NODEPORT = "192.168.64.200", 30080
+A0, B = "10.200.0.2", "10.200.1.2"
+EXT, EXT_LOCAL, SRC_RANGES = C.NAT_FLG_EXTERNAL, C.NAT_FLG_EXTERNAL_LOCAL, C.NAT_FLG_SRC_RANGES
+ROUTER_MAC, NODE_MAC = "02:00:00:00:01:00", "02:00:00:00:01:06"
+
+
+def inbound(l3):
+    return Ether(src=ROUTER_MAC, dst=NODE_MAC) / l3
+
+
+def program(dp, frontends, backends, local=0, ranges=()):
+    """frontends: [(addr, port, flags)] of service id 1; backends: addresses (port 8080), local first."""
+    desired = DesiredState(
+        frontends={FrontendKey(addr, port, 6): Frontend(1, len(backends), local, flags)
+                   for addr, port, flags in frontends},
+        backends={1: tuple(Backend(a, 8080) for a in backends)},
+        service_ips=frozenset([VIP]))
+    MapWriter(dp.maps).apply(desired)
+    for cidr_addr, bits in ranges:
+        dp.maps.src_ranges.update(new("struct src_range_key", prefixlen=32 + bits, id=1, addr=ip_be(cidr_addr)),
+                                  ffi.new("__u32 *", 1))
+
+
+def syn(src, dst, sport=40000, dport=NODEPORT):
+    return inbound(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S", seq=7))
+
+
+def test_nodeport_to_a_remote_backend_is_dnated_and_snated_and_the_reply_translated_back(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    verdict, out = run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))
+    assert verdict == TC_ACT_OK
+    assert out == with_checksums(inbound(IP(src=NODE_ADDR, dst=B) / TCP(sport=40000, dport=8080, flags="S", seq=7)))
+    entries = ct_entries(dp)
+    fwd, rev = entries[(CLIENT, 40000, NODE_ADDR, NODEPORT, 6)], entries[(B, 8080, NODE_ADDR, 40000, 6)]
+    assert fwd.flags == rev.flags == C.CT_FLAG_UPLINK | C.CT_FLAG_SNAT
+    reply = inbound(IP(src=B, dst=NODE_ADDR) / TCP(sport=8080, dport=40000, flags="SA", ack=8) / Raw(b"hello"))
+    verdict, out = run(dp, "from_uplink", reply)
+    assert verdict == TC_ACT_OK
+    assert out == with_checksums(inbound(IP(src=NODE_ADDR, dst=CLIENT) /
+                                         TCP(sport=NODEPORT, dport=40000, flags="SA", ack=8) / Raw(b"hello")))
+    # and the client's next packet follows the same translation
+    verdict, out = run(dp, "from_uplink", inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A")))
+    assert (Ether(out)[IP].src, Ether(out)[IP].dst, Ether(out)[TCP].dport) == (NODE_ADDR, B, 8080)
+
+
+def test_snat_port_taken_by_another_flow_picks_a_free_one(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))
+    verdict, out = run(dp, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR))   # same source port 40000
+    assert verdict == TC_ACT_OK
+    port = Ether(out)[TCP].sport
+    assert port != 40000 and port >= 32768
+    assert (B, 8080, NODE_ADDR, port, 6) in ct_entries(dp)
+
+
+def test_local_policy_keeps_the_client_address_and_to_uplink_translates_the_reply(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT | EXT_LOCAL)], [A0, B], local=1)
+    for sport in range(40000, 40020):   # always the local one
+        verdict, out = run(dp, "from_uplink", syn(CLIENT, NODE_ADDR, sport=sport))
+        assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[IP].dst) == (CLIENT, A0)
+    reply = Ether() / IP(src=A0, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="SA")
+    verdict, out = run(dp, "to_uplink", reply)
+    assert verdict == TC_ACT_OK
+    assert out == with_checksums(Ether() / IP(src=NODE_ADDR, dst=CLIENT) / TCP(sport=NODEPORT, dport=40000, flags="SA"))
+
+
+def test_cluster_policy_local_backend_is_not_snated(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [A0], local=1)
+    verdict, out = run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))
+    assert (Ether(out)[IP].src, Ether(out)[IP].dst) == (CLIENT, A0)
+
+
+def test_local_policy_without_local_backend_drops(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT | EXT_LOCAL)], [B], local=0)
+    assert run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT
+
+
+def test_cluster_policy_without_endpoints_gets_port_unreachable(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [])
+    verdict, out = run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))
+    assert verdict == TC_ACT_REDIRECT
+    icmp = Ether(out)
+    assert (icmp[IP].src, icmp[IP].dst, icmp[IP].proto, bytes(icmp[IP].payload)[:2]) == (NODE_ADDR, CLIENT, 1, b"\x03\x03")
+    assert (icmp.src, icmp.dst) == (NODE_MAC, ROUTER_MAC)
+
+
+def test_cluster_ips_are_not_served_from_outside(dp):
+    program(dp, [(VIP, 8080, 0)], [B])
+    pkt = syn(CLIENT, VIP, dport=8080)
+    assert run(dp, "from_uplink", pkt) == (TC_ACT_OK, bytes(pkt))
+    assert not ct_entries(dp)
+
+
+def test_source_ranges_guard_the_lb_ip_but_not_the_nodeport(dp):
+    program(dp, [(LB_IP, 80, EXT | SRC_RANGES), (NODE_ADDR, NODEPORT, EXT)], [B], ranges=[(CLIENT, 32)])
+    assert run(dp, "from_uplink", syn(CLIENT, LB_IP, dport=80))[0] == TC_ACT_OK
+    assert run(dp, "from_uplink", syn(OTHER_CLIENT, LB_IP, dport=80, sport=41000))[0] == TC_ACT_SHOT
+    verdict, out = run(dp, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR, sport=41000))
+    assert verdict == TC_ACT_OK and Ether(out)[IP].dst == B
+
+
+def test_udp_nodeport_keeps_a_zero_checksum(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    raw = bytearray(bytes(inbound(IP(src=CLIENT, dst=NODE_ADDR) / UDP(sport=5000, dport=NODEPORT) / Raw(b"q"))))
+    raw[14 + 20 + 6:14 + 20 + 8] = b"\0\0"
+    # UDP frontends are keyed by proto 17
+    MapWriter(dp.maps).apply(DesiredState(frontends={FrontendKey(NODE_ADDR, NODEPORT, 17): Frontend(1, 1, 0, EXT)},
+                                          backends={1: (Backend(B, 8080),)}))
+    verdict, out = run(dp, "from_uplink", bytes(raw))
+    assert verdict == TC_ACT_OK and Ether(out)[UDP].chksum == 0 and Ether(out)[IP].dst == B
+
+
+def test_other_traffic_on_the_uplink_passes_untouched(dp):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    for pkt in (syn(CLIENT, NODE_ADDR, dport=22), inbound(IP(src=CLIENT, dst=A0) / UDP(sport=1, dport=2)),
+                inbound(IP(src=CLIENT, dst=NODE_ADDR) / Raw(b"\0" * 8))):
+        for prog in ("from_uplink", "to_uplink"):
+            assert run(dp, prog, pkt) == (TC_ACT_OK, bytes(pkt))
+
+
+def test_a_pod_flows_reply_from_a_remote_backend_is_translated_on_the_uplink(dp):
+    program(dp, [(VIP, 8080, 0)], [B])
+    run(dp, "from_workload", from_pod(IP(src="10.200.2.2", dst=VIP) / TCP(sport=40000, dport=8080, flags="S")))
+    reply = inbound(IP(src=B, dst="10.200.2.2") / TCP(sport=8080, dport=40000, flags="SA"))
+    verdict, out = run(dp, "from_uplink", reply)
+    assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[TCP].sport) == (VIP, 8080)
