@@ -2,9 +2,10 @@
 would give, reports only what a change touched, and keeps ids stable."""
 from hypothesis import given, settings, strategies as st
 
-from ebpflb.core.model import Backend, FrontendKey, ServicePortName
+from ebpflb.core.model import Backend, Frontend, FrontendKey, HealthCheck, ServicePortName
 from ebpflb.core.services import desired_state
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
+from ebpflb.structs import C
 
 NODE = "node-0"
 
@@ -22,15 +23,38 @@ def slice_(name, svc, addrs, ns="default", port=("http", 8080, "TCP"), ready=Tru
             "endpoints": [{"addresses": [a], "conditions": {"ready": ready}, "nodeName": n} for a, n in addrs]}
 
 
+def external(name, ip, ports=(("http", 80, "TCP", 30080),), kind="LoadBalancer", ns="default", *, lb_ip=None,
+             external_ips=(), ranges=None, local=False, health_check=None, internal_local=False):
+    """A NodePort or LoadBalancer service; ports are (name, port, protocol, nodePort)."""
+    obj = service(name, ip, ns=ns)
+    spec = obj["spec"]
+    spec.update(type=kind, ports=[{"name": n, "port": p, "protocol": pr, "nodePort": np} for n, p, pr, np in ports])
+    if external_ips:
+        spec["externalIPs"] = list(external_ips)
+    if ranges is not None:
+        spec["loadBalancerSourceRanges"] = list(ranges)
+    if local:
+        spec["externalTrafficPolicy"] = "Local"
+    if internal_local:
+        spec["internalTrafficPolicy"] = "Local"
+    if health_check is not None:
+        spec["healthCheckNodePort"] = health_check
+    if lb_ip is not None:
+        obj["status"] = {"loadBalancer": {"ingress": [{"ip": lb_ip}]}}
+    return obj
+
+
 def by_name(state):
     """The state with ids replaced by service-port names: equal whatever numbers were handed out."""
     name_of = {i: n for n, i in state.ids.items()}
     return ({k: (name_of[f.svc_id], f.count, f.local, f.flags) for k, f in state.frontends.items()},
-            {name_of[i]: b for i, b in state.backends.items()}, set(state.service_ips))
+            {name_of[i]: b for i, b in state.backends.items()}, set(state.service_ips),
+            {name_of[i]: r for i, r in state.src_ranges.items()}, dict(state.health_checks))
 
 
 def full(tracker):
-    return desired_state(tracker.services.values(), tracker.slices.values(), node_name=NODE, known_ids={})
+    return desired_state(tracker.services.values(), tracker.slices.values(), node_name=NODE, known_ids={},
+                         node_addresses=tracker.node_addresses, nodeport_cidrs=tracker.nodeport_cidrs)
 
 
 def test_one_slice_change_touches_only_its_service():
@@ -104,9 +128,111 @@ def test_bulk_and_one_by_one_agree():
     assert by_name(bulk.state) == by_name(single.state) == by_name(full(bulk))
 
 
+NODE_IPS = ["192.168.64.10", "192.168.64.11", "10.0.0.5", "fd00::1"]
+
+
+def test_set_node_addresses_plans_node_ports_again():
+    t = ServiceTracker(NODE, node_addresses=["192.168.64.10"])
+    t.replace_all([external("a", "10.96.0.1", kind="NodePort"), service("b", "10.96.0.2")],
+                  [slice_("a-1", "a", [("10.1.0.1", NODE)])])
+    t.flush()
+    a_id = t.state.ids[ServicePortName("default", "a", "http", "TCP")]
+    assert t.state.frontends[FrontendKey("192.168.64.10", 30080, 6)] == Frontend(a_id, 1, 1, C.NAT_FLG_EXTERNAL)
+    assert t.state.service_ips == {"10.96.0.1", "10.96.0.2"}   # the node's own addresses never
+    t.set_node_addresses(["192.168.64.10", "fd00::1"])          # no IPv4 change: nothing to do
+    assert not t.flush()
+    t.set_node_addresses(["192.168.64.11"])
+    changes = t.flush()
+    assert FrontendKey("192.168.64.11", 30080, 6) in t.state.frontends
+    assert FrontendKey("192.168.64.10", 30080, 6) not in t.state.frontends
+    assert {FrontendKey("192.168.64.10", 30080, 6), FrontendKey("192.168.64.11", 30080, 6)} <= changes.frontends
+    assert t.state.ids[ServicePortName("default", "a", "http", "TCP")] == a_id   # id kept
+    assert by_name(t.state) == by_name(full(t))
+
+
+def test_nodeport_cidrs_filter_the_node_addresses():
+    t = ServiceTracker(NODE, node_addresses=["192.168.64.10", "10.0.0.5"], nodeport_cidrs=["10.0.0.0/8"])
+    t.set_service(external("a", "10.96.0.1", kind="NodePort"))
+    t.flush()
+    assert {k.addr for k in t.state.frontends} == {"10.96.0.1", "10.0.0.5"}
+
+
+def test_freed_node_address_lets_a_rejected_external_ip_in():
+    t = ServiceTracker(NODE, node_addresses=["192.168.64.10"])
+    t.set_service(external("a", "10.96.0.1", kind="NodePort"))
+    t.flush()
+    t.set_service(external("b", "10.96.0.2", ports=(("http", 30080, "TCP", 30081),), kind="NodePort",
+                           external_ips=["192.168.64.10"]))
+    t.flush()
+    assert [r.reason for r in t.rejected] == ["duplicate_frontend"]
+    t.set_node_addresses(["192.168.64.11"])
+    t.flush()
+    assert t.rejected == [] and FrontendKey("192.168.64.10", 30080, 6) in t.state.frontends
+    assert by_name(t.state) == by_name(full(t))
+
+
+def test_src_range_ids_report_what_came_went_or_changed():
+    t = ServiceTracker(NODE, node_addresses=["192.168.64.10"])
+    t.set_service(external("a", "10.96.0.1", lb_ip="203.0.113.1", ranges=["10.0.0.0/8"]))
+    changes = t.flush()
+    a_id = t.state.ids[ServicePortName("default", "a", "http", "TCP")]
+    assert changes.src_range_ids == {a_id} and t.state.src_ranges == {a_id: frozenset({"10.0.0.0/8"})}
+    t.set_slice(slice_("a-1", "a", [("10.1.0.1", NODE)]))
+    changes = t.flush()
+    assert changes.src_range_ids == set() and changes.ids == {a_id}
+    t.set_service(external("a", "10.96.0.1", lb_ip="203.0.113.1", ranges=["10.0.0.0/8", "172.16.0.0/12"]))
+    assert t.flush().src_range_ids == {a_id}
+    t.set_service(external("a", "10.96.0.1", lb_ip="203.0.113.1"))
+    changes = t.flush()
+    assert changes.src_range_ids == {a_id} and t.state.src_ranges == {}
+    t.set_service(external("a", "10.96.0.1", lb_ip="203.0.113.1", ranges=["10.0.0.0/8"]))
+    t.flush()
+    t.delete_service(("default", "a"))
+    changes = t.flush()
+    assert changes.src_range_ids == {a_id} and changes and t.state.src_ranges == {}
+
+
+def test_health_checks_reported_when_they_change():
+    t = ServiceTracker(NODE, node_addresses=["192.168.64.10"])
+    t.replace_all([external("a", "10.96.0.1", local=True, health_check=32000), service("b", "10.96.0.2")], [])
+    changes = t.flush()
+    assert changes.health_checks and t.state.health_checks == {32000: HealthCheck("default", "a", 0)}
+    t.set_slice(slice_("a-1", "a", [("10.1.0.1", "node-1")]))   # not local: the check says the same
+    assert not t.flush().health_checks
+    t.set_slice(slice_("a-1", "a", [("10.1.0.1", NODE)]))
+    assert t.flush().health_checks and t.state.health_checks[32000].local_endpoints == 1
+    t.set_slice(slice_("b-1", "b", [("10.1.0.2", NODE)]))
+    assert not t.flush().health_checks
+    t.set_service(external("c", "10.96.0.3", ports=(("http", 80, "TCP", 30081),), local=True, health_check=32000))
+    changes = t.flush()
+    assert [r.reason for r in t.rejected] == ["duplicate_health_check_port"] and not changes.health_checks
+    assert {n.name for n in t.state.ids} == {"a", "b"}
+    t.delete_service(("default", "a"))
+    assert t.flush().health_checks and t.state.health_checks == {}
+
+
+def test_restart_takes_ids_back_with_their_src_ranges():
+    svc_a = external("a", "10.96.0.1", lb_ip="203.0.113.1", ranges=["10.0.0.0/8"])
+    hints = {FrontendKey("10.96.0.1", 80, 6): 9}
+    for bulk in (True, False):
+        t = ServiceTracker(NODE, id_hints=hints, node_addresses=["192.168.64.10"])
+        if bulk:
+            t.replace_all([svc_a] + [service(f"s{i}", f"10.96.1.{i}") for i in range(BULK_RECOMPUTE + 1)], [])
+        else:
+            t.set_service(svc_a)
+        t.flush()
+        assert t.state.ids[ServicePortName("default", "a", "http", "TCP")] == 9
+        assert t.state.src_ranges == {9: frozenset({"10.0.0.0/8"})}
+        assert t.state.frontends[FrontendKey("203.0.113.1", 80, 6)].svc_id == 9
+
+
 ADDRS = [f"10.1.0.{i}" for i in range(1, 6)]
 op = st.one_of(
     st.tuples(st.just("svc"), st.sampled_from("abc"), st.sampled_from([80, 443]), st.sampled_from(["TCP", "UDP"])),
+    st.tuples(st.just("ext-svc"), st.sampled_from("abc"), st.sampled_from([80, 443]),
+              st.sampled_from(["NodePort", "LoadBalancer"]), st.booleans(), st.booleans(), st.booleans(),
+              st.booleans()),
+    st.tuples(st.just("nodes"), st.lists(st.sampled_from(NODE_IPS), max_size=3)),
     st.tuples(st.just("del-svc"), st.sampled_from("abc")),
     st.tuples(st.just("slice"), st.sampled_from(["1", "2"]), st.sampled_from("abc"),
               st.lists(st.tuples(st.sampled_from(ADDRS), st.sampled_from([NODE, "node-1"])), max_size=3),
@@ -123,6 +249,16 @@ def test_after_any_sequence_the_tracker_equals_the_full_computation(ops):
     for o in ops:
         if o[0] == "svc":
             t.set_service(service(o[1], vip[o[1]], ports=(("http", o[2], o[3]),)))
+        elif o[0] == "ext-svc":
+            _, name, number, kind, local, internal_local, ranges, with_ips = o
+            i = "abc".index(name)
+            t.set_service(external(name, vip[name], ports=(("http", number, "TCP", 30000 + i),), kind=kind,
+                                   lb_ip=f"203.0.113.{i + 1}" if kind == "LoadBalancer" else None,
+                                   external_ips=[f"198.51.100.{i + 1}"] if with_ips else (),
+                                   ranges=["10.0.0.0/8", f"172.16.{i}.0/24"] if ranges else None, local=local,
+                                   internal_local=internal_local, health_check=32000 + i if local else None))
+        elif o[0] == "nodes":
+            t.set_node_addresses(o[1])
         elif o[0] == "del-svc":
             t.delete_service(("default", o[1]))
         elif o[0] == "slice":

@@ -41,4 +41,6 @@ def remap_ids(desired: DesiredState, wanted: Mapping[ServicePortName, int]) -> D
         backends={old_to_new[i]: b for i, b in desired.backends.items()},
         service_ips=desired.service_ips,
         ids={name: final[name] for name in desired.ids},
-        rejected=list(desired.rejected))
+        rejected=list(desired.rejected),
+        src_ranges={old_to_new[i]: r for i, r in desired.src_ranges.items()},
+        health_checks=dict(desired.health_checks))

@@ -45,6 +45,14 @@ class Rejected:
     detail: str     # human sentence for the log
 
 
+@dataclass(frozen=True)
+class HealthCheck:
+    """What the healthCheckNodePort of an externalTrafficPolicy Local service answers on this node."""
+    namespace: str
+    name: str
+    local_endpoints: int   # distinct local endpoint addresses that are ready; 0 -> 503
+
+
 @dataclass
 class DesiredState:
     frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
@@ -52,3 +60,6 @@ class DesiredState:
     service_ips: frozenset[str] = frozenset()
     ids: dict[ServicePortName, int] = field(default_factory=dict)           # ids in use now
     rejected: list[Rejected] = field(default_factory=list)
+    # id -> loadBalancerSourceRanges (IPv4 CIDRs, normalized), for ids with NAT_FLG_SRC_RANGES frontends
+    src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
+    health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check

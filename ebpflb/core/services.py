@@ -1,21 +1,30 @@
 """Services and EndpointSlices, as the Kubernetes API gives them, in; the desired map contents out.
 
 Pure: nothing is read, logged or kept between calls. A malformed object is skipped whole and
-reported in `DesiredState.rejected`; no input shape makes this module raise.
+reported in `DesiredState.rejected`; no object shape makes this module raise (malformed node
+addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError).
+
+Traffic from outside (NodePort on the node's addresses, spec.externalIPs, LoadBalancer ingress IPs)
+gets frontends flagged NAT_FLG_EXTERNAL that share the service port's id and backend list with its
+ClusterIP frontends.
 """
+import functools
+import ipaddress
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ebpflb.structs import C
 
-from .model import Backend, DesiredState, Frontend, FrontendKey, Rejected, ServicePortName
+from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
 
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+_NO_EXTERNAL: dict = {}   # shared, never written: what a port without external frontends gets
 
 
 class _Malformed(Exception):
@@ -30,6 +39,7 @@ class _ServicePort:
     name: ServicePortName
     number: int
     proto: int
+    node_port: int | None = None   # only for type NodePort and LoadBalancer
 
 
 @dataclass(frozen=True)
@@ -40,6 +50,11 @@ class _Service:
     ports: tuple[_ServicePort, ...]
     internal_local: bool
     publish_not_ready: bool
+    external_ips: tuple[str, ...] = ()        # IPv4 only
+    lb_ips: tuple[str, ...] = ()              # status.loadBalancer.ingress[].ip, IPv4 only
+    external_local: bool = False              # externalTrafficPolicy Local (NodePort/LoadBalancer only)
+    src_ranges: frozenset[str] = frozenset()  # loadBalancerSourceRanges, IPv4, normalized
+    health_check_port: int | None = None      # only with external_local
 
 
 @dataclass(frozen=True)
@@ -77,9 +92,12 @@ class _Endpoint(NamedTuple):
 
 def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                   known_ids: Mapping[ServicePortName, int], proxy_name: str | None = None,
-                  reserved_ids: frozenset[int] = frozenset()) -> DesiredState:
+                  reserved_ids: frozenset[int] = frozenset(), node_addresses: Sequence[str] = (),
+                  nodeport_cidrs: Sequence[str] = ()) -> DesiredState:
     """`reserved_ids` are held by services outside this call (the tracker computes one service
-    at a time): new names never take them."""
+    at a time): new names never take them. NodePorts are served on `node_addresses` (IPv4 ones;
+    with `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them)."""
+    node_addrs = node_port_addresses(tuple(node_addresses), tuple(nodeport_cidrs)) if node_addresses else ()
     rejected: list[Rejected] = []
     parsed_services = _parse_each(services, "Service", lambda obj: _parse_service(obj, proxy_name), rejected)
     slices_by_service = _group_slices(_parse_each(slices, "EndpointSlice", _parse_slice, rejected))
@@ -88,11 +106,12 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
     state = DesiredState(rejected=rejected)
     service_ips: set[str] = set()
     for service in sorted(parsed_services, key=lambda s: (s.namespace, s.name)):
-        conflict = _conflict(service, state, ids)
+        conflict = _conflict(service, state, ids, node_addrs)
         if conflict:
             rejected.append(Rejected("Service", service.namespace, service.name, *conflict))
             continue
-        _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name, state)
+        _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name,
+                 node_addrs, state)
         service_ips.update(service.cluster_ips)
     state.service_ips = frozenset(service_ips)
     return state
@@ -101,37 +120,108 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
 # --- Map contents ---
 
 def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortName, int], node_name: str,
-             state: DesiredState) -> None:
+             node_addrs: tuple[str, ...], state: DesiredState) -> None:
+    health_check = service.health_check_port is not None
+    local_ready: set[str] = set()
+    maybe_external = service.external_ips or service.lb_ips or node_addrs
     for port in service.ports:
         endpoints = _merged_endpoints(port, slices, node_name, service.publish_not_ready)
-        chosen = _serving_endpoints(endpoints, local_only=service.internal_local)
+        external = _external_frontends(service, port, node_addrs) if maybe_external else _NO_EXTERNAL
+        # internalTrafficPolicy Local without external frontends: the list is the local set itself
+        # (local ready, else local serving+terminating). With external frontends the list must be the
+        # cluster set (external Cluster-policy traffic needs it), local first, and ClusterIP traffic
+        # takes its low `local` ordinals: the local serving+terminating fallback is then approximated
+        # by the local members of the cluster set (they differ only when this node has serving
+        # terminating endpoints but no ready one while another node has a ready one). The same
+        # approximation holds for externalTrafficPolicy Local, whose set is ordinals < local too.
+        chosen = _serving_endpoints(endpoints, local_only=service.internal_local and not external)
         local = _by_address(e.backend for e in chosen if e.local)
         remote = _by_address(e.backend for e in chosen if not e.local)
         svc_id = ids[port.name]
         state.ids[port.name] = svc_id
         state.backends[svc_id] = local + remote
-        flags = C.NAT_FLG_INTERNAL_LOCAL if service.internal_local else 0
-        frontend = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=flags)
+        if service.internal_local:
+            frontend = Frontend(svc_id, count=len(local), local=len(local), flags=C.NAT_FLG_INTERNAL_LOCAL)
+        else:
+            frontend = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=0)
         for key in _frontend_keys(service, port):
             state.frontends[key] = frontend
+        if external:
+            by_flags: dict[int, Frontend] = {}
+            for key, flags in external.items():
+                if flags not in by_flags:
+                    by_flags[flags] = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=flags)
+                state.frontends[key] = by_flags[flags]
+            if any(flags & C.NAT_FLG_SRC_RANGES for flags in by_flags):
+                state.src_ranges[svc_id] = service.src_ranges
+        if health_check:
+            local_ready.update(e.backend.addr for e in endpoints if e.local and e.ready)
+    if health_check:
+        state.health_checks[service.health_check_port] = HealthCheck(service.namespace, service.name,
+                                                                     len(local_ready))
 
 
 def _frontend_keys(service: _Service, port: _ServicePort) -> list[FrontendKey]:
     return [FrontendKey(ip, port.number, port.proto) for ip in service.cluster_ips]
 
 
-def _conflict(service: _Service, state: DesiredState,
-              ids: Mapping[ServicePortName, int]) -> tuple[str, str] | None:
+def _external_frontends(service: _Service, port: _ServicePort, node_addrs: tuple[str, ...]) -> dict[FrontendKey, int]:
+    """The port's frontends for traffic from outside, with their flags; the first kind to name a key
+    keeps it (NodePort, then externalIPs, then LoadBalancer ingress)."""
+    if not (service.external_ips or service.lb_ips or (port.node_port is not None and node_addrs)):
+        return _NO_EXTERNAL
+    flags = C.NAT_FLG_EXTERNAL | (C.NAT_FLG_EXTERNAL_LOCAL if service.external_local else 0)
+    frontends: dict[FrontendKey, int] = {}
+    if port.node_port is not None:
+        for addr in node_addrs:
+            frontends.setdefault(FrontendKey(addr, port.node_port, port.proto), flags)
+    for addr in service.external_ips:
+        frontends.setdefault(FrontendKey(addr, port.number, port.proto), flags)
+    # loadBalancerSourceRanges guard the LoadBalancer IPs only: NodePorts bypass them (kube-proxy).
+    lb_flags = flags | C.NAT_FLG_SRC_RANGES if service.src_ranges else flags
+    for addr in service.lb_ips:
+        frontends.setdefault(FrontendKey(addr, port.number, port.proto), lb_flags)
+    return frontends
+
+
+def _conflict(service: _Service, state: DesiredState, ids: Mapping[ServicePortName, int],
+              node_addrs: tuple[str, ...] = ()) -> tuple[str, str] | None:
     """(reason, detail) when `service` cannot join what is programmed already (manifests can say anything)."""
+    own: set[FrontendKey] = set()   # external keys of the ports before: one service may not name one twice
+    maybe_external = bool(service.external_ips or service.lb_ips or node_addrs)
     for port in service.ports:
         if port.name not in ids:
             return "no_free_id", f"no service id left for {port.name}"
         if port.name in state.ids:
             return "duplicate_service", f"{port.name} is defined twice"
-        for key in _frontend_keys(service, port):
+        cluster_keys = _frontend_keys(service, port)
+        for key in cluster_keys:
             if key in state.frontends:
                 return "duplicate_frontend", f"{key.addr}:{key.port}/{port.name.protocol} belongs to another service"
+        for key in _external_frontends(service, port, node_addrs) if maybe_external else ():
+            if key in state.frontends:
+                return "duplicate_frontend", f"{key.addr}:{key.port}/{port.name.protocol} belongs to another service"
+            if key in own or key in cluster_keys:
+                return "duplicate_frontend", f"{key.addr}:{key.port}/{port.name.protocol} is named twice"
+            own.add(key)
+    if service.health_check_port is not None and service.health_check_port in state.health_checks:
+        return ("duplicate_health_check_port",
+                f"healthCheckNodePort {service.health_check_port} belongs to another service")
     return None
+
+
+@functools.lru_cache(maxsize=16)
+def node_port_addresses(node_addresses: tuple[str, ...], nodeport_cidrs: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The node addresses NodePorts are served on: the IPv4 ones, and when `nodeport_cidrs` has IPv4
+    CIDRs only those inside one of them (kube-proxy's --nodeport-addresses; CIDRs of the other
+    family only are as none). Raises ValueError for what is not an address or a CIDR."""
+    networks = [n for n in (ipaddress.ip_network(c.strip(), strict=False) for c in nodeport_cidrs) if n.version == 4]
+    chosen = []
+    for text in node_addresses:
+        address = ipaddress.ip_address(text.strip())
+        if address.version == 4 and (not networks or any(address in n for n in networks)):
+            chosen.append(str(address))
+    return tuple(dict.fromkeys(chosen))
 
 
 def _assign_ids(names: Iterable[ServicePortName], known_ids: Mapping[ServicePortName, int],
@@ -240,9 +330,55 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
     cluster_ips = _cluster_ips(spec)
     if not cluster_ips:
         return None
-    return _Service(namespace, name, cluster_ips, _service_ports(spec, namespace, name),
+    node_ports = spec.get("type") in NODE_PORT_TYPES
+    external_local = node_ports and spec.get("externalTrafficPolicy") == "Local"
+    health_check_port = spec.get("healthCheckNodePort")
+    if health_check_port is not None:
+        _port_number(health_check_port, "healthCheckNodePort")
+    external_ips = spec.get("externalIPs")
+    return _Service(namespace, name, cluster_ips, _service_ports(spec, namespace, name, node_ports),
                     internal_local=spec.get("internalTrafficPolicy") == "Local",
-                    publish_not_ready=spec.get("publishNotReadyAddresses") is True)
+                    publish_not_ready=spec.get("publishNotReadyAddresses") is True,
+                    external_ips=_ipv4_only(_expect(external_ips, list, "externalIPs"), "externalIP")
+                    if external_ips is not None else (),
+                    lb_ips=_ingress_ips(obj["status"]) if obj.get("status") is not None else (),
+                    external_local=external_local,
+                    src_ranges=_source_ranges(spec) if spec.get("loadBalancerSourceRanges") is not None else frozenset(),
+                    health_check_port=health_check_port if external_local else None)
+
+
+def _ipv4_only(addresses: list, what: str) -> tuple[str, ...]:
+    """The IPv4 ones, each once; IPv6 ones skipped (the datapath is IPv4), anything else malformed."""
+    return tuple(dict.fromkeys(a for a in addresses if _ip_version(a, what) == 4))
+
+
+def _ingress_ips(status) -> tuple[str, ...]:
+    ingress = _optional(_optional(_expect(status, dict, "status"), "loadBalancer", dict, {}), "ingress", list, [])
+    if not ingress:
+        return ()
+    addresses = []
+    for entry in ingress:
+        entry = _expect(entry, dict, "a loadBalancer ingress")
+        address = _optional(entry, "ip", str, "")
+        # Hostname-only ingress has no IP; ipMode Proxy (KEP-1860): the load balancer sends to the
+        # node's NodePort itself, so kube-proxy does not program the IP (VIP is the default).
+        if address and _optional(entry, "ipMode", str, "VIP") != "Proxy":
+            addresses.append(address)
+    return _ipv4_only(addresses, "loadBalancer ingress ip")
+
+
+def _source_ranges(spec: dict) -> frozenset[str]:
+    ranges = set()
+    for entry in _expect(spec["loadBalancerSourceRanges"], list, "loadBalancerSourceRanges"):
+        try:
+            if not isinstance(entry, str) or "/" not in entry:
+                raise ValueError(entry)
+            network = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise _Malformed("bad_cidr", f"loadBalancerSourceRanges entry {entry!r} is not a CIDR") from None
+        if network.version == 4:
+            ranges.add(str(network))
+    return frozenset(ranges)
 
 
 def _is_ours(spec: dict, labels: dict, proxy_name: str | None) -> bool:
@@ -260,10 +396,10 @@ def _cluster_ips(spec: dict) -> tuple[str, ...]:
     return tuple(dict.fromkeys(address for version, address in versions if version == 4))
 
 
-def _service_ports(spec: dict, namespace: str, name: str) -> tuple[_ServicePort, ...]:
+def _service_ports(spec: dict, namespace: str, name: str, node_ports: bool = False) -> tuple[_ServicePort, ...]:
     ports: list[_ServicePort] = []
     for entry in _optional(spec, "ports", list, []):
-        port = _service_port(entry, namespace, name)
+        port = _service_port(entry, namespace, name, node_ports)
         protocol = port.name.protocol
         if any((p.number, p.proto) == (port.number, port.proto) for p in ports):
             raise _Malformed("duplicate_port", f"port {port.number}/{protocol} is listed twice")
@@ -273,17 +409,19 @@ def _service_ports(spec: dict, namespace: str, name: str) -> tuple[_ServicePort,
     return tuple(ports)
 
 
-def _service_port(entry, namespace: str, service: str) -> _ServicePort:
+def _service_port(entry, namespace: str, service: str, node_ports: bool = False) -> _ServicePort:
     entry = _expect(entry, dict, "a Service port")
     port_name = _optional(entry, "name", str, "")
     protocol = _protocol(entry)
     number = _port_number(entry.get("port"), "port")
-    if entry.get("nodePort") is not None:
-        _port_number(entry["nodePort"], "nodePort")
+    node_port = entry.get("nodePort")
+    if node_port is not None:
+        _port_number(node_port, "nodePort")
     target = entry.get("targetPort")
     if target is not None and not (_is_port(target) or (isinstance(target, str) and target)):
         raise _Malformed("bad_port", f"targetPort {target!r} is neither a port in 1..65535 nor a port name")
-    return _ServicePort(ServicePortName(namespace, service, port_name, protocol), number, PROTOCOL_NUMBERS[protocol])
+    return _ServicePort(ServicePortName(namespace, service, port_name, protocol), number, PROTOCOL_NUMBERS[protocol],
+                        node_port if node_ports else None)
 
 
 def _parse_slice(obj) -> _Slice | None:
@@ -366,7 +504,7 @@ def _ip_version(value, what: str) -> int:
             try:
                 socket.inet_pton(family, value)
                 return version
-            except OSError:
+            except (OSError, ValueError):   # ValueError: an embedded NUL
                 pass
     raise _Malformed("bad_ip", f"{what} {value!r} is not an IP address")
 

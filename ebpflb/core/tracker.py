@@ -1,19 +1,23 @@
 """The change tracker: Kubernetes objects come and go one at a time (watch events, a changed
 manifest); it keeps the desired map contents up to date by recomputing only the services they
-touch, and says which ids, frontends and service addresses changed so the writer looks at those
-only. Pure: no I/O, no clock.
+touch, and says which ids, frontends, service addresses and source ranges changed (and whether a
+health check did) so the writer looks at those only. Pure: no I/O, no clock.
 """
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ebpflb.structs import C
+
 from .ids import recover_ids, remap_ids
-from .model import Backend, DesiredState, Frontend, FrontendKey, Rejected, ServicePortName
-from .services import SERVICE_NAME_LABEL, desired_state
+from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
+from .services import SERVICE_NAME_LABEL, desired_state, node_port_addresses
 
 ObjectKey = tuple[str, str]   # (namespace, name)
 
 # Past this many dirty services one pass over everything is quicker than one call per service.
 BULK_RECOMPUTE = 256
+_EMPTY: dict = {}   # never written
 
 
 @dataclass
@@ -21,15 +25,31 @@ class Changes:
     ids: set[int] = field(default_factory=set)
     frontends: set[FrontendKey] = field(default_factory=set)
     service_ips: set[str] = field(default_factory=set)
+    src_range_ids: set[int] = field(default_factory=set)   # ids whose source ranges came, went or changed
+    health_checks: bool = False                            # some health check came, went or changed
 
     def __bool__(self) -> bool:
-        return bool(self.ids or self.frontends or self.service_ips)
+        return bool(self.ids or self.frontends or self.service_ips or self.src_range_ids or self.health_checks)
 
     def add(self, part: "Contribution") -> None:
         # update(), not |=: `set |= dict_keys` builds a new set each time (quadratic at 10k services)
         self.ids.update(part.backends)
         self.frontends.update(part.frontends)
         self.service_ips.update(part.service_ips)
+
+    def compare(self, old: "Contribution | None", new: "Contribution | None") -> None:
+        """Note the source ranges and health checks that differ between a service's old and new part
+        (ids, frontends and addresses are reported whole by add(); these are compared, so a slice
+        change of a service with ranges does not send the writer to its ranges)."""
+        old_ranges = old.src_ranges if old is not None else _EMPTY
+        new_ranges = new.src_ranges if new is not None else _EMPTY
+        if old_ranges or new_ranges:
+            self.src_range_ids.update(i for i in old_ranges.keys() | new_ranges.keys()
+                                      if old_ranges.get(i) != new_ranges.get(i))
+        old_checks = old.health_checks if old is not None else _EMPTY
+        new_checks = new.health_checks if new is not None else _EMPTY
+        if (old_checks or new_checks) and old_checks != new_checks:
+            self.health_checks = True
 
 
 @dataclass
@@ -39,6 +59,8 @@ class Contribution:
     frontends: dict[FrontendKey, Frontend]
     backends: dict[int, tuple[Backend, ...]]
     service_ips: frozenset[str]
+    src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
+    health_checks: dict[int, HealthCheck] = field(default_factory=dict)
 
 
 def object_key(obj) -> ObjectKey | None:
@@ -57,10 +79,14 @@ def owning_service(slice_obj) -> ObjectKey | None:
 
 class ServiceTracker:
     def __init__(self, node_name: str, proxy_name: str | None = None,
-                 id_hints: dict[FrontendKey, int] | None = None):
+                 id_hints: dict[FrontendKey, int] | None = None, node_addresses: Sequence[str] = (),
+                 nodeport_cidrs: Sequence[str] = ()):
         self.node_name = node_name
         self.proxy_name = proxy_name
         self.id_hints = dict(id_hints or {})   # frontend -> id the maps already use (restart)
+        self.nodeport_cidrs = tuple(nodeport_cidrs)
+        self.node_addresses = tuple(node_addresses)
+        node_port_addresses(self.node_addresses, self.nodeport_cidrs)   # ValueError now, not at the first flush
         self.services: dict[ObjectKey, dict] = {}
         self.slices: dict[ObjectKey, dict] = {}
         self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
@@ -72,6 +98,16 @@ class ServiceTracker:
         self.dirty: set[ObjectKey] = set()
 
     # --- what happened -------------------------------------------------------------------
+    def set_node_addresses(self, addresses: Sequence[str]) -> None:
+        """The node's addresses changed (uplink or Node object): every service is planned again when
+        the addresses NodePorts are served on differ (a service rejected for a frontend on an address
+        that went away may now fit)."""
+        addresses = tuple(addresses)
+        if node_port_addresses(addresses, self.nodeport_cidrs) != node_port_addresses(self.node_addresses,
+                                                                                      self.nodeport_cidrs):
+            self.dirty.update(self.services)
+        self.node_addresses = addresses
+
     def set_service(self, obj) -> None:
         key = object_key(obj)
         if key is None:
@@ -157,6 +193,10 @@ class ServiceTracker:
             del self.state.frontends[k]
         for i in old.backends:
             del self.state.backends[i]
+        for i in old.src_ranges:
+            del self.state.src_ranges[i]
+        for p in old.health_checks:
+            del self.state.health_checks[p]
         self.ip_refs.subtract(old.service_ips)
         self.ip_refs += Counter()   # drop zero counts
         changes.add(old)
@@ -167,6 +207,10 @@ class ServiceTracker:
         self.state.ids.update(part.ids)
         self.state.frontends.update(part.frontends)
         self.state.backends.update(part.backends)
+        if part.src_ranges:
+            self.state.src_ranges.update(part.src_ranges)
+        if part.health_checks:
+            self.state.health_checks.update(part.health_checks)
         self.ip_refs.update(part.service_ips)
         changes.add(part)
 
@@ -175,10 +219,12 @@ class ServiceTracker:
         self.rejected_by_service.pop(key, None)
         service = self.services.get(key)
         if service is None:
+            changes.compare(old, None)
             return
         desired = desired_state([service], self._slices_for(key), node_name=self.node_name,
                                 known_ids=old.ids if old else {}, proxy_name=self.proxy_name,
-                                reserved_ids=frozenset(self.state.ids.values()))
+                                reserved_ids=frozenset(self.state.ids.values()),
+                                node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs)
         if old is None and self.id_hints:
             in_use = set(self.state.ids.values())
             hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items() if i not in in_use}
@@ -190,16 +236,26 @@ class ServiceTracker:
             self.rejected_by_service[key].append(Rejected(
                 "Service", key[0], key[1], "duplicate_frontend",
                 f"{taken[0].addr}:{taken[0].port} belongs to another service"))
+            changes.compare(old, None)
             return
-        self._contribute(key, split(desired).get(key, Contribution({}, {}, {}, frozenset())), changes)
+        taken_ports = [p for p in desired.health_checks if p in self.state.health_checks]
+        if taken_ports:
+            self.rejected_by_service[key].append(Rejected(
+                "Service", key[0], key[1], "duplicate_health_check_port",
+                f"healthCheckNodePort {taken_ports[0]} belongs to another service"))
+            changes.compare(old, None)
+            return
+        part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
+        self._contribute(key, part, changes)
+        changes.compare(old, part)
 
     def _recompute_all(self, changes: Changes) -> None:
         """Everything at once (start-up, relist): one pass of the core, then split per service."""
         previous = dict(self.state.ids)   # ids this process handed out stay put
-        for key in list(self.contributions):
-            self._withdraw(key, changes)
+        old_parts = {key: self._withdraw(key, changes) for key in list(self.contributions)}
         desired = desired_state(self.services.values(), self.slices.values(), node_name=self.node_name,
-                                known_ids=previous, proxy_name=self.proxy_name)
+                                known_ids=previous, proxy_name=self.proxy_name,
+                                node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs)
         if self.id_hints:
             # Restart: take back the ids the maps use, for names this process has not seen yet.
             held = set(previous.values())
@@ -210,8 +266,11 @@ class ServiceTracker:
         self.rejected_by_service = {}
         for r in desired.rejected:
             self.rejected_by_service.setdefault(self._owner_of(r), []).append(r)
-        for key, part in split(desired).items():
+        parts = split(desired)
+        for key, part in parts.items():
             self._contribute(key, part, changes)
+        for key in old_parts.keys() | parts.keys():
+            changes.compare(old_parts.get(key), parts.get(key))
 
     def _owner_of(self, rejected: Rejected) -> ObjectKey:
         if rejected.kind == "Service":
@@ -230,10 +289,17 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         part.backends[svc_id] = desired.backends[svc_id]
         owner_of_id[svc_id] = key
     ips: dict[ObjectKey, set[str]] = {}
+    external = C.NAT_FLG_EXTERNAL
     for k, frontend in desired.frontends.items():
         key = owner_of_id[frontend.svc_id]
         parts[key].frontends[k] = frontend
-        ips.setdefault(key, set()).add(k.addr)
+        if not frontend.flags & external:   # node addresses, externalIPs and LB IPs are no service IPs
+            ips.setdefault(key, set()).add(k.addr)
     for key, addrs in ips.items():
         parts[key].service_ips = frozenset(addrs)
+    for svc_id, ranges in desired.src_ranges.items():
+        parts[owner_of_id[svc_id]].src_ranges[svc_id] = ranges
+    for health_port, check in desired.health_checks.items():
+        parts.setdefault((check.namespace, check.name),
+                         Contribution({}, {}, {}, frozenset())).health_checks[health_port] = check
     return parts
