@@ -29,6 +29,7 @@
 #include "conntrack.h"
 #include "lb.h"
 #include "snat.h"
+#include "fib.h"
 #include "counters.h"
 #include "icmp_reject.h"
 
@@ -39,10 +40,11 @@ static __always_inline int uplink_forward(struct __sk_buff *skb, const struct pa
 {
 	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
 		return TC_ACT_SHOT;
-	if ((fwd->flags & CT_FLAG_SNAT) &&
-	    nat_set_src(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport) < 0)
+	if (!(fwd->flags & CT_FLAG_SNAT))
+		return TC_ACT_OK;
+	if (nat_set_src(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport) < 0)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return redirect_by_fib(skb, fwd->snat_addr, fwd->nat_addr, p->proto);
 }
 
 /* NAT_REV: source back to the frontend, and the destination back to the client after SNAT. */
@@ -51,10 +53,11 @@ static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct pa
 {
 	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
 		return TC_ACT_SHOT;
-	if ((rev->flags & CT_FLAG_SNAT) &&
-	    nat_set_dst(skb, p, rev->snat_addr, rev->snat_port ? rev->snat_port : p->dport) < 0)
+	if (!(rev->flags & CT_FLAG_SNAT))
+		return TC_ACT_OK;
+	if (nat_set_dst(skb, p, rev->snat_addr, rev->snat_port ? rev->snat_port : p->dport) < 0)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
 }
 
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
@@ -128,13 +131,14 @@ int from_uplink(struct __sk_buff *skb)
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
-		/* A backend elsewhere answering: an outside client's flow we SNATed, or a local
-		 * pod's flow to a service (its reverse NAT can as well happen here). */
+		/* A local pod's flow: to_workload translates it after routing (its frontend may be
+		 * this node's own address, which the routing stack would call a martian source). */
+		if (!(entry->flags & CT_FLAG_UPLINK))
+			return TC_ACT_OK;
+		/* A backend elsewhere answering an outside client's flow we SNATed. */
 		ct_touch_rev(&p, entry, now);
 		count_packet(skb, entry->svc_id, 0);
-		if (entry->flags & CT_FLAG_UPLINK)
-			return uplink_reverse(skb, &p, entry);
-		return nat_set_src(skb, &p, entry->nat_addr, entry->nat_port) < 0 ? TC_ACT_SHOT : TC_ACT_OK;
+		return uplink_reverse(skb, &p, entry);
 	}
 	if (entry && entry->type == CT_TYPE_NAT_FWD && (entry->flags & CT_FLAG_UPLINK) &&
 	    !ct_is_reopen(&p, entry)) {

@@ -14,7 +14,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .attach import DEFAULT_WORKLOAD_IFACES, WorkloadAttacher
+from pyroute2 import IPRoute
+
+from .attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
+from .healthcheck import HealthCheckServers
 from .conntrack import Timeouts, forget_udp_flows_to, sweep
 from .core.tracker import ServiceTracker
 from .loader import DEFAULT_HAIRPIN_ADDR, Datapath
@@ -41,6 +44,8 @@ class AgentConfig:
     sweep_interval: float = 10.0
     min_sync_period: float = 1.0
     metrics_addr: str | None = None
+    uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
+    nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
 
 
 def make_source(config: AgentConfig, metrics: AgentMetrics):
@@ -76,16 +81,23 @@ class Agent:
 
     def run(self) -> None:
         cfg = self.config
-        self.datapath = Datapath(cfg.pin_dir).load(hairpin_addr=cfg.hairpin_addr)
+        with IPRoute() as ipr:
+            self.uplinks = list(cfg.uplinks) if cfg.uplinks is not None else default_route_links(ipr)
+            self.uplink_addrs = link_addresses(ipr, self.uplinks)
+        self.datapath = Datapath(cfg.pin_dir).load(hairpin_addr=cfg.hairpin_addr,
+                                                   node_addr=(self.uplink_addrs or [None])[0])
         self.writer = MapWriter(self.datapath.maps)
         # A restart takes back the ids the maps use, so nothing needs rewriting.
         self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name,
-                                      id_hints={k: f.svc_id for k, f in self.writer.frontends.items()})
+                                      id_hints={k: f.svc_id for k, f in self.writer.frontends.items()},
+                                      node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses)
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
-        attacher = WorkloadAttacher(self.datapath.fds, cfg.workload_ifaces)
-        source = make_source(cfg, self.metrics)
-        log.info("node %s: programs loaded, maps pinned in %s", cfg.node_name, cfg.pin_dir)
+        self.health_checks = HealthCheckServers()
+        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks)
+        self.source = source = make_source(cfg, self.metrics)
+        log.info("node %s: programs loaded, maps pinned in %s; uplinks %s (%s)", cfg.node_name, cfg.pin_dir,
+                 ", ".join(self.uplinks) or "none", ", ".join(self.uplink_addrs) or "no address")
         try:
             attacher.reconcile()
             self.source_started = time.monotonic()
@@ -99,6 +111,7 @@ class Agent:
                 if self.wake_r in readable:
                     self._drain_wake()
                 source.poll()
+                self._follow_node_addresses()
                 if source.synced and self.tracker.dirty and self._sync_due():
                     self.sync()
                 if time.monotonic() >= next_sweep:
@@ -107,10 +120,19 @@ class Agent:
         finally:
             source.stop()
             attacher.close()
+            self.health_checks.close()
             if server:
                 server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
+
+    def _follow_node_addresses(self) -> None:
+        """NodePorts listen on the uplinks' addresses and on those the Node object lists."""
+        from_api = getattr(self.source, "node_addresses", lambda name: [])(self.config.node_name)
+        wanted = tuple(dict.fromkeys([*self.uplink_addrs, *from_api]))
+        if wanted != tuple(self.tracker.node_addresses):
+            with self.lock:
+                self.tracker.set_node_addresses(wanted)
 
     def _sync_due(self) -> bool:
         return time.monotonic() - self.last_sync >= self.config.min_sync_period
@@ -135,6 +157,7 @@ class Agent:
             with self.lock:
                 changes = self.tracker.flush()
                 stats = self.writer.apply(self.tracker.state, changes)
+                health_checks = dict(self.tracker.state.health_checks)
                 state, rejected = self.tracker.state, self.tracker.rejected
                 n_ports, n_frontends = len(state.ids), len(state.frontends)
                 n_backends = sum(map(len, state.backends.values()))
@@ -146,6 +169,7 @@ class Agent:
                 self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
             return
         self.health.last_sync_failed = False
+        self.health_checks.update(health_checks)
         if len(changes.ids) > FREEZE_AFTER_IDS:
             # Hundreds of thousands of long-lived objects now: keep them out of the cyclic GC's
             # full scans, which otherwise stall a later sync for tens of milliseconds.

@@ -28,12 +28,35 @@ def ensure_clsact(ipr: IPRoute, ifindex: int) -> None:
             raise
 
 
-def attach_workload(ipr: IPRoute, ifindex: int, fds: dict[str, int]) -> None:
-    """from_workload at ingress (the pod sends), to_workload at egress (the pod receives)."""
+# (ingress program, egress program) for each kind of link.
+WORKLOAD = ("from_workload", "to_workload")   # a pod veth's host side: ingress = the pod sends
+UPLINK = ("from_uplink", "to_uplink")         # the node's uplink: ingress = from outside
+
+
+def attach_tc(ipr: IPRoute, ifindex: int, fds: dict[str, int], programs: tuple[str, str]) -> None:
     ensure_clsact(ipr, ifindex)
-    for parent, prog in ((INGRESS, "from_workload"), (EGRESS, "to_workload")):
+    for parent, prog in zip((INGRESS, EGRESS), programs):
         ipr.tc("replace-filter", "bpf", ifindex, ":1", fd=fds[prog], name=FILTER_PREFIX + prog,
                parent=parent, classid=1, direct_action=True, prio=FILTER_PRIO)
+
+
+def default_route_links(ipr: IPRoute) -> list[str]:
+    """The interfaces of this namespace's IPv4 default routes: the usual uplink."""
+    names = []
+    for route in ipr.get_default_routes(family=2):
+        oif = route.get_attr("RTA_OIF")
+        if oif:
+            names += [_link_name(link) for link in ipr.get_links(oif)]
+    return sorted(set(names))
+
+
+def link_addresses(ipr: IPRoute, names: list[str]) -> list[str]:
+    """IPv4 addresses of the named links, in order."""
+    addrs = []
+    for name in names:
+        for index in ipr.link_lookup(ifname=name):
+            addrs += [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)]
+    return addrs
 
 
 def our_filters(ipr: IPRoute):
@@ -60,12 +83,15 @@ def detach_all(ipr: IPRoute) -> list[str]:
     return sorted(set(touched))
 
 
-class WorkloadAttacher:
-    """Keeps the programs on every link whose name matches, existing and future ones."""
+class LinkAttacher:
+    """Keeps the uplink programs on the uplinks and the workload programs on every link whose
+    name matches the pattern, existing and future ones."""
 
-    def __init__(self, fds: dict[str, int], pattern: str = DEFAULT_WORKLOAD_IFACES):
+    def __init__(self, fds: dict[str, int], pattern: str = DEFAULT_WORKLOAD_IFACES,
+                 uplinks: list[str] = ()):
         self.fds = fds
         self.pattern = re.compile(pattern)
+        self.uplinks = set(uplinks)
         self.ipr = IPRoute()
         self.events = IPRoute()
         self.events.bind()
@@ -75,17 +101,18 @@ class WorkloadAttacher:
         return self.events.fileno()
 
     def _consider(self, ifindex: int, name: str) -> None:
-        if not self.pattern.search(name) or self.attached.get(ifindex) == name:
+        programs = UPLINK if name in self.uplinks else WORKLOAD if self.pattern.search(name) else None
+        if programs is None or self.attached.get(ifindex) == name:
             return
         try:
-            attach_workload(self.ipr, ifindex, self.fds)
+            attach_tc(self.ipr, ifindex, self.fds, programs)
         except NetlinkError as err:
             if err.code == 19:   # ENODEV: gone again before we got to it
                 return
             log.error("attaching to %s (ifindex %d) failed: %s", name, ifindex, err)
             return
         self.attached[ifindex] = name
-        log.info("attached to %s (ifindex %d)", name, ifindex)
+        log.info("attached %s/%s to %s (ifindex %d)", *programs, name, ifindex)
 
     def reconcile(self) -> None:
         """Attach to every matching link not yet attached; forget links that are gone."""

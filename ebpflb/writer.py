@@ -28,6 +28,7 @@ class MapContents:
     frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
     backends: dict[tuple[int, int], Backend] = field(default_factory=dict)   # (id, ordinal)
     service_ips: set[str] = field(default_factory=set)
+    src_ranges: dict[int, set[str]] = field(default_factory=dict)   # id -> CIDRs
 
     def backends_by_id(self) -> dict[int, tuple[Backend, ...]]:
         by_id: dict[int, list[Backend]] = {}
@@ -67,6 +68,11 @@ def svc_ip_key(addr: str):
     return ffi.new("__u32 *", ip_be(addr))
 
 
+def src_range_key(svc_id: int, cidr: str):
+    addr, _, bits = cidr.partition("/")
+    return new("struct src_range_key", prefixlen=32 + int(bits), id=svc_id, addr=ip_be(addr))
+
+
 def read_contents(maps: Maps) -> MapContents:
     contents = MapContents()
     for k, v in maps.nat_fe.items():
@@ -75,6 +81,8 @@ def read_contents(maps: Maps) -> MapContents:
     for k, v in maps.nat_be.items():
         contents.backends[(k.id, k.ordinal)] = Backend(ip_str(v.addr), port_int(v.port))
     contents.service_ips = {ip_str(k[0]) for k, _ in maps.svc_ips.items()}
+    for k, _ in maps.src_ranges.items():
+        contents.src_ranges.setdefault(k.id, set()).add(f"{ip_str(k.addr)}/{k.prefixlen - 32}")
     return contents
 
 
@@ -90,12 +98,14 @@ class MapWriter:
         self.frontends = contents.frontends
         self.backends = contents.backends_by_id()
         self.service_ips = contents.service_ips
+        self.src_ranges = contents.src_ranges
 
     def apply(self, desired: DesiredState, changes: Changes | None = None) -> WriteStats:
         if changes is None:
-            changes = Changes(desired.backends.keys() | self.backends.keys(),
-                              desired.frontends.keys() | self.frontends.keys(),
-                              desired.service_ips | self.service_ips)
+            changes = Changes(set(desired.backends.keys() | self.backends.keys()),
+                              set(desired.frontends.keys() | self.frontends.keys()),
+                              set(desired.service_ips | self.service_ips),
+                              src_range_ids=set(desired.src_ranges.keys() | self.src_ranges.keys()))
         stats = WriteStats()
         nat_fe, nat_be, svc_ips = self.maps.nat_fe, self.maps.nat_be, self.maps.svc_ips
         svc_ip_value = new("struct svc_ip_value")
@@ -109,7 +119,12 @@ class MapWriter:
                      if key in desired.frontends and self.frontends.get(key) != desired.frontends[key]]
         addresses = [(svc_ip_key(addr), svc_ip_value) for addr in changes.service_ips
                      if addr in desired.service_ips and addr not in self.service_ips]
-        for bpf_map, pairs in ((nat_be, slots), (nat_fe, frontends), (svc_ips, addresses)):
+        # Ranges before the frontends that check them: a new LB frontend never drops an allowed client.
+        ranges_added, ranges_gone = self._range_diff(desired, changes)
+        one = ffi.new("__u32 *", 1)
+        ranges = [(src_range_key(i, cidr), one) for i, cidr in ranges_added]
+        for bpf_map, pairs in ((self.maps.src_ranges, ranges), (nat_be, slots), (nat_fe, frontends),
+                               (svc_ips, addresses)):
             bpf_map.update_many(pairs)
             stats.written += len(pairs)
         for key in changes.frontends:
@@ -126,11 +141,27 @@ class MapWriter:
             if addr not in desired.service_ips and addr in self.service_ips:
                 svc_ips.delete(svc_ip_key(addr))
                 stats.deleted += 1
+        for svc_id, cidr in ranges_gone:
+            self.maps.src_ranges.delete(src_range_key(svc_id, cidr))
+            stats.deleted += 1
 
         self._remember(desired, changes)
         return stats
 
+    def _range_diff(self, desired: DesiredState, changes: Changes):
+        added, gone = [], []
+        for svc_id in changes.src_range_ids:
+            have, want = self.src_ranges.get(svc_id, set()), set(desired.src_ranges.get(svc_id, ()))
+            added += [(svc_id, cidr) for cidr in want - have]
+            gone += [(svc_id, cidr) for cidr in have - want]
+        return added, gone
+
     def _remember(self, desired: DesiredState, changes: Changes) -> None:
+        for svc_id in changes.src_range_ids:
+            if desired.src_ranges.get(svc_id):
+                self.src_ranges[svc_id] = set(desired.src_ranges[svc_id])
+            else:
+                self.src_ranges.pop(svc_id, None)
         for svc_id in changes.ids:
             if svc_id in desired.backends:
                 self.backends[svc_id] = desired.backends[svc_id]

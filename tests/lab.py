@@ -71,6 +71,9 @@ POD_PREFIXLEN = 24
 PODS = ("A0", "A1", "B", "C")
 POD_IPS = {"A0": "10.200.0.2", "A1": "10.200.0.3", "B": "10.200.1.2", "C": "10.200.2.2"}
 POD_NODES = {"A0": "node-0", "A1": "node-0", "B": "node-1", "C": "node-2"}
+# Clients outside the cluster, on the underlay; a load balancer would send LB_IP to node-0.
+OUTSIDE = {"X": "192.168.64.100", "Y": "192.168.64.101"}
+LB_IP = "192.168.64.200"
 POD_VETHS = {"A0": "veth-a0", "A1": "veth-a1", "B": "veth-b", "C": "veth-c"}
 
 SVC_IP = "10.96.0.2"          # default/svc-1: http 8080/TCP, dns 5353/UDP -> A0, B
@@ -265,7 +268,9 @@ class Lab:
         self.underlay_ns = self.prefix + "ul"
         self.node_ns = {n: self.prefix + n.replace("-", "") for n in NODES}   # elb3fa2-node0
         self.pod_ns = {p: self.prefix + p.lower() for p in PODS}              # elb3fa2-a0
-        self.namespaces = [self.underlay_ns, *self.node_ns.values(), *self.pod_ns.values()]
+        self.outside_ns = {c: self.prefix + "out" + c.lower() for c in OUTSIDE}  # elb3fa2-outx
+        self.namespaces = [self.underlay_ns, *self.node_ns.values(), *self.pod_ns.values(),
+                           *self.outside_ns.values()]
         self.bpf_dir = BPFFS / self.name
         self.tmpdir: Path | None = None
         self.agents: dict[str, subprocess.Popen] = {}
@@ -284,7 +289,7 @@ class Lab:
         if s in self.namespaces:
             return s
         key = s.lower().replace("-", "").replace("_", "")
-        for p, n in self.pod_ns.items():
+        for p, n in (*self.pod_ns.items(), *self.outside_ns.items()):
             if key == p.lower():
                 return n
         for node, n in self.node_ns.items():
@@ -296,8 +301,8 @@ class Lab:
 
     @staticmethod
     def pod(what: str) -> str:
-        """Canonical pod name ("A0") from "a0"/"A0"."""
-        for p in PODS:
+        """Canonical pod (or outside client) name ("A0", "X") from "a0"/"A0"."""
+        for p in (*PODS, *OUTSIDE):
             if str(what).lower() == p.lower():
                 return p
         raise KeyError(f"no pod {what!r}")
@@ -341,6 +346,8 @@ class Lab:
                     self._build_node(node)
                 for pod in PODS:
                     self._build_pod(pod)
+                for client in OUTSIDE:
+                    self._build_outside(client)
                 self._built = True
             except BaseException:
                 self.teardown()
@@ -403,6 +410,18 @@ class Lab:
         ifaces = ["eth0", br] + [POD_VETHS[p] for p in PODS if POD_NODES[p] == node]
         self.run(self.node_ns[node], "sysctl", "-q", "-w",
                  *[f"net.ipv4.conf.{i}.rp_filter=0" for i in ifaces])
+
+    def _build_outside(self, client: str) -> None:
+        """A client outside the cluster on the underlay: it reaches node addresses directly and
+        the LB address through node-0 (standing in for a load balancer)."""
+        port = "out" + client.lower()
+        self._ip_batch(self.underlay_ns, [
+            f"link add {port} type veth peer name eth0 netns {self.outside_ns[client]}",
+            f"link set {port} master {UNDERLAY_BRIDGE}", f"link set {port} up"])
+        self._ip_batch(self.outside_ns[client], [
+            "link set lo up", f"addr add {OUTSIDE[client]}/{UNDERLAY_PREFIXLEN} dev eth0", "link set eth0 up",
+            f"route add {LB_IP}/32 via {NODE_IPS['node-0']}",
+            f"route add 10.96.0.0/12 via {NODE_IPS['node-0']}"])   # to show ClusterIPs are not served
 
     def _build_pod(self, pod: str) -> None:
         node = POD_NODES[pod]

@@ -1,5 +1,8 @@
 """Packets through the uplink programs (from_uplink, to_uplink) with BPF_PROG_TEST_RUN: NodePort,
 LB and external traffic, as kube-proxy serves it."""
+import subprocess
+import uuid
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -9,6 +12,7 @@ from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_int
 from ebpflb.writer import MapWriter
 from tests.conftest import NODE_ADDR
+from tests.lab import in_netns
 from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, from_pod, run,
                                          with_checksums)
 
@@ -16,7 +20,39 @@ CLIENT, OTHER_CLIENT = "192.168.64.100", "192.168.64.101"
 LB_IP, NODEPORT = "192.168.64.200", 30080
 A0, B = "10.200.0.2", "10.200.1.2"
 EXT, EXT_LOCAL, SRC_RANGES = C.NAT_FLG_EXTERNAL, C.NAT_FLG_EXTERNAL_LOCAL, C.NAT_FLG_SRC_RANGES
-ROUTER_MAC, NODE_MAC = "02:00:00:00:01:00", "02:00:00:00:01:06"
+ROUTER_MAC, NODE_MAC, NEXT_HOP_MAC = "02:00:00:00:01:00", "02:00:00:00:01:06", "02:00:00:00:01:05"
+
+
+@pytest.fixture(scope="module")
+def routed():
+    """A namespace standing for node-2's uplink: its address, a route to B's node, fixed
+    neighbours. SNATed packets leave by FIB lookup + redirect, so their MACs depend on these."""
+    ns = f"elbpkt-{uuid.uuid4().hex[:6]}"
+    cmds = [f"link add up0 address {NODE_MAC} type veth peer name up1", "link set up0 up", "link set up1 up",
+            f"addr add {NODE_ADDR}/24 dev up0",
+            f"neigh add 192.168.64.5 lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
+            f"neigh add {CLIENT} lladdr {ROUTER_MAC} dev up0 nud permanent",
+            f"neigh add {OTHER_CLIENT} lladdr {ROUTER_MAC} dev up0 nud permanent",
+            "route add 10.200.1.0/24 via 192.168.64.5"]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        index = int(subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/up0/ifindex"],
+                                   capture_output=True, text=True, check=True).stdout)
+        yield ns, index
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def run_routed(dp, routed, prog, pkt):
+    ns, index = routed
+    with in_netns(ns):
+        return run(dp, prog, pkt, ifindex=index)
+
+
+def outbound(l3, to_mac):
+    return Ether(src=NODE_MAC, dst=to_mac) / l3
 
 
 def inbound(l3):
@@ -40,29 +76,31 @@ def syn(src, dst, sport=40000, dport=NODEPORT):
     return inbound(IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags="S", seq=7))
 
 
-def test_nodeport_to_a_remote_backend_is_dnated_and_snated_and_the_reply_translated_back(dp):
+def test_nodeport_to_a_remote_backend_is_dnated_and_snated_and_the_reply_translated_back(dp, routed):
     program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
-    verdict, out = run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))
-    assert verdict == TC_ACT_OK
-    assert out == with_checksums(inbound(IP(src=NODE_ADDR, dst=B) / TCP(sport=40000, dport=8080, flags="S", seq=7)))
+    verdict, out = run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))
+    assert verdict == TC_ACT_REDIRECT   # by FIB lookup: the stack would call our own source a martian
+    assert out == with_checksums(outbound(IP(src=NODE_ADDR, dst=B) / TCP(sport=40000, dport=8080, flags="S", seq=7),
+                                          NEXT_HOP_MAC))
     entries = ct_entries(dp)
     fwd, rev = entries[(CLIENT, 40000, NODE_ADDR, NODEPORT, 6)], entries[(B, 8080, NODE_ADDR, 40000, 6)]
     assert fwd.flags == rev.flags == C.CT_FLAG_UPLINK | C.CT_FLAG_SNAT
     reply = inbound(IP(src=B, dst=NODE_ADDR) / TCP(sport=8080, dport=40000, flags="SA", ack=8) / Raw(b"hello"))
-    verdict, out = run(dp, "from_uplink", reply)
-    assert verdict == TC_ACT_OK
-    assert out == with_checksums(inbound(IP(src=NODE_ADDR, dst=CLIENT) /
-                                         TCP(sport=NODEPORT, dport=40000, flags="SA", ack=8) / Raw(b"hello")))
+    verdict, out = run_routed(dp, routed, "from_uplink", reply)
+    assert verdict == TC_ACT_REDIRECT
+    assert out == with_checksums(outbound(IP(src=NODE_ADDR, dst=CLIENT) /
+                                          TCP(sport=NODEPORT, dport=40000, flags="SA", ack=8) / Raw(b"hello"), ROUTER_MAC))
     # and the client's next packet follows the same translation
-    verdict, out = run(dp, "from_uplink", inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A")))
+    _, out = run_routed(dp, routed, "from_uplink",
+                        inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A")))
     assert (Ether(out)[IP].src, Ether(out)[IP].dst, Ether(out)[TCP].dport) == (NODE_ADDR, B, 8080)
 
 
-def test_snat_port_taken_by_another_flow_picks_a_free_one(dp):
+def test_snat_port_taken_by_another_flow_picks_a_free_one(dp, routed):
     program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
-    run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))
-    verdict, out = run(dp, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR))   # same source port 40000
-    assert verdict == TC_ACT_OK
+    run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))
+    verdict, out = run_routed(dp, routed, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR))   # same source port 40000
+    assert verdict == TC_ACT_REDIRECT
     port = Ether(out)[TCP].sport
     assert port != 40000 and port >= 32768
     assert (B, 8080, NODE_ADDR, port, 6) in ct_entries(dp)
@@ -106,23 +144,21 @@ def test_cluster_ips_are_not_served_from_outside(dp):
     assert not ct_entries(dp)
 
 
-def test_source_ranges_guard_the_lb_ip_but_not_the_nodeport(dp):
+def test_source_ranges_guard_the_lb_ip_but_not_the_nodeport(dp, routed):
     program(dp, [(LB_IP, 80, EXT | SRC_RANGES), (NODE_ADDR, NODEPORT, EXT)], [B], ranges=[(CLIENT, 32)])
-    assert run(dp, "from_uplink", syn(CLIENT, LB_IP, dport=80))[0] == TC_ACT_OK
-    assert run(dp, "from_uplink", syn(OTHER_CLIENT, LB_IP, dport=80, sport=41000))[0] == TC_ACT_SHOT
-    verdict, out = run(dp, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR, sport=41000))
-    assert verdict == TC_ACT_OK and Ether(out)[IP].dst == B
+    assert run_routed(dp, routed, "from_uplink", syn(CLIENT, LB_IP, dport=80))[0] == TC_ACT_REDIRECT
+    assert run_routed(dp, routed, "from_uplink", syn(OTHER_CLIENT, LB_IP, dport=80, sport=41000))[0] == TC_ACT_SHOT
+    verdict, out = run_routed(dp, routed, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR, sport=41000))
+    assert verdict == TC_ACT_REDIRECT and Ether(out)[IP].dst == B
 
 
-def test_udp_nodeport_keeps_a_zero_checksum(dp):
-    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
-    raw = bytearray(bytes(inbound(IP(src=CLIENT, dst=NODE_ADDR) / UDP(sport=5000, dport=NODEPORT) / Raw(b"q"))))
-    raw[14 + 20 + 6:14 + 20 + 8] = b"\0\0"
-    # UDP frontends are keyed by proto 17
+def test_udp_nodeport_keeps_a_zero_checksum(dp, routed):
     MapWriter(dp.maps).apply(DesiredState(frontends={FrontendKey(NODE_ADDR, NODEPORT, 17): Frontend(1, 1, 0, EXT)},
                                           backends={1: (Backend(B, 8080),)}))
-    verdict, out = run(dp, "from_uplink", bytes(raw))
-    assert verdict == TC_ACT_OK and Ether(out)[UDP].chksum == 0 and Ether(out)[IP].dst == B
+    raw = bytearray(bytes(inbound(IP(src=CLIENT, dst=NODE_ADDR) / UDP(sport=5000, dport=NODEPORT) / Raw(b"q"))))
+    raw[14 + 20 + 6:14 + 20 + 8] = b"\0\0"   # "no checksum"
+    verdict, out = run_routed(dp, routed, "from_uplink", bytes(raw))
+    assert verdict == TC_ACT_REDIRECT and Ether(out)[UDP].chksum == 0 and Ether(out)[IP].dst == B
 
 
 def test_other_traffic_on_the_uplink_passes_untouched(dp):
@@ -133,9 +169,15 @@ def test_other_traffic_on_the_uplink_passes_untouched(dp):
             assert run(dp, prog, pkt) == (TC_ACT_OK, bytes(pkt))
 
 
-def test_a_pod_flows_reply_from_a_remote_backend_is_translated_on_the_uplink(dp):
+def test_a_pod_flows_reply_passes_the_uplink_for_its_veth_to_translate(dp):
     program(dp, [(VIP, 8080, 0)], [B])
     run(dp, "from_workload", from_pod(IP(src="10.200.2.2", dst=VIP) / TCP(sport=40000, dport=8080, flags="S")))
     reply = inbound(IP(src=B, dst="10.200.2.2") / TCP(sport=8080, dport=40000, flags="SA"))
-    verdict, out = run(dp, "from_uplink", reply)
+    assert run(dp, "from_uplink", reply) == (TC_ACT_OK, bytes(reply))
+    verdict, out = run(dp, "to_workload", reply)
     assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[TCP].sport) == (VIP, 8080)
+
+
+def test_no_route_to_the_backend_drops_instead_of_sending_it_astray(dp, routed):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], ["10.250.0.9"])   # no route to it from the uplink
+    assert run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT

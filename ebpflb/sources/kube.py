@@ -198,6 +198,12 @@ class KubeSource:
     def poll(self) -> None:
         pass
 
+    def node_addresses(self, node_name: str) -> list[str]:
+        """InternalIP and ExternalIP addresses of this node's Node object."""
+        status = (self.nodes.get(node_name) or {}).get("status") or {}
+        return [a["address"] for a in status.get("addresses") or []
+                if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and "." in str(a.get("address"))]
+
     def stop(self) -> None:
         self.stopping.set()
         for reflector in self.reflectors:

@@ -1,0 +1,37 @@
+/* Forward a translated packet by a FIB lookup and a redirect, without the routing stack's input
+ * path: a packet SNATed to the node's own address would be dropped there as a martian source. */
+#pragma once
+#include "parse.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+
+/* bcc 0.26 declares this helper with three arguments; the kernel's takes four. */
+static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags) =
+	(void *)BPF_FUNC_redirect_neigh;
+
+static __always_inline int redirect_by_fib(struct __sk_buff *skb, __u32 saddr, __u32 daddr, __u8 proto)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = proto,
+		.tot_len = skb->len - ETH_HLEN_,
+		.ipv4_src = saddr,
+		.ipv4_dst = daddr,
+		.ifindex = skb->ingress_ifindex ? skb->ingress_ifindex : skb->ifindex,
+	};
+	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
+
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		__u8 macs[12];
+		__builtin_memcpy(macs, fib.dmac, 6);
+		__builtin_memcpy(macs + 6, fib.smac, 6);
+		if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+			return TC_ACT_SHOT;
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return redirect_neigh(fib.ifindex, NULL, 0, 0);   /* the kernel resolves it */
+	return TC_ACT_SHOT;   /* no route: nothing we could deliver */
+}

@@ -1,0 +1,109 @@
+"""Traffic from outside the cluster in seed 004's lab: clients X (192.168.64.100) and Y (.101) on
+the underlay reach NodePorts, a LoadBalancer IP and externalTrafficPolicy Local services, through
+the uplink programs on each node's eth0."""
+import json
+import time
+
+import pytest
+import yaml
+
+from tests.apiserver import endpoint_slice, service
+from tests.lab import LB_IP, NODE_IPS, NODES, HttpError
+from tests.test_lab_dataplane import wait_for
+
+A0, B = "10.200.0.2", "10.200.1.2"
+NODEPORT, NODEPORT_LOCAL, NODEPORT_LB, NODEPORT_EMPTY, HEALTH_PORT = 30080, 30081, 30082, 30083, 30090
+ENDPOINTS = [(A0, "node-0", True), (B, "node-1", True)]
+
+
+def manifests() -> list[dict]:
+    def nodeport(name, port, node_port, **spec):
+        svc = service("default", name, spec.pop("ip"), [("http", port, "TCP")], type=spec.pop("type", "NodePort"), **spec)
+        svc["spec"]["ports"][0].update(nodePort=node_port, targetPort=8080)
+        return svc
+
+    lb = nodeport("svc-lb", 80, NODEPORT_LB, ip="10.96.1.3", type="LoadBalancer",
+                  loadBalancerSourceRanges=["192.168.64.100/32"])
+    lb["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
+    return [
+        nodeport("svc-np", 8080, NODEPORT, ip="10.96.1.1"),
+        nodeport("svc-local", 8080, NODEPORT_LOCAL, ip="10.96.1.2", type="LoadBalancer",
+                 externalTrafficPolicy="Local", healthCheckNodePort=HEALTH_PORT),
+        lb,
+        nodeport("svc-empty-np", 8080, NODEPORT_EMPTY, ip="10.96.1.4"),
+        *(endpoint_slice("default", f"{name}-a", name, ENDPOINTS) for name in ("svc-np", "svc-local", "svc-lb")),
+    ]
+
+
+@pytest.fixture(scope="module")
+def agents(lab):
+    path = lab.tmpdir / "uplink-manifests"
+    path.mkdir()
+    (path / "cluster.yaml").write_text(yaml.safe_dump_all(manifests()))
+    for node in NODES:
+        lab.start_agent(node, path, "--uplinks", "eth0")
+    for node in NODES:
+        wait_for(lambda: f"{NODE_IPS[node]} port {NODEPORT} proto 6" in lab.agent_cli(node, "nat", "dump", check=False),
+                 what=f"NodePorts on {node}")
+    yield
+    for node in NODES:
+        lab.stop_agent(node)
+
+
+def answers(lab, client, ip, port, n=20, path="/"):
+    return lab.http_get_many(client, ip, n, port=port, path=path)
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_nodeport_reaches_every_backend_from_every_node(lab, agents, node):
+    got = answers(lab, "X", NODE_IPS[node], NODEPORT, n=30)
+    assert set(got) == {"A0", "B"}, got
+
+
+def test_local_policy_keeps_the_client_address_and_only_local_backends(lab, agents):
+    assert set(answers(lab, "X", NODE_IPS["node-0"], NODEPORT_LOCAL)) == {"A0"}
+    seen = lab.http_get("X", NODE_IPS["node-0"], NODEPORT_LOCAL, path="/client")
+    assert seen.split(":")[0] == "192.168.64.100"          # A0 sees the client itself
+    with pytest.raises(HttpError) as dropped:
+        lab.http_get("X", NODE_IPS["node-2"], NODEPORT_LOCAL, timeout=1)
+    assert dropped.value.code == 28                        # dropped: a timeout, not a refusal
+
+
+def test_a_pod_on_the_node_reaching_a_local_policy_nodeport_uses_every_backend(lab, agents):
+    assert set(answers(lab, "A1", NODE_IPS["node-0"], NODEPORT_LOCAL, n=30)) == {"A0", "B"}
+
+
+def test_cluster_policy_snats_so_a_remote_backend_sees_the_node(lab, agents):
+    peers = {lab.http_get("X", NODE_IPS["node-2"], NODEPORT, path="/client").split(":")[0] for _ in range(10)}
+    assert peers == {NODE_IPS["node-2"]}                    # both backends are remote to node-2
+
+
+def test_source_ranges_guard_the_lb_ip_but_not_its_nodeport(lab, agents):
+    assert set(answers(lab, "X", LB_IP, 80)) == {"A0", "B"}
+    with pytest.raises(HttpError) as blocked:
+        lab.http_get("Y", LB_IP, 80, timeout=1)
+    assert blocked.value.code == 28
+    assert set(answers(lab, "Y", NODE_IPS["node-1"], NODEPORT_LB)) == {"A0", "B"}
+
+
+def test_health_check_node_port_answers_like_kube_proxy(lab, agents):
+    def check(node):
+        r = lab.run("X", "curl", "-s", "-m", "2", "-w", "\n%{http_code}", f"http://{NODE_IPS[node]}:{HEALTH_PORT}/")
+        body, code = r.stdout.rsplit("\n", 1)
+        return int(code), json.loads(body)
+    wait_for(lambda: check("node-0")[0] == 200, timeout=5, what="health check on node-0")
+    code, body = check("node-0")
+    assert body == {"service": {"namespace": "default", "name": "svc-local"}, "localEndpoints": 1}
+    assert check("node-2") == (503, {"service": {"namespace": "default", "name": "svc-local"}, "localEndpoints": 0})
+
+
+def test_no_endpoint_is_refused_at_once(lab, agents):
+    started = time.monotonic()
+    with pytest.raises(HttpError) as refused:
+        lab.http_get("X", NODE_IPS["node-2"], NODEPORT_EMPTY, timeout=5)
+    assert refused.value.code == 7 and time.monotonic() - started < 1
+
+
+def test_cluster_ips_are_not_served_to_the_outside(lab, agents):
+    with pytest.raises(HttpError):
+        lab.http_get("X", "10.96.1.1", 8080, timeout=1)
