@@ -1,10 +1,14 @@
 PY := .venv/bin/python
 
-.PHONY: setup test demo clean bench
+.PHONY: setup tools test demo clean bench
 setup:
 	scripts/install.sh
 
-test: setup
+# helm for the chart tests, in .tools/bin (not a Debian package)
+tools:
+	scripts/install-helm.sh
+
+test: setup tools
 	$(PY) -m pytest -q
 
 demo: setup
@@ -14,4 +18,4 @@ clean:
 	rm -rf .venv *.egg-info
 
 bench: setup
-	$(PY) -m bench.controlplane
+	$(PY) -m bench

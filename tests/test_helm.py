@@ -1,0 +1,488 @@
+"""The Helm chart (helm/ebpflb) and the Dockerfile: lint, render with default and non-default
+values, every rendered object is a valid object of the `kubernetes` client's models (no unknown or
+misspelled field), least-privilege RBAC, the DaemonSet's node-agent essentials, flags the agent's
+CLI accepts, and an image built by the same install script as `make setup`.
+
+helm comes from scripts/install-helm.sh (`make tools`, which `make test` runs first); without it
+these tests fail rather than skip."""
+import copy
+import json
+import re
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+
+from ebpflb import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "ebpflb"
+HELM = ROOT / ".tools" / "bin" / "helm"
+DOCKERFILE = ROOT / "Dockerfile"
+ENTRYPOINT = ["/opt/ebpflb/.venv/bin/ebpflb", "agent"]
+
+CAPS = {"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"}
+ALLOWED_RULES = {("", "services"), ("", "nodes"), ("discovery.k8s.io", "endpointslices")}
+READ_VERBS = {"get", "list", "watch"}
+
+# name -> values (as a values file, so regexes keep their backslashes)
+VARIANTS = {
+    "default": {},
+    "privileged": {"privileged": True},
+    "privileged-no-init": {"privileged": True, "bpffs": {"mountInitContainer": False}},
+    "no-init": {"bpffs": {"mountInitContainer": False}},
+    "service-monitor": {"serviceMonitor": {"enabled": True, "interval": "15s",
+                                           "labels": {"release": "kube-prometheus-stack"}}},
+    "kubeconfig": {"agent": {"kubeconfig": {"secretName": "ebpflb-kubeconfig", "key": "config"}}},
+    "manifests": {"agent": {"manifests": {"configMapName": "ebpflb-manifests"}}},
+    "custom-flags": {
+        "agent": {"pinDir": "/sys/fs/bpf/lb", "minSyncPeriod": 0.5,
+                  "workloadIfaces": r"^(cali|veth\d+|lxc[0-9a-f]{4})", "proxyName": "ebpflb",
+                  "ctTimeouts": "tcp-established=600,udp=30", "ctSweepInterval": 5,
+                  "hairpinAddr": "169.254.7.1", "uplinks": "eth0,eth1", "nodeportAddresses": "10.0.0.0/8",
+                  "extraArgs": ["--ct-sweep-interval=3"]},
+        "metrics": {"bindAddress": "127.0.0.1", "port": 10300},
+        "k8sServiceHost": "10.0.0.10", "k8sServicePort": "6443",
+        "extraEnv": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "image": {"repository": "registry.example/ebpflb", "tag": "dev", "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "resources": {"requests": {"cpu": "200m", "memory": "400Mi"}, "limits": {"memory": "1Gi"}},
+        "podAnnotations": {"example.com/a": "b"}, "podLabels": {"team": "net"},
+        "serviceAccount": {"name": "lb-agent", "annotations": {"example.com/x": "z"}},
+        "dnsPolicy": "Default", "fullnameOverride": "lb",
+    },
+    "no-host-headers": {"kernelHeaders": {"fromHost": False}},
+    "cleanup": {"cleanup": {"enabled": True}},
+    "external-sa": {"serviceAccount": {"create": False, "name": "existing"}},
+}
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    assert HELM.is_file() and HELM.stat().st_mode & 0o111, \
+        f"{HELM} is missing: run scripts/install-helm.sh (`make tools`; `make test` does it)"
+    return HELM
+
+
+def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(helm), *args], capture_output=True, text=True, timeout=60)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def render(helm: Path, tmp_path: Path, values: dict, chart: Path = CHART, extra=()) -> list[dict]:
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    out = run_helm(helm, "template", "ebpflb", str(chart), "--namespace", "kube-system",
+                   "-f", str(values_file), *extra).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def rendered(request, helm, tmp_path_factory) -> tuple[str, dict, list[dict]]:
+    name = request.param
+    return name, VARIANTS[name], render(helm, tmp_path_factory.mktemp(name), VARIANTS[name])
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def the(docs: list[dict], kind: str) -> dict:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"{len(found)} {kind} objects"
+    return found[0]
+
+
+def setting(values: dict, *path, default=None):
+    for key in path:
+        if not isinstance(values, dict) or key not in values:
+            return default
+        values = values[key]
+    return values
+
+
+# -- every object is a valid object of the kubernetes client's models -------------------------
+
+API = k8s.ApiClient()
+
+
+def model_name(obj: dict) -> str | None:
+    """apps/v1 DaemonSet -> V1DaemonSet, when the client has that model."""
+    version = obj["apiVersion"].rsplit("/", 1)[-1]
+    name = version[0].upper() + version[1:] + obj["kind"]
+    return name if hasattr(k8s, name) else None
+
+
+def unknown_fields(given, serialized, where: str = "") -> list[str]:
+    """Paths of `given` that did not survive a round trip through the models: an unknown or
+    misspelled field is silently dropped by deserialization, so it is missing from the output."""
+    if isinstance(given, dict):
+        if not isinstance(serialized, dict):
+            return [where or "."]
+        missing = []
+        for key, value in given.items():
+            if key not in serialized:
+                missing.append(f"{where}.{key}")
+            else:
+                missing += unknown_fields(value, serialized[key], f"{where}.{key}")
+        return missing
+    if isinstance(given, list):
+        if not isinstance(serialized, list) or len(serialized) != len(given):
+            return [where]
+        return [m for i, (g, s) in enumerate(zip(given, serialized))
+                for m in unknown_fields(g, s, f"{where}[{i}]")]
+    return []
+
+
+def roundtrip_unknown(obj: dict, model: str) -> list[str]:
+    instance = API._ApiClient__deserialize(copy.deepcopy(obj), model)
+    # sanitize_for_serialization: the model's to_dict() under the API's own (camelCase) names
+    return unknown_fields(obj, API.sanitize_for_serialization(instance))
+
+
+def test_unknown_field_check_catches_a_misspelling():
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"},
+          "spec": {"selector": {"matchLabels": {"a": "b"}},
+                   "template": {"metadata": {"labels": {"a": "b"}},
+                                "spec": {"hostNetwrok": True,
+                                         "containers": [{"name": "c", "image": "i",
+                                                         "volumeMounts": [{"name": "v", "mountPath": "/x",
+                                                                           "mountPropagaton": "Bidirectional"}]}]}}}}
+    assert roundtrip_unknown(ds, "V1DaemonSet") == [
+        ".spec.template.spec.hostNetwrok", ".spec.template.spec.containers[0].volumeMounts[0].mountPropagaton"]
+
+
+def check_service_monitor(sm: dict, service: dict) -> None:
+    """A CRD (monitoring.coreos.com/v1), not in the client: its shape by hand."""
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(sm) == {"apiVersion", "kind", "metadata", "spec"}
+    assert set(sm["metadata"]) <= {"name", "namespace", "labels", "annotations"}
+    spec = sm["spec"]
+    assert set(spec) <= {"selector", "namespaceSelector", "endpoints", "jobLabel"}
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert spec["namespaceSelector"] == {"matchNames": [service["metadata"]["namespace"]]}
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in spec["endpoints"]:
+        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "relabelings", "scheme"}
+        assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
+        assert re.fullmatch(r"\d+[smh]", endpoint["interval"])
+        for relabel in endpoint.get("relabelings", []):
+            assert set(relabel) <= {"sourceLabels", "targetLabel", "action", "regex", "replacement"}
+
+
+def test_every_object_deserializes_without_unknown_fields(rendered):
+    name, values, docs = rendered
+    kinds = sorted(d["kind"] for d in docs)
+    expected = ["ClusterRole", "ClusterRoleBinding", "DaemonSet"]
+    if setting(values, "serviceAccount", "create", default=True):
+        expected.append("ServiceAccount")
+    if setting(values, "serviceMonitor", "enabled"):
+        expected += ["Service", "ServiceMonitor"]
+    assert kinds == sorted(expected), name
+    for obj in docs:
+        model = model_name(obj)
+        if obj["kind"] == "ServiceMonitor":
+            check_service_monitor(obj, the(docs, "Service"))
+            continue
+        assert model, f"{obj['apiVersion']} {obj['kind']}: no model in the kubernetes client"
+        assert roundtrip_unknown(obj, model) == [], f"{name}: {obj['kind']} has unknown fields"
+
+
+# -- RBAC -------------------------------------------------------------------------------------
+
+def test_cluster_role_is_read_only_on_services_nodes_endpointslices(rendered):
+    _, _, docs = rendered
+    assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
+    role = the(docs, "ClusterRole")
+    assert "aggregationRule" not in role
+    granted = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule   # no resourceNames/nonResourceURLs
+        assert set(rule["verbs"]) == READ_VERBS, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                assert (group, resource) in ALLOWED_RULES, (group, resource)
+                granted.add((group, resource))
+    assert granted == ALLOWED_RULES
+
+
+def test_binding_ties_the_role_to_the_pods_service_account(rendered):
+    _, _, docs = rendered
+    binding, role, ds = the(docs, "ClusterRoleBinding"), the(docs, "ClusterRole"), the(docs, "DaemonSet")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": role["metadata"]["name"]}
+    sa = ds["spec"]["template"]["spec"]["serviceAccountName"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": "kube-system"}]
+    for account in by_kind(docs, "ServiceAccount"):
+        assert account["metadata"]["name"] == sa
+
+
+# -- the DaemonSet ----------------------------------------------------------------------------
+
+def containers(ds: dict) -> list[dict]:
+    spec = ds["spec"]["template"]["spec"]
+    return spec.get("initContainers", []) + spec["containers"]
+
+
+def agent(ds: dict) -> dict:
+    (found,) = [c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "agent"]
+    return found
+
+
+def privileged(container: dict) -> bool:
+    return bool(container.get("securityContext", {}).get("privileged"))
+
+
+def test_daemonset_runs_on_every_node_in_the_host_network(rendered):
+    name, values, docs = rendered
+    pod = the(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == setting(values, "dnsPolicy", default="ClusterFirstWithHostNet")
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in pod["tolerations"]     # every taint, every effect
+
+
+def test_bpffs_is_the_hosts_with_bidirectional_propagation(rendered):
+    name, values, docs = rendered
+    ds = the(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    (bpffs,) = [v for v in pod["volumes"] if v.get("hostPath", {}).get("path") == "/sys/fs/bpf"]
+    mounts = {c["name"]: m for c in containers(ds) for m in c.get("volumeMounts", [])
+              if m["name"] == bpffs["name"]}
+    assert mounts["agent"]["mountPath"] == "/sys/fs/bpf"
+    bidirectional = {c for c, m in mounts.items() if m.get("mountPropagation") == "Bidirectional"}
+    if values.get("privileged") or setting(values, "bpffs", "mountInitContainer", default=True):
+        assert bidirectional, f"{name}: no container mounts bpffs with Bidirectional propagation"
+    else:
+        assert mounts["agent"]["mountPropagation"] == "HostToContainer"
+    # the API server refuses Bidirectional propagation in an unprivileged container
+    for c in containers(ds):
+        if c["name"] in bidirectional:
+            assert privileged(c), f"{name}: {c['name']} has Bidirectional but is not privileged"
+
+
+def test_agent_privileges_are_the_documented_ones(rendered):
+    name, values, docs = rendered
+    a = agent(the(docs, "DaemonSet"))
+    sc = a["securityContext"]
+    if values.get("privileged"):
+        assert sc["privileged"] is True
+    else:
+        assert sc["privileged"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        assert set(sc["capabilities"]["add"]) == CAPS
+
+
+def test_kernel_headers_from_the_host_read_only(rendered):
+    name, values, docs = rendered
+    ds = the(docs, "DaemonSet")
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in ds["spec"]["template"]["spec"]["volumes"]
+                  if "hostPath" in v}
+    mounts = {m["mountPath"]: m for m in agent(ds)["volumeMounts"] if m["name"] in host_paths}
+    if setting(values, "kernelHeaders", "fromHost", default=True):
+        for path in ("/lib/modules", "/usr/src"):
+            assert host_paths[mounts[path]["name"]] == path and mounts[path]["readOnly"] is True
+        assert "command" not in agent(ds) or setting(values, "cleanup", "enabled")
+    else:
+        assert "/lib/modules" not in mounts and "/usr/src" not in mounts
+        assert "scripts/install.sh --link-headers" in agent(ds)["command"][2]
+
+
+def test_node_name_from_the_downward_api(rendered):
+    _, _, docs = rendered
+    env = {e["name"]: e for e in agent(the(docs, "DaemonSet"))["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_probes_and_metrics_port(rendered):
+    name, values, docs = rendered
+    a = agent(the(docs, "DaemonSet"))
+    if setting(values, "cleanup", "enabled"):
+        assert "readinessProbe" not in a and "livenessProbe" not in a   # no agent, no /readyz
+        return
+    (port,) = a["ports"]
+    assert port["name"] == "metrics" and port["containerPort"] == setting(values, "metrics", "port", default=9949)
+    loopback = setting(values, "metrics", "bindAddress") == "127.0.0.1"
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = a[probe]["httpGet"]
+        assert get["path"] == path and get["port"] == "metrics"
+        assert get.get("host") == ("127.0.0.1" if loopback else None)
+    for svc in by_kind(docs, "Service"):
+        assert svc["spec"]["clusterIP"] == "None"
+        assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+        assert svc["spec"]["selector"].items() <= \
+            the(docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"].items()
+
+
+def agent_argv(ds: dict) -> list[str]:
+    """What the agent container executes, as the CLI sees it (after `ebpflb`)."""
+    a = agent(ds)
+    args = [arg.replace("$(NODE_NAME)", "node-0") for arg in a["args"]]
+    if "command" in a:                       # sh -c '... exec ebpflb agent "$@"' ebpflb ARGS
+        script = a["command"][2]
+        assert script.endswith(f'exec {ENTRYPOINT[0]} agent "$@"'), script
+        return ["agent", *args]
+    return [*ENTRYPOINT[1:], *args]
+
+
+def test_agent_flags_parse_with_the_real_cli(rendered):
+    name, values, docs = rendered
+    ds = the(docs, "DaemonSet")
+    if setting(values, "cleanup", "enabled"):
+        script = agent(ds)["command"][2]
+        argv = shlex.split(script.split("&&")[0])
+        assert argv[0] == ENTRYPOINT[0]
+        assert cli.parser().parse_args(argv[1:]).verb == "cleanup"
+        return
+    args = cli.parser().parse_args(agent_argv(ds))
+    a = values.get("agent", {})
+    assert args.verb == "agent" and args.node_name == "node-0"
+    assert args.pin_dir == a.get("pinDir", "/sys/fs/bpf/ebpflb")
+    assert args.metrics_addr == (f"{setting(values, 'metrics', 'bindAddress', default='0.0.0.0')}:"
+                                 f"{setting(values, 'metrics', 'port', default=9949)}")
+    assert args.min_sync_period == a.get("minSyncPeriod", 1.0)
+    defaults = cli.parser().parse_args(["agent"])
+    assert args.workload_ifaces == a.get("workloadIfaces", defaults.workload_ifaces)
+    assert args.proxy_name == (a.get("proxyName") or None)
+    assert args.hairpin_addr == a.get("hairpinAddr", defaults.hairpin_addr)
+    assert args.uplinks == (a.get("uplinks") or None)
+    assert args.nodeport_addresses == a.get("nodeportAddresses", "")
+    if "ctTimeouts" in a:
+        assert args.ct_timeouts == cli.ct_timeouts(a["ctTimeouts"])
+    if a.get("extraArgs"):
+        assert args.ct_sweep_interval == 3.0          # appended last, so it wins
+    else:
+        assert args.ct_sweep_interval == a.get("ctSweepInterval", 10.0)
+    secret = setting(a, "kubeconfig", "secretName")
+    assert args.kubeconfig == (f"/etc/ebpflb/kubeconfig/{a['kubeconfig']['key']}" if secret else None)
+    assert args.manifests == ("/etc/ebpflb/manifests" if setting(a, "manifests", "configMapName") else None)
+    mounts = {m["mountPath"] for m in agent(ds)["volumeMounts"]}
+    for path in (args.kubeconfig, args.manifests):
+        if path:
+            assert any(path.startswith(m) for m in mounts), path
+    env = {e["name"]: e.get("value") for e in agent(ds)["env"]}
+    assert env.get("KUBERNETES_SERVICE_HOST") == values.get("k8sServiceHost")
+
+
+def test_images_are_the_dockerfiles(rendered):
+    name, values, docs = rendered
+    image = (f"{setting(values, 'image', 'repository', default='ebpflb')}:"
+             f"{setting(values, 'image', 'tag', default=yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion'])}")
+    for c in containers(the(docs, "DaemonSet")):
+        assert c["image"] == image
+
+
+# -- helm itself ------------------------------------------------------------------------------
+
+def test_helm_lint(helm, tmp_path):
+    run_helm(helm, "lint", str(CHART), "--strict")
+    for name, values in VARIANTS.items():
+        values_file = tmp_path / f"{name}.yaml"
+        values_file.write_text(yaml.safe_dump(values))
+        run_helm(helm, "lint", str(CHART), "--strict", "-f", str(values_file))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"agent": {"kubeconfig": {"secretName": "a"}, "manifests": {"configMapName": "b"}}}, "exclude each other"),
+    ({"agent": {"pinDir": "/var/run/ebpflb"}}, "under /sys/fs/bpf/"),
+    ({"metrics": {"port": 0}}, "metrics.port is required"),
+])
+def test_bad_values_are_refused(helm, tmp_path, values, message):
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    proc = run_helm(helm, "template", "x", str(CHART), "-f", str(values_file), check=False)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def render_notes(helm: Path, tmp_path: Path, values: dict) -> str:
+    """`helm template` does not render NOTES.txt: render it as a ConfigMap of a copy of the chart."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "NOTES.txt").unlink()
+    (chart / "templates" / "_notes_test.tpl").write_text('{{- define "notes-test" }}' + notes + "{{- end }}")
+    (chart / "templates" / "notes-test.yaml").write_text(
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\n'
+        'data: {notes: {{ include "notes-test" . | toJson }}}\n')
+    (doc,) = [d for d in render(helm, tmp_path, values, chart=chart, extra=("--show-only", "templates/notes-test.yaml"))]
+    return doc["data"]["notes"]
+
+
+def test_notes_say_how_to_take_kube_proxy_off_check_a_node_and_clean_up(helm, tmp_path):
+    notes = render_notes(helm, tmp_path, {})
+    patch = re.search(r"kubectl -n kube-system patch ds kube-proxy -p '(.*)'", notes)
+    assert patch, notes
+    selector = json.loads(patch.group(1))["spec"]["template"]["spec"]["nodeSelector"]
+    assert selector == {"non-ebpflb": "true"}
+    assert "nodeSelector\":{\"non-ebpflb\": null}" in notes                  # and back
+    assert "kubectl -n kube-system exec ds/ebpflb -- ebpflb nat dump" in notes
+    assert "--set cleanup.enabled=true" in notes and "helm -n kube-system uninstall ebpflb" in notes
+    assert "FIRST set k8sServiceHost" in notes
+    assert "FIRST set k8sServiceHost" not in render_notes(helm, tmp_path / "b", {"k8sServiceHost": "10.0.0.10"})
+    cleaning = render_notes(helm, tmp_path / "c", {"cleanup": {"enabled": True}})
+    assert "CLEANUP mode" in cleaning and "uninstall ebpflb" in cleaning
+
+
+def test_values_give_every_agent_flag():
+    """Each `ebpflb agent` option has a value in values.yaml (--node-name: the downward API)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    (agent_parser,) = [p for a in cli.parser()._subparsers._group_actions
+                       for name, p in a.choices.items() if name == "agent"]
+    flags = {opt for action in agent_parser._actions for opt in action.option_strings
+             if opt.startswith("--") and opt != "--help"}
+    camel = {flag: re.sub(r"-(\w)", lambda m: m.group(1).upper(), flag[2:]) for flag in flags}
+    by_value = {**values["agent"], "metricsAddr": values["metrics"]}
+    missing = [flag for flag, key in camel.items() if key not in by_value and flag != "--node-name"]
+    assert missing == []
+
+
+# -- the Dockerfile ---------------------------------------------------------------------------
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    lines, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if current and stripped.startswith("#"):
+            continue                                     # comment inside a continuation
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        lines.append(current + stripped)
+        current = ""
+    assert not current, "Dockerfile ends inside a continuation"
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_builds_with_the_same_install_script_as_make_setup():
+    steps = dockerfile_instructions()
+    assert steps[0][0] == "FROM" and re.fullmatch(r"debian:bookworm(-slim)?(@sha256:[0-9a-f]{64})?", steps[0][1])
+    runs = [arg for op, arg in steps if op == "RUN"]
+    assert runs, "no RUN step"
+    for run in runs:
+        commands = [c.strip() for c in re.split(r"&&|;|\|\|", run)]
+        assert commands[0] == "scripts/install.sh --image", run
+        # nothing installed beside the script, so image and dev machine cannot drift
+        assert not re.search(r"apt-get install|apt install|pip install|pip3 install|curl |wget ", run), run
+    setup = re.search(r"^setup:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    assert setup.split()[0] == "scripts/install.sh"                     # `make setup`: the same script
+    copied = {arg.split()[0].rstrip("/") for op, arg in steps if op == "COPY"}
+    assert {"scripts", "pyproject.toml", "bpf", "ebpflb"} <= copied
+    (entrypoint,) = [arg for op, arg in steps if op == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ENTRYPOINT
+    workdir = [arg for op, arg in steps if op == "WORKDIR"]
+    assert workdir == ["/opt/ebpflb"] and ENTRYPOINT[0].startswith(workdir[0] + "/.venv/")
+
+
+def test_install_script_modes():
+    script = ROOT / "scripts" / "install.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    bad = subprocess.run([str(script), "--no-such-mode"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr
