@@ -35,3 +35,25 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, __u32 saddr, _
 		return redirect_neigh(fib.ifindex, NULL, 0, 0);   /* the kernel resolves it */
 	return TC_ACT_SHOT;   /* no route: nothing we could deliver */
 }
+
+/* XDP: where the translated packet goes next. 0 with *ifindex and MACs set, or -1 when XDP
+ * cannot finish it (no route, neighbour not resolved yet): then tc gets it, untouched. */
+static __always_inline int fib_next_hop(struct xdp_md *ctx, __u32 saddr, __u32 daddr, __u8 proto,
+					__u32 *ifindex, __u8 *macs)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.l4_protocol = proto,
+		.tot_len = data_end - data - ETH_HLEN_,
+		.ipv4_src = saddr,
+		.ipv4_dst = daddr,
+		.ifindex = ctx->ingress_ifindex,
+	};
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+		return -1;
+	__builtin_memcpy(macs, fib.dmac, 6);
+	__builtin_memcpy(macs + 6, fib.smac, 6);
+	*ifindex = fib.ifindex;
+	return 0;
+}

@@ -23,10 +23,10 @@ struct packet {
 	__u8 pad;
 };
 
-static __always_inline enum parse_result parse_packet(struct __sk_buff *skb, struct packet *p)
+/* The headers between data and data_end; len is the packet's whole length (tc: skb->len). */
+static __always_inline enum parse_result parse_headers(void *data, void *data_end, __u32 len,
+						       struct packet *p)
 {
-	void *data = (void *)(long)skb->data;
-	void *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *iph = data + ETH_HLEN_;
 
@@ -40,7 +40,7 @@ static __always_inline enum parse_result parse_packet(struct __sk_buff *skb, str
 
 	__u32 ip_len = iph->ihl * 4;
 	__u16 tot_len = bpf_ntohs(iph->tot_len);
-	if (tot_len < ip_len || ETH_HLEN_ + tot_len > skb->len)
+	if (tot_len < ip_len || ETH_HLEN_ + tot_len > len)
 		return PARSE_MALFORMED;
 
 	p->saddr = iph->saddr;
@@ -87,6 +87,17 @@ static __always_inline enum parse_result parse_packet(struct __sk_buff *skb, str
 	}
 	}
 	return PARSE_OK;
+}
+
+static __always_inline enum parse_result parse_packet(struct __sk_buff *skb, struct packet *p)
+{
+	return parse_headers((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, p);
+}
+
+static __always_inline enum parse_result parse_xdp(struct xdp_md *ctx, struct packet *p)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	return parse_headers(data, data_end, data_end - data, p);
 }
 
 static __always_inline int is_l4_with_ports(const struct packet *p)

@@ -46,6 +46,7 @@ class AgentConfig:
     metrics_addr: str | None = None
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
+    xdp: bool = True                             # native XDP on the uplinks where the driver has it
 
 
 def make_source(config: AgentConfig, metrics: AgentMetrics):
@@ -94,7 +95,7 @@ class Agent:
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
-        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks)
+        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
         self.source = source = make_source(cfg, self.metrics)
         log.info("node %s: programs loaded, maps pinned in %s; uplinks %s (%s)", cfg.node_name, cfg.pin_dir,
                  ", ".join(self.uplinks) or "none", ", ".join(self.uplink_addrs) or "no address")

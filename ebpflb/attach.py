@@ -59,6 +59,31 @@ def link_addresses(ipr: IPRoute, names: list[str]) -> list[str]:
     return addrs
 
 
+XDP_FLAGS_DRV_MODE = 1 << 2   # native: in the driver, before an skb exists
+XDP_PROGRAM = "xdp_uplink"
+
+
+def attach_xdp(ipr: IPRoute, ifindex: int, fd: int) -> None:
+    ipr.link("set", index=ifindex, xdp_fd=fd, xdp_flags=XDP_FLAGS_DRV_MODE)
+
+
+def detach_xdp(ipr: IPRoute, ifindex: int) -> None:
+    ipr.link("set", index=ifindex, xdp_fd=-1, xdp_flags=XDP_FLAGS_DRV_MODE)
+
+
+def our_xdp_links(ipr: IPRoute):
+    """(ifindex, ifname) of links carrying ebpflb's XDP program."""
+    from .libbpf import BPFError, prog_name
+    for link in ipr.get_links():
+        xdp = link.get_attr("IFLA_XDP")
+        prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None
+        try:
+            if prog_id and prog_name(prog_id) == XDP_PROGRAM:
+                yield link["index"], _link_name(link)
+        except BPFError:
+            continue   # detached meanwhile
+
+
 def our_filters(ipr: IPRoute):
     """(ifindex, ifname, parent, prio) of every filter ebpflb attached in this namespace."""
     for link in ipr.get_links():
@@ -75,10 +100,13 @@ def our_filters(ipr: IPRoute):
 
 
 def detach_all(ipr: IPRoute) -> list[str]:
-    """Remove every ebpflb filter in this namespace; returns the interfaces touched."""
+    """Remove every ebpflb filter and XDP program in this namespace; the interfaces touched."""
     touched = []
     for ifindex, ifname, parent, prio in list(our_filters(ipr)):
         ipr.tc("del-filter", "bpf", ifindex, parent=parent, prio=prio)
+        touched.append(ifname)
+    for ifindex, ifname in list(our_xdp_links(ipr)):
+        detach_xdp(ipr, ifindex)
         touched.append(ifname)
     return sorted(set(touched))
 
@@ -88,10 +116,11 @@ class LinkAttacher:
     name matches the pattern, existing and future ones."""
 
     def __init__(self, fds: dict[str, int], pattern: str = DEFAULT_WORKLOAD_IFACES,
-                 uplinks: list[str] = ()):
+                 uplinks: list[str] = (), xdp: bool = True):
         self.fds = fds
         self.pattern = re.compile(pattern)
         self.uplinks = set(uplinks)
+        self.xdp = xdp
         self.ipr = IPRoute()
         self.events = IPRoute()
         self.events.bind()
@@ -113,6 +142,20 @@ class LinkAttacher:
             return
         self.attached[ifindex] = name
         log.info("attached %s/%s to %s (ifindex %d)", *programs, name, ifindex)
+        if programs == UPLINK:
+            self._xdp(ifindex, name)
+
+    def _xdp(self, ifindex: int, name: str) -> None:
+        """XDP in front of the uplink's tc programs, where the driver can run it natively."""
+        try:
+            if self.xdp:
+                attach_xdp(self.ipr, ifindex, self.fds[XDP_PROGRAM])
+                log.info("attached %s (native) to %s", XDP_PROGRAM, name)
+            elif any(i == ifindex for i, _ in our_xdp_links(self.ipr)):
+                detach_xdp(self.ipr, ifindex)
+                log.info("detached %s from %s (--xdp off)", XDP_PROGRAM, name)
+        except NetlinkError as err:
+            log.warning("no native XDP on %s (%s): tc alone serves it", name, err)
 
     def reconcile(self) -> None:
         """Attach to every matching link not yet attached; forget links that are gone."""

@@ -33,6 +33,13 @@ int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
                          const struct bpf_map_batch_opts *opts);
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
+int bpf_prog_get_fd_by_id(__u32 id);
+/* The leading fields of the kernel's struct bpf_prog_info, up to the name. */
+struct bpf_prog_info_head {
+    __u32 type; __u32 id; __u8 tag[8]; __u32 jited_prog_len; __u32 xlated_prog_len;
+    __u64 jited_prog_insns; __u64 xlated_prog_insns; __u64 load_time; __u32 created_by_uid;
+    __u32 nr_map_ids; __u64 map_ids; char name[16];
+};
 int libbpf_num_possible_cpus(void);
 """)
 lib = ffi.dlopen("libbpf.so.1")
@@ -68,6 +75,18 @@ def map_info(fd: int):
     return info
 
 
+def prog_name(prog_id: int) -> str:
+    """The name a loaded program was given (how cleanup recognises ebpflb's XDP programs)."""
+    fd = check(lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
+    try:
+        info = ffi.new("struct bpf_prog_info_head *")
+        size = ffi.new("__u32 *", ffi.sizeof(info[0]))
+        check(lib.bpf_obj_get_info_by_fd(fd, info, size), "bpf_obj_get_info_by_fd")
+        return ffi.string(info.name).decode()
+    finally:
+        os.close(fd)
+
+
 def possible_cpus() -> int:
     return check(lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
@@ -75,11 +94,11 @@ def possible_cpus() -> int:
 ENOENT = errno.ENOENT
 
 
-def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0):
-    """Run a tc program on `packet` with BPF_PROG_TEST_RUN.
+def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0, xdp: bool = False):
+    """Run a tc (or, with xdp=True, an XDP) program on `packet` with BPF_PROG_TEST_RUN.
 
-    Returns (retval, packet_out, avg_ns_per_run). `ifindex` sets skb->ifindex (a device of the
-    caller's namespace; 0 leaves the kernel's default, loopback).
+    Returns (retval, packet_out, avg_ns_per_run). `ifindex` sets skb->ifindex, or the XDP
+    ingress_ifindex (a device of the calling thread's namespace; 0: the kernel's default).
     """
     out = ffi.new("char[]", max(len(packet) + 512, 256))
     opts = ffi.new("struct bpf_test_run_opts *")
@@ -91,7 +110,12 @@ def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0
     opts.data_size_out = len(out)
     opts.repeat = repeat
     ctx = None
-    if ifindex:
+    if xdp and ifindex:
+        # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+        ctx = ffi.new("__u32[6]", [0, len(packet), 0, ifindex, 0, 0])
+        opts.ctx_in = ctx
+        opts.ctx_size_in = ffi.sizeof(ctx)
+    elif ifindex:
         # struct __sk_buff: ifindex is the 10th __u32 (offset 40); the kernel takes the rest as 0.
         ctx = ffi.new("__u32[48]")
         ctx[10] = ifindex

@@ -15,7 +15,7 @@ BPFFS = "/sys/fs/bpf"
 # Entry files and the programs each holds: one bcc object per file, sharing the pinned maps.
 PROGRAMS = {
     "workload.c": {"from_workload": "SCHED_CLS", "to_workload": "SCHED_CLS"},
-    "uplink.c": {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS"},
+    "uplink.c": {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP"},
 }
 DEFAULT_HAIRPIN_ADDR = "169.254.42.1"   # Cilium's choice: link-local, never a pod's address
 

@@ -27,8 +27,9 @@ case "$mode" in
   *) echo "install: EBPFLB_INSTALL_MODE must be dev or image, not '$mode'" >&2; exit 2 ;;
 esac
 
+# ethtool: the lab's senders compute checksums in software (frames as a wire carries them).
 APT_PACKAGES=(python3 python3-venv python3-bpfcc libbpfcc libbpf1 linux-headers-amd64
-              iproute2 bpftool curl netcat-openbsd procps)
+              iproute2 bpftool curl netcat-openbsd procps ethtool)
 
 # bcc compiles against /lib/modules/$(uname -r)/build. The running kernel ships no headers
 # package; Debian's generic headers serve networking programs (they only need UAPI structs).

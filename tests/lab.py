@@ -391,6 +391,20 @@ class Lab:
             cmds += [f"link add {port} type veth peer name eth0 netns {self.node_ns[node]}",
                      f"link set {port} master {UNDERLAY_BRIDGE}", f"link set {port} up"]
         self._ip_batch(self.underlay_ns, cmds)
+        self._receive_xdp_frames([node.replace("-", "") for node in NODES])
+
+    def _receive_xdp_frames(self, ports: list[str]) -> None:
+        """A veth takes the frames its peer sends with XDP_TX only when it runs an XDP program
+        itself; a switch port has no such condition. These ports stand in for one: a pass-through
+        program on them lets the nodes' XDP send back out of eth0, as on a physical NIC."""
+        from bcc import BPF
+        from pyroute2 import IPRoute
+        passthrough = BPF(text=b"int pass(struct xdp_md *ctx) { return XDP_PASS; }")
+        fd = passthrough.load_func(b"pass", BPF.XDP).fd
+        with in_netns(self.underlay_ns), IPRoute() as ipr:
+            for port in ports:
+                ipr.link("set", index=ipr.link_lookup(ifname=port)[0], xdp_fd=fd, xdp_flags=1 << 2)
+        passthrough.cleanup()   # the links hold the program now
 
     def _build_node(self, node: str) -> None:
         br = NODE_BRIDGES[node]
@@ -422,12 +436,20 @@ class Lab:
             "link set lo up", f"addr add {OUTSIDE[client]}/{UNDERLAY_PREFIXLEN} dev eth0", "link set eth0 up",
             f"route add {LB_IP}/32 via {NODE_IPS['node-0']}",
             f"route add 10.96.0.0/12 via {NODE_IPS['node-0']}"])   # to show ClusterIPs are not served
+        self._checksum_in_software(self.outside_ns[client])
 
     def _build_pod(self, pod: str) -> None:
         node = POD_NODES[pod]
         self._ip_batch(self.pod_ns[pod], [
             "link set lo up", f"addr add {POD_IPS[pod]}/{POD_PREFIXLEN} dev eth0",
             "link set eth0 up", f"route add default via {NODE_GATEWAYS[node]}"])
+        self._checksum_in_software(self.pod_ns[pod])
+
+    def _checksum_in_software(self, ns: str) -> None:
+        """Senders fill in their checksums, as frames on a wire carry them. Over veth a stack
+        otherwise leaves TCP/UDP checksums to "offload" (partial) and only skb metadata says so;
+        XDP sees the bytes, not the metadata (a NIC's XDP never meets such frames)."""
+        self.run(ns, "ethtool", "-K", "eth0", "tx", "off")
 
     # ------------------------------------------------------------------ processes
     def _argv(self, ns: str, argv) -> list[str]:

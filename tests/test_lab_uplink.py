@@ -35,19 +35,24 @@ def manifests() -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module")
-def agents(lab):
+@pytest.fixture(scope="module", params=["native", "off"], ids=["xdp-native", "xdp-off"])
+def agents(lab, request):
+    """The whole set runs twice: with XDP in front of tc on the uplinks, and with tc alone."""
     path = lab.tmpdir / "uplink-manifests"
-    path.mkdir()
+    path.mkdir(exist_ok=True)
     (path / "cluster.yaml").write_text(yaml.safe_dump_all(manifests()))
     for node in NODES:
-        lab.start_agent(node, path, "--uplinks", "eth0")
+        lab.start_agent(node, path, "--uplinks", "eth0", "--xdp", request.param)
     for node in NODES:
         wait_for(lambda: f"{NODE_IPS[node]} port {NODEPORT} proto 6" in lab.agent_cli(node, "nat", "dump", check=False),
                  what=f"NodePorts on {node}")
-    yield
+    if request.param == "native":
+        for node in NODES:
+            wait_for(lambda: "xdp_uplink (native)" in lab.agent_log(node), timeout=10, what=f"XDP on {node}")
+    yield request.param
     for node in NODES:
         lab.stop_agent(node)
+        lab.agent_cli(node, "cleanup")   # programs and maps afresh for the next mode
 
 
 def answers(lab, client, ip, port, n=20, path="/"):

@@ -181,3 +181,66 @@ def test_a_pod_flows_reply_passes_the_uplink_for_its_veth_to_translate(dp):
 def test_no_route_to_the_backend_drops_instead_of_sending_it_astray(dp, routed):
     program(dp, [(NODE_ADDR, NODEPORT, EXT)], ["10.250.0.9"])   # no route to it from the uplink
     assert run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT
+
+
+# --- XDP: the same flows, finished before the stack when XDP can; otherwise passed on untouched
+
+XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
+
+
+def run_xdp(dp, routed, pkt):
+    from ebpflb.libbpf import prog_test_run
+    ns, index = routed
+    with in_netns(ns):
+        retval, out, _ = prog_test_run(dp.fds["xdp_uplink"], bytes(pkt), ifindex=index, xdp=True)
+    return retval, out
+
+
+def test_xdp_translates_established_snated_flows_both_ways_like_tc(dp, routed):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    first = syn(CLIENT, NODE_ADDR)
+    assert run_xdp(dp, routed, first) == (XDP_PASS, bytes(first))          # a new flow is tc's
+    _, by_tc = run_routed(dp, routed, "from_uplink", first)
+    data = inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A", seq=8) / Raw(b"GET"))
+    verdict, by_xdp = run_xdp(dp, routed, data)
+    assert verdict == XDP_TX
+    assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=B) /
+                                             TCP(sport=40000, dport=8080, flags="A", seq=8) / Raw(b"GET"), NEXT_HOP_MAC))
+    reply = inbound(IP(src=B, dst=NODE_ADDR) / TCP(sport=8080, dport=40000, flags="A") / Raw(b"200 OK"))
+    verdict, by_xdp = run_xdp(dp, routed, reply)
+    assert verdict == XDP_TX
+    assert by_xdp == run_routed(dp, routed, "from_uplink", reply)[1]       # tc would send the same bytes
+    assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=CLIENT) /
+                                             TCP(sport=NODEPORT, dport=40000, flags="A") / Raw(b"200 OK"), ROUTER_MAC))
+
+
+def test_xdp_udp_zero_checksum_stays_zero_and_others_stay_valid(dp, routed):
+    MapWriter(dp.maps).apply(DesiredState(frontends={FrontendKey(NODE_ADDR, NODEPORT, 17): Frontend(1, 1, 0, EXT)},
+                                          backends={1: (Backend(B, 8080),)}))
+    for payload in (b"q", b"longer payload"):
+        pkt = inbound(IP(src=CLIENT, dst=NODE_ADDR) / UDP(sport=5000, dport=NODEPORT) / Raw(payload))
+        run_routed(dp, routed, "from_uplink", pkt)                           # tc makes the flow
+        verdict, out = run_xdp(dp, routed, pkt)
+        assert verdict == XDP_TX and out == with_checksums(
+            outbound(IP(src=NODE_ADDR, dst=B) / UDP(sport=5000, dport=8080) / Raw(payload), NEXT_HOP_MAC))
+    raw = bytearray(bytes(inbound(IP(src=CLIENT, dst=NODE_ADDR) / UDP(sport=5000, dport=NODEPORT) / Raw(b"q"))))
+    raw[14 + 20 + 6:14 + 20 + 8] = b"\0\0"
+    verdict, out = run_xdp(dp, routed, bytes(raw))
+    assert verdict == XDP_TX and Ether(out)[UDP].chksum == 0
+
+
+def test_xdp_drops_sources_outside_the_lb_ranges_before_the_stack(dp, routed):
+    program(dp, [(LB_IP, 80, EXT | SRC_RANGES), (NODE_ADDR, NODEPORT, EXT)], [B], ranges=[(CLIENT, 32)])
+    assert run_xdp(dp, routed, syn(OTHER_CLIENT, LB_IP, dport=80))[0] == XDP_DROP
+    for allowed in (syn(CLIENT, LB_IP, dport=80), syn(OTHER_CLIENT, NODE_ADDR)):
+        assert run_xdp(dp, routed, allowed) == (XDP_PASS, bytes(allowed))
+
+
+def test_xdp_leaves_what_it_cannot_finish_to_tc_untouched(dp, routed):
+    program(dp, [(NODE_ADDR, NODEPORT, EXT | EXT_LOCAL)], [A0, B], local=1)
+    run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))           # local backend: no SNAT
+    for pkt in (inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A")),
+                inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=1, dport=22, flags="S")),
+                inbound(IP(src=CLIENT, dst=NODE_ADDR, flags="MF") / Raw(b"\0" * 30)),
+                bytes(syn(CLIENT, NODE_ADDR))[:40]):
+        assert run_xdp(dp, routed, pkt) == (XDP_PASS, bytes(pkt))

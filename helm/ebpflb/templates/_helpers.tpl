@@ -81,6 +81,7 @@ app.kubernetes.io/component: agent
 {{- with $a.nodeportAddresses }}
 - {{ printf "--nodeport-addresses=%s" . | quote }}
 {{- end }}
+- {{ printf "--xdp=%s" $a.xdp | quote }}
 {{- with $a.workloadIfaces }}
 - {{ printf "--workload-ifaces=%s" . | quote }}
 {{- end }}
