@@ -71,3 +71,17 @@ static __always_inline int ct_create_nat(struct ct_key *fwd_key, struct ct_value
 		return -1;
 	return ct.update(fwd_key, fwd);
 }
+
+/* A SYN-ACK meeting a flow that already closed answers a new connection that reuses the ports
+ * (a direct one, not through the service): forget the stale pair and leave the packet alone. */
+static __always_inline int ct_forget_if_stale(const struct packet *p, struct ct_key *key,
+					     const struct ct_value *rev)
+{
+	if (p->proto != IPPROTO_TCP ||
+	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK) ||
+	    !(rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST)))
+		return 0;
+	ct.delete((struct ct_key *)&rev->twin);
+	ct.delete(key);
+	return 1;
+}

@@ -9,14 +9,14 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 2
+#define EBPFLB_LAYOUT_VERSION 3
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
 #define NAT_BE_MAX 1048576
 #define SVC_IP_MAX 131072
 #define CT_MAX 524288
-#define SVC_COUNTERS_MAX 65536
+#define SVC_COUNTERS_MAX 131072   /* one per service port: as many as frontends can be */
 #define SRC_RANGES_MAX 65536
 
 /* nat_fe_value.flags (names follow Calico's nat dump where it has them). */

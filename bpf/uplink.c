@@ -138,7 +138,7 @@ int from_uplink(struct __sk_buff *skb)
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
 		/* A local pod's flow: to_workload translates it after routing (its frontend may be
 		 * this node's own address, which the routing stack would call a martian source). */
-		if (!(entry->flags & CT_FLAG_UPLINK))
+		if (!(entry->flags & CT_FLAG_UPLINK) || ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* A backend elsewhere answering an outside client's flow we SNATed. */
 		ct_touch_rev(&p, entry, now);
@@ -168,7 +168,8 @@ int to_uplink(struct __sk_buff *skb)
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *rev = ct.lookup(&key);
-	if (!rev || rev->type != CT_TYPE_NAT_REV || (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) != CT_FLAG_UPLINK)
+	if (!rev || rev->type != CT_TYPE_NAT_REV || (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) != CT_FLAG_UPLINK ||
+	    ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
 	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
 	count_packet(skb, rev->svc_id, 0);
@@ -214,7 +215,7 @@ int xdp_uplink(struct xdp_md *ctx)
 		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry))
 			return xdp_forward(ctx, &p, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
 					   entry->nat_addr, entry->nat_port, now);
-		if (entry->type == CT_TYPE_NAT_REV)
+		if (entry->type == CT_TYPE_NAT_REV && (p.tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK))
 			return xdp_forward(ctx, &p, entry, entry->nat_addr, entry->nat_port,
 					   entry->snat_addr, entry->snat_port ? entry->snat_port : p.dport, now);
 		return XDP_PASS;

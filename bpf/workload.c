@@ -128,6 +128,8 @@ int from_workload(struct __sk_buff *skb)
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
 		if ((entry->flags & (CT_FLAG_SNAT | CT_FLAG_UPLINK)) != CT_FLAG_SNAT)
 			return TC_ACT_OK;   /* a backend answering: reverse NAT is at the client's side */
+		if (ct_forget_if_stale(&p, &key, entry))
+			return TC_ACT_OK;
 		/* The hairpin backend answering itself comes back in here. */
 		ct_touch_rev(&p, entry, now);
 		count_packet(skb, entry->svc_id, 0);
@@ -156,7 +158,7 @@ int to_workload(struct __sk_buff *skb)
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *rev = ct.lookup(&key);
-	if (!rev || rev->type != CT_TYPE_NAT_REV)
+	if (!rev || rev->type != CT_TYPE_NAT_REV || ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
 	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
 	count_packet(skb, rev->svc_id, 0);

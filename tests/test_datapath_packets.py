@@ -264,13 +264,36 @@ def test_timeouts_parse():
 
 
 def test_per_cpu_items_past_one_batch_keep_their_values(dp):
-    """svc_counters holds 65536 entries: read in many batches, each value must stay its own."""
+    """svc_counters holds SVC_COUNTERS_MAX entries: read in many batches, each value must stay its own."""
     ncpus = dp.maps.svc_counters.ncpus
-    for svc_id in (5, 60000):
+    for svc_id in (5, 120000):
         per_cpu = ffi.new(f"struct svc_counters[{ncpus}]")
         for c in range(ncpus):
             per_cpu[c].packets = svc_id + c
         dp.maps.svc_counters.update(ffi.new("__u32 *", svc_id), per_cpu)
     values = {k[0]: v for k, v in dp.maps.svc_counters.items()}
     assert [c.packets for c in values[5]] == [5 + c for c in range(ncpus)]
-    assert [c.packets for c in values[60000]] == [60000 + c for c in range(ncpus)]
+    assert [c.packets for c in values[120000]] == [120000 + c for c in range(ncpus)]
+
+
+def test_a_direct_connection_reusing_a_closed_vip_flows_port_is_left_alone(dp):
+    """C talked to B through the VIP from port 40000 and closed; C now connects to B directly
+    from the same port. B's SYN-ACK must not come out as the VIP (found by the benchmarks)."""
+    program(dp, (VIP, 8080, 6, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="FA")))
+    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="FA")))
+    direct = [to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA", seq=99)),
+              to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="A", seq=100) / Raw(b"data"))]
+    for pkt in direct:
+        assert run(dp, "to_workload", pkt) == (TC_ACT_OK, bytes(pkt))
+    assert (B, 8080, C_POD, 40000, 6) not in ct_entries(dp)   # the stale pair is gone
+
+
+def test_a_retransmitted_syn_ack_of_a_live_flow_is_still_translated(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    for _ in range(2):
+        _, out = run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+        assert Ether(out)[IP].src == VIP
