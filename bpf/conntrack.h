@@ -63,13 +63,37 @@ static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value
 		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
 }
 
-/* Create both halves; the REV half first so a FWD entry never exists without its twin. */
-static __always_inline int ct_create_nat(struct ct_key *fwd_key, struct ct_value *fwd,
-					 struct ct_key *rev_key, struct ct_value *rev)
+/* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
+ * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev.
+ * The REV half is written first, so a FWD entry never exists without its twin. */
+static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, __u32 be_addr, __u16 be_port,
+					  __u32 reply_dst, __u16 reply_port, struct ct_value *fwd,
+					  struct ct_value *rev, __u64 now)
 {
-	if (ct.update(rev_key, rev) < 0)
+	struct ct_key fwd_key = {}, rev_key = {
+		.src_addr = be_addr,
+		.dst_addr = reply_dst,
+		.src_port = be_port,
+		.dst_port = reply_port,
+		.proto = p->proto,
+	};
+
+	ct_key_of(p, &fwd_key);
+	fwd->created_ns = rev->created_ns = now;
+	fwd->last_seen_ns = rev->last_seen_ns = now;
+	fwd->svc_id = rev->svc_id = svc_id;
+	fwd->type = CT_TYPE_NAT_FWD;
+	fwd->nat_addr = be_addr;
+	fwd->nat_port = be_port;
+	fwd->twin = rev_key;
+	rev->type = CT_TYPE_NAT_REV;
+	rev->nat_addr = p->daddr;
+	rev->nat_port = p->dport;
+	rev->tcp_seen = ct_tcp_bits(p, 0);
+	rev->twin = fwd_key;
+	if (ct.update(&rev_key, rev) < 0)
 		return -1;
-	return ct.update(fwd_key, fwd);
+	return ct.update(&fwd_key, fwd);
 }
 
 /* A SYN-ACK meeting a flow that already closed answers a new connection that reuses the ports

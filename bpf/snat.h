@@ -7,10 +7,12 @@
 #define SNAT_PORT_RANGE (65536 - SNAT_PORT_MIN)
 #define SNAT_TRIES 8
 
-/* Fills rev_key (backend -> node_addr:port) and returns the port (be), or 0 if none was free. */
+/* Returns a port (be) for which no reply key (backend -> node_addr:port) exists yet, or 0 if none
+ * was free; rev_key is scratch space for the lookups. */
 static __always_inline __u16 snat_pick_port(const struct packet *p, __u32 be_addr, __u16 be_port,
 					    __u32 node_addr, struct ct_key *rev_key)
 {
+	__builtin_memset(rev_key, 0, sizeof(*rev_key));   /* padding is part of the key */
 	rev_key->src_addr = be_addr;
 	rev_key->dst_addr = node_addr;
 	rev_key->src_port = be_port;

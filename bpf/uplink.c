@@ -80,9 +80,9 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	if (!be)
 		return TC_ACT_SHOT;
 
-	struct ct_key fwd_key = {}, rev_key = {};
 	struct ct_value fwd = {}, rev = {};
-	ct_key_of(p, &fwd_key);
+	__u32 reply_dst = p->saddr;
+	__u16 reply_port = p->sport;
 	fwd.flags = rev.flags = CT_FLAG_UPLINK;
 	if (ordinal >= fe->local) {
 		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated. */
@@ -90,34 +90,18 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->node_addr)
 			return TC_ACT_SHOT;
-		__u16 port = snat_pick_port(p, be->addr, be->port, cfg->node_addr, &rev_key);
-		if (!port)
+		struct ct_key scratch;
+		reply_port = snat_pick_port(p, be->addr, be->port, cfg->node_addr, &scratch);
+		if (!reply_port)
 			return TC_ACT_SHOT;
+		reply_dst = cfg->node_addr;
 		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
-		fwd.snat_addr = cfg->node_addr;
-		fwd.snat_port = port;
+		fwd.snat_addr = reply_dst;
+		fwd.snat_port = reply_port;
 		rev.snat_addr = p->saddr;
 		rev.snat_port = p->sport;
-	} else {
-		rev_key.src_addr = be->addr;
-		rev_key.dst_addr = p->saddr;
-		rev_key.src_port = be->port;
-		rev_key.dst_port = p->sport;
-		rev_key.proto = p->proto;
 	}
-	fwd.created_ns = rev.created_ns = now;
-	fwd.last_seen_ns = rev.last_seen_ns = now;
-	fwd.svc_id = rev.svc_id = fe->id;
-	fwd.type = CT_TYPE_NAT_FWD;
-	fwd.nat_addr = be->addr;
-	fwd.nat_port = be->port;
-	fwd.twin = rev_key;
-	rev.type = CT_TYPE_NAT_REV;
-	rev.nat_addr = p->daddr;
-	rev.nat_port = p->dport;
-	rev.tcp_seen = ct_tcp_bits(p, 0);
-	rev.twin = fwd_key;
-	if (ct_create_nat(&fwd_key, &fwd, &rev_key, &rev) < 0)
+	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now) < 0)
 		return TC_ACT_SHOT;
 
 	count_packet(skb, fe->id, 1);

@@ -67,11 +67,9 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 	if (!be)
 		return TC_ACT_SHOT;   /* a slot without backend: the writer's order forbids it */
 
-	struct ct_key fwd_key = {}, rev_key = {};
 	struct ct_value fwd = {}, rev = {};
 	__u32 reply_dst = p->saddr;
 
-	ct_key_of(p, &fwd_key);
 	if (be->addr == p->saddr) {
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
@@ -82,25 +80,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		fwd.snat_addr = cfg->hairpin_addr;
 		rev.snat_addr = p->saddr;
 	}
-	rev_key.src_addr = be->addr;
-	rev_key.dst_addr = reply_dst;
-	rev_key.src_port = be->port;
-	rev_key.dst_port = p->sport;
-	rev_key.proto = p->proto;
-
-	fwd.created_ns = rev.created_ns = now;
-	fwd.last_seen_ns = rev.last_seen_ns = now;
-	fwd.svc_id = rev.svc_id = fe->id;
-	fwd.type = CT_TYPE_NAT_FWD;
-	fwd.nat_addr = be->addr;
-	fwd.nat_port = be->port;
-	fwd.twin = rev_key;
-	rev.type = CT_TYPE_NAT_REV;
-	rev.nat_addr = p->daddr;
-	rev.nat_port = p->dport;
-	rev.tcp_seen = ct_tcp_bits(p, 0);
-	rev.twin = fwd_key;
-	if (ct_create_nat(&fwd_key, &fwd, &rev_key, &rev) < 0)
+	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now) < 0)
 		return TC_ACT_SHOT;
 
 	count_packet(skb, fe->id, 1);
