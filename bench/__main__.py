@@ -1,20 +1,21 @@
-"""make bench: every figure of issue 7 (items 1-4) in one run, then the table, results.json, plots.
+"""make bench: every figure of issue 7 (items 1-5) in one run, then the table, results.json, plots.
 
-    .venv/bin/python -m bench [--skip packets,e2e,iptables,controlplane]
+    .venv/bin/python -m bench [--skip packets,e2e,iptables,controlplane,xdp]
 
   packets       per-packet cost with BPF_PROG_TEST_RUN vs a parse-only baseline   (bench/packets.py)
   e2e, iptables the lab: pod->VIP vs pod->pod; kube-proxy iptables vs ebpflb         (bench/dataplane.py)
   controlplane  cold start, EndpointSlice change latency, RSS                        (bench/controlplane.py)
+  xdp           NodePort via XDP vs tc: BPF_PROG_TEST_RUN, and the lab (veth uplinks)  (bench/xdp.py)
 """
 import argparse
 import sys
 import time
 
-from bench import controlplane, dataplane, packets
+from bench import controlplane, dataplane, packets, xdp
 from bench.common import Stopwatch, load_results, save_results
 from bench.report import print_table
 
-SECTIONS = ("packets", "e2e", "iptables", "controlplane")
+SECTIONS = ("packets", "e2e", "iptables", "controlplane", "xdp")
 
 
 def main(argv=None) -> int:
@@ -41,6 +42,11 @@ def main(argv=None) -> int:
         watch = Stopwatch()
         print("== 4. control plane: 10k services x 10 endpoints", flush=True)
         save_results("controlplane", controlplane.run())
+        print(f"   ({watch})", flush=True)
+    if "xdp" not in skip:
+        watch = Stopwatch()
+        print("== 5. NodePort: XDP vs tc (BPF_PROG_TEST_RUN, then the lab)", flush=True)
+        save_results("xdp", xdp.run())
         print(f"   ({watch})", flush=True)
 
     merged = load_results()

@@ -12,6 +12,7 @@ COMMANDS = {
     "e2e": f"{PY} -m bench.dataplane --only e2e",
     "iptables": f"{PY} -m bench.dataplane --only iptables",
     "controlplane": f"{PY} -m bench.controlplane",
+    "xdp": f"{PY} -m bench.xdp",
 }
 SCALE_NAMES = {"1": "1 svc", "1000": "1k svc", "10000": "10k svc", "100000": "100k svc"}
 
@@ -156,6 +157,32 @@ def controlplane_rows(c: dict, t: dict | None) -> list[Row]:
     return rows
 
 
+def xdp_rows(x: dict) -> list[Row]:
+    rows = []
+    p = x.get("packets")
+    if p:
+        t, d = p["tc"], p["xdp"]
+        rows.append(Row("xdp", "established NodePort packet to a remote backend (DNAT+SNAT+forward), "
+                        "XDP vs tc, BPF_PROG_TEST_RUN", 1e3 / d["median"], "Mpkt/s", 1e3 / t["median"],
+                        "tc from_uplink", "≥ 2×", lambda r: r >= 2,
+                        f"per packet: XDP {d['median']:.0f} ns ({mm(d, 'ns')}), tc {t['median']:.0f} ns "
+                        f"({mm(t, 'ns')}); program cost only, no skb/stack ({p['repeat']:,} repeats, {d['runs']} runs)"))
+    lab = x.get("lab")
+    if lab:
+        n, o = lab["native"], lab["off"]
+        rows += [
+            Row("xdp", "lab NodePort X→node-0→B, UDP 64 B datagrams/s received, XDP native vs off (veth, not a NIC)",
+                n["udp_pps"]["median"], "pkt/s", o["udp_pps"]["median"], "--xdp off", "≥ 2×", lambda r: r >= 2,
+                f"{mm(n['udp_pps'], 'pkt/s')}; off {mm(o['udp_pps'], 'pkt/s')} ({n['udp_pps']['runs']} rounds, "
+                f"loss ≤ {max(n['udp_loss']['max'], o['udp_loss']['max']):.1%})"),
+            Row("xdp", "lab NodePort X→node-0→B, TCP throughput (iperf3), XDP native vs off (veth, not a NIC)",
+                n["gbps"]["median"], "Gbit/s", o["gbps"]["median"], "--xdp off", "", None,
+                f"{mm(n['gbps'], '')}; off {mm(o['gbps'], '')}; node-0 XDP_TX per round: "
+                f"{min(n['xdp_tx']):,}–{max(n['xdp_tx']):,} (off: {max(o['xdp_tx'])})"),
+        ]
+    return rows
+
+
 def rows_of(results: dict, sections=None) -> list[Row]:
     rows = []
     want = lambda s: sections is None or s in sections
@@ -167,6 +194,8 @@ def rows_of(results: dict, sections=None) -> list[Row]:
         rows += iptables_rows(results["iptables"])
     if "controlplane" in results and want("controlplane"):
         rows += controlplane_rows(results["controlplane"], results.get("iptables"))
+    if "xdp" in results and want("xdp"):
+        rows += xdp_rows(results["xdp"])
     return rows
 
 
@@ -261,6 +290,24 @@ def plots(results: dict) -> list[str]:
             points.append((r, r, r))
         bars(ax, labels, {"10k services x 10 endpoints": points}, "seconds", "cold start to fully programmed")
         save(fig, "controlplane.png")
+
+    x = results.get("xdp")
+    if x:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+        if "packets" in x:
+            p = x["packets"]
+            bars(axes[0], [""], {name: [(p[k]["median"], p[k]["min"], p[k]["max"])]
+                                 for k, name in (("tc", "tc from_uplink"), ("xdp", "XDP xdp_uplink"))},
+                 "ns per packet", f"BPF_PROG_TEST_RUN, {p['repeat']:,} repeats")
+        if "lab" in x:
+            lab = x["lab"]
+            for ax, key, unit, title, scale in ((axes[1], "udp_pps", "k datagrams/s", "lab: UDP 64 B received", 1e-3),
+                                                (axes[2], "gbps", "Gbit/s", "lab: TCP iperf3", 1)):
+                bars(ax, [""], {f"--xdp {m}": [(lab[m][key]["median"] * scale, lab[m][key]["min"] * scale,
+                                                lab[m][key]["max"] * scale)] for m in ("native", "off")},
+                     unit, title)
+        fig.suptitle("NodePort to a remote backend (DNAT+SNAT+forward): XDP vs tc; lab uplinks are veths", fontsize=10)
+        save(fig, "xdp.png")
     return written
 
 
@@ -272,7 +319,7 @@ def print_table(sections=None, with_plots: bool = True) -> None:
     met = [r for r in rows if r.check is not None]
     print(f"\ngoals met: {sum(r.met == 'met' for r in met)} of {len(met)}")
     print("\nrerun one figure:")
-    shown = sections or ("packets", "e2e", "iptables", "controlplane")
+    shown = sections or ("packets", "e2e", "iptables", "controlplane", "xdp")
     for s in shown:
         if s in COMMANDS and s in results:
             print(f"  {s:13s} {COMMANDS[s]}")
