@@ -64,16 +64,18 @@ class BenchNamespace:
         return agent, log
 
 
-def wait_first_sync(agent, log: Path, timeout: float = 120) -> float:
+def wait_first_sync(agent, read_log, timeout: float = 120) -> float:
+    """Seconds from the agent's source start to its first full sync, as its log says.
+    read_log() returns the log text written since the agent started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = FIRST_SYNC.search(log.read_text(errors="replace"))
+        found = FIRST_SYNC.search(read_log())
         if found:
             return float(found.group(1))
         if agent.poll() is not None:
-            raise RuntimeError(f"agent exited: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"agent exited: {read_log()[-2000:]}")
         time.sleep(0.05)
-    raise TimeoutError(f"no first sync: {log.read_text()[-2000:]}")
+    raise TimeoutError(f"no first sync: {read_log()[-2000:]}")
 
 
 def rss_mb(pid: int) -> float:
@@ -130,7 +132,7 @@ def run() -> dict:
             api_cold, rss = [], 0.0
             for r in range(RUNS):
                 agent, log = ns.start_agent(f"api-{r}", "--kubeconfig", kubeconfig)
-                api_cold.append(wait_first_sync(agent, log))
+                api_cold.append(wait_first_sync(agent, lambda: log.read_text(errors="replace")))
                 if r < RUNS - 1:
                     stop(agent)
             rss = rss_mb(agent.pid)
@@ -150,7 +152,7 @@ def run() -> dict:
             manifest_cold[kind] = []
             for r in range(RUNS):
                 agent, log = ns.start_agent(f"manifests-{kind}-{r}", "--manifests", str(path))
-                manifest_cold[kind].append(wait_first_sync(agent, log))
+                manifest_cold[kind].append(wait_first_sync(agent, lambda: log.read_text(errors="replace")))
                 stop(agent)
 
     return {

@@ -18,9 +18,9 @@
 
 The servers (A0, B) keep no TIME_WAIT (tcp_max_tw_buckets=0 in their namespaces): otherwise a
 TIME_WAIT left by one path stalls the other path's SYN on the same 4-tuple for 1 s (PAWS: the
-client's TCP timestamp offset differs per destination address). Before every pod -> pod
-measurement with ebpflb, conntrack's flows between C and the backends are removed
-(forget_direct_flows: a workaround for an ebpflb bug this benchmark found, see there).
+client's TCP timestamp offset differs per destination address). Direct connections right after
+VIP ones reuse source ports of closed VIP flows: the programs must leave them alone (a bug this
+benchmark once found, fixed since), and these rounds show it.
 
 The paths are measured in alternating order, round after round, after a warm-up round that is
 dropped. Latency percentiles pool all rounds; min-max is over the rounds' medians.
@@ -29,7 +29,6 @@ dropped. Latency percentiles pool all rounds; min-max is over the rounds' median
 """
 import argparse
 import json
-import re
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import Stopwatch, ensure_apt_tool, percentile, save_results, spread
+from bench.controlplane import wait_first_sync
 from bench.kubeproxy import ruleset
 from bench.objects import cluster, service_ip
 from tests.lab import Lab, _LineReader
@@ -48,7 +48,6 @@ POD_B, POD_A0 = Lab.POD_IPS["B"], Lab.POD_IPS["A0"]
 HTTP, CLOSE, IPERF = 8080, 8081, 5201
 CLIENT_NODE = "node-2"
 ROUNDS = 5
-FIRST_SYNC = re.compile(r"first full sync done ([0-9.]+) s")
 
 
 def e2e_manifests(directory: Path) -> Path:
@@ -131,24 +130,7 @@ class Bench:
         """Start the node's agent; seconds to its first full sync (from its log)."""
         offset = len(self.lab.agent_log(node))
         agent = self.lab.start_agent(node, manifests)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            found = FIRST_SYNC.search(self.lab.agent_log(node)[offset:])
-            if found:
-                return float(found.group(1))
-            if agent.poll() is not None:
-                raise RuntimeError(f"agent on {node} exited: {self.lab.agent_log(node)[-2000:]}")
-            time.sleep(0.1)
-        raise TimeoutError(f"agent on {node}: no first sync")
-
-    def forget_direct_flows(self) -> None:
-        """Work around an ebpflb bug this benchmark found: a closed VIP flow's NAT_REV entry
-        (B:port -> C:p) stays in conntrack (swept after 30 s) and reverse-NATs the SYN-ACK of a
-        later direct connection C:p -> B:port that happens to reuse the source port p, which then
-        times out (about 1 in 100 direct connections after 2000 VIP ones). So conntrack's flows
-        between C and the backends are removed before every direct (pod -> pod) measurement."""
-        for ip in (POD_B, POD_A0):
-            self.lab.agent_cli(CLIENT_NODE, "conntrack", "remove", "tcp", Lab.POD_IPS["C"], ip)
+        return wait_first_sync(agent, lambda: self.lab.agent_log(node)[offset:], timeout=180)
 
     def remove_agent(self, node: str) -> None:
         self.lab.stop_agent(node)
@@ -172,8 +154,6 @@ class Bench:
             order = list(paths) if round_ % 2 else list(paths)[::-1]
             for path in order:
                 ip, d = paths[path], data[path]
-                if path == "direct":
-                    self.forget_direct_flows()
                 gbps = self.iperf(ip, seconds=1 if warm else 4, omit=0 if warm else 1)
                 req = self.requests(ip, 200 if warm else 1000)
                 con = self.connect(ip, CLOSE, 200 if warm else 1000)
@@ -198,7 +178,7 @@ class Bench:
             "backend": "B (10.200.1.2) on node-1; client C on node-2; agents on every node"}
 
     # ------------------------------------------------------------ item 3
-    def phase(self, vip: str, ebpflb: bool) -> dict:
+    def phase(self, vip: str) -> dict:
         d = {"connect_us": [], "connect_p50_rounds": [], "conn_per_s": [], "direct_connect_us": []}
         self.connect(vip, 80, 200)                   # warm-up
         for round_ in range(self.rounds):
@@ -206,8 +186,6 @@ class Bench:
             d["connect_us"] += con
             d["connect_p50_rounds"].append(percentile(con, 50))
             d["conn_per_s"].append(self.rate(vip, 80, 2))
-            if ebpflb:
-                self.forget_direct_flows()
             d["direct_connect_us"] += self.connect(POD_B, CLOSE, 300)
         out = summarize(d)
         out["direct_connect_p50_us"] = percentile(d["direct_connect_us"], 50)
@@ -227,7 +205,7 @@ class Bench:
             restore_s = time.monotonic() - started
             vip = service_ip(n - 1)
             self.reachable(vip, 80)
-            res = self.phase(vip, ebpflb=False)
+            res = self.phase(vip)
             started = time.monotonic()
             lab.run(node, "nft", "delete", "table", "ip", "nat", timeout=600)
             delete_s = time.monotonic() - started
@@ -248,7 +226,7 @@ class Bench:
             cold = self.start_agent(node, directory)
             vip = service_ip(n - 1)
             self.reachable(vip, 80)
-            res = self.phase(vip, ebpflb=True)
+            res = self.phase(vip)
             self.remove_agent(node)
             out[str(n)]["ebpflb"] = res | {"cold_start_s": cold}
             print(f"  ebpflb {n} services: first sync {cold:.2f} s, connect p50 {res['connect_us']['p50']:.0f} us, "

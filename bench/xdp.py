@@ -48,7 +48,6 @@ lab      tests/lab.py: outside client X (192.168.64.100) on the underlay -> node
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 import uuid
@@ -67,26 +66,13 @@ CASES = ("tc", "xdp")
 
 # ---------------------------------------------------------------- 1. BPF_PROG_TEST_RUN
 
-def routed_namespace() -> tuple[str, int]:
-    """A namespace with an uplink up0 (UPLINK_ADDR), a route to B's node and fixed neighbours:
-    the next hop, the client X, and the node address (leg 2's destination)."""
-    ns = f"elbxdp-{uuid.uuid4().hex[:6]}"
-    cmds = [f"link add up0 address {UP0_MAC} type veth peer name up1", "link set up0 up", "link set up1 up",
-            f"addr add {UPLINK_ADDR}/24 dev up0",
-            f"neigh add {NEXT_HOP} lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
-            f"neigh add {CLIENT} lladdr {ROUTER_MAC} dev up0 nud permanent",
-            f"neigh add {NODE_ADDR} lladdr {NODE_NEIGH_MAC} dev up0 nud permanent",
-            f"route add 10.200.1.0/24 via {NEXT_HOP}"]
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
-        index = int(subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/up0/ifindex"],
-                                   capture_output=True, text=True, check=True).stdout)
-    except BaseException:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
-        raise
-    return ns, index
+def routed_namespace():
+    """An uplink up0 (UPLINK_ADDR), a route to B's node and fixed neighbours: the next hop, the
+    client X, and the node address (leg 2's destination)."""
+    from tests.lab import routed_uplink
+    return routed_uplink(UPLINK_ADDR, UP0_MAC,
+                         {NEXT_HOP: NEXT_HOP_MAC, CLIENT: ROUTER_MAC, NODE_ADDR: NODE_NEIGH_MAC},
+                         {"10.200.1.0/24": NEXT_HOP})
 
 
 def frames():
@@ -179,48 +165,47 @@ def run_packets(repeat: int = 1_000_000, runs: int = 5) -> dict:
     if repeat % 2:
         raise ValueError("repeat must be even (a two-leg cycle)")
     root = f"/sys/fs/bpf/elbbench-xdp-{uuid.uuid4().hex[:6]}"
-    ns, index = routed_namespace()
-    dp = None
-    try:
-        watch = Stopwatch()
-        dp = Datapath(root).load(node_addr=NODE_ADDR)
-        start, after_leg1, syn = frames()
-        program_flows(dp, syn, ns, index)
-        check_cycle(dp, ns, index, start, after_leg1)
-        print(f"  programs loaded, cycle checked ({watch})", flush=True)
-        times = {case: [] for case in CASES}
-        counts = {case: [] for case in CASES}
-        progs = {"tc": "from_uplink", "xdp": "xdp_uplink"}
-        watch = Stopwatch()
-        for round_ in range(1 + runs):           # round 0: warm-up, dropped
-            order = CASES if round_ % 2 else CASES[::-1]
-            for case in order:
-                with in_netns(ns):
-                    before = counted(dp)
-                    verdict, out, ns_per = prog_test_run(dp.fds[progs[case]], start, repeat=repeat,
-                                                         ifindex=index, xdp=case == "xdp")
-                    grew = counted(dp) - before
-                if grew != repeat or out != start or verdict not in (XDP_TX, TC_ACT_REDIRECT):
-                    raise AssertionError(f"{case}: {repeat} runs counted {grew} (verdict {verdict})")
-                if round_:
-                    times[case].append(ns_per)
-                    counts[case].append(grew)
-        out = {"repeat": repeat, "runs": runs, "warmup_rounds": 1,
-               "unit": "ns per packet (BPF_PROG_TEST_RUN average over `repeat` runs)",
-               "cycle": "leg 1 X:40000->node:30080 (NAT_FWD, DNAT+SNAT) / leg 2 node:40000->B:8080 "
-                        "(NAT_REV path) alternating; every run counted",
-               "packet_bytes": len(start), "counted_per_run": counts}
-        for case in CASES:
-            out[case] = spread(times[case])
-            out[case]["pps"] = 1e9 / out[case]["median"]
-        print(f"  tc (from_uplink) {out['tc']['median']:.0f} ns, XDP (xdp_uplink) {out['xdp']['median']:.0f} ns "
-              f"per packet: tc/XDP {out['tc']['median'] / out['xdp']['median']:.2f}x ({watch})", flush=True)
-        return out
-    finally:
-        if dp is not None:
-            dp.close()
-        shutil.rmtree(root, ignore_errors=True)
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    with routed_namespace() as (ns, index):
+        dp = None
+        try:
+            watch = Stopwatch()
+            dp = Datapath(root).load(node_addr=NODE_ADDR)
+            start, after_leg1, syn = frames()
+            program_flows(dp, syn, ns, index)
+            check_cycle(dp, ns, index, start, after_leg1)
+            print(f"  programs loaded, cycle checked ({watch})", flush=True)
+            times = {case: [] for case in CASES}
+            counts = {case: [] for case in CASES}
+            progs = {"tc": "from_uplink", "xdp": "xdp_uplink"}
+            watch = Stopwatch()
+            for round_ in range(1 + runs):           # round 0: warm-up, dropped
+                order = CASES if round_ % 2 else CASES[::-1]
+                for case in order:
+                    with in_netns(ns):
+                        before = counted(dp)
+                        verdict, out, ns_per = prog_test_run(dp.fds[progs[case]], start, repeat=repeat,
+                                                             ifindex=index, xdp=case == "xdp")
+                        grew = counted(dp) - before
+                    if grew != repeat or out != start or verdict not in (XDP_TX, TC_ACT_REDIRECT):
+                        raise AssertionError(f"{case}: {repeat} runs counted {grew} (verdict {verdict})")
+                    if round_:
+                        times[case].append(ns_per)
+                        counts[case].append(grew)
+            out = {"repeat": repeat, "runs": runs, "warmup_rounds": 1,
+                   "unit": "ns per packet (BPF_PROG_TEST_RUN average over `repeat` runs)",
+                   "cycle": "leg 1 X:40000->node:30080 (NAT_FWD, DNAT+SNAT) / leg 2 node:40000->B:8080 "
+                            "(NAT_REV path) alternating; every run counted",
+                   "packet_bytes": len(start), "counted_per_run": counts}
+            for case in CASES:
+                out[case] = spread(times[case])
+                out[case]["pps"] = 1e9 / out[case]["median"]
+            print(f"  tc (from_uplink) {out['tc']['median']:.0f} ns, XDP (xdp_uplink) {out['xdp']['median']:.0f} ns "
+                  f"per packet: tc/XDP {out['tc']['median'] / out['xdp']['median']:.2f}x ({watch})", flush=True)
+            return out
+        finally:
+            if dp is not None:
+                dp.close()
+            shutil.rmtree(root, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- 2. the lab

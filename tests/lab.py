@@ -246,6 +246,27 @@ def in_netns(name: str):
         netns.popns()
 
 
+@contextlib.contextmanager
+def routed_uplink(address: str, mac: str, neighbours: dict[str, str], routes: dict[str, str]):
+    """A namespace standing for a node's uplink, for BPF_PROG_TEST_RUN of the uplink programs
+    (their FIB lookups and MACs depend on it): up0 with address/24 and mac, permanent neighbours
+    {ip: mac}, routes {prefix: via}, forwarding on. Yields (namespace, up0's ifindex)."""
+    ns = f"elbup-{os.urandom(3).hex()}"
+    cmds = [f"link add up0 address {mac} type veth peer name up1", "link set up0 up", "link set up1 up",
+            f"addr add {address}/24 dev up0",
+            *(f"neigh add {ip} lladdr {lladdr} dev up0 nud permanent" for ip, lladdr in neighbours.items()),
+            *(f"route add {prefix} via {via}" for prefix, via in routes.items())]
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
+        index = int(subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/up0/ifindex"],
+                                   capture_output=True, text=True, check=True).stdout)
+        yield ns, index
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 class Lab:
     NODES = NODES
     NODE_IPS = NODE_IPS

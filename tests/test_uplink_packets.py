@@ -1,8 +1,5 @@
 """Packets through the uplink programs (from_uplink, to_uplink) with BPF_PROG_TEST_RUN: NodePort,
 LB and external traffic, as kube-proxy serves it."""
-import subprocess
-import uuid
-
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -12,7 +9,7 @@ from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_int
 from ebpflb.writer import MapWriter
 from tests.conftest import NODE_ADDR
-from tests.lab import in_netns
+from tests.lab import in_netns, routed_uplink
 from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, from_pod, run,
                                          with_checksums)
 
@@ -25,24 +22,12 @@ ROUTER_MAC, NODE_MAC, NEXT_HOP_MAC = "02:00:00:00:01:00", "02:00:00:00:01:06", "
 
 @pytest.fixture(scope="module")
 def routed():
-    """A namespace standing for node-2's uplink: its address, a route to B's node, fixed
-    neighbours. SNATed packets leave by FIB lookup + redirect, so their MACs depend on these."""
-    ns = f"elbpkt-{uuid.uuid4().hex[:6]}"
-    cmds = [f"link add up0 address {NODE_MAC} type veth peer name up1", "link set up0 up", "link set up1 up",
-            f"addr add {NODE_ADDR}/24 dev up0",
-            f"neigh add 192.168.64.5 lladdr {NEXT_HOP_MAC} dev up0 nud permanent",
-            f"neigh add {CLIENT} lladdr {ROUTER_MAC} dev up0 nud permanent",
-            f"neigh add {OTHER_CLIENT} lladdr {ROUTER_MAC} dev up0 nud permanent",
-            "route add 10.200.1.0/24 via 192.168.64.5"]
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(cmds) + "\n", text=True, check=True)
-        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"], check=True)
-        index = int(subprocess.run(["ip", "netns", "exec", ns, "cat", "/sys/class/net/up0/ifindex"],
-                                   capture_output=True, text=True, check=True).stdout)
-        yield ns, index
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    """node-2's uplink: its address, a route to B's node, fixed neighbours. SNATed packets leave
+    by FIB lookup + redirect, so their MACs depend on these."""
+    with routed_uplink(NODE_ADDR, NODE_MAC, {"192.168.64.5": NEXT_HOP_MAC, CLIENT: ROUTER_MAC,
+                                             OTHER_CLIENT: ROUTER_MAC},
+                       {"10.200.1.0/24": "192.168.64.5"}) as ns_index:
+        yield ns_index
 
 
 def run_routed(dp, routed, prog, pkt):
