@@ -115,7 +115,6 @@ int from_uplink(struct __sk_buff *skb)
 	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
 		return TC_ACT_OK;
 
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
@@ -125,20 +124,20 @@ int from_uplink(struct __sk_buff *skb)
 		if (!(entry->flags & CT_FLAG_UPLINK) || ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* A backend elsewhere answering an outside client's flow we SNATed. */
-		ct_touch_rev(&p, entry, now);
+		ct_touch_rev(&p, entry, bpf_ktime_get_ns());
 		count_packet(skb, entry->svc_id, 0);
 		return uplink_reverse(skb, &p, entry);
 	}
 	if (entry && entry->type == CT_TYPE_NAT_FWD && (entry->flags & CT_FLAG_UPLINK) &&
 	    !ct_is_reopen(&p, entry)) {
-		ct_touch_fwd(&p, entry, now);
+		ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
 		count_packet(skb, entry->svc_id, 0);
 		return uplink_forward(skb, &p, entry);
 	}
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
-		return new_external_flow(skb, &p, fe, now);
+		return new_external_flow(skb, &p, fe, bpf_ktime_get_ns());
 	return TC_ACT_OK;
 }
 

@@ -101,7 +101,6 @@ int from_workload(struct __sk_buff *skb)
 		/* A ClusterIP answers no ping and carries no other protocol. */
 		return lb_is_service_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
 
-	__u64 now = bpf_ktime_get_ns();
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
@@ -111,19 +110,19 @@ int from_workload(struct __sk_buff *skb)
 		if (ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* The hairpin backend answering itself comes back in here. */
-		ct_touch_rev(&p, entry, now);
+		ct_touch_rev(&p, entry, bpf_ktime_get_ns());
 		count_packet(skb, entry->svc_id, 0);
 		return reverse_nat(skb, &p, entry);
 	}
 	if (entry && entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry)) {
-		ct_touch_fwd(&p, entry, now);
+		ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
 		count_packet(skb, entry->svc_id, 0);
 		return forward_established(skb, &p, entry);
 	}
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe)
-		return new_service_flow(skb, &p, fe, now);
+		return new_service_flow(skb, &p, fe, bpf_ktime_get_ns());
 	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
 	return lb_is_service_ip(p.daddr) ? reject_port_unreachable(skb, &p) : TC_ACT_OK;
 }

@@ -176,7 +176,7 @@ class Agent:
             # full scans, which otherwise stall a later sync for tens of milliseconds.
             gc.collect()
             gc.freeze()
-        gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_backends}
+        gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_udp_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)

@@ -42,6 +42,7 @@ class WriteStats:
     written: int = 0
     deleted: int = 0
     removed_backends: set[tuple[int, Backend]] = field(default_factory=set)   # (id, backend)
+    removed_udp_backends: set[tuple[int, Backend]] = field(default_factory=set)   # their UDP flows must move
 
     @property
     def changed(self) -> bool:
@@ -145,6 +146,11 @@ class MapWriter:
             self.maps.src_ranges.delete(src_range_key(svc_id, cidr))
             stats.deleted += 1
 
+        # Which of the changed ids serve UDP, from frontends the sync looks at anyway: only their
+        # removed backends make the agent scan conntrack.
+        udp_ids = {f.svc_id for key in changes.frontends if key.proto == 17
+                   for f in (self.frontends.get(key), desired.frontends.get(key)) if f is not None}
+        stats.removed_udp_backends = {(i, b) for i, b in stats.removed_backends if i in udp_ids}
         self._remember(desired, changes)
         return stats
 

@@ -227,7 +227,8 @@ def test_removed_backend_moves_udp_flows_but_keeps_tcp_flows(dp):
         backends={1: (Backend(A0, 5353),), 2: (Backend(A0, 8080),)}, service_ips=frozenset([VIP]))
     stats = writer.apply(desired)
     assert stats.removed_backends == {(1, Backend(B, 5353)), (2, Backend(B, 8080))}
-    udp_gone = {(i, b.addr, b.port) for i, b in stats.removed_backends}
+    assert stats.removed_udp_backends == {(1, Backend(B, 5353))}   # only these make the agent scan
+    udp_gone = {(i, b.addr, b.port) for i, b in stats.removed_udp_backends}
     assert forget_udp_flows_to(dp.maps, udp_gone) == 2
     _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
     assert Ether(out)[IP].dst == A0
