@@ -33,6 +33,30 @@ static __always_inline __u8 ct_tcp_bits(const struct packet *p, int reply)
 	return bits;
 }
 
+static __always_inline int ct_key_equal(const struct ct_key *a, const struct ct_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* Both sides finished (or one reset): the flow's tuple may carry a new connection. */
+static __always_inline int ct_tcp_closed(const struct ct_value *rev)
+{
+	return (rev->tcp_seen & CT_TCP_RST) ||
+	       (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)) == (CT_TCP_FIN_FWD | CT_TCP_FIN_REV);
+}
+
+/* Forget a closed flow by its NAT_REV entry; its NAT_FWD twin only while that still names this
+ * entry (a client that reopened its tuple already has a newer pair). */
+static __always_inline void ct_forget_closed(struct ct_key *rev_key, const struct ct_value *rev)
+{
+	struct ct_key fwd_key = rev->twin;
+	struct ct_value *fwd = ct.lookup(&fwd_key);
+	if (fwd && ct_key_equal(&fwd->twin, rev_key))
+		ct.delete(&fwd_key);
+	ct.delete(rev_key);
+}
+
 /* A SYN (without ACK) on a flow that already closed starts a new connection on a reused port. */
 static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_value *fwd)
 {

@@ -7,8 +7,10 @@
 #define SNAT_PORT_RANGE (65536 - SNAT_PORT_MIN)
 #define SNAT_TRIES 8
 
-/* Returns a port (be) for which no reply key (backend -> node_addr:port) exists yet, or 0 if none
- * was free; rev_key is scratch space for the lookups. */
+/* Returns a port (be) for which no live reply key (backend -> node_addr:port) exists, or 0 if none
+ * was free; rev_key is scratch space for the lookups. A closed TCP flow frees its port at once
+ * rather than after its conntrack timeout: at a thousand connections a second the closed flows
+ * would otherwise hold most of the range, and a port search that finds none drops the SYN. */
 static __always_inline __u16 snat_pick_port(const struct packet *p, __u32 be_addr, __u16 be_port,
 					    __u32 node_addr, struct ct_key *rev_key)
 {
@@ -21,8 +23,13 @@ static __always_inline __u16 snat_pick_port(const struct packet *p, __u32 be_add
 #pragma unroll
 	for (int i = 0; i < SNAT_TRIES; i++) {
 		rev_key->dst_port = port;
-		if (!ct.lookup(rev_key))
+		struct ct_value *taken = ct.lookup(rev_key);
+		if (!taken)
 			return port;
+		if (p->proto == IPPROTO_TCP && ct_tcp_closed(taken)) {
+			ct_forget_closed(rev_key, taken);
+			return port;
+		}
 		port = bpf_htons(SNAT_PORT_MIN + bpf_get_prandom_u32() % SNAT_PORT_RANGE);
 	}
 	return 0;
