@@ -13,11 +13,12 @@ VIP, VIP_EMPTY = "10.96.0.2", "10.96.0.3"
 NODES = ("node-0", "node-1", "node-2")
 
 
-def wait_for(predicate, timeout=30.0, interval=0.1, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def wait_for(predicate, timeout=30.0, interval=0.1, what="condition") -> float:
+    """Seconds until predicate() holds; AssertionError after timeout."""
+    started = time.monotonic()
+    while time.monotonic() < started + timeout:
         if predicate():
-            return
+            return time.monotonic() - started
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 

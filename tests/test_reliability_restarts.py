@@ -1,0 +1,78 @@
+"""Issue 8.1: the agent on every node killed with SIGKILL and restarted five times, then stopped
+for 30 s, while clients keep going: pod C to svc-1's ClusterIP, and outside client X to a NodePort
+on node-2 whose backends are remote (SNATed). The data plane lives in the kernel and the restarted
+agent takes the maps back as they are: not one request may fail, no connection may break."""
+import signal
+import time
+
+import pytest
+
+from tests.apiserver import endpoint_slice, service
+from tests.lab import NODE_IPS, NODES
+from tests.reliability import Load, agents_on_api, seed_objects, start_agent
+from tests.test_lab_api import frontend
+from tests.test_lab_dataplane import VIP, wait_for
+
+RESTARTS = 5
+STOPPED_S = 30
+NODEPORT_IP = "10.96.2.1"
+NODEPORTS = {"http": 30180, "dns": 30153, "echo": 30190}
+PORTS = [("http", 8080, "TCP"), ("dns", 5353, "UDP"), ("echo", 9000, "TCP")]
+
+
+def nodeport_service() -> list[dict]:
+    svc = service("default", "svc-np", NODEPORT_IP, PORTS, type="NodePort")
+    for port in svc["spec"]["ports"]:
+        port["nodePort"] = NODEPORTS[port["name"]]
+    return [svc, endpoint_slice("default", "svc-np-a", "svc-np", [("10.200.0.2", "node-0", True),
+                                                                  ("10.200.1.2", "node-1", True)], ports=PORTS)]
+
+
+@pytest.fixture(scope="module")
+def kubeconfig(lab):
+    _, kubeconfig = agents_on_api(lab, [*seed_objects(), *nodeport_service()])
+    for n in NODES:
+        wait_for(lambda: (frontend(lab, n, VIP, 8080) or (0,))[0] == 2
+                 and frontend(lab, n, NODE_IPS[n], NODEPORTS["http"]) is not None, what=f"agent on {n}")
+    yield kubeconfig
+    for n in NODES:
+        lab.stop_agent(n)
+
+
+def restart_agents(lab, kubeconfig, sig: int, down_for: float = 0.0) -> dict[str, str]:
+    """Stop every node's agent with sig, wait down_for, start them again; each one's first sync line."""
+    logged = {n: len(lab.agent_log(n)) for n in NODES}
+    for n in NODES:
+        lab.stop_agent(n, sig)
+    time.sleep(down_for)
+    for n in NODES:
+        start_agent(lab, n, kubeconfig)
+    first_sync = {}
+    for n in NODES:
+        wait_for(lambda: "sync:" in lab.agent_log(n)[logged[n]:], timeout=60, interval=0.2,
+                 what=f"restarted agent on {n} to sync")
+        first_sync[n] = next(line for line in lab.agent_log(n)[logged[n]:].splitlines() if "sync:" in line)
+    return first_sync
+
+
+def test_sigkill_restarts_and_a_30s_stop_lose_no_request_and_no_connection(lab, kubeconfig):
+    inside = Load(lab, "C", VIP, "--long-lived", 4, "--udp-flows", 4)
+    outside = Load(lab, "X", NODE_IPS["node-2"], "--http-port", NODEPORTS["http"],
+                   "--echo-port", NODEPORTS["echo"], "--udp-port", NODEPORTS["dns"], "--long-lived", 4, "--udp-flows", 4)
+    syncs = []
+    try:
+        for _ in range(RESTARTS):
+            time.sleep(1)
+            syncs.append(restart_agents(lab, kubeconfig, signal.SIGKILL))
+        syncs.append(restart_agents(lab, kubeconfig, signal.SIGTERM, down_for=STOPPED_S))
+        time.sleep(1)
+    finally:
+        reports = {"C -> ClusterIP": inside.stop(), "X -> NodePort on node-2": outside.stop()}
+    for what, report in reports.items():
+        print(f"restarts ({RESTARTS}x SIGKILL on every node, one {STOPPED_S} s stop), {what}: {report.summary()}")
+    for report in reports.values():
+        report.assert_nothing_lost()
+    # The restarted agents found the maps as they had left them.
+    for first_sync in syncs:
+        for n, line in first_sync.items():
+            assert "0 map writes, 0 deletes" in line, (n, line)
