@@ -93,12 +93,14 @@ def remove_between(maps: Maps, proto: int, addr1: str, addr2: str) -> int:
 
 
 def forget_udp_flows_to(maps: Maps, gone: set[tuple[int, str, int]]) -> int:
-    """Delete UDP flows of (service id, backend addr, port) that left. Returns entries deleted."""
+    """Move UDP flows off (service id, backend addr, port) that left: their NAT_FWD halves go, so the
+    next datagram picks a live backend. The NAT_REV halves stay until they expire: an answer already
+    on its way back is still translated (deleting it lost that datagram). Returns entries deleted."""
     if not gone:
         return 0
     doomed = []
     for key, value in maps.ct.items():
         if key.proto == 17 and value.type == C.CT_TYPE_NAT_FWD and \
                 (value.svc_id, ip_str(value.nat_addr), port_int(value.nat_port)) in gone:
-            doomed += [key, ffi.new("struct ct_key *", value.twin)]
+            doomed.append(key)
     return sum(maps.ct.delete(k) for k in doomed)

@@ -41,6 +41,19 @@ class LoadReport:
     def udp_timeouts(self) -> list:
         return [t for f in self.udp for t in f["timeouts"]]
 
+    def udp_moves(self, at: float, gone: set[str]) -> list[float | None]:
+        """For each UDP flow answered by a backend in gone at time `at`: seconds until a live backend
+        answered it (same socket), None if none did."""
+        delays = []
+        for flow in self.udp:
+            before = [c for c in flow["changes"] if c[0] <= at]
+            if not before or before[-1][2] not in gone:
+                continue
+            generation = before[-1][1]
+            after = [c for c in flow["changes"] if c[0] > at and c[1] == generation]
+            delays.append(after[0][0] - at if after and after[0][2] not in gone else None)
+        return delays
+
     def summary(self) -> str:
         return (f"{self.requests} HTTP requests in {self.seconds:.0f} s, {len(self.http_failures)} failed "
                 f"(p50 {1e3 * (self.http_latency_p50 or 0):.1f} ms, max {1e3 * (self.http_latency_max or 0):.0f} ms, "
@@ -54,6 +67,9 @@ class LoadReport:
         assert not self.http_failures, f"{self.summary()}\nfailed: {self.http_failures[:10]}"
         assert not self.broken, f"{self.summary()}\nbroken: {self.broken}"
         assert not self.udp_timeouts, f"{self.summary()}\nunanswered: {self.udp_timeouts[:10]}"
+        # Nothing in the lab loses packets: a request that waited for a SYN retransmission means
+        # the data plane dropped one.
+        assert not self.http_over_1s, f"{self.summary()}\nstalled: {self.http_over_1s[:10]}"
 
 
 class Load:

@@ -218,7 +218,7 @@ def test_hairpin_is_snated_and_sent_straight_back_both_ways(dp):
     assert out == with_checksums(to_pod(IP(src=VIP, dst=A0) / TCP(sport=8080, dport=40000, flags="SA", ack=1001)))
 
 
-def test_removed_backend_moves_udp_flows_but_keeps_tcp_flows(dp):
+def test_removed_backend_moves_udp_flows_but_keeps_tcp_flows_and_late_udp_answers(dp):
     writer = program(dp, (VIP, 5353, 17, [B], 0), (VIP, 8080, 6, [B], 0))
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
@@ -229,7 +229,10 @@ def test_removed_backend_moves_udp_flows_but_keeps_tcp_flows(dp):
     assert stats.removed_backends == {(1, Backend(B, 5353)), (2, Backend(B, 8080))}
     assert stats.removed_udp_backends == {(1, Backend(B, 5353))}   # only these make the agent scan
     udp_gone = {(i, b.addr, b.port) for i, b in stats.removed_udp_backends}
-    assert forget_udp_flows_to(dp.maps, udp_gone) == 2
+    assert forget_udp_flows_to(dp.maps, udp_gone) == 1
+    # an answer already on its way back is still translated (its NAT_REV half stays until it expires)
+    _, out = run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / UDP(sport=5353, dport=5000)))
+    assert Ether(out)[IP].src == VIP
     _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
     assert Ether(out)[IP].dst == A0
     _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A")))
