@@ -140,7 +140,7 @@ class FakeApiServer:
         self.bookmark_interval = bookmark_interval
         self.host = host
         self.port = port
-        self.delay = 0.0  # seconds slept before answering every request
+        self.delay = 0.0  # seconds every request waits before its answer (while it stays set)
         self.gone_on_every_watch = False  # every watch gets the 410 ERROR event at once
         self.requests: list[tuple[str, str]] = []  # (method, path+query) of every request
 
@@ -442,8 +442,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         fake = self.server.fake
         fake.requests.append(("GET", self.path))
-        if fake.delay:
-            time.sleep(fake.delay)
+        held_until = time.monotonic() + fake.delay
+        while fake.delay and time.monotonic() < held_until:   # a server that recovers answers at once
+            time.sleep(0.01)
         if fake.token is not None and self.headers.get("Authorization") != f"Bearer {fake.token}":
             return self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
 
