@@ -5,13 +5,24 @@
 
 #define PINNED(name) PIN_DIR "/" #name
 
-BPF_TABLE_PINNED("hash", struct nat_fe_key, struct nat_fe_value, nat_fe, NAT_FE_MAX,
+/* Sizes the loader may choose (DatapathOptions); structs.h has the defaults. */
+#ifndef CT_MAP_MAX
+#define CT_MAP_MAX CT_MAX
+#endif
+#ifndef NAT_FE_MAP_MAX
+#define NAT_FE_MAP_MAX NAT_FE_MAX
+#endif
+#ifndef NAT_BE_MAP_MAX
+#define NAT_BE_MAP_MAX NAT_BE_MAX
+#endif
+
+BPF_TABLE_PINNED("hash", struct nat_fe_key, struct nat_fe_value, nat_fe, NAT_FE_MAP_MAX,
 		 PINNED(nat_fe), BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("hash", struct nat_be_key, struct nat_be_value, nat_be, NAT_BE_MAX,
+BPF_TABLE_PINNED("hash", struct nat_be_key, struct nat_be_value, nat_be, NAT_BE_MAP_MAX,
 		 PINNED(nat_be), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", __u32, struct svc_ip_value, svc_ips, SVC_IP_MAX,
 		 PINNED(svc_ips), BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAX, PINNED(ct));
+BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAP_MAX, PINNED(ct));
 BPF_TABLE_PINNED("percpu_array", __u32, struct svc_counters, svc_counters, SVC_COUNTERS_MAX,
 		 PINNED(svc_counters));
 BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PINNED(config));

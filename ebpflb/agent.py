@@ -19,9 +19,9 @@ from pyroute2 import IPRoute
 from .attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from .healthcheck import HealthCheckServers
 from .conntrack import Timeouts, forget_udp_flows_to, sweep
-from .core.tracker import ServiceTracker
-from .loader import DEFAULT_HAIRPIN_ADDR, Datapath
-from .metrics import AgentMetrics, DataplaneCollector, Health, serve
+from .core.tracker import Capacity, ServiceTracker
+from .loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
+from .metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from .paths import DEFAULT_PIN_DIR
 from .writer import MapWriter
 
@@ -47,6 +47,7 @@ class AgentConfig:
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
     xdp: bool = True                             # native XDP on the uplinks where the driver has it
+    datapath: DatapathOptions = DatapathOptions()
 
 
 def make_source(config: AgentConfig, metrics: AgentMetrics):
@@ -70,6 +71,7 @@ class Agent:
         os.set_blocking(self.wake_w, False)
         self.last_sync = float("-inf")
         self.logged_rejections: set = set()
+        self.pressure = MapPressure()
 
     def stop(self, *_) -> None:
         self.stopping = True
@@ -86,13 +88,15 @@ class Agent:
         with IPRoute() as ipr:
             self.uplinks = list(cfg.uplinks) if cfg.uplinks is not None else default_route_links(ipr)
             self.uplink_addrs = link_addresses(ipr, self.uplinks)
-        self.datapath = Datapath(cfg.pin_dir).load(hairpin_addr=cfg.hairpin_addr,
+        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr,
                                                    node_addr=(self.uplink_addrs or [None])[0])
         self.writer = MapWriter(self.datapath.maps)
         # A restart takes back the ids the maps use, so nothing needs rewriting.
         self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name,
                                       id_hints={k: f.svc_id for k, f in self.writer.frontends.items()},
-                                      node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses)
+                                      node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
+                                      capacity=Capacity(self.datapath.maps.nat_fe.max_entries,
+                                                        self.datapath.maps.nat_be.max_entries))
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
@@ -190,6 +194,8 @@ class Agent:
         for r in set(rejected) - self.logged_rejections:
             log.warning("skipped %s %s/%s: %s (%s)", r.kind, r.namespace, r.name, r.detail, r.reason)
         self.logged_rejections = set(rejected)
+        self.pressure.check("frontends", n_frontends, self.datapath.maps.nat_fe.max_entries)
+        self.pressure.check("backends", n_backends, self.datapath.maps.nat_be.max_entries)
         log.info("sync: %d service ports, %d frontends, %d backends, %d rejected; "
                  "%d map writes, %d deletes, %d UDP flows moved off gone backends; %.1f ms",
                  n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
@@ -204,6 +210,8 @@ class Agent:
                 continue
             if deleted:
                 log.info("conntrack: %d expired entries removed", deleted)
+            ct = self.datapath.maps.ct
+            self.pressure.check("conntrack", ct.count(), ct.max_entries)
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -21,18 +21,28 @@ def _open_maps(pin_dir: str):
 
 def cmd_agent(args) -> None:
     from .agent import AgentConfig, run_agent
+    from .loader import DatapathOptions, MapSizeMismatch
+    from .maps import LayoutMismatch
     if not args.node_name:
         sys.exit("ebpflb agent: --node-name (or $NODE_NAME) is required")
     if args.manifests and args.kubeconfig:
         sys.exit("ebpflb agent: --manifests and --kubeconfig exclude each other")
-    run_agent(AgentConfig(node_name=args.node_name, manifests=args.manifests, kubeconfig=args.kubeconfig,
-                          pin_dir=args.pin_dir, workload_ifaces=args.workload_ifaces,
-                          proxy_name=args.proxy_name, hairpin_addr=args.hairpin_addr,
-                          ct_timeouts=args.ct_timeouts, sweep_interval=args.ct_sweep_interval,
-                          min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None,
-                          uplinks=tuple(filter(None, args.uplinks.split(","))) if args.uplinks is not None else None,
-                          nodeport_addresses=tuple(filter(None, args.nodeport_addresses.split(","))),
-                          xdp=args.xdp == "native"))
+    config = AgentConfig(node_name=args.node_name, manifests=args.manifests, kubeconfig=args.kubeconfig,
+                         pin_dir=args.pin_dir, workload_ifaces=args.workload_ifaces,
+                         proxy_name=args.proxy_name, hairpin_addr=args.hairpin_addr,
+                         ct_timeouts=args.ct_timeouts, sweep_interval=args.ct_sweep_interval,
+                         min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None,
+                         uplinks=tuple(filter(None, args.uplinks.split(","))) if args.uplinks is not None else None,
+                         nodeport_addresses=tuple(filter(None, args.nodeport_addresses.split(","))),
+                         xdp=args.xdp == "native",
+                         datapath=DatapathOptions(ct_map_max=args.ct_map_max, frontend_map_max=args.frontend_map_max,
+                                                  backend_map_max=args.backend_map_max,
+                                                  reject_no_endpoints=args.no_endpoints == "reject",
+                                                  trace=args.bpf_trace))
+    try:
+        run_agent(config)
+    except (LayoutMismatch, MapSizeMismatch) as err:
+        sys.exit(f"ebpflb agent: {err}")
 
 
 def cmd_cleanup(args) -> None:
@@ -118,8 +128,19 @@ def ipv4(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def map_size(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1 << 24:
+        raise argparse.ArgumentTypeError(f"map size {text!r}: a whole number of entries, 1 to {1 << 24}")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     from .attach import DEFAULT_WORKLOAD_IFACES
+    from .structs import C
     from .loader import DEFAULT_HAIRPIN_ADDR
     top = argparse.ArgumentParser(prog="ebpflb", description="eBPF service load balancer for Kubernetes")
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -148,6 +169,16 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--hairpin-addr", default=DEFAULT_HAIRPIN_ADDR, help="source address for a pod reaching itself via its service")
     agent.add_argument("--ct-timeouts", type=ct_timeouts, default="", help="e.g. tcp-established=3600,udp=60 (also tcp-syn-sent, tcp-fin, tcp-rst, icmp, generic)")
     agent.add_argument("--ct-sweep-interval", type=float, default=10.0, help="seconds between conntrack sweeps")
+    agent.add_argument("--ct-map-max", type=map_size, default=C.CT_MAX,
+                       help=f"conntrack entries (two per flow; least recently used evicted when full; default {C.CT_MAX})")
+    agent.add_argument("--frontend-map-max", type=map_size, default=C.NAT_FE_MAX,
+                       help=f"service frontends (address, port, protocol) the maps hold (default {C.NAT_FE_MAX})")
+    agent.add_argument("--backend-map-max", type=map_size, default=C.NAT_BE_MAX,
+                       help=f"backend slots over all service ports (default {C.NAT_BE_MAX})")
+    agent.add_argument("--no-endpoints", choices=("reject", "drop"), default="reject",
+                       help="what a service without endpoints answers: ICMP port unreachable (like kube-proxy) or nothing")
+    agent.add_argument("--bpf-trace", action="store_true",
+                       help="the programs log each decision to /sys/kernel/tracing/trace_pipe (slow; for debugging)")
     agent.set_defaults(func=cmd_agent)
 
     cleanup = with_pin_dir(verbs.add_parser("cleanup", help="detach ebpflb's programs in this network namespace and remove its pins"))

@@ -3,11 +3,12 @@ import logging
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 from .maps import LayoutMismatch, Maps, read_layout_version
 from .paths import BPF_DIR
-from .structs import LAYOUT_VERSION, ffi, ip_be, to_bytes
+from .structs import C, LAYOUT_VERSION, ffi, ip_be, to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,34 @@ PROGRAMS = {
     "uplink.c": {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP"},
 }
 DEFAULT_HAIRPIN_ADDR = "169.254.42.1"   # Cilium's choice: link-local, never a pod's address
+
+
+@dataclass(frozen=True)
+class DatapathOptions:
+    """Compile-time choices, each a -D for bcc: map sizes, and what a service without endpoints
+    answers (kube-proxy rejects with ICMP port unreachable; Cilium can also drop silently)."""
+    ct_map_max: int = C.CT_MAX
+    frontend_map_max: int = C.NAT_FE_MAX
+    backend_map_max: int = C.NAT_BE_MAX
+    reject_no_endpoints: bool = True
+    trace: bool = False        # bpf_trace_printk of each decision, to /sys/kernel/tracing/trace_pipe
+
+    def cflags(self) -> list[str]:
+        return [f"-DCT_MAP_MAX={self.ct_map_max}", f"-DNAT_FE_MAP_MAX={self.frontend_map_max}",
+                f"-DNAT_BE_MAP_MAX={self.backend_map_max}",
+                f"-DREJECT_NO_ENDPOINTS={int(self.reject_no_endpoints)}", f"-DEBPFLB_TRACE={int(self.trace)}"]
+
+    def map_sizes(self) -> dict[str, int]:
+        """Pinned map name -> the max entries these options give it."""
+        return {"ct": self.ct_map_max, "nat_fe": self.frontend_map_max, "nat_be": self.backend_map_max}
+
+
+class MapSizeMismatch(RuntimeError):
+    def __init__(self, name: str, pinned: int, wanted: int, pin_dir: str):
+        super().__init__(
+            f"pinned map {name} in {pin_dir} holds {pinned} entries, the options ask for {wanted}; a pinned "
+            f"map cannot be resized: keep its size, or `ebpflb cleanup --pin-dir {pin_dir}` first "
+            f"(services are rewritten at once, open connections lose their conntrack)")
 
 
 LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
@@ -54,8 +83,9 @@ def ensure_bpffs() -> None:
 class Datapath:
     """The loaded programs (fds by name) and the pinned maps they share."""
 
-    def __init__(self, pin_dir: str):
+    def __init__(self, pin_dir: str, options: DatapathOptions = DatapathOptions()):
         self.pin_dir = os.path.abspath(pin_dir)
+        self.options = options
         self.objects = []
         self.fds: dict[str, int] = {}
         self.maps: Maps | None = None
@@ -71,14 +101,31 @@ class Datapath:
             found = read_layout_version(self.pin_dir)
             if found not in (0, LAYOUT_VERSION):
                 raise LayoutMismatch(found, LAYOUT_VERSION, self.pin_dir)
+        self._check_pinned_sizes()
+        cflags = [f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags()]
         for source, programs in PROGRAMS.items():
-            obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=[f'-DPIN_DIR="{self.pin_dir}"'])
+            obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=cflags)
             self.objects.append(obj)
             for name, kind in programs.items():
                 self.fds[name] = obj.load_func(name.encode(), getattr(BPF, kind)).fd
         self.maps = Maps.open(self.pin_dir)
         self.write_config(hairpin_addr, node_addr)
         return self
+
+    def _check_pinned_sizes(self) -> None:
+        """bcc takes a pinned map as it is: a size that differs must be said, not ignored."""
+        from . import libbpf
+        for name, wanted in self.options.map_sizes().items():
+            path = os.path.join(self.pin_dir, name)
+            if not os.path.exists(path):
+                continue
+            fd = libbpf.obj_get(path)
+            try:
+                pinned = libbpf.map_info(fd).max_entries
+            finally:
+                os.close(fd)
+            if pinned != wanted:
+                raise MapSizeMismatch(name, pinned, wanted, self.pin_dir)
 
     def write_config(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None) -> None:
         """What the programs need to know; written only when it differs."""

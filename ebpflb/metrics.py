@@ -49,6 +49,27 @@ class AgentMetrics:
             self.rejected.labels(kind, reason).set(n)
 
 
+class MapPressure:
+    """Warns once when a map fills past HIGH (and says so again only after it fell below LOW): a
+    full conntrack map evicts the least recently used flows, full NAT maps leave services out."""
+    HIGH, LOW = 0.9, 0.75
+
+    def __init__(self):
+        self.warned: set[str] = set()
+
+    def check(self, name: str, entries: int, capacity: int) -> None:
+        fill = entries / capacity if capacity else 0.0
+        if fill >= self.HIGH and name not in self.warned:
+            self.warned.add(name)
+            advice = {"conntrack": "least recently used flows are evicted; raise --ct-map-max",
+                      "frontends": "services that do not fit are left out; raise --frontend-map-max",
+                      "backends": "services that do not fit are left out; raise --backend-map-max"}.get(name, "")
+            log.warning("%s map is %.0f%% full (%d of %d entries): %s", name, 100 * fill, entries, capacity, advice)
+        elif fill < self.LOW and name in self.warned:
+            self.warned.discard(name)
+            log.info("%s map is back to %.0f%% full (%d of %d entries)", name, 100 * fill, entries, capacity)
+
+
 class DataplaneCollector:
     """Read at scrape time: map fill and capacity, and per-service counters from the per-CPU map."""
 
@@ -58,6 +79,7 @@ class DataplaneCollector:
     def collect(self):
         entries = GaugeMetricFamily("ebpflb_map_entries", "Entries in a BPF map", labels=["map"])
         capacity = GaugeMetricFamily("ebpflb_map_capacity", "Capacity of a BPF map (max entries)", labels=["map"])
+        pressure = GaugeMetricFamily("ebpflb_map_pressure", "Fill of a BPF map: entries / capacity (1 = full)", labels=["map"])
         with self.lock:
             names = dict(self.tracker.state.ids)
             filled = {"frontends": len(self.writer.frontends),
@@ -66,8 +88,10 @@ class DataplaneCollector:
         for name, bpf_map in (("frontends", self.maps.nat_fe), ("backends", self.maps.nat_be), ("conntrack", self.maps.ct)):
             entries.add_metric([name], filled[name])
             capacity.add_metric([name], bpf_map.max_entries)
+            pressure.add_metric([name], filled[name] / bpf_map.max_entries)
         yield entries
         yield capacity
+        yield pressure
 
         labels = ["namespace", "name", "port", "protocol"]
         packets = CounterMetricFamily("ebpflb_service_packets", "Packets through a service port (both directions)", labels=labels)

@@ -20,7 +20,7 @@ FAULT_S = 3.0
 def api(lab):
     server, _ = agents_on_api(lab, seed_objects())
     for n in NODES:
-        wait_for(lambda: (frontend(lab, n, VIP, 8080) or (0,))[0] == 2, what=f"agent on {n}")
+        wait_for(lambda: (frontend(lab, n, VIP, 8080) or (0,))[0] == 2, timeout=90, what=f"agent on {n}")
     yield server
     for n in NODES:
         lab.stop_agent(n)

@@ -28,7 +28,7 @@ def api(lab):
     server, _ = agents_on_api(lab, [*seed_objects(), service("default", "churn", SVC_IP, PORTS),
                                     churn_slice((SURVIVOR, *LEAVING))])
     for n in NODES:
-        wait_for(lambda: (frontend(lab, n, SVC_IP, 8080) or (0,))[0] == 3, what=f"agent on {n}")
+        wait_for(lambda: (frontend(lab, n, SVC_IP, 8080) or (0,))[0] == 3, timeout=90, what=f"agent on {n}")
     yield server
     for n in NODES:
         lab.stop_agent(n)

@@ -33,7 +33,8 @@ def kubeconfig(lab):
     _, kubeconfig = agents_on_api(lab, [*seed_objects(), *nodeport_service()])
     for n in NODES:
         wait_for(lambda: (frontend(lab, n, VIP, 8080) or (0,))[0] == 2
-                 and frontend(lab, n, NODE_IPS[n], NODEPORTS["http"]) is not None, what=f"agent on {n}")
+                 and frontend(lab, n, NODE_IPS[n], NODEPORTS["http"]) is not None,
+                 timeout=90, what=f"agent on {n}")
     yield kubeconfig
     for n in NODES:
         lab.stop_agent(n)

@@ -52,6 +52,13 @@ class Changes:
             self.health_checks = True
 
 
+@dataclass(frozen=True)
+class Capacity:
+    """Room in the maps (their max entries). A Service that does not fit is left out whole."""
+    frontends: int
+    backends: int
+
+
 @dataclass
 class Contribution:
     """What one Service puts into the maps."""
@@ -61,6 +68,10 @@ class Contribution:
     service_ips: frozenset[str]
     src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)
+
+    @property
+    def backend_slots(self) -> int:
+        return sum(map(len, self.backends.values()))
 
 
 def object_key(obj) -> ObjectKey | None:
@@ -80,8 +91,11 @@ def owning_service(slice_obj) -> ObjectKey | None:
 class ServiceTracker:
     def __init__(self, node_name: str, proxy_name: str | None = None,
                  id_hints: dict[FrontendKey, int] | None = None, node_addresses: Sequence[str] = (),
-                 nodeport_cidrs: Sequence[str] = ()):
+                 nodeport_cidrs: Sequence[str] = (), capacity: Capacity | None = None):
         self.node_name = node_name
+        self.capacity = capacity
+        self.backend_slots = 0                    # entries the backend map needs for state.backends
+        self.over_capacity: set[ObjectKey] = set()   # left out for want of room: retried when room frees
         self.proxy_name = proxy_name
         self.id_hints = dict(id_hints or {})   # frontend -> id the maps already use (restart)
         self.nodeport_cidrs = tuple(nodeport_cidrs)
@@ -175,8 +189,12 @@ class ServiceTracker:
         if len(dirty) > BULK_RECOMPUTE:
             self._recompute_all(changes)
         else:
+            used = (len(self.state.frontends), self.backend_slots)
             for key in sorted(dirty):
                 self._recompute(key, changes)
+            if self.over_capacity and (len(self.state.frontends) < used[0] or self.backend_slots < used[1]):
+                for key in sorted(self.over_capacity - dirty):   # room freed: try them again
+                    self._recompute(key, changes)
         self.state.service_ips = frozenset(self.ip_refs)
         return changes
 
@@ -199,6 +217,7 @@ class ServiceTracker:
             del self.state.health_checks[p]
         self.ip_refs.subtract(old.service_ips)
         self.ip_refs += Counter()   # drop zero counts
+        self.backend_slots -= old.backend_slots
         changes.add(old)
         return old
 
@@ -212,13 +231,29 @@ class ServiceTracker:
         if part.health_checks:
             self.state.health_checks.update(part.health_checks)
         self.ip_refs.update(part.service_ips)
+        self.backend_slots += part.backend_slots
         changes.add(part)
+
+    def _room_for(self, key: ObjectKey, part: Contribution) -> bool:
+        """Does the part fit in the maps? If not, it is rejected whole (never half programmed)."""
+        self.over_capacity.discard(key)
+        cap = self.capacity
+        if cap is None or (len(self.state.frontends) + len(part.frontends) <= cap.frontends
+                           and self.backend_slots + part.backend_slots <= cap.backends):
+            return True
+        self.over_capacity.add(key)
+        self.rejected_by_service.setdefault(key, []).append(Rejected(
+            "Service", key[0], key[1], "map_full",
+            f"needs {len(part.frontends)} frontends and {part.backend_slots} backend slots; the maps hold "
+            f"{len(self.state.frontends)} of {cap.frontends} and {self.backend_slots} of {cap.backends}"))
+        return False
 
     def _recompute(self, key: ObjectKey, changes: Changes) -> None:
         old = self._withdraw(key, changes)
         self.rejected_by_service.pop(key, None)
         service = self.services.get(key)
         if service is None:
+            self.over_capacity.discard(key)
             changes.compare(old, None)
             return
         desired = desired_state([service], self._slices_for(key), node_name=self.node_name,
@@ -246,6 +281,9 @@ class ServiceTracker:
             changes.compare(old, None)
             return
         part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
+        if not self._room_for(key, part):
+            changes.compare(old, None)
+            return
         self._contribute(key, part, changes)
         changes.compare(old, part)
 
@@ -264,11 +302,15 @@ class ServiceTracker:
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}})
         self.rejected_by_service = {}
+        self.over_capacity = set()
         for r in desired.rejected:
             self.rejected_by_service.setdefault(self._owner_of(r), []).append(r)
         parts = split(desired)
-        for key, part in parts.items():
-            self._contribute(key, part, changes)
+        # Services already programmed first: a relist never swaps which ones fit.
+        for key in sorted(parts, key=lambda k: (old_parts.get(k) is None, k)):
+            if self._room_for(key, parts[key]):
+                self._contribute(key, parts[key], changes)
+        parts = {key: part for key, part in parts.items() if key in self.contributions}
         for key in old_parts.keys() | parts.keys():
             changes.compare(old_parts.get(key), parts.get(key))
 
