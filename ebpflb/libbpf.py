@@ -34,11 +34,17 @@ int bpf_map_delete_batch(int fd, const void *keys, __u32 *count,
 int bpf_prog_test_run_opts(int prog_fd, struct bpf_test_run_opts *opts);
 int bpf_obj_get_info_by_fd(int bpf_fd, void *info, __u32 *info_len);
 int bpf_prog_get_fd_by_id(__u32 id);
-/* The leading fields of the kernel's struct bpf_prog_info, up to the name. */
+/* The leading fields of the kernel's struct bpf_prog_info, up to verified_insns (5.16). */
 struct bpf_prog_info_head {
     __u32 type; __u32 id; __u8 tag[8]; __u32 jited_prog_len; __u32 xlated_prog_len;
     __u64 jited_prog_insns; __u64 xlated_prog_insns; __u64 load_time; __u32 created_by_uid;
     __u32 nr_map_ids; __u64 map_ids; char name[16];
+    __u32 ifindex; __u32 gpl_compatible; __u64 netns_dev; __u64 netns_ino;
+    __u32 nr_jited_ksyms; __u32 nr_jited_func_lens; __u64 jited_ksyms; __u64 jited_func_lens;
+    __u32 btf_id; __u32 func_info_rec_size; __u64 func_info; __u32 nr_func_info; __u32 nr_line_info;
+    __u64 line_info; __u64 jited_line_info; __u32 nr_jited_line_info; __u32 line_info_rec_size;
+    __u32 jited_line_info_rec_size; __u32 nr_prog_tags; __u64 prog_tags; __u64 run_time_ns;
+    __u64 run_cnt; __u64 recursion_misses; __u32 verified_insns;
 };
 int libbpf_num_possible_cpus(void);
 """)
@@ -75,14 +81,19 @@ def map_info(fd: int):
     return info
 
 
+def prog_info(fd: int):
+    """What the kernel says of a loaded program: name, xlated/jited length, verified_insns."""
+    info = ffi.new("struct bpf_prog_info_head *")
+    size = ffi.new("__u32 *", ffi.sizeof(info[0]))
+    check(lib.bpf_obj_get_info_by_fd(fd, info, size), "bpf_obj_get_info_by_fd")
+    return info
+
+
 def prog_name(prog_id: int) -> str:
     """The name a loaded program was given (how cleanup recognises ebpflb's XDP programs)."""
     fd = check(lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
     try:
-        info = ffi.new("struct bpf_prog_info_head *")
-        size = ffi.new("__u32 *", ffi.sizeof(info[0]))
-        check(lib.bpf_obj_get_info_by_fd(fd, info, size), "bpf_obj_get_info_by_fd")
-        return ffi.string(info.name).decode()
+        return ffi.string(prog_info(fd).name).decode()
     finally:
         os.close(fd)
 

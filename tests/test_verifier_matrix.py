@@ -1,0 +1,64 @@
+"""Every program loads on this kernel under each combination of compile-time options, and the
+suite prints how much work each one gives the verifier (instructions processed, like Cilium's
+complexity tests), so growth is seen at review. Also: a pinned map is never silently resized."""
+import itertools
+import shutil
+import uuid
+
+import pytest
+
+from ebpflb import libbpf
+from ebpflb.loader import PROGRAMS, Datapath, DatapathOptions, MapSizeMismatch
+
+VERIFIER_LIMIT = 1_000_000          # the kernel's BPF_COMPLEXITY_LIMIT_INSNS
+BUDGET = VERIFIER_LIMIT // 4        # ours: a program that needs more than this has grown too much
+PROGRAM_NAMES = [name for programs in PROGRAMS.values() for name in programs]
+OPTIONS = [DatapathOptions(reject_no_endpoints=reject, trace=trace)
+           for reject, trace in itertools.product((True, False), (False, True))]
+
+
+def label(options: DatapathOptions) -> str:
+    return f"{'reject' if options.reject_no_endpoints else 'drop'}{'+trace' if options.trace else ''}"
+
+
+@pytest.fixture
+def pin_dir():
+    path = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def table():
+    columns: dict[str, dict[str, tuple[int, int, int]]] = {}
+    yield columns
+    width = max(map(len, PROGRAM_NAMES))
+    print("\nverifier: instructions processed / program size in instructions / JITed bytes")
+    print(" " * width + "".join(f"  {name:>26}" for name in columns))
+    for prog in PROGRAM_NAMES:
+        print(f"{prog:<{width}}" + "".join(f"  {'%d / %d / %d' % columns[c][prog]:>26}" for c in columns))
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=label)
+def test_every_program_loads_within_budget(options, pin_dir, table):
+    datapath = Datapath(pin_dir, options)
+    try:
+        datapath.load()
+        column = table[label(options)] = {}
+        for name in PROGRAM_NAMES:
+            info = libbpf.prog_info(datapath.fds[name])
+            column[name] = (info.verified_insns, info.xlated_prog_len // 8, info.jited_prog_len)
+            assert 0 < info.verified_insns <= BUDGET, (name, info.verified_insns)
+            assert info.jited_prog_len > 0, f"{name} is not JITed"
+    finally:
+        datapath.close()
+
+
+def test_a_pinned_map_of_another_size_is_refused_with_a_clear_error(pin_dir):
+    first = Datapath(pin_dir, DatapathOptions(ct_map_max=4096)).load()
+    first.close()
+    with pytest.raises(MapSizeMismatch, match=r"pinned map ct .* holds 4096 entries, the options ask for 8192"):
+        Datapath(pin_dir, DatapathOptions(ct_map_max=8192)).load()
+    again = Datapath(pin_dir, DatapathOptions(ct_map_max=4096)).load()   # the same size is fine
+    assert again.maps.ct.max_entries == 4096
+    again.close()
