@@ -12,6 +12,22 @@ from tests.lab import Lab
 NODE_ADDR = "192.168.64.6"   # the loaded programs' node address (SNAT source from the uplink)
 
 
+FIGURES: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def figure():
+    """figure(text): a measured figure, printed in the run's summary (reliability, fuzzing, verifier)."""
+    return FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FIGURES:
+        terminalreporter.section("ebpflb figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _require_root():
     if os.geteuid() != 0:

@@ -35,7 +35,7 @@ def converged(lab, i: int) -> bool:
     return all(frontend(lab, n, f"10.96.4.{i}", 80) is not None for n in NODES)
 
 
-def test_api_faults_under_traffic_lose_nothing_and_converge_within_2s_of_recovery(lab, api):
+def test_api_faults_under_traffic_lose_nothing_and_converge_within_2s_of_recovery(lab, api, figure):
     def killed(i):
         api.stop()
         api.put(probe(i))
@@ -79,8 +79,8 @@ def test_api_faults_under_traffic_lose_nothing_and_converge_within_2s_of_recover
             time.sleep(1.1)   # back at rest before the next fault
     finally:
         report = load.stop()
-    print(f"API faults ({', '.join(took)}): {report.summary()}")
-    print("change made during the fault -> every node's maps, seconds after recovery:",
-          {name: round(t, 3) for name, t in took.items()})
+    figure(f"API faults ({', '.join(took)}): {report.summary()}")
+    figure("API faults: a change made during the fault reached every node's maps, seconds after recovery: "
+           + ", ".join(f"{name} {t:.3f}" for name, t in took.items()))
     report.assert_nothing_lost()
     assert all(t <= CONVERGE_S for t in took.values()), took

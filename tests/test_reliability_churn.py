@@ -34,7 +34,7 @@ def api(lab):
         lab.stop_agent(n)
 
 
-def test_scaling_3_1_3_ten_times_fails_no_request_and_moves_udp_flows_within_1s(lab, api):
+def test_scaling_3_1_3_ten_times_fails_no_request_and_moves_udp_flows_within_1s(lab, api, figure):
     load = Load(lab, "C", SVC_IP, "--long-lived", 6, "--udp-flows", 6)
     removals, written = [], []
     time.sleep(AT_REST_S)   # the agents' first sync just happened
@@ -56,11 +56,10 @@ def test_scaling_3_1_3_ten_times_fails_no_request_and_moves_udp_flows_within_1s(
         report = load.stop()
     moves = [d for at in removals for d in report.udp_moves(at, set(LEAVING))]
     on_survivor = [c for c in report.long_lived if c["backend"] == SURVIVOR]
-    print(f"churn ({CYCLES}x 3 -> 1 -> 3): {report.summary()}; HTTP answers by backend {report.http_backends}; "
+    figure(f"churn ({CYCLES}x 3 -> 1 -> 3): {report.summary()}; HTTP answers by backend {report.http_backends}; "
           f"API change -> node-2's maps max {1e3 * max(written):.1f} ms; {len(moves)} UDP flows on removed "
           f"backends moved in max {1e3 * max(d for d in moves if d is not None):.0f} ms; "
           f"{len(on_survivor)} long-lived connections on the surviving backend")
-    print("API change -> maps (ms):", [round(1e3 * w, 1) for w in written])
     report.assert_nothing_lost()
     assert max(written) < 1.0, "a change at rest reaches the maps at once (milliseconds; 1 s for a busy CI machine)"
     assert len(moves) >= CYCLES, "every cycle should have caught some UDP flows on a leaving backend"

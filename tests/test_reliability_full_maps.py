@@ -48,7 +48,7 @@ def api(lab):
         lab.stop_agent(n)
 
 
-def test_a_conntrack_flood_evicts_idle_flows_keeps_active_ones_and_warns_once(lab, api):
+def test_a_conntrack_flood_evicts_idle_flows_keeps_active_ones_and_warns_once(lab, api, figure):
     load = Load(lab, "C", VIP, "--long-lived", 4, "--udp-flows", 4)
     try:
         time.sleep(1)
@@ -59,7 +59,7 @@ def test_a_conntrack_flood_evicts_idle_flows_keeps_active_ones_and_warns_once(la
     finally:
         report = load.stop()
     warnings = [l for l in lab.agent_log("node-2").splitlines() if "conntrack map is" in l and "WARNING" in l]
-    print(f"conntrack flood: {FLOOD_FLOWS} new UDP flows in {took:.1f} s into a {CT_MAP_MAX}-entry map "
+    figure(f"conntrack flood: {FLOOD_FLOWS} new UDP flows in {took:.1f} s into a {CT_MAP_MAX}-entry map "
           f"(pressure {pressure:.2f}); {report.summary()}; warning: {warnings}")
     report.assert_nothing_lost()
     assert pressure > 0.9

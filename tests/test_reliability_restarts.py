@@ -56,7 +56,7 @@ def restart_agents(lab, kubeconfig, sig: int, down_for: float = 0.0) -> dict[str
     return first_sync
 
 
-def test_sigkill_restarts_and_a_30s_stop_lose_no_request_and_no_connection(lab, kubeconfig):
+def test_sigkill_restarts_and_a_30s_stop_lose_no_request_and_no_connection(lab, kubeconfig, figure):
     inside = Load(lab, "C", VIP, "--long-lived", 4, "--udp-flows", 4)
     outside = Load(lab, "X", NODE_IPS["node-2"], "--http-port", NODEPORTS["http"],
                    "--echo-port", NODEPORTS["echo"], "--udp-port", NODEPORTS["dns"], "--long-lived", 4, "--udp-flows", 4)
@@ -70,7 +70,7 @@ def test_sigkill_restarts_and_a_30s_stop_lose_no_request_and_no_connection(lab, 
     finally:
         reports = {"C -> ClusterIP": inside.stop(), "X -> NodePort on node-2": outside.stop()}
     for what, report in reports.items():
-        print(f"restarts ({RESTARTS}x SIGKILL on every node, one {STOPPED_S} s stop), {what}: {report.summary()}")
+        figure(f"restarts ({RESTARTS}x SIGKILL on every node, one {STOPPED_S} s stop), {what}: {report.summary()}")
     for report in reports.values():
         report.assert_nothing_lost()
     # The restarted agents found the maps as they had left them.

@@ -29,14 +29,14 @@ def pin_dir():
 
 
 @pytest.fixture(scope="module")
-def table():
+def table(figure):
     columns: dict[str, dict[str, tuple[int, int, int]]] = {}
     yield columns
     width = max(map(len, PROGRAM_NAMES))
-    print("\nverifier: instructions processed / program size in instructions / JITed bytes")
-    print(" " * width + "".join(f"  {name:>26}" for name in columns))
+    figure("verifier: instructions processed / program size in instructions / JITed bytes, per option set")
+    figure(" " * width + "".join(f"  {name:>22}" for name in columns))
     for prog in PROGRAM_NAMES:
-        print(f"{prog:<{width}}" + "".join(f"  {'%d / %d / %d' % columns[c][prog]:>26}" for c in columns))
+        figure(f"{prog:<{width}}" + "".join(f"  {'%d / %d / %d' % columns[c][prog]:>22}" for c in columns))
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=label)
