@@ -1,0 +1,75 @@
+"""What the packet fuzzer (tests/test_packet_fuzz.py) found, each kept as the packets that showed it,
+through the real programs with the fuzzer's cluster in the maps (tests/fuzz_cluster.py)."""
+import pytest
+
+from ebpflb.structs import C, ffi, to_bytes
+from tests.conftest import NODE_ADDR
+from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet, program_cluster,
+                                uplink_namespace)
+from tests.lab import in_netns
+from tests.test_datapath_packets import LO, TC_ACT_OK, ct_entries, run
+
+
+@pytest.fixture(scope="module")
+def uplink():
+    with uplink_namespace() as ns_index:
+        yield ns_index
+
+
+@pytest.fixture
+def cluster(dp, uplink):
+    """The fuzzer's services in the maps; run(prog, packet) in the uplink's namespace."""
+    program_cluster(dp.maps)
+    ns, index = uplink
+
+    def run_prog(prog, pkt):
+        with in_netns(ns):
+            return run(dp, prog, bytes(pkt), ifindex=index if "uplink" in prog else LO)
+    return run_prog
+
+
+def flows(dp):
+    """Conntrack without the clocks: {tuple: (type, flags, nat, snat, twin)}."""
+    return {key: (v.type, v.flags, v.nat_addr, v.nat_port, v.snat_addr, v.snat_port, to_bytes(ffi.addressof(v, "twin")))
+            for key, v in ct_entries(dp).items()}
+
+
+# --- Each side translates only its own flows
+
+def test_from_workload_leaves_an_outside_clients_flow_to_the_uplink(dp, cluster):
+    """Seed 8004, packet 19 (base 'outside-udp-snat/client-nocsum', unmutated): an outside client's
+    SNATed UDP flow, its own packet seen by from_workload (a pod claiming the client's address).
+    from_workload applied the uplink flow's NAT_FWD entry half: source to the node's address but
+    with the client's port instead of the entry's SNAT port, then sent it back into the pod."""
+    packet = bytes.fromhex("02000000000102000000000208004500001d0001000040113e19cb007107c0a84006a41375650009000071")
+    cluster("from_uplink", flow_packet(CLIENT, 42003, NODE_ADDR, 30053, 17))   # takes SNAT port 42003
+    cluster("from_uplink", packet)                                             # so this flow gets another
+    before = flows(dp)
+    assert cluster("from_workload", packet) == (TC_ACT_OK, packet)
+    assert flows(dp) == before
+
+
+def test_to_workload_leaves_a_node_snated_reply_to_the_uplink(dp, cluster):
+    """Seed 8004, packet 35 (base 'outside-nodeport-snat/backend-R'): the remote backend's RST to the
+    node's SNAT port, seen by to_workload. It applied the NAT_REV entry half: destination back to
+    the client's address but not its port, sent back out of the veth, and marked the flow reset."""
+    packet = bytes.fromhex("0200000000010200000000020800450000280001000040066e530ac80106c0a840060050a412000003e8"
+                           "0000000050042000db190000")
+    cluster("from_uplink", flow_packet(OTHER_CLIENT, 42002, NODE_ADDR, 30081, 6, "S"))
+    before = flows(dp)
+    assert cluster("to_workload", packet) == (TC_ACT_OK, packet)
+    assert flows(dp) == before
+    rev = ct_entries(dp)[("10.200.1.6", 80, NODE_ADDR, 42002, 6)]
+    assert not rev.tcp_seen & C.CT_TCP_RST
+
+
+def test_from_uplink_leaves_a_pods_flow_alone(dp, cluster):
+    """A pod's UDP flow to an externalIP; the same tuple arriving on the uplink (a spoofed source)
+    replaced the pod's NAT_FWD with an SNATed uplink flow and left the pod's NAT_REV behind, naming
+    a flow that no longer pointed back (the fuzzer's "NAT_REV whose NAT_FWD belongs to another
+    flow", e.g. 10.200.2.9:8080->10.200.0.9:43065/17)."""
+    packet = bytes(flow_packet(LOCAL_CLIENT_POD, 43065, EXTERNAL_IP, 8080, 17, payload=b"q"))
+    assert cluster("from_workload", packet)[0] == TC_ACT_OK
+    before = flows(dp)
+    assert cluster("from_uplink", packet) == (TC_ACT_OK, packet)
+    assert flows(dp) == before
