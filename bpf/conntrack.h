@@ -87,6 +87,20 @@ static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value
 		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
 }
 
+/* A flow replaced at fwd_key (a SYN reopening it) takes its reply entry along, unless the new
+ * flow reuses that very tuple: left behind, it would still translate the old backend's packets,
+ * and its stale-pair check would delete the new flow's forward half. */
+static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key)
+{
+	struct ct_value *old = ct.lookup((struct ct_key *)fwd_key);
+
+	if (!old || old->type != CT_TYPE_NAT_FWD || ct_key_equal(&old->twin, rev_key))
+		return;
+	struct ct_value *old_rev = ct.lookup(&old->twin);
+	if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
+		ct.delete(&old->twin);
+}
+
 /* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
  * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev.
  * The REV half is written first, so a FWD entry never exists without its twin. */
@@ -103,6 +117,7 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	};
 
 	ct_key_of(p, &fwd_key);
+	ct_forget_replaced(&fwd_key, &rev_key);
 	fwd->created_ns = rev->created_ns = now;
 	fwd->last_seen_ns = rev->last_seen_ns = now;
 	fwd->svc_id = rev->svc_id = svc_id;

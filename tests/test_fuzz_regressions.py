@@ -2,12 +2,14 @@
 through the real programs with the fuzzer's cluster in the maps (tests/fuzz_cluster.py)."""
 import pytest
 
-from ebpflb.structs import C, ffi, to_bytes
+from ebpflb.structs import C, ffi, ip_str, port_int, to_bytes
 from tests.conftest import NODE_ADDR
 from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet, program_cluster,
                                 uplink_namespace)
 from tests.lab import in_netns
 from tests.test_datapath_packets import LO, TC_ACT_OK, ct_entries, run
+
+WEB_VIP = "10.96.0.10"
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,35 @@ def test_from_uplink_leaves_a_pods_flow_alone(dp, cluster):
     before = flows(dp)
     assert cluster("from_uplink", packet) == (TC_ACT_OK, packet)
     assert flows(dp) == before
+
+
+# --- Conntrack pairs stay pairs
+
+def test_a_reopened_flow_takes_its_old_reply_entry_with_it(dp, cluster):
+    """Base 'closed/client-S': a SYN on a closed flow picks a backend again. The old backend's
+    NAT_REV stayed behind, still naming the flow; a SYN-ACK from that backend then took it for a
+    stale pair and deleted the new flow's NAT_FWD (the fuzzer's "NAT_REV without its NAT_FWD")."""
+    client = (LOCAL_CLIENT_POD, 41005, WEB_VIP, 80, 6)
+
+    def backend():
+        fwd = ct_entries(dp)[client]
+        return ip_str(fwd.nat_addr), port_int(fwd.nat_port)
+
+    def close(be_addr, be_port):
+        cluster("from_workload", flow_packet(*client[:4], 6, "FA"))
+        cluster("to_workload", flow_packet(be_addr, be_port, LOCAL_CLIENT_POD, 41005, 6, "FA"))
+
+    cluster("from_workload", flow_packet(*client[:4], 6, "S"))
+    first = backend()
+    for _ in range(64):   # four backends: another one comes up soon
+        close(*backend())
+        cluster("from_workload", flow_packet(*client[:4], 6, "S"))
+        if backend() != first:
+            break
+    second = backend()
+    assert second != first
+    entries = ct_entries(dp)
+    assert (*first, LOCAL_CLIENT_POD, 41005, 6) not in entries
+    stale_syn_ack = flow_packet(*first, LOCAL_CLIENT_POD, 41005, 6, "SA")
+    assert cluster("to_workload", stale_syn_ack) == (TC_ACT_OK, bytes(stale_syn_ack))
+    assert backend() == second
