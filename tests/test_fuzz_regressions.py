@@ -1,15 +1,17 @@
 """What the packet fuzzer (tests/test_packet_fuzz.py) found, each kept as the packets that showed it,
 through the real programs with the fuzzer's cluster in the maps (tests/fuzz_cluster.py)."""
 import pytest
+from scapy.layers.inet import IP, UDP
+from scapy.layers.l2 import Ether
 
 from ebpflb.structs import C, ffi, ip_str, port_int, to_bytes
 from tests.conftest import NODE_ADDR
-from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet, program_cluster,
-                                uplink_namespace)
+from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, GUARDED_LB_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet,
+                                program_cluster, uplink_namespace)
 from tests.lab import in_netns
-from tests.test_datapath_packets import LO, TC_ACT_OK, ct_entries, run
+from tests.test_datapath_packets import LO, TC_ACT_OK, TC_ACT_SHOT, ct_entries, run
 
-WEB_VIP = "10.96.0.10"
+WEB_VIP, GUARDED_VIP = "10.96.0.10", "10.96.0.30"
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +109,18 @@ def test_a_reopened_flow_takes_its_old_reply_entry_with_it(dp, cluster):
     stale_syn_ack = flow_packet(*first, LOCAL_CLIENT_POD, 41005, 6, "SA")
     assert cluster("to_workload", stale_syn_ack) == (TC_ACT_OK, bytes(stale_syn_ack))
     assert backend() == second
+
+
+def test_a_new_flow_never_takes_the_reply_entry_of_a_live_one(dp, cluster):
+    """A pod's DNS flow to the guarded service's ClusterIP, then the same source port to the same
+    service's LoadBalancer IP (fuzzer: 10.200.0.9:44000->192.168.64.201:53/17). One backend, so both
+    answer as 10.200.1.6:53 -> 10.200.0.9:44000: the second flow overwrote the first one's NAT_REV
+    and the first flow's answers came back from the wrong address. The second is dropped now (the
+    client's retry picks again; with one backend it waits until the first flow is gone)."""
+    first = flow_packet(LOCAL_CLIENT_POD, 44000, GUARDED_VIP, 53, 17, payload=b"q")
+    second = flow_packet(LOCAL_CLIENT_POD, 44000, GUARDED_LB_IP, 53, 17, payload=b"q")
+    assert cluster("from_workload", first)[0] == TC_ACT_OK
+    assert cluster("from_workload", second)[0] == TC_ACT_SHOT
+    answer = flow_packet("10.200.1.6", 53, LOCAL_CLIENT_POD, 44000, 17, payload=b"a")
+    verdict, out = cluster("to_workload", answer)
+    assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[UDP].sport) == (GUARDED_VIP, 53)
