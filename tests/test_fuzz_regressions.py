@@ -124,3 +124,28 @@ def test_a_new_flow_never_takes_the_reply_entry_of_a_live_one(dp, cluster):
     answer = flow_packet("10.200.1.6", 53, LOCAL_CLIENT_POD, 44000, 17, payload=b"a")
     verdict, out = cluster("to_workload", answer)
     assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[UDP].sport) == (GUARDED_VIP, 53)
+
+
+# --- ICMP errors only to one host
+
+@pytest.mark.parametrize("prog,packet", [
+    # seed 8004 packet 2967: 0.0.0.0 -> the empty service's ClusterIP, TCP SYN
+    ("from_workload", "0200000001060200000001000800450000280001000040067048000000000a600028a80a0050000003e8"
+                      "0000000050022000d9180000"),
+    # seed 8004 packet 3706: 255.255.255.255 -> an unused UDP port of a service address
+    ("from_workload", "02000000000102000000000208004500001d000100004011703bffffffff0a600035abe1270f0009b15671"),
+    # seed 8004 packet 33065: 224.0.0.1 -> the empty NodePort from outside
+    ("from_uplink", "0200000001060200000001000800450000280001000040069a1fe0000001c0a84006a84b758a000003e8"
+                    "00000000500220008d740000"),
+    # seed 8004 packet 7254: 127.0.0.1 -> the empty NodePort, from outside and from a pod
+    ("from_uplink", "020000000106020000000100080045000028000100004006fb1f7f000001c0a84006a84b758a000003e8"
+                    "0000000050022000ee740000"),
+    ("from_workload", "020000000106020000000100080045000028000100004006fb1f7f000001c0a84006a84b758a000003e8"
+                      "0000000050022000ee740000"),
+], ids=["zero-source", "broadcast-source", "multicast-source", "loopback-source-outside", "loopback-source-pod"])
+def test_no_icmp_error_goes_to_a_source_that_is_not_one_host(dp, cluster, prog, packet):
+    """RFC 1122 3.2.2: no ICMP error for a datagram whose source is not one host (0/8, 127/8,
+    multicast, 240/4 and broadcast); the programs sent port unreachable there. Dropped now, as
+    iptables' REJECT does (icmp_send refuses, the packet is dropped)."""
+    assert cluster(prog, bytes.fromhex(packet))[0] == TC_ACT_SHOT
+
