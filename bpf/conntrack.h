@@ -87,9 +87,46 @@ static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value
 		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
 }
 
+/* A flow replaced at fwd_key (a SYN reopening it) takes its reply entry along, unless the new
+ * flow reuses that very tuple: left behind, it would still translate the old backend's packets,
+ * and its stale-pair check would delete the new flow's forward half. */
+static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key)
+{
+	struct ct_value *old = ct.lookup((struct ct_key *)fwd_key);
+
+	if (!old || old->type != CT_TYPE_NAT_FWD || ct_key_equal(&old->twin, rev_key))
+		return;
+	struct ct_value *old_rev = ct.lookup(&old->twin);
+	if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
+		ct.delete(&old->twin);
+}
+
+/* May the flow fwd_key take the reply tuple rev_key? Not from another live flow: that flow's
+ * replies would come back as ours. A closed flow that holds it is forgotten; a leftover no flow
+ * names (a UDP flow moved off a gone backend) is overwritten. */
+static __always_inline int ct_claim_reply(const struct packet *p, struct ct_key *rev_key,
+					  const struct ct_key *fwd_key)
+{
+	struct ct_value *held = ct.lookup(rev_key);
+
+	if (!held || (held->type == CT_TYPE_NAT_REV && ct_key_equal(&held->twin, fwd_key)))
+		return 0;
+	if (held->type != CT_TYPE_NAT_REV)
+		return -1;   /* another flow's forward tuple */
+	struct ct_value *owner = ct.lookup(&held->twin);
+	if (!owner || owner->type != CT_TYPE_NAT_FWD || !ct_key_equal(&owner->twin, rev_key))
+		return 0;
+	if (p->proto != IPPROTO_TCP || !ct_tcp_closed(held))
+		return -1;
+	ct_forget_closed(rev_key, held);
+	return 0;
+}
+
 /* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
  * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev.
- * The REV half is written first, so a FWD entry never exists without its twin. */
+ * The REV half is written first, so a FWD entry never exists without its twin. Fails (the caller
+ * drops the packet) when another live flow has the same reply tuple; the client's retry picks a
+ * backend again. */
 static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, __u32 be_addr, __u16 be_port,
 					  __u32 reply_dst, __u16 reply_port, struct ct_value *fwd,
 					  struct ct_value *rev, __u64 now)
@@ -103,6 +140,9 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	};
 
 	ct_key_of(p, &fwd_key);
+	if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
+		return -1;
+	ct_forget_replaced(&fwd_key, &rev_key);
 	fwd->created_ns = rev->created_ns = now;
 	fwd->last_seen_ns = rev->last_seen_ns = now;
 	fwd->svc_id = rev->svc_id = svc_id;

@@ -12,12 +12,23 @@ static __always_inline __u16 csum_fold(__s64 sum)
 	return ~s;
 }
 
+/* RFC 1122 3.2.2: no ICMP error to a source that names no single host: 0/8, 127/8, multicast
+ * (224/4), 240/4 and the broadcast. */
+static __always_inline int is_one_host(__u32 addr)
+{
+	__u8 first = bpf_ntohl(addr) >> 24;
+
+	return first != 0 && first != 127 && first < 224;
+}
+
+/* TC_ACT_REDIRECT with the ICMP error in place of the packet, or TC_ACT_SHOT (dropped, as
+ * iptables' REJECT drops what it may not answer). */
 static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p)
 {
 	__u8 quote[ICMP_QUOTE_MAX];
 	__u32 quote_len = p->l4_off - ETH_HLEN_ + 8;   /* IP header with options + 8 bytes */
 
-	if (quote_len > ICMP_QUOTE_MAX || quote_len < 28)
+	if (!is_one_host(p->saddr) || quote_len > ICMP_QUOTE_MAX || quote_len < 28)
 		return TC_ACT_SHOT;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN_, quote, quote_len) < 0)
 		return TC_ACT_SHOT;

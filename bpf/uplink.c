@@ -128,11 +128,14 @@ int from_uplink(struct __sk_buff *skb)
 		count_packet(skb, entry->svc_id, 0);
 		return uplink_reverse(skb, &p, entry);
 	}
-	if (entry && entry->type == CT_TYPE_NAT_FWD && (entry->flags & CT_FLAG_UPLINK) &&
-	    !ct_is_reopen(&p, entry)) {
-		ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
-		count_packet(skb, entry->svc_id, 0);
-		return uplink_forward(skb, &p, entry);
+	if (entry && entry->type == CT_TYPE_NAT_FWD) {
+		if (!(entry->flags & CT_FLAG_UPLINK))
+			return TC_ACT_OK;   /* a pod's flow: its tuple from outside is not ours to take */
+		if (!ct_is_reopen(&p, entry)) {
+			ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
+			count_packet(skb, entry->svc_id, 0);
+			return uplink_forward(skb, &p, entry);
+		}
 	}
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);

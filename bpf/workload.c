@@ -114,10 +114,14 @@ int from_workload(struct __sk_buff *skb)
 		count_packet(skb, entry->svc_id, 0);
 		return reverse_nat(skb, &p, entry);
 	}
-	if (entry && entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry)) {
-		ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
-		count_packet(skb, entry->svc_id, 0);
-		return forward_established(skb, &p, entry);
+	if (entry && entry->type == CT_TYPE_NAT_FWD) {
+		if (entry->flags & CT_FLAG_UPLINK)
+			return TC_ACT_OK;   /* an outside client's flow: the uplink translates it, not a pod */
+		if (!ct_is_reopen(&p, entry)) {
+			ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
+			count_packet(skb, entry->svc_id, 0);
+			return forward_established(skb, &p, entry);
+		}
 	}
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
@@ -137,7 +141,10 @@ int to_workload(struct __sk_buff *skb)
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *rev = ct.lookup(&key);
-	if (!rev || rev->type != CT_TYPE_NAT_REV || ct_forget_if_stale(&p, &key, rev))
+	if (!rev || rev->type != CT_TYPE_NAT_REV ||
+	    /* SNATed to the node's address: from_uplink restores address and port */
+	    (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT) ||
+	    ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
 	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
 	count_packet(skb, rev->svc_id, 0);

@@ -1,0 +1,529 @@
+"""What the packet fuzzer accepts from a program, packet by packet, and from the maps afterwards.
+
+Parsing follows bpf/parse.h: a packet is *whole* when it is Ethernet + IPv4 with version 4, IHL
+>= 5, IHL*4 <= total length, 14 + total length <= frame, and for TCP/UDP/ICMP the L4 header inside
+both the frame and the total length. A whole packet without fragment bits (MF, offset) and with
+protocol TCP or UDP is a *flow packet*: the only kind a program may translate.
+
+Every run gets exactly one of these outcomes, else it is a violation:
+
+untouched  verdict OK (tc) / PASS (XDP), output identical to the input. Required for packets that
+           are not IPv4 or not whole. Fragments and other protocols are untouched too, except that
+           from_workload drops them, and only them, when they go to a service address (it must:
+           a ClusterIP carries only its TCP/UDP ports). A flow packet to a frontend the program
+           serves (from_workload: any frontend and any service address; from_uplink: external
+           frontends) is left untouched only when conntrack held its tuple before the run as a
+           NAT_REV (a backend's answer, translated elsewhere, or a stale pair forgotten) or as the
+           other side's NAT_FWD (pods' flows are not the uplink's to take, nor the reverse).
+dropped    TC_ACT_SHOT / XDP_DROP. to_workload and to_uplink never drop. from_workload drops only
+           packets to a service address or frontend address, from_uplink only packets to an
+           external frontend address (source ranges, Local policy without local backend, no route
+           after SNAT, a reply tuple another live flow holds, an ICMP error it may not send),
+           xdp_uplink only flow packets to a source-ranges frontend from a source outside its
+           ranges.
+translated a flow packet, same length, verdict OK/REDIRECT (tc) or TX/REDIRECT (XDP), where only
+           the MACs, the IP checksum, the addresses, the L4 ports and the L4 checksum differ
+           (TTL, IP id, options, flags, payload, trailing bytes unchanged). Checksums are updated
+           incrementally, so each sum's error is unchanged: valid stays valid, wrong stays wrong
+           by the same amount (an input with a bad checksum is not the program's to fix); a UDP
+           checksum of 0 ("none") stays 0, a non-zero one never becomes 0. After the run conntrack
+           holds an entry keyed by the input's tuple that says exactly this translation:
+             NAT_FWD  destination := (nat_addr, nat_port); with CT_FLAG_SNAT source := (snat_addr,
+                      snat_port, or the packet's port when 0); else the source is kept.
+             NAT_REV  source := (nat_addr, nat_port); with CT_FLAG_SNAT destination := (snat_addr,
+                      snat_port or the packet's port); else the destination is kept.
+           and the translation agrees with the services: NAT_FWD goes from a frontend to one of
+           its backends (from_uplink/XDP: an external frontend, a source inside its ranges, under
+           Local policy a local backend without SNAT; SNAT exactly when the backend is remote);
+           NAT_REV goes from a backend to a frontend of the same service. Source NAT is the
+           hairpin address in the workload programs (client == backend, sent straight back: MACs
+           swapped, REDIRECT) and the node's address in the uplink programs (by FIB: next hop's
+           and the node's MACs, REDIRECT/TX; or MACs kept when the kernel resolves the
+           neighbour). Without SNAT: verdict OK, MACs kept. XDP translates only SNATed flows, and
+           tc must produce the same bytes for the same input (checked by the runner).
+rejected   TC_ACT_REDIRECT with an ICMP port unreachable in place of a flow packet: from_workload
+           for a service address port without frontend or a frontend without backends (no Local
+           flag); from_uplink for an external frontend without backends (Cluster policy). Ethernet
+           addresses swapped; IPv4 header of 20 bytes, TTL 64, id 0, no fragment bits, from the
+           packet's destination to its source, valid checksum; ICMP type 3 code 3, valid
+           checksum, quoting the original IP header (options included) and 8 bytes of L4 as they
+           came in. Never sent to a source that is not one host (RFC 1122 3.2.2: 0/8, 127/8,
+           multicast 224/4, 240/4 and the broadcast).
+
+The maps afterwards: frontends, backends, service addresses, source ranges and config are byte for
+byte what was written (the programs never write them); every conntrack entry is well formed for
+its type (see check_conntrack); counters grew only for the services' ids, at least by the
+translations counted per id and at most by translations plus drops.
+"""
+import ipaddress
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ebpflb.core.model import DesiredState
+from ebpflb.libbpf import ffi as bpf_ffi, lib
+from ebpflb.structs import C, ffi, ip_str, to_bytes
+from tests.fuzz_packets import ETH_HLEN, TCP_PROTO, UDP_PROTO, l4_sum, ones_sum
+
+TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
+XDP_PROGRAMS = {"xdp_uplink"}
+WORKLOAD_PROGRAMS = {"from_workload", "to_workload"}
+
+NOT_IPV4, MALFORMED, FRAGMENT, WHOLE = "not-ipv4", "malformed", "fragment", "whole"
+FWD, REV = C.CT_TYPE_NAT_FWD, C.CT_TYPE_NAT_REV
+SNAT, UPLINK = C.CT_FLAG_SNAT, C.CT_FLAG_UPLINK
+CT_VALUE = struct.Struct("=QQBBBBI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
+NOT_ONE_HOST = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")]
+
+
+def addr(text: str) -> bytes:
+    return bytes(map(int, text.split(".")))
+
+
+def parse(frame: bytes):
+    """(class, ihl bytes, total length, protocol); like bpf/parse.h's parse_headers()."""
+    n = len(frame)
+    if n < 34:
+        return (NOT_IPV4 if frame[12:14] != b"\x08\x00" else MALFORMED), 0, 0, 0
+    if frame[12:14] != b"\x08\x00":
+        return NOT_IPV4, 0, 0, 0
+    version_ihl = frame[14]
+    ihl = (version_ihl & 15) * 4
+    tot = frame[16] << 8 | frame[17]
+    if version_ihl >> 4 != 4 or ihl < 20 or tot < ihl or ETH_HLEN + tot > n:
+        return MALFORMED, 0, 0, 0
+    proto = frame[23]
+    if frame[20] & 0x3f or frame[21]:
+        return FRAGMENT, ihl, tot, proto
+    need = {TCP_PROTO: 20, UDP_PROTO: 8, 1: 8}.get(proto, 0)
+    if need and (ETH_HLEN + ihl + need > n or ihl + need > tot):
+        return MALFORMED, 0, 0, 0
+    return WHOLE, ihl, tot, proto
+
+
+@dataclass
+class Run:
+    """One packet through one program, as the oracle saw it before the run."""
+    prog: str
+    pkt: bytes
+    cls: str
+    ihl: int
+    tot: int
+    proto: int
+    held_before: bool = False  # conntrack held a NAT_REV, or the other side's NAT_FWD, for the tuple
+
+    @property
+    def flow(self) -> bool:
+        return self.cls == WHOLE and self.proto in (TCP_PROTO, UDP_PROTO)
+
+    @property
+    def l4(self) -> int:
+        return ETH_HLEN + self.ihl
+
+
+@dataclass
+class Tally:
+    outcomes: Counter = field(default_factory=Counter)          # (prog, outcome) -> runs
+    translated_by_id: Counter = field(default_factory=Counter)  # svc id -> translated runs
+    bytes_by_id: Counter = field(default_factory=Counter)       # svc id -> their bytes
+    dropped: int = 0
+    wrong_checksum_kept: int = 0   # translations of a packet whose IP or L4 checksum was wrong
+    zero_udp_checksum_kept: int = 0
+
+
+class Violation(AssertionError):
+    pass
+
+
+class Oracle:
+    def __init__(self, state: DesiredState, ct_fd: int, *, hairpin: str, node_addr: str, node_mac: str,
+                 next_hop_macs: set[str]):
+        self.ct_fd = ct_fd
+        self.hairpin, self.node_addr = addr(hairpin), addr(node_addr)
+        mac = lambda text: bytes.fromhex(text.replace(":", ""))   # noqa: E731
+        self.node_mac, self.next_hop_macs = mac(node_mac), {mac(m) for m in next_hop_macs}
+        self.frontends = {(addr(k.addr), k.port, k.proto): f for k, f in state.frontends.items()}
+        self.frontend_addrs = {a for a, _, _ in self.frontends}
+        self.external_addrs = {a for (a, _, _), f in self.frontends.items() if f.flags & C.NAT_FLG_EXTERNAL}
+        self.service_ips = {addr(a) for a in state.service_ips}
+        self.backends = {i: [(addr(b.addr), b.port) for b in bs] for i, bs in state.backends.items()}
+        self.frontends_of = {}
+        for (a, p, proto), f in self.frontends.items():
+            self.frontends_of.setdefault(f.svc_id, set()).add((a, p, proto))
+        self.ranges = {i: [ipaddress.ip_network(c) for c in cidrs] for i, cidrs in state.src_ranges.items()}
+        self.ids = {f.svc_id for f in self.frontends.values()}
+        self.tally = Tally()
+        self._key = bpf_ffi.new("char[16]")
+        self._value = bpf_ffi.new("char[56]")
+
+    # --- conntrack lookups, keyed by the bytes the packet carries
+
+    def ct_entry(self, pkt: bytes, l4: int, proto: int):
+        """The ct_value for the packet's tuple as a CT_VALUE tuple, or None."""
+        bpf_ffi.memmove(self._key, pkt[26:34] + pkt[l4:l4 + 4] + bytes((proto, 0, 0, 0)), 16)
+        if lib.bpf_map_lookup_elem(self.ct_fd, self._key, self._value) != 0:
+            return None
+        return CT_VALUE.unpack(bpf_ffi.buffer(self._value)[:])
+
+    def _serves(self, prog: str, pkt: bytes, l4: int, proto: int) -> bool:
+        """Is this flow packet for a frontend (or service address) the program takes new flows for?"""
+        fe_key = (pkt[30:34], int.from_bytes(pkt[l4 + 2:l4 + 4], "big"), proto)
+        if prog == "from_workload":
+            return fe_key in self.frontends or pkt[30:34] in self.service_ips
+        if prog == "from_uplink":
+            fe = self.frontends.get(fe_key)
+            return fe is not None and bool(fe.flags & C.NAT_FLG_EXTERNAL)
+        return False
+
+    def before(self, prog: str, pkt: bytes) -> Run:
+        cls, ihl, tot, proto = parse(pkt)
+        run = Run(prog, pkt, cls, ihl, tot, proto)
+        if run.flow and self._serves(prog, pkt, run.l4, proto):
+            entry = self.ct_entry(pkt, run.l4, proto)
+            if entry is not None:
+                ct_type, flags = entry[2], entry[3]
+                run.held_before = ct_type == REV or (
+                    ct_type == FWD and bool(flags & UPLINK) != (prog == "from_uplink"))
+        return run
+
+    # --- the verdict
+
+    def after(self, run: Run, verdict: int, out: bytes) -> str:
+        """The outcome's name; raises Violation when the run broke a rule."""
+        outcome = self._judge(run, verdict, out)
+        self.tally.outcomes[(run.prog, outcome)] += 1
+        return outcome
+
+    def _judge(self, run: Run, verdict: int, out: bytes) -> str:
+        prog, pkt = run.prog, run.pkt
+        xdp = prog in XDP_PROGRAMS
+        drop, passed = (XDP_DROP, XDP_PASS) if xdp else (TC_ACT_SHOT, TC_ACT_OK)
+        allowed = {XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT} if xdp else {TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT}
+        if verdict not in allowed:
+            raise Violation(f"verdict {verdict} is not one {prog} may return")
+        to_service_ip = run.cls in (FRAGMENT, WHOLE) and pkt[30:34] in self.service_ips
+
+        if not run.flow:
+            must_drop = prog == "from_workload" and to_service_ip and run.cls in (FRAGMENT, WHOLE)
+            if must_drop:
+                if verdict != drop:
+                    raise Violation(f"{run.cls} packet (protocol {run.proto}) to a service address not dropped")
+                self.tally.dropped += 1
+                return "dropped"
+            if verdict != passed or out != pkt:
+                raise Violation(f"{run.cls} packet (protocol {run.proto}) not passed untouched")
+            return "untouched"
+
+        if verdict == drop:
+            self._check_drop(run)
+            self.tally.dropped += 1
+            return "dropped"
+        if out == pkt:
+            if verdict != passed:
+                raise Violation(f"untouched flow packet with verdict {verdict}")
+            if self._serves(prog, pkt, run.l4, run.proto) and not run.held_before:
+                raise Violation("flow packet to a served frontend left untouched (conntrack did not hold "
+                                "its tuple as a reply or as the other side's flow)")
+            return "untouched"
+        if not xdp and verdict == TC_ACT_REDIRECT and (len(out) != len(pkt) or out[23] != pkt[23]):
+            self._check_reject(run, out)
+            return "rejected"
+        return self._check_translation(run, verdict, out)
+
+    def _check_drop(self, run: Run) -> None:
+        prog, pkt, l4 = run.prog, run.pkt, run.l4
+        dst = pkt[30:34]
+        if prog in ("to_workload", "to_uplink"):
+            raise Violation(f"{prog} dropped a flow packet")
+        if prog == "from_workload" and dst not in self.service_ips and dst not in self.frontend_addrs:
+            raise Violation("from_workload dropped a flow packet that is not for a service")
+        if prog == "from_uplink" and dst not in self.external_addrs:
+            raise Violation("from_uplink dropped a flow packet that is not for an external frontend")
+        if prog == "xdp_uplink":
+            fe = self.frontends.get((dst, int.from_bytes(pkt[l4 + 2:l4 + 4], "big"), run.proto))
+            if fe is None or not fe.flags & C.NAT_FLG_SRC_RANGES or self._source_allowed(fe.svc_id, pkt[26:30]):
+                raise Violation("xdp_uplink dropped a packet that no source range forbids")
+
+    def _source_allowed(self, svc_id: int, src: bytes) -> bool:
+        source = ipaddress.ip_address(src)
+        return any(source in net for net in self.ranges.get(svc_id, ()))
+
+    def _check_reject(self, run: Run, out: bytes) -> None:
+        prog, pkt, l4 = run.prog, run.pkt, run.l4
+        fe = self.frontends.get((pkt[30:34], int.from_bytes(pkt[l4 + 2:l4 + 4], "big"), run.proto))
+        if prog == "from_workload":
+            ok = (fe is None and pkt[30:34] in self.service_ips) or (
+                fe is not None and fe.count == 0 and
+                not fe.flags & (C.NAT_FLG_INTERNAL_LOCAL | C.NAT_FLG_EXTERNAL_LOCAL))
+        elif prog == "from_uplink":
+            ok = fe is not None and fe.flags & C.NAT_FLG_EXTERNAL and fe.count == 0 and \
+                not fe.flags & C.NAT_FLG_EXTERNAL_LOCAL
+        else:
+            ok = False
+        if not ok:
+            raise Violation(f"{prog} answered ICMP port unreachable where no rule asks for it")
+        source = ipaddress.ip_address(pkt[26:30])
+        if any(source in net for net in NOT_ONE_HOST):
+            raise Violation(f"ICMP error sent to {source}, which is not one host (RFC 1122 3.2.2)")
+        quote = pkt[ETH_HLEN:ETH_HLEN + run.ihl + 8]
+        expect_len = ETH_HLEN + 28 + len(quote)
+        if len(out) != expect_len:
+            raise Violation(f"ICMP reject of {len(out)} bytes, {expect_len} expected")
+        ip, icmp = out[ETH_HLEN:ETH_HLEN + 20], out[ETH_HLEN + 20:]
+        problems = []
+        if out[0:6] != pkt[6:12] or out[6:12] != pkt[0:6] or out[12:14] != b"\x08\x00":
+            problems.append("Ethernet header is not the input's, swapped")
+        if ip[0] != 0x45 or ip[1] != 0 or int.from_bytes(ip[2:4], "big") != 28 + len(quote) or ip[4:8] != bytes(4) \
+                or ip[8] != 64 or ip[9] != 1 or ip[12:16] != pkt[30:34] or ip[16:20] != pkt[26:30]:
+            problems.append("IP header fields")
+        if ones_sum(ip):
+            problems.append("IP checksum")
+        if icmp[0:2] != b"\x03\x03" or icmp[4:8] != bytes(4) or icmp[8:] != quote:
+            problems.append("ICMP type, code or quote")
+        if ones_sum(icmp):
+            problems.append("ICMP checksum")
+        if problems:
+            raise Violation("malformed ICMP reject: " + ", ".join(problems))
+
+    def _check_translation(self, run: Run, verdict: int, out: bytes) -> str:
+        prog, pkt, l4, proto = run.prog, run.pkt, run.l4, run.proto
+        xdp = prog in XDP_PROGRAMS
+        if len(out) != len(pkt):
+            raise Violation(f"translation changed the length {len(pkt)} -> {len(out)}")
+        if xdp and verdict not in (XDP_TX, XDP_REDIRECT):
+            raise Violation(f"XDP changed a packet and returned {verdict}")
+        csum_off = l4 + (16 if proto == TCP_PROTO else 6)
+        if out[12:24] != pkt[12:24] or out[34:l4] != pkt[34:l4] or out[l4 + 4:csum_off] != pkt[l4 + 4:csum_off] \
+                or out[csum_off + 2:] != pkt[csum_off + 2:]:
+            raise Violation("translation changed bytes other than MACs, addresses, ports and checksums")
+        ip_error = ones_sum(pkt[ETH_HLEN:l4])
+        if ones_sum(out[ETH_HLEN:l4]) != ip_error:
+            raise Violation("IP checksum not updated incrementally (its error changed)")
+        if proto == UDP_PROTO and pkt[csum_off:csum_off + 2] == b"\0\0":
+            if out[csum_off:csum_off + 2] != b"\0\0":
+                raise Violation("UDP checksum 0 (none) did not stay 0")
+            self.tally.zero_udp_checksum_kept += 1
+            l4_error = 0
+        else:
+            if proto == UDP_PROTO and out[csum_off:csum_off + 2] == b"\0\0":
+                raise Violation("UDP checksum became 0 (none)")
+            l4_error = l4_sum(pkt, l4, run.tot, proto)
+            if l4_sum(out, l4, run.tot, proto) != l4_error:
+                raise Violation("L4 checksum not updated incrementally (its error changed)")
+        self.tally.wrong_checksum_kept += bool(ip_error or l4_error)
+
+        entry = self.ct_entry(pkt, l4, proto)
+        if entry is None:
+            raise Violation("translated, but conntrack holds no entry for the packet's tuple")
+        _, _, ct_type, flags, _, _, svc_id, nat_addr, nat_port, snat_port, snat_addr, _, _ = entry
+        src, sport, dst, dport = pkt[26:30], pkt[l4:l4 + 2], pkt[30:34], pkt[l4 + 2:l4 + 4]
+        o_src, o_sport, o_dst, o_dport = out[26:30], out[l4:l4 + 2], out[30:34], out[l4 + 2:l4 + 4]
+        snat = bool(flags & SNAT)
+        if ct_type == FWD:
+            want_src = (snat_addr, snat_port if snat_port != b"\0\0" else sport) if snat else (src, sport)
+            if (o_dst, o_dport) != (nat_addr, nat_port) or (o_src, o_sport) != want_src:
+                raise Violation("translation differs from the NAT_FWD entry of its tuple")
+            self._check_forward(run, flags, svc_id, out)
+        elif ct_type == REV:
+            want_dst = (snat_addr, snat_port if snat_port != b"\0\0" else dport) if snat else (dst, dport)
+            if (o_src, o_sport) != (nat_addr, nat_port) or (o_dst, o_dport) != want_dst:
+                raise Violation("translation differs from the NAT_REV entry of its tuple")
+            self._check_reverse(run, flags, svc_id, out)
+        else:
+            raise Violation(f"translated by a conntrack entry of type {ct_type}")
+        self._check_macs(run, verdict, out, snat)
+        self.tally.translated_by_id[svc_id] += 1
+        self.tally.bytes_by_id[svc_id] += len(pkt)
+        return "dnat" if ct_type == FWD else "reverse-nat"
+
+    def _check_forward(self, run: Run, flags: int, svc_id: int, out: bytes) -> None:
+        prog, pkt, l4, proto = run.prog, run.pkt, run.l4, run.proto
+        fe = self.frontends.get((pkt[30:34], int.from_bytes(pkt[l4 + 2:l4 + 4], "big"), proto))
+        if fe is None or fe.svc_id != svc_id:
+            raise Violation("DNAT of a packet that is not for a frontend of the entry's service")
+        backend = (out[30:34], int.from_bytes(out[l4 + 2:l4 + 4], "big"))
+        backends = self.backends.get(svc_id, [])
+        if backend not in backends:
+            raise Violation("DNAT to an address that is not a backend of the frontend")
+        local = backends.index(backend) < fe.local
+        snat = bool(flags & SNAT)
+        if prog in WORKLOAD_PROGRAMS:
+            if flags & UPLINK:
+                raise Violation(f"{prog} applied an uplink flow's NAT_FWD entry")
+            if fe.flags & C.NAT_FLG_INTERNAL_LOCAL and not local:
+                raise Violation("internalTrafficPolicy Local, DNAT to a remote backend")
+            if snat and (out[26:30] != self.hairpin or pkt[26:30] != out[30:34]):
+                raise Violation("workload source NAT that is not the hairpin case")
+        else:
+            if not flags & UPLINK or not fe.flags & C.NAT_FLG_EXTERNAL:
+                raise Violation(f"{prog} DNATed to a frontend not served from outside (or a pod's flow)")
+            if fe.flags & C.NAT_FLG_SRC_RANGES and not self._source_allowed(svc_id, pkt[26:30]):
+                raise Violation("DNAT from a source outside the frontend's source ranges")
+            if snat == local or (snat and fe.flags & C.NAT_FLG_EXTERNAL_LOCAL):
+                raise Violation("uplink SNAT not exactly for remote backends under Cluster policy")
+            if snat and out[26:30] != self.node_addr:
+                raise Violation("uplink SNAT to an address that is not the node's")
+
+    def _check_reverse(self, run: Run, flags: int, svc_id: int, out: bytes) -> None:
+        prog, pkt, l4, proto = run.prog, run.pkt, run.l4, run.proto
+        backend = (pkt[26:30], int.from_bytes(pkt[l4:l4 + 2], "big"))
+        frontend = (out[26:30], int.from_bytes(out[l4:l4 + 2], "big"), proto)
+        if backend not in self.backends.get(svc_id, ()) or frontend not in self.frontends_of.get(svc_id, ()):
+            raise Violation("reverse NAT that is not from a backend to a frontend of the same service")
+        if flags & SNAT:
+            if prog in WORKLOAD_PROGRAMS:
+                if flags & UPLINK or pkt[30:34] != self.hairpin or out[30:34] != pkt[26:30]:
+                    raise Violation(f"{prog} reverse NAT with a destination change that is not the hairpin case")
+            elif pkt[30:34] != self.node_addr:
+                raise Violation("uplink reverse NAT of a destination that is not the node's address")
+        elif prog in ("from_workload", "xdp_uplink"):
+            raise Violation(f"{prog} reverse-NATed a flow it does not own (no SNAT)")
+
+    def _check_macs(self, run: Run, verdict: int, out: bytes, snat: bool) -> None:
+        prog, pkt = run.prog, run.pkt
+        kept = out[0:12] == pkt[0:12]
+        swapped = out[0:6] == pkt[6:12] and out[6:12] == pkt[0:6]
+        by_fib = out[0:6] in self.next_hop_macs and out[6:12] == self.node_mac
+        if prog in XDP_PROGRAMS:
+            ok = snat and by_fib
+        elif not snat:
+            ok = verdict == TC_ACT_OK and kept
+        elif prog in WORKLOAD_PROGRAMS:
+            ok = verdict == TC_ACT_REDIRECT and swapped
+        else:
+            ok = verdict == TC_ACT_REDIRECT and (by_fib or kept)
+        if not ok:
+            raise Violation(f"verdict {verdict} and Ethernet addresses do not fit a {'SNAT' if snat else 'DNAT-only'} "
+                            f"translation by {prog}")
+
+
+# --- The maps after the run
+
+def snapshot(maps) -> dict[str, set[bytes]]:
+    """The maps the programs only read, as sets of key+value bytes."""
+    return {name: {to_bytes(k) + to_bytes(v) for k, v in getattr(maps, name).items()}
+            for name in ("nat_fe", "nat_be", "svc_ips", "src_ranges", "config")}
+
+
+def counters(maps) -> dict[int, tuple[int, int, int]]:
+    """{id: (packets, bytes, connections)} summed over CPUs, for ids that counted anything. The
+    array has an entry per possible id: batches read raw, only non-zero ones unpacked."""
+    counters_map, out = maps.svc_counters, {}
+    per_cpu = struct.Struct("=QQQ")
+    for keys, values, n in counters_map._batches():
+        raw = bytes(ffi.buffer(values, n * counters_map.ncpus * per_cpu.size))
+        if not raw.strip(b"\0"):
+            continue
+        for i in range(n):
+            cpus = [per_cpu.unpack_from(raw, (i * counters_map.ncpus + c) * per_cpu.size)
+                    for c in range(counters_map.ncpus)]
+            total = tuple(map(sum, zip(*cpus)))
+            if any(total):
+                out[keys[i]] = total
+    return out
+
+
+def check_counters(before: dict, after: dict, tally: Tally, ids: set[int]) -> list[str]:
+    problems = []
+    grown = {i: tuple(a - b for a, b in zip(after.get(i, (0, 0, 0)), before.get(i, (0, 0, 0))))
+             for i in set(before) | set(after)}
+    for i, (packets, nbytes, connections) in grown.items():
+        if i not in ids and (packets or nbytes or connections):
+            problems.append(f"counters of id {i}, which no frontend has, grew")
+        if packets < tally.translated_by_id[i] or nbytes < tally.bytes_by_id[i]:
+            problems.append(f"id {i} counted {packets} packets / {nbytes} bytes, fewer than the "
+                            f"{tally.translated_by_id[i]} / {tally.bytes_by_id[i]} it translated")
+        if connections > packets or min(packets, nbytes, connections) < 0:
+            problems.append(f"id {i}: {connections} connections for {packets} packets")
+    total = sum(p for p, _, _ in grown.values())
+    if total > sum(tally.translated_by_id.values()) + tally.dropped:
+        problems.append(f"{total} packets counted, more than translated plus dropped")
+    return problems
+
+
+def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
+    """Problems with conntrack entries (at most a few per kind), and entry counts by kind.
+
+    Each entry: key padding zero, TCP or UDP, type NAT_FWD or NAT_REV, known flags, a service id
+    with frontends, created <= last seen, no stray bits. NAT_FWD: keyed to a frontend of its id,
+    translating to a backend of that id; no SNAT fields without CT_FLAG_SNAT, hairpin SNAT from the
+    backend itself to the hairpin address, uplink SNAT to the node's address with a port; its twin
+    is the reply tuple that translation implies and exists as a NAT_REV of the same id. NAT_REV:
+    keyed from a backend of its id, translating back to a frontend of it; its twin names that
+    frontend as the destination and exists as a NAT_FWD whose twin is this entry. (No backend
+    leaves during the fuzzing; when one does, the agent keeps the NAT_REV halves of the UDP flows
+    it moves until they expire, without their NAT_FWD.)
+    """
+    entries = {to_bytes(k): v for k, v in maps.ct.items()}
+    problems: dict[str, list[str]] = {}
+    kinds = Counter()
+
+    def bad(kind: str, key: bytes, value) -> None:
+        problems.setdefault(kind, []).append(describe_ct(key, value))
+
+    for key, v in entries.items():
+        src, dst, sport, dport, proto = key[0:4], key[4:8], key[8:10], key[10:12], key[12]
+        twin = to_bytes(ffi.addressof(v, "twin"))
+        nat = (struct.pack("=I", v.nat_addr), struct.pack("=H", v.nat_port))
+        snat_addr, snat_port = struct.pack("=I", v.snat_addr), struct.pack("=H", v.snat_port)
+        kinds[(v.type, v.flags)] += 1
+        if key[13:16] != b"\0\0\0" or twin[13:16] != b"\0\0\0" or proto not in (TCP_PROTO, UDP_PROTO) or \
+                twin[12] != proto or v.pad0 or v.pad2 or v.tcp_seen & ~0x3f or v.flags & ~(SNAT | UPLINK) or \
+                v.svc_id not in oracle.ids or not 0 < v.created_ns <= v.last_seen_ns:
+            bad("malformed entry", key, v)
+            continue
+        backends = oracle.backends.get(v.svc_id, [])
+        backend_keys = {(a, p.to_bytes(2, "big")) for a, p in backends}
+        frontends = {(a, p.to_bytes(2, "big"), pr) for a, p, pr in oracle.frontends_of.get(v.svc_id, ())}
+        other = entries.get(twin)
+        if v.type == FWD:
+            if (dst, dport, proto) not in frontends or nat not in backend_keys:
+                bad("NAT_FWD not from a frontend to a backend of its id", key, v)
+            if not v.flags & SNAT:
+                reply = (src, sport)
+                if v.snat_addr or v.snat_port:
+                    bad("NAT_FWD with SNAT fields but no SNAT flag", key, v)
+            elif v.flags & UPLINK:
+                reply = (snat_addr, snat_port)
+                if snat_addr != oracle.node_addr or not v.snat_port:
+                    bad("uplink NAT_FWD SNATed to something else than the node address and a port", key, v)
+            else:
+                reply = (snat_addr, sport)
+                if snat_addr != oracle.hairpin or src != nat[0] or v.snat_port:
+                    bad("workload NAT_FWD SNATed other than a hairpin", key, v)
+            if twin != nat[0] + reply[0] + nat[1] + reply[1] + key[12:16]:
+                bad("NAT_FWD twin is not the reply tuple of its translation", key, v)
+            if other is None or other.type != REV or other.svc_id != v.svc_id:
+                bad("NAT_FWD without its NAT_REV", key, v)
+            elif to_bytes(ffi.addressof(other, "twin")) != key:
+                bad("NAT_FWD whose NAT_REV belongs to another flow", key, v)
+        elif v.type == REV:
+            if (src, sport) not in backend_keys or nat + (proto,) not in frontends:
+                bad("NAT_REV not from a backend to a frontend of its id", key, v)
+            if twin[4:8] != nat[0] or twin[10:12] != nat[1]:
+                bad("NAT_REV twin does not name its frontend", key, v)
+            if v.flags & SNAT and v.flags & UPLINK and (dst != oracle.node_addr or twin[0:4] != snat_addr
+                                                        or twin[8:10] != snat_port):
+                bad("uplink SNAT NAT_REV inconsistent with its twin", key, v)
+            if v.flags & SNAT and not v.flags & UPLINK and (dst != oracle.hairpin or snat_addr != src):
+                bad("hairpin NAT_REV inconsistent", key, v)
+            if other is None or other.type != FWD:
+                bad("NAT_REV without its NAT_FWD", key, v)
+            elif to_bytes(ffi.addressof(other, "twin")) != key:
+                bad("NAT_REV whose NAT_FWD belongs to another flow", key, v)
+        else:
+            bad("entry of unknown type", key, v)
+    lines = [f"{kind}: {len(found)} entries, e.g. {'; '.join(found[:3])}" for kind, found in problems.items()]
+    return lines, kinds
+
+
+def describe_ct(key: bytes, v) -> str:
+    src, dst = ip_str(struct.unpack("=I", key[0:4])[0]), ip_str(struct.unpack("=I", key[4:8])[0])
+    sport, dport = int.from_bytes(key[8:10], "big"), int.from_bytes(key[10:12], "big")
+    t = v.twin
+    return (f"{src}:{sport}->{dst}:{dport}/{key[12]} type {v.type} flags {v.flags} id {v.svc_id} "
+            f"nat {ip_str(v.nat_addr)}:{int.from_bytes(struct.pack('=H', v.nat_port), 'big')} "
+            f"snat {ip_str(v.snat_addr)}:{int.from_bytes(struct.pack('=H', v.snat_port), 'big')} "
+            f"twin {ip_str(t.src_addr)}:{int.from_bytes(struct.pack('=H', t.src_port), 'big')}->"
+            f"{ip_str(t.dst_addr)}:{int.from_bytes(struct.pack('=H', t.dst_port), 'big')}")

@@ -1,0 +1,375 @@
+"""Packets for the fuzzer: a corpus of well-formed base packets built with scapy (few), and a
+byte-level mutator that makes the many from them with plain bytes operations (scapy per packet
+would take minutes for a million).
+
+Mutations: truncation at every layer boundary and inside headers, wrong IHL and version, total
+length bigger or smaller than the frame, trailing bytes, random byte flips, fragment flags and
+offsets, protocol and ethertype changes, TCP flags, and retargeting to the addresses and ports
+that matter (frontends, service addresses, backends, the node, the hairpin address, conntrack
+tuples, odd sources like 0.0.0.0 or multicast). After a semantic change the checksums are
+usually recomputed, so most translated packets start with valid checksums and some with wrong
+ones (a translation must keep either as it was).
+"""
+import random
+import struct
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPOption_Timestamp
+from scapy.layers.inet6 import IPv6
+from scapy.layers.ipsec import ESP
+from scapy.layers.l2 import ARP, GRE, Dot1Q, Ether
+from scapy.layers.sctp import SCTP, SCTPChunkInit
+from scapy.packet import Raw
+
+from ebpflb.core.model import DesiredState
+from tests.conftest import NODE_ADDR
+from tests.fuzz_cluster import (CLIENT, FAR_CLIENT, GW_MAC, HAIRPIN, LOCAL_CLIENT_POD, NODE_MAC, OTHER_CLIENT, POD_MAC,
+                                ROUTER_MAC, Opened)
+
+ETH_HLEN = 14
+TCP_PROTO, UDP_PROTO = 6, 17
+
+
+# --- Checksums: the one's complement sum of 16-bit words is the big integer modulo 0xffff
+# (2**16 == 1 mod 0xffff), which Python computes in one call.
+
+def ones_sum(data: bytes) -> int:
+    """The one's complement sum of `data`'s 16-bit words, modulo 0xffff (0 when it checks out)."""
+    if len(data) & 1:
+        data += b"\0"
+    return int.from_bytes(data, "big") % 0xffff
+
+
+def pseudo_header(frame: bytes, proto: int, l4_len: int) -> bytes:
+    return frame[26:34] + bytes((0, proto)) + l4_len.to_bytes(2, "big")
+
+
+def l4_sum(frame: bytes, l4_off: int, tot_len: int, proto: int) -> int:
+    """ones_sum over the pseudo-header and the L4 segment the IP header declares."""
+    return ones_sum(pseudo_header(frame, proto, ETH_HLEN + tot_len - l4_off) + frame[l4_off:ETH_HLEN + tot_len])
+
+
+def checksum_of(data: bytes) -> int:
+    """The checksum field value that makes `data` (with a zeroed field) sum to 0."""
+    s = ones_sum(data)
+    return 0xffff - s if s else 0xffff
+
+
+def fix_checksums(buf: bytearray) -> None:
+    """Recompute the IP and TCP/UDP checksums in place where the headers are whole (a UDP
+    checksum of 0, "none", stays 0)."""
+    if len(buf) < 34 or buf[12:14] != b"\x08\x00" or buf[14] >> 4 != 4:
+        return
+    ihl = (buf[14] & 15) * 4
+    if ihl < 20 or ETH_HLEN + ihl > len(buf):
+        return
+    buf[24:26] = b"\0\0"
+    buf[24:26] = checksum_of(bytes(buf[14:14 + ihl])).to_bytes(2, "big")
+    tot = int.from_bytes(buf[16:18], "big")
+    proto, l4 = buf[23], ETH_HLEN + ihl
+    if (buf[20] & 0x3f) or buf[21] or ETH_HLEN + tot > len(buf):
+        return
+    if proto == TCP_PROTO and l4 + 20 <= ETH_HLEN + tot:
+        field = l4 + 16
+    elif proto == UDP_PROTO and l4 + 8 <= ETH_HLEN + tot and buf[l4 + 6:l4 + 8] != b"\0\0":
+        field = l4 + 6
+    else:
+        return
+    buf[field:field + 2] = b"\0\0"
+    value = checksum_of(pseudo_header(bytes(buf), proto, ETH_HLEN + tot - l4) + bytes(buf[l4:ETH_HLEN + tot]))
+    buf[field:field + 2] = value.to_bytes(2, "big")
+
+
+# --- The corpus
+
+def _pod(l3):
+    return Ether(src=POD_MAC, dst=GW_MAC) / l3
+
+
+def _outside(l3):
+    return Ether(src=ROUTER_MAC, dst=NODE_MAC) / l3
+
+
+def _tcp(sport, dport, flags="S", payload=b""):
+    return TCP(sport=sport, dport=dport, flags=flags, seq=1000, ack=2000 if "A" in flags else 0) / Raw(payload)
+
+
+def _udp(sport, dport, payload=b"q"):
+    return UDP(sport=sport, dport=dport) / Raw(payload)
+
+
+def _zero_udp_checksum(pkt) -> bytes:
+    raw = bytearray(bytes(pkt))
+    l4 = ETH_HLEN + (raw[14] & 15) * 4
+    raw[l4 + 6:l4 + 8] = b"\0\0"
+    return bytes(raw)
+
+
+def corpus(state: DesiredState, opened: list[Opened]) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every base packet: the established flows' packets both ways, new flows to
+    every frontend from pods and from outside, other traffic, odd protocols and shapes."""
+    out: list[tuple[str, object]] = []
+    add = lambda name, pkt: out.append((name, pkt))   # noqa: E731
+
+    for o in opened:
+        f, proto = o.flow, o.flow.proto
+        if proto == TCP_PROTO:
+            for flags, payload in (("A", b"GET / HTTP/1.1\r\n\r\n"), ("PA", b"x" * 1400), ("FA", b""), ("R", b""),
+                                   ("S", b""), ("RA", b"")):
+                add(f"{f.name}/client-{flags}", _pod(IP(src=f.src, dst=f.dst) / _tcp(f.sport, f.dport, flags, payload)))
+            for flags, payload in (("A", b"HTTP/1.1 200 OK\r\n\r\n"), ("SA", b""), ("FA", b""), ("R", b"")):
+                add(f"{f.name}/backend-{flags}", _pod(IP(src=o.backend, dst=o.reply_dst) /
+                                                      _tcp(o.backend_port, o.reply_port, flags, payload)))
+        else:
+            add(f"{f.name}/client", _pod(IP(src=f.src, dst=f.dst) / _udp(f.sport, f.dport, b"query")))
+            add(f"{f.name}/client-nocsum", _zero_udp_checksum(_pod(IP(src=f.src, dst=f.dst) / _udp(f.sport, f.dport))))
+            add(f"{f.name}/backend", _pod(IP(src=o.backend, dst=o.reply_dst) / _udp(o.backend_port, o.reply_port, b"answer")))
+
+    sport = 43000
+    for key, fe in sorted(state.frontends.items()):
+        for src, wrap in ((LOCAL_CLIENT_POD, _pod), (CLIENT, _outside), (OTHER_CLIENT, _outside), (FAR_CLIENT, _outside)):
+            sport += 1
+            l3 = IP(src=src, dst=key.addr)
+            name = f"new/{src}->{key.addr}:{key.port}/{key.proto}"
+            if key.proto == TCP_PROTO:
+                add(name, wrap(l3 / _tcp(sport, key.port)))
+            elif key.proto == UDP_PROTO:
+                add(name, wrap(l3 / _udp(sport, key.port)))
+                add(name + "-nocsum", _zero_udp_checksum(wrap(l3 / _udp(sport, key.port))))
+            else:
+                add(name, wrap(l3 / SCTP(sport=sport, dport=key.port) / SCTPChunkInit()))
+    for addr in sorted(state.service_ips):
+        add(f"unused-port/{addr}/tcp", _pod(IP(src=LOCAL_CLIENT_POD, dst=addr) / _tcp(44000, 9999)))
+        add(f"unused-port/{addr}/udp", _pod(IP(src=LOCAL_CLIENT_POD, dst=addr) / _udp(44001, 9999)))
+        add(f"ping/{addr}", _pod(IP(src=LOCAL_CLIENT_POD, dst=addr) / ICMP(type=8, id=1, seq=1) / Raw(b"ping")))
+        add(f"gre/{addr}", _pod(IP(src=LOCAL_CLIENT_POD, dst=addr) / GRE() / IP(src="1.1.1.1", dst="2.2.2.2")))
+
+    vip, vip_port = "10.96.0.10", 80
+    options = {"rr": [IPOption_RR(routers=["1.2.3.4", "5.6.7.8"])],
+               "timestamp": [IPOption_Timestamp(flg=0, timestamp=[1, 2, 3])],
+               "nop-max": [IPOption_NOP()] * 40}   # IHL 15: the longest header
+    for name, opts in options.items():
+        add(f"options-{name}/tcp", _pod(IP(src=LOCAL_CLIENT_POD, dst=vip, options=opts) / _tcp(45000, vip_port)))
+        add(f"options-{name}/udp", _pod(IP(src=LOCAL_CLIENT_POD, dst="10.96.0.53", options=opts) / _udp(45001, 53)))
+        add(f"options-{name}/nodeport", _outside(IP(src=CLIENT, dst=NODE_ADDR, options=opts) / _tcp(45002, 30081)))
+        add(f"options-{name}/established", _pod(IP(src=opened[0].flow.src, dst=opened[0].flow.dst, options=opts) /
+                                                _tcp(opened[0].flow.sport, opened[0].flow.dport, "A", b"data")))
+
+    for dst in (vip, "10.200.1.2", NODE_ADDR):
+        add(f"fragment-first/{dst}", _pod(IP(src=LOCAL_CLIENT_POD, dst=dst, flags="MF", id=7) /
+                                          _tcp(45100, vip_port, "S", b"x" * 24)))
+        add(f"fragment-later/{dst}", _pod(IP(src=LOCAL_CLIENT_POD, dst=dst, frag=3, id=7, proto=6) / Raw(b"y" * 40)))
+        add(f"dont-fragment/{dst}", _pod(IP(src=LOCAL_CLIENT_POD, dst=dst, flags="DF") / _tcp(45101, vip_port)))
+    for proto, payload in ((50, ESP(spi=1, seq=1) / Raw(b"\0" * 16)), (0, Raw(b"\0" * 8)), (255, Raw(b"\xff" * 8)),
+                           (2, Raw(b"\x11\x64\xee\x9b\0\0\0\0")), (132, SCTP(sport=1, dport=9000))):
+        for dst in (vip, "10.96.0.60", LOCAL_CLIENT_POD):
+            add(f"proto-{proto}/{dst}", _pod(IP(src=LOCAL_CLIENT_POD, dst=dst, proto=proto) / payload))
+    add("icmp-error/pod", _pod(IP(src="10.200.1.2", dst=LOCAL_CLIENT_POD) / ICMP(type=3, code=3) /
+                             IP(src=LOCAL_CLIENT_POD, dst="10.200.1.2") / UDP(sport=1, dport=2)))
+
+    add("arp", Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=LOCAL_CLIENT_POD, pdst="10.200.0.1"))
+    add("vlan/tcp-vip", Ether(src=POD_MAC, dst=GW_MAC) / Dot1Q(vlan=7) / IP(src=LOCAL_CLIENT_POD, dst=vip) /
+        _tcp(45200, vip_port))
+    add("qinq/tcp-vip", Ether(src=POD_MAC, dst=GW_MAC, type=0x88a8) / Dot1Q(vlan=1) / Dot1Q(vlan=2) /
+        IP(src=LOCAL_CLIENT_POD, dst=vip) / _tcp(45201, vip_port))
+    add("ipv6/tcp", Ether(src=POD_MAC, dst=GW_MAC) / IPv6(src="fd00::9", dst="fd00::10") / _tcp(45202, 80))
+    add("ipv6-in-ipv4-ethertype", Ether(src=POD_MAC, dst=GW_MAC, type=0x0800) / IPv6(src="fd00::9", dst="fd00::10") /
+        _tcp(45203, 80))
+    add("lldp", Ether(src=POD_MAC, dst="01:80:c2:00:00:0e", type=0x88cc) / Raw(b"\x02\x07\x04" + b"\0" * 40))
+
+    add("pod-to-pod", _pod(IP(src=LOCAL_CLIENT_POD, dst="10.200.1.2") / _tcp(45300, 8080)))
+    add("pod-to-internet", _pod(IP(src=LOCAL_CLIENT_POD, dst="1.1.1.1") / _udp(45301, 53)))
+    add("outside-to-ssh", _outside(IP(src=CLIENT, dst=NODE_ADDR) / _tcp(45302, 22)))
+    add("backend-reply-without-flow", _pod(IP(src="10.200.1.2", dst=LOCAL_CLIENT_POD) / _tcp(8080, 50000, "SA")))
+    add("hairpin-address", _pod(IP(src="10.200.0.2", dst=HAIRPIN) / _tcp(8080, 50001, "A")))
+    return [(name, bytes(pkt)) for name, pkt in out]
+
+
+# --- Mutation
+
+class Mutator:
+    """Makes fuzzed packets from base packets with plain bytes operations; deterministic for a seed."""
+
+    # Sources that must never get an ICMP error, and other odd ones.
+    ODD_SOURCES = ("0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "240.0.0.1", "10.200.0.255")
+
+    def __init__(self, seed: int, state: DesiredState, opened: list[Opened]):
+        self.rng = random.Random(seed)
+        self.frontends = [(key.addr, key.port, key.proto) for key in sorted(state.frontends)]
+        self.service_ips = sorted(state.service_ips)
+        backends = sorted({b.addr for bs in state.backends.values() for b in bs})
+        pack = lambda addr: bytes(map(int, addr.split(".")))   # noqa: E731
+        self.addresses = [pack(a) for a in sorted({*self.service_ips, *backends, NODE_ADDR, HAIRPIN, CLIENT,
+                                                   OTHER_CLIENT, FAR_CLIENT, LOCAL_CLIENT_POD, *self.ODD_SOURCES,
+                                                   *(key.addr for key in state.frontends)})]
+        self.frontend_bytes = [(pack(a), p, proto) for a, p, proto in self.frontends]
+        # Every tuple conntrack knows from the start, both directions of every flow.
+        self.tuples = []
+        for o in opened:
+            f = o.flow
+            self.tuples += [(pack(f.src), f.sport, pack(f.dst), f.dport, f.proto),
+                            (pack(o.backend), o.backend_port, pack(o.reply_dst), o.reply_port, f.proto)]
+        self.ports = sorted({p for _, p, _ in self.frontends} | {o.reply_port for o in opened} |
+                            {o.backend_port for o in opened} | {0, 1, 53, 8080, 32768, 65535})
+        self.ops = [(self.retarget, 6), (self.set_tuple, 3), (self.set_source, 2), (self.set_ports, 2),
+                    (self.set_tcp_flags, 2), (self.truncate_at_boundary, 2), (self.truncate_anywhere, 2),
+                    (self.set_ihl, 2), (self.set_total_length, 2), (self.flip_bytes, 3), (self.set_fragment, 2),
+                    (self.set_protocol, 1), (self.set_ethertype, 1), (self.append_bytes, 1),
+                    (self.break_checksum, 1), (self.zero_udp_checksum, 1)]
+        self.op_table = [op for op, weight in self.ops for _ in range(weight)]
+
+    def mutate(self, base: bytes) -> tuple[bytes, tuple[str, ...]]:
+        """A mutated copy of `base` (always at least an Ethernet header) and the names of the
+        operations applied, for the report."""
+        rng = self.rng
+        buf = bytearray(base)
+        if rng.random() < 0.05:
+            return base, ()
+        applied = []
+        for _ in range(1 + (rng.random() < 0.35) + (rng.random() < 0.1)):
+            op = rng.choice(self.op_table)
+            op(buf)
+            applied.append(op.__name__)
+        if len(buf) < ETH_HLEN:   # the kernel's test run refuses less than an Ethernet header
+            buf += bytes(ETH_HLEN - len(buf))
+        return bytes(buf), tuple(applied)
+
+    # Each operation changes buf in place; those that need the IP header do nothing without it.
+
+    @staticmethod
+    def _l4(buf: bytearray) -> int:
+        """Offset of the L4 header, or 0 when the frame has no IPv4 header with room for ports."""
+        if len(buf) < 34 or buf[12:14] != b"\x08\x00":
+            return 0
+        l4 = ETH_HLEN + (buf[14] & 15) * 4
+        return l4 if l4 >= 34 and l4 + 4 <= len(buf) else 0
+
+    def _maybe_fix(self, buf: bytearray) -> None:
+        if self.rng.random() < 0.85:
+            fix_checksums(buf)
+
+    def retarget(self, buf: bytearray) -> None:
+        """To a frontend (address, port and protocol), or a service address on some port."""
+        if len(buf) < 34:
+            return
+        rng = self.rng
+        if rng.random() < 0.8:
+            addr, port, proto = rng.choice(self.frontend_bytes)
+        else:
+            addr, port, proto = bytes(map(int, rng.choice(self.service_ips).split("."))), rng.choice(self.ports), \
+                rng.choice((TCP_PROTO, UDP_PROTO))
+        buf[30:34] = addr
+        if rng.random() < 0.7:
+            buf[23] = proto
+        l4 = self._l4(buf)
+        if l4:
+            buf[l4 + 2:l4 + 4] = port.to_bytes(2, "big")
+        self._maybe_fix(buf)
+
+    def set_tuple(self, buf: bytearray) -> None:
+        """Exactly a tuple conntrack holds (either direction of an established flow)."""
+        l4 = self._l4(buf)
+        if not l4:
+            return
+        src, sport, dst, dport, proto = self.rng.choice(self.tuples)
+        buf[26:30], buf[30:34], buf[23] = src, dst, proto
+        buf[l4:l4 + 4] = struct.pack("!HH", sport, dport)
+        self._maybe_fix(buf)
+
+    def set_source(self, buf: bytearray) -> None:
+        if len(buf) < 34:
+            return
+        buf[26:30] = self.rng.choice(self.addresses)
+        self._maybe_fix(buf)
+
+    def set_ports(self, buf: bytearray) -> None:
+        l4 = self._l4(buf)
+        if not l4:
+            return
+        rng = self.rng
+        which = rng.randrange(3)
+        if which != 1:
+            buf[l4:l4 + 2] = (rng.choice(self.ports) if rng.random() < 0.5 else rng.randrange(65536)).to_bytes(2, "big")
+        if which != 0:
+            buf[l4 + 2:l4 + 4] = (rng.choice(self.ports) if rng.random() < 0.5 else rng.randrange(65536)).to_bytes(2, "big")
+        self._maybe_fix(buf)
+
+    def set_tcp_flags(self, buf: bytearray) -> None:
+        l4 = self._l4(buf)
+        if not l4 or l4 + 14 > len(buf):
+            return
+        rng = self.rng
+        buf[l4 + 13] = rng.choice((0x02, 0x12, 0x10, 0x11, 0x04, 0x14, 0x01, 0x03, 0x06, 0x00, 0xff)) \
+            if rng.random() < 0.8 else rng.randrange(256)
+        self._maybe_fix(buf)
+
+    def truncate_at_boundary(self, buf: bytearray) -> None:
+        """Cut where a header ends (or one byte short of it): Ethernet, IP, L4 ports, UDP, TCP."""
+        l4 = ETH_HLEN + (buf[14] & 15) * 4 if len(buf) > 14 else 34
+        cut = self.rng.choice((ETH_HLEN, 34, l4, l4 + 4, l4 + 8, l4 + 14, l4 + 20)) - (self.rng.random() < 0.5)
+        del buf[max(cut, ETH_HLEN):]
+
+    def truncate_anywhere(self, buf: bytearray) -> None:
+        if len(buf) > ETH_HLEN:
+            del buf[self.rng.randrange(ETH_HLEN, min(len(buf), 100)):]
+
+    def set_ihl(self, buf: bytearray) -> None:
+        if len(buf) > 14:
+            rng = self.rng
+            version = 4 if rng.random() < 0.9 else rng.randrange(16)
+            buf[14] = version << 4 | rng.randrange(16)
+            self._maybe_fix(buf)
+
+    def set_total_length(self, buf: bytearray) -> None:
+        if len(buf) < 18:
+            return
+        rng = self.rng
+        frame_ip_len = len(buf) - ETH_HLEN
+        value = rng.choice((frame_ip_len + 1, frame_ip_len - 1, frame_ip_len + rng.randrange(1, 2000),
+                            rng.randrange(0, 60), rng.randrange(65536), 0xffff, 0))
+        buf[16:18] = (value & 0xffff).to_bytes(2, "big")
+        self._maybe_fix(buf)
+
+    def flip_bytes(self, buf: bytearray) -> None:
+        rng = self.rng
+        for _ in range(rng.randrange(1, 5)):
+            limit = len(buf) if rng.random() < 0.2 else min(len(buf), 80)
+            buf[rng.randrange(limit)] = rng.randrange(256)
+
+    def set_fragment(self, buf: bytearray) -> None:
+        if len(buf) < 22:
+            return
+        rng = self.rng
+        flags = rng.choice((0x20, 0x40, 0x00, 0x60, 0x80))   # MF, DF, none, DF|MF, reserved
+        offset = rng.choice((0, 0, 1, 3, 185, 8191))
+        buf[20:22] = (flags << 8 | offset).to_bytes(2, "big")
+        self._maybe_fix(buf)
+
+    def set_protocol(self, buf: bytearray) -> None:
+        if len(buf) > 23:
+            buf[23] = self.rng.choice((TCP_PROTO, UDP_PROTO, 1, 47, 50, 132, 0, 255, self.rng.randrange(256)))
+            self._maybe_fix(buf)
+
+    def set_ethertype(self, buf: bytearray) -> None:
+        buf[12:14] = self.rng.choice((b"\x08\x00", b"\x86\xdd", b"\x81\x00", b"\x08\x06", b"\x88\xa8", b"\x00\x00"))
+
+    def append_bytes(self, buf: bytearray) -> None:
+        """Bytes past the IP total length: Ethernet padding, or garbage."""
+        n = self.rng.choice((1, 2, 6, 18, 64))
+        buf += bytes(n) if self.rng.random() < 0.5 else self.rng.randbytes(n)
+
+    def break_checksum(self, buf: bytearray) -> None:
+        l4 = self._l4(buf)
+        rng = self.rng
+        if l4 and rng.random() < 0.6:
+            field = l4 + (16 if buf[23] == TCP_PROTO else 6)
+        elif len(buf) >= 26:
+            field = 24
+        else:
+            return
+        if field + 2 <= len(buf):
+            buf[field + rng.randrange(2)] ^= 1 << rng.randrange(8)
+
+    def zero_udp_checksum(self, buf: bytearray) -> None:
+        l4 = self._l4(buf)
+        if l4 and buf[23] == UDP_PROTO and l4 + 8 <= len(buf):
+            buf[l4 + 6:l4 + 8] = b"\0\0"
