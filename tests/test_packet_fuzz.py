@@ -1,11 +1,11 @@
-"""Packet fuzzing (issue 8, item 4): a million runs of mutated packets through the entry programs
+"""Packet fuzzing (issue 8, item 4): a million mutated packets through every entry program
 with BPF_PROG_TEST_RUN (JIT on, one run per packet), the maps filled with a realistic cluster and
 established flows. Each mutated packet goes through all five programs, so every program meets
 every kind of input and the state the others leave. Every run must end untouched, dropped,
 translated or rejected as tests/fuzz_oracle.py defines them, and the maps must stay consistent.
 
 The packets are deterministic for a seed: EBPFLB_FUZZ_SEED (default below, printed) and
-EBPFLB_FUZZ_RUNS (default 1,000,000) explore further. The programs pick backends at random, so
+EBPFLB_FUZZ_PACKETS (default 1,000,000) explore further. The programs pick backends at random, so
 outcome counts vary a little between runs; the rules hold for all of them. A violation names the
 seed, the packet's number, its base packet, the mutations and the bytes in and out: what a
 regression test needs (tests/test_fuzz_regressions.py holds those found so far).
@@ -26,7 +26,7 @@ from tests.fuzz_packets import Mutator, corpus
 from tests.lab import in_netns
 
 SEED = int(os.environ.get("EBPFLB_FUZZ_SEED", "8004"))
-RUNS = int(os.environ.get("EBPFLB_FUZZ_RUNS", "1000000"))
+PACKETS = int(os.environ.get("EBPFLB_FUZZ_PACKETS", "1000000"))
 PROGRAMS = ("from_workload", "to_workload", "from_uplink", "to_uplink", "xdp_uplink")
 CHECKPOINTS = 4            # conntrack is checked this many times during the run
 MAX_EXAMPLES = 3           # packets kept per kind of violation
@@ -119,7 +119,7 @@ def fuzz_one(run: Runner, oracle: Oracle, prog: str, pkt: bytes) -> int:
     return 2
 
 
-def test_a_million_fuzzed_packets_through_every_program(dp, uplink, capsys):
+def test_a_million_fuzzed_packets_through_every_program(dp, uplink, figure):
     ns, ifindex = uplink
     maps = dp.maps
     findings = Findings()
@@ -137,8 +137,8 @@ def test_a_million_fuzzed_packets_through_every_program(dp, uplink, capsys):
         counted_before = counters(maps)
         started = time.perf_counter()
         packets = runs = cross_checks = 0
-        next_checkpoint = RUNS // CHECKPOINTS
-        while runs < RUNS:
+        next_checkpoint = PACKETS // CHECKPOINTS
+        while packets < PACKETS:
             name, base = bases[mutator.rng.randrange(len(bases))]
             pkt, ops = mutator.mutate(base)
             packets += 1
@@ -152,8 +152,8 @@ def test_a_million_fuzzed_packets_through_every_program(dp, uplink, capsys):
                 except (Violation, OSError) as error:
                     findings.add(f"{prog}: {str(error).split(';')[0]}",
                                  f"seed {SEED} packet {packets} base {name!r} ops {ops} in {pkt.hex()}: {error}")
-            if runs >= next_checkpoint:
-                next_checkpoint += RUNS // CHECKPOINTS
+            if packets >= next_checkpoint:
+                next_checkpoint += PACKETS // CHECKPOINTS
                 problems, kinds = check_conntrack(maps, oracle)
                 ct_sizes.append(sum(kinds.values()))
                 for problem in problems:
@@ -165,20 +165,19 @@ def test_a_million_fuzzed_packets_through_every_program(dp, uplink, capsys):
     for (prog, _), n in tally.outcomes.items():
         by_prog[prog] += n
     outcomes = sorted({outcome for _, outcome in tally.outcomes})
-    with capsys.disabled():
-        print(f"\npacket fuzz, seed {SEED}: {packets} packets from {len(bases)} base packets, {runs} runs "
-              f"(+{cross_checks} from_uplink runs cross-checking XDP) in {seconds:.1f} s ({runs / seconds:,.0f}/s); "
-              f"{refused} runs of short frames the kernel's tc test run refuses; "
-              f"conntrack entries at checkpoints {ct_sizes}; translated with a wrong checksum kept wrong: "
-              f"{tally.wrong_checksum_kept}, with UDP checksum 0 kept 0: {tally.zero_udp_checksum_kept}")
-        print(f"  {'program':<14}{'runs':>9}" + "".join(f"{o:>13}" for o in outcomes))
-        for prog in PROGRAMS:
-            print(f"  {prog:<14}{by_prog[prog]:>9}" + "".join(f"{tally.outcomes[(prog, o)]:>13}" for o in outcomes))
+    figure(f"packet fuzz, seed {SEED}: {packets} packets from {len(bases)} base packets, {runs} runs "
+           f"(+{cross_checks} from_uplink runs cross-checking XDP) in {seconds:.1f} s ({runs / seconds:,.0f}/s); "
+           f"{refused} runs of short frames the kernel's tc test run refuses; "
+           f"conntrack entries at checkpoints {ct_sizes}; translated with a wrong checksum kept wrong: "
+           f"{tally.wrong_checksum_kept}, with UDP checksum 0 kept 0: {tally.zero_udp_checksum_kept}")
+    figure(f"  {'program':<14}{'runs':>9}" + "".join(f"{o:>13}" for o in outcomes))
+    for prog in PROGRAMS:
+        figure(f"  {prog:<14}{by_prog[prog]:>9}" + "".join(f"{tally.outcomes[(prog, o)]:>13}" for o in outcomes))
 
     assert snapshot(maps) == read_only, "the programs changed a map they only read"
     for problem in check_counters(counted_before, counters(maps), tally, oracle.ids):
         findings.add(f"counters: {problem}", problem)
     assert not findings.count, f"fuzzing found violations (seed {SEED}):\n{findings.report()}"
     for prog in PROGRAMS:   # every program saw its share, and had real work among it
-        assert by_prog[prog] >= RUNS // len(PROGRAMS) * 0.9
+        assert by_prog[prog] >= PACKETS * 0.85   # all but the short frames tc's test run refuses
         assert tally.outcomes[(prog, "dnat")] + tally.outcomes[(prog, "reverse-nat")] > 0
