@@ -2,6 +2,7 @@
  * it back to the pod: what kube-proxy's REJECT does for a service without endpoints. */
 #pragma once
 #include "nat.h"
+#include "trace.h"
 
 static __always_inline __u16 csum_fold(__s64 sum)
 {
@@ -26,7 +27,9 @@ static __always_inline int is_one_host(__u32 addr)
 static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p)
 {
 	__u8 quote[ICMP_QUOTE_MAX];
-	__u32 quote_len = p->l4_off - ETH_HLEN_ + 8;   /* IP header with options + 8 bytes */
+	/* IP header with options + 8 bytes; 64 bits wide so the verifier sees the bounds checked below
+	 * on the very register passed to the helpers (a 32-bit copy was checked instead). */
+	__u64 quote_len = (__u64)p->l4_off - ETH_HLEN_ + 8;
 
 	if (!is_one_host(p->saddr) || quote_len > ICMP_QUOTE_MAX || quote_len < 28)
 		return TC_ACT_SHOT;
@@ -60,4 +63,21 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 	    bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(ip) + sizeof(icmp), quote, quote_len, 0) < 0)
 		return TC_ACT_SHOT;
 	return redirect_back(skb);
+}
+
+#ifndef REJECT_NO_ENDPOINTS
+#define REJECT_NO_ENDPOINTS 1
+#endif
+
+/* A service port without endpoints, or a port no service has on a service address: kube-proxy's
+ * answer (ICMP port unreachable), or with --no-endpoints=drop none at all. */
+static __always_inline int answer_no_endpoints(struct __sk_buff *skb, const struct packet *p)
+{
+#if REJECT_NO_ENDPOINTS
+	TRACE("%pI4 -> %pI4: no endpoints, port unreachable", &p->saddr, &p->daddr);
+	return reject_port_unreachable(skb, p);
+#else
+	TRACE("%pI4 -> %pI4: no endpoints, dropped", &p->saddr, &p->daddr);
+	return TC_ACT_SHOT;
+#endif
 }

@@ -37,6 +37,7 @@
 #include "xdp_nat.h"
 #include "counters.h"
 #include "icmp_reject.h"
+#include "trace.h"
 
 /* NAT_FWD of an external flow: destination to the backend, and the source to the node's when
  * the backend is elsewhere (so its reply comes back through us). */
@@ -68,12 +69,18 @@ static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct pa
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
 					     const struct nat_fe_value *fe, __u64 now)
 {
-	if (!lb_source_allowed(fe, p->saddr))
+	if (!lb_source_allowed(fe, p->saddr)) {
+		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
 		return TC_ACT_SHOT;
+	}
 	int local_only = fe->flags & NAT_FLG_EXTERNAL_LOCAL;
 	__u32 n = local_only ? fe->local : fe->count;
-	if (n == 0)
-		return local_only ? TC_ACT_SHOT : reject_port_unreachable(skb, p);
+	if (n == 0) {
+		if (!local_only)
+			return answer_no_endpoints(skb, p);
+		TRACE("service %d: %pI4: no local endpoint (externalTrafficPolicy Local), dropped", fe->id, &p->saddr);
+		return TC_ACT_SHOT;
+	}
 
 	__u32 ordinal;
 	struct nat_be_value *be = lb_pick_among(fe->id, n, &ordinal);
@@ -92,8 +99,10 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 			return TC_ACT_SHOT;
 		struct ct_key scratch;
 		reply_port = snat_pick_port(p, be->addr, be->port, cfg->node_addr, &scratch);
-		if (!reply_port)
+		if (!reply_port) {
+			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
 			return TC_ACT_SHOT;
+		}
 		reply_dst = cfg->node_addr;
 		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
 		fwd.snat_addr = reply_dst;
@@ -104,6 +113,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now) < 0)
 		return TC_ACT_SHOT;
 
+	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
 	return uplink_forward(skb, p, &fwd);
 }

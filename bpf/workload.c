@@ -25,6 +25,7 @@
 #include "lb.h"
 #include "counters.h"
 #include "icmp_reject.h"
+#include "trace.h"
 
 /* Apply a NAT_FWD entry: destination to the backend, and for hairpin the source too. */
 static __always_inline int forward_established(struct __sk_buff *skb, const struct packet *p,
@@ -61,7 +62,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 {
 	if (fe->count == 0)
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
-			TC_ACT_SHOT : reject_port_unreachable(skb, p);
+			TC_ACT_SHOT : answer_no_endpoints(skb, p);
 
 	struct nat_be_value *be = lb_pick_backend(fe);
 	if (!be)
@@ -83,6 +84,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now) < 0)
 		return TC_ACT_SHOT;
 
+	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
 	return forward_established(skb, p, &fwd);
 }
@@ -128,7 +130,7 @@ int from_workload(struct __sk_buff *skb)
 	if (fe)
 		return new_service_flow(skb, &p, fe, bpf_ktime_get_ns());
 	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
-	return lb_is_service_ip(p.daddr) ? reject_port_unreachable(skb, &p) : TC_ACT_OK;
+	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_OK;
 }
 
 int to_workload(struct __sk_buff *skb)
