@@ -44,6 +44,8 @@ VARIANTS = {
                   "workloadIfaces": r"^(cali|veth\d+|lxc[0-9a-f]{4})", "proxyName": "ebpflb",
                   "ctTimeouts": "tcp-established=600,udp=30", "ctSweepInterval": 5,
                   "hairpinAddr": "169.254.7.1", "uplinks": "eth0,eth1", "nodeportAddresses": "10.0.0.0/8",
+                  "ctMapMax": 65536, "frontendMapMax": 4096, "backendMapMax": 40960, "noEndpoints": "drop",
+                  "bpfTrace": True,
                   "extraArgs": ["--ct-sweep-interval=3"]},
         "metrics": {"bindAddress": "127.0.0.1", "port": 10300},
         "k8sServiceHost": "10.0.0.10", "k8sServicePort": "6443",
@@ -355,6 +357,10 @@ def test_agent_flags_parse_with_the_real_cli(rendered):
     assert args.nodeport_addresses == a.get("nodeportAddresses", "")
     if "ctTimeouts" in a:
         assert args.ct_timeouts == cli.ct_timeouts(a["ctTimeouts"])
+    assert (args.ct_map_max, args.frontend_map_max, args.backend_map_max) == (
+        a.get("ctMapMax", defaults.ct_map_max), a.get("frontendMapMax", defaults.frontend_map_max),
+        a.get("backendMapMax", defaults.backend_map_max))
+    assert args.no_endpoints == a.get("noEndpoints", "reject") and args.bpf_trace == a.get("bpfTrace", False)
     if a.get("extraArgs"):
         assert args.ct_sweep_interval == 3.0          # appended last, so it wins
     else:

@@ -95,6 +95,19 @@ app.kubernetes.io/component: agent
 {{- with $a.hairpinAddr }}
 - {{ printf "--hairpin-addr=%s" . | quote }}
 {{- end }}
+{{- with $a.ctMapMax }}
+- {{ printf "--ct-map-max=%v" . | quote }}
+{{- end }}
+{{- with $a.frontendMapMax }}
+- {{ printf "--frontend-map-max=%v" . | quote }}
+{{- end }}
+{{- with $a.backendMapMax }}
+- {{ printf "--backend-map-max=%v" . | quote }}
+{{- end }}
+- {{ printf "--no-endpoints=%s" $a.noEndpoints | quote }}
+{{- if $a.bpfTrace }}
+- "--bpf-trace"
+{{- end }}
 {{- range $a.extraArgs }}
 - {{ . | quote }}
 {{- end }}
