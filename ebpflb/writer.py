@@ -1,22 +1,29 @@
 """Make the NAT maps equal to a DesiredState, writing only the difference, in an order that never
-lets a packet see a frontend whose slots are not all filled:
+lets a packet see a frontend whose slots are not all filled, and makes room before it takes room:
 
-  1. backend slots that are new or changed      (a growing frontend's new slots exist first)
-  2. frontends that are new or changed          (count moves only over filled slots)
-  3. service addresses that are new
-  4. frontends that are gone
-  5. backend slots that are gone                (a shrunk count no longer reaches them)
-  6. service addresses that are gone
+  1. frontends that are gone                    (nothing is served there any more)
+  2. backend slots of ids no frontend reaches   (room for what comes: a full map refuses writes)
+  3. backend slots that are new or changed      (a growing frontend's new slots exist first)
+  4. frontends that are new or changed          (count moves only over filled slots)
+  5. service addresses that are new
+  6. backend slots beyond a shrunk count        (the count no longer reaches them)
+  7. service addresses that are gone
+
+The tracker admits only services that fit, so the final contents always fit; should the writes
+still meet a full map (one service shrinks while another grows), 6 goes before 3 and the sync
+completes rather than fail at every period.
 
 The writer mirrors what the maps hold (read once when it starts, then kept as it writes), so a
 sync that changes nothing reads and writes nothing. Given the tracker's Changes it looks at those
 ids, frontends and addresses only; without, at everything.
 """
+import errno
 import logging
 from dataclasses import dataclass, field
 
 from .core.model import Backend, DesiredState, Frontend, FrontendKey
 from .core.tracker import Changes
+from .libbpf import BPFError
 from .maps import Maps
 from .structs import ffi, ip_be, ip_str, new, port_be, port_int
 
@@ -112,6 +119,21 @@ class MapWriter:
         svc_ip_value = new("struct svc_ip_value")
         empty = ()
 
+        gone_frontends = {key for key in changes.frontends if key not in desired.frontends and key in self.frontends}
+        for key in gone_frontends:
+            nat_fe.delete(fe_key(key))
+            stats.deleted += 1
+        # ids a frontend in the maps still names (a changed one is rewritten only at step 4)
+        still_reached = {f.svc_id for key, f in self.frontends.items() if key not in gone_frontends}
+        shrunk = {}   # id -> (old length, new length) of slots to delete once the count shrank
+        for svc_id in changes.ids:
+            have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
+            if len(want) < len(have):
+                shrunk[svc_id] = (len(have), len(want))
+            stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
+        early = [i for i in shrunk if i not in desired.backends and i not in still_reached]
+        stats.deleted += self._delete_slots({i: shrunk.pop(i) for i in early})
+
         slots = [(be_key(svc_id, ordinal), be_value(backend))
                  for svc_id in changes.ids
                  for ordinal, backend in _changed_slots(self.backends.get(svc_id, empty),
@@ -124,20 +146,21 @@ class MapWriter:
         ranges_added, ranges_gone = self._range_diff(desired, changes)
         one = ffi.new("__u32 *", 1)
         ranges = [(src_range_key(i, cidr), one) for i, cidr in ranges_added]
-        for bpf_map, pairs in ((self.maps.src_ranges, ranges), (nat_be, slots), (nat_fe, frontends),
-                               (svc_ips, addresses)):
+        try:
+            self.maps.src_ranges.update_many(ranges)
+            nat_be.update_many(slots)
+        except BPFError as err:
+            if err.errno not in (errno.E2BIG, errno.ENOSPC):
+                raise
+            log.warning("a map is too full to write before deleting (%s): deleting first", err)
+            stats.deleted += self._delete_slots(shrunk)
+            shrunk = {}
+            self.maps.src_ranges.update_many(ranges)
+            nat_be.update_many(slots)
+        for bpf_map, pairs in ((nat_fe, frontends), (svc_ips, addresses)):
             bpf_map.update_many(pairs)
-            stats.written += len(pairs)
-        for key in changes.frontends:
-            if key not in desired.frontends and key in self.frontends:
-                nat_fe.delete(fe_key(key))
-                stats.deleted += 1
-        for svc_id in changes.ids:
-            have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
-            for ordinal in range(len(want), len(have)):
-                nat_be.delete(be_key(svc_id, ordinal))
-                stats.deleted += 1
-            stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
+        stats.written += len(ranges) + len(slots) + len(frontends) + len(addresses)
+        stats.deleted += self._delete_slots(shrunk)
         for addr in changes.service_ips:
             if addr not in desired.service_ips and addr in self.service_ips:
                 svc_ips.delete(svc_ip_key(addr))
@@ -153,6 +176,13 @@ class MapWriter:
         stats.removed_udp_backends = {(i, b) for i, b in stats.removed_backends if i in udp_ids}
         self._remember(desired, changes)
         return stats
+
+    def _delete_slots(self, spans: dict[int, tuple[int, int]]) -> int:
+        """Delete ordinals new..old-1 of each id; how many."""
+        for svc_id, (old, new_len) in spans.items():
+            for ordinal in range(new_len, old):
+                self.maps.nat_be.delete(be_key(svc_id, ordinal))
+        return sum(old - new_len for old, new_len in spans.values())
 
     def _range_diff(self, desired: DesiredState, changes: Changes):
         added, gone = [], []

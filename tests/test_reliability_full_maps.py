@@ -89,4 +89,5 @@ def test_services_beyond_the_frontend_map_are_left_out_whole_and_named(lab, api)
     assert set(lab.http_get_many("C", VIP, 10)) == {"A0", "B"}                  # the services that fit
     api.delete("Service", "default", "big-1")                                   # room frees: big-3 gets in
     wait_for(lambda: frontend(lab, "node-2", "10.96.5.3", 8080) == (1, 0, 0), timeout=5, what="big-3 programmed")
+    assert "sync failed" not in lab.agent_log("node-2")   # the writer made room before taking it
     assert lab.http_get("C", "10.96.5.3") == "B"
