@@ -24,6 +24,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+SERVICE_TYPES = ("ClusterIP", *NODE_PORT_TYPES, "ExternalName")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 _NO_EXTERNAL: dict = {}   # shared, never written: what a port without external frontends gets
 
 
@@ -330,15 +333,18 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
     cluster_ips = _cluster_ips(spec)
     if not cluster_ips:
         return None
-    node_ports = spec.get("type") in NODE_PORT_TYPES
-    external_local = node_ports and spec.get("externalTrafficPolicy") == "Local"
+    # A value the API would refuse ("local", "Nodeport") is rejected, not read as the default: the
+    # object asks for something we cannot tell.
+    node_ports = _enum(spec, "type", SERVICE_TYPES) in NODE_PORT_TYPES
+    external_local = _enum(spec, "externalTrafficPolicy", TRAFFIC_POLICIES) == "Local" and node_ports
+    internal_local = _enum(spec, "internalTrafficPolicy", TRAFFIC_POLICIES) == "Local"
     health_check_port = spec.get("healthCheckNodePort")
     if health_check_port is not None:
         _port_number(health_check_port, "healthCheckNodePort")
     external_ips = spec.get("externalIPs")
     return _Service(namespace, name, cluster_ips, _service_ports(spec, namespace, name, node_ports),
-                    internal_local=spec.get("internalTrafficPolicy") == "Local",
-                    publish_not_ready=spec.get("publishNotReadyAddresses") is True,
+                    internal_local=internal_local,
+                    publish_not_ready=_optional(spec, "publishNotReadyAddresses", bool, False),
                     external_ips=_ipv4_only(_expect(external_ips, list, "externalIPs"), "externalIP")
                     if external_ips is not None else (),
                     lb_ips=_ingress_ips(obj["status"]) if obj.get("status") is not None else (),
@@ -398,13 +404,17 @@ def _cluster_ips(spec: dict) -> tuple[str, ...]:
 
 def _service_ports(spec: dict, namespace: str, name: str, node_ports: bool = False) -> tuple[_ServicePort, ...]:
     ports: list[_ServicePort] = []
+    numbers: set[tuple[int, int]] = set()   # sets, not a scan of the ports so far: a list can be huge
+    names: set[ServicePortName] = set()
     for entry in _optional(spec, "ports", list, []):
         port = _service_port(entry, namespace, name, node_ports)
         protocol = port.name.protocol
-        if any((p.number, p.proto) == (port.number, port.proto) for p in ports):
+        if (port.number, port.proto) in numbers:
             raise _Malformed("duplicate_port", f"port {port.number}/{protocol} is listed twice")
-        if any(p.name == port.name for p in ports):
+        if port.name in names:
             raise _Malformed("duplicate_port", f"port name {port.name.port!r}/{protocol} is used twice")
+        numbers.add((port.number, port.proto))
+        names.add(port.name)
         ports.append(port)
     return tuple(ports)
 
@@ -431,7 +441,10 @@ def _parse_slice(obj) -> _Slice | None:
     namespace = _required(metadata, "namespace", str)
     name = _required(metadata, "name", str)
     service = _required(_optional(metadata, "labels", dict, {}), SERVICE_NAME_LABEL, str)
-    if obj.get("addressType") != "IPv4":
+    address_type = _enum(obj, "addressType", ADDRESS_TYPES)
+    if address_type is None:
+        raise _Malformed("missing_field", "addressType is missing")
+    if address_type != "IPv4":
         return None
     ports = (_slice_port(entry) for entry in _optional(obj, "ports", list, []))
     endpoints = (_slice_endpoint(entry) for entry in _optional(obj, "endpoints", list, []))
@@ -448,7 +461,7 @@ def _slice_port(entry) -> _SlicePort | None:
 
 def _slice_endpoint(entry) -> _SliceEndpoint:
     entry = _expect(entry, dict, "an endpoint")
-    addresses = tuple(_ipv4(a) for a in _optional(entry, "addresses", list, []))
+    addresses = tuple(_endpoint_address(a) for a in _optional(entry, "addresses", list, []))
     conditions = _optional(entry, "conditions", dict, {})
     ready = _optional(conditions, "ready", bool, True)
     return _SliceEndpoint(addresses, ready=ready,
@@ -475,6 +488,16 @@ def _optional(obj: dict, key: str, kind: type, default):
     """The field, or `default` when absent or null (JSON null is how the API says absent)."""
     value = obj.get(key)
     return default if value is None else _expect(value, kind, key)
+
+
+def _enum(obj: dict, key: str, allowed: tuple[str, ...]) -> str | None:
+    """One of `allowed`, or None when absent, null or "" (what the API's defaulting fills in)."""
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise _Malformed("bad_value", f"{key} {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def _protocol(entry: dict) -> str:
@@ -513,3 +536,17 @@ def _ipv4(value) -> str:
     if _ip_version(value, "address") != 4:
         raise _Malformed("bad_ip", f"address {value!r} is not IPv4")
     return value
+
+
+_NO_POD_PREFIXES = ("127.", "169.254.", "224.0.0.")   # loopback, link-local, link-local multicast
+
+
+def _endpoint_address(value) -> str:
+    """An IPv4 address a pod can have: the API refuses the unspecified, loopback, link-local and
+    link-local multicast ones for an endpoint; a backend there would take its share of the
+    connections and answer none (169.254.42.1 is also the hairpin source)."""
+    address = _ipv4(value)
+    # Prefixes of text are exact here: inet_pton took only canonical dotted quads.
+    if address.startswith(_NO_POD_PREFIXES) or address == "0.0.0.0":
+        raise _Malformed("bad_ip", f"endpoint address {address} is unspecified, loopback or link-local")
+    return address
