@@ -76,3 +76,6 @@ class DesiredState:
     # id -> loadBalancerSourceRanges (IPv4 CIDRs, normalized), for ids with NAT_FLG_SRC_RANGES frontends
     src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check
+    # (namespace, name) -> the addresses of service_ips it holds, also with no port (the tracker's split);
+    # bookkeeping, not map contents: left out of comparisons
+    service_ips_by_service: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False)

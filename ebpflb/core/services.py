@@ -116,6 +116,7 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
         _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name,
                  node_addrs, state)
         service_ips.update(service.cluster_ips)
+        state.service_ips_by_service[(service.namespace, service.name)] = frozenset(service.cluster_ips)
     state.service_ips = frozenset(service_ips)
     return state
 

@@ -7,8 +7,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ebpflb.structs import C
-
 from .ids import recover_ids, remap_ids
 from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
 from .services import SERVICE_NAME_LABEL, desired_state, node_port_addresses
@@ -17,6 +15,8 @@ ObjectKey = tuple[str, str]   # (namespace, name)
 
 # Past this many dirty services one pass over everything is quicker than one call per service.
 BULK_RECOMPUTE = 256
+# A service rejected for one of these is fine itself: it is tried again when something is freed.
+TURNED_AWAY = frozenset({"duplicate_frontend", "duplicate_health_check_port", "no_free_id"})
 _EMPTY: dict = {}   # never written
 
 
@@ -64,10 +64,15 @@ class Contribution:
 
 
 def object_key(obj) -> ObjectKey | None:
+    """(namespace or "", name); None when the name is not text or the namespace is neither text nor
+    absent (a list is no dict key; a number does not sort with names: YAML's `namespace: 2024`)."""
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         return None
-    return (meta.get("namespace") or "", meta["name"])
+    namespace = meta.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        return None
+    return (namespace or "", meta["name"])
 
 
 def owning_service(slice_obj) -> ObjectKey | None:
@@ -92,7 +97,10 @@ class ServiceTracker:
         self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
         self.contributions: dict[ObjectKey, Contribution] = {}
         self.rejected_by_service: dict[ObjectKey, list[Rejected]] = {}
-        self.unkeyed: list[Rejected] = []
+        self.turned_away: set[ObjectKey] = set()   # services rejected for a TURNED_AWAY reason
+        # Objects without a key cannot be changed or deleted by key: they are named until the next full
+        # list of their kind.
+        self.unkeyed: dict[str, list[Rejected]] = {"Service": [], "EndpointSlice": []}
         self.state = DesiredState()
         self.ip_refs: Counter[str] = Counter()
         self.dirty: set[ObjectKey] = set()
@@ -111,7 +119,7 @@ class ServiceTracker:
     def set_service(self, obj) -> None:
         key = object_key(obj)
         if key is None:
-            self.unkeyed.append(Rejected("Service", "", "", "missing_field", "metadata.name is missing"))
+            self.unkeyed["Service"].append(self._rejection_of([obj], []))
             return
         if self.services.get(key) != obj:
             self.services[key] = obj
@@ -124,7 +132,7 @@ class ServiceTracker:
     def set_slice(self, obj) -> None:
         key = object_key(obj)
         if key is None:
-            self.unkeyed.append(Rejected("EndpointSlice", "", "", "missing_field", "metadata.name is missing"))
+            self.unkeyed["EndpointSlice"].append(self._rejection_of([], [obj]))
             return
         if self.slices.get(key) == obj:
             return
@@ -148,6 +156,7 @@ class ServiceTracker:
         self.replace_slices(slices)
 
     def replace_services(self, services) -> None:
+        self.unkeyed["Service"] = []
         seen = set()
         for obj in services:
             self.set_service(obj)
@@ -156,6 +165,7 @@ class ServiceTracker:
             self.delete_service(key)
 
     def replace_slices(self, slices) -> None:
+        self.unkeyed["EndpointSlice"] = []
         seen = set()
         for obj in slices:
             self.set_slice(obj)
@@ -166,7 +176,8 @@ class ServiceTracker:
     # --- what the maps should hold -------------------------------------------------------------
     @property
     def rejected(self) -> list[Rejected]:
-        return self.unkeyed + [r for rs in self.rejected_by_service.values() for r in rs]
+        return [*self.unkeyed["Service"], *self.unkeyed["EndpointSlice"],
+                *(r for rs in self.rejected_by_service.values() for r in rs)]
 
     def flush(self) -> Changes:
         """Recompute what the changes since the last flush touched."""
@@ -177,8 +188,17 @@ class ServiceTracker:
         else:
             for key in sorted(dirty):
                 self._recompute(key, changes)
+            if changes and self.turned_away:
+                # What a changed or deleted service held may be free now: the services turned away
+                # for it get it (in name order), as the full computation would give it them.
+                for key in sorted(self.turned_away):
+                    self._recompute(key, changes)
         self.state.service_ips = frozenset(self.ip_refs)
         return changes
+
+    def _rejection_of(self, services: list, slices: list) -> Rejected:
+        """The core's reason for an object without a key (it rejects every one of them)."""
+        return desired_state(services, slices, node_name=self.node_name, known_ids={}).rejected[0]
 
     def _slices_for(self, key: ObjectKey) -> list[dict]:
         return [self.slices[s] for s in sorted(self.slices_of.get(key, ()))]
@@ -217,8 +237,14 @@ class ServiceTracker:
     def _recompute(self, key: ObjectKey, changes: Changes) -> None:
         old = self._withdraw(key, changes)
         self.rejected_by_service.pop(key, None)
+        self.turned_away.discard(key)
         service = self.services.get(key)
         if service is None:
+            # Nothing to program; the slices naming it are still checked, so a malformed one is named
+            # now (as the full computation names it), not once its service shows up.
+            if self.slices_of.get(key):
+                self.rejected_by_service[key] = desired_state([], self._slices_for(key), node_name=self.node_name,
+                                                              known_ids={}).rejected
             changes.compare(old, None)
             return
         desired = desired_state([service], self._slices_for(key), node_name=self.node_name,
@@ -232,17 +258,18 @@ class ServiceTracker:
                 desired = remap_ids(desired, hinted)
         self.rejected_by_service[key] = list(desired.rejected)
         taken = [k for k in desired.frontends if k in self.state.frontends]
+        taken_ports = [p for p in desired.health_checks if p in self.state.health_checks]
         if taken:
             self.rejected_by_service[key].append(Rejected(
                 "Service", key[0], key[1], "duplicate_frontend",
                 f"{taken[0].addr}:{taken[0].port} belongs to another service"))
-            changes.compare(old, None)
-            return
-        taken_ports = [p for p in desired.health_checks if p in self.state.health_checks]
-        if taken_ports:
+        elif taken_ports:
             self.rejected_by_service[key].append(Rejected(
                 "Service", key[0], key[1], "duplicate_health_check_port",
                 f"healthCheckNodePort {taken_ports[0]} belongs to another service"))
+        if any(r.kind == "Service" and r.reason in TURNED_AWAY for r in self.rejected_by_service[key]):
+            self.turned_away.add(key)
+        if taken or taken_ports:
             changes.compare(old, None)
             return
         part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
@@ -264,8 +291,11 @@ class ServiceTracker:
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}})
         self.rejected_by_service = {}
+        self.turned_away = set()
         for r in desired.rejected:
             self.rejected_by_service.setdefault(self._owner_of(r), []).append(r)
+            if r.kind == "Service" and r.reason in TURNED_AWAY:
+                self.turned_away.add((r.namespace, r.name))
         parts = split(desired)
         for key, part in parts.items():
             self._contribute(key, part, changes)
@@ -288,15 +318,11 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         part.ids[name] = svc_id
         part.backends[svc_id] = desired.backends[svc_id]
         owner_of_id[svc_id] = key
-    ips: dict[ObjectKey, set[str]] = {}
-    external = C.NAT_FLG_EXTERNAL
     for k, frontend in desired.frontends.items():
-        key = owner_of_id[frontend.svc_id]
-        parts[key].frontends[k] = frontend
-        if not frontend.flags & external:   # node addresses, externalIPs and LB IPs are no service IPs
-            ips.setdefault(key, set()).add(k.addr)
-    for key, addrs in ips.items():
-        parts[key].service_ips = frozenset(addrs)
+        parts[owner_of_id[frontend.svc_id]].frontends[k] = frontend
+    # From the core's record, not the frontends: a service without ports holds its address too.
+    for key, addrs in desired.service_ips_by_service.items():
+        parts.setdefault(key, Contribution({}, {}, {}, frozenset())).service_ips = addrs
     for svc_id, ranges in desired.src_ranges.items():
         parts[owner_of_id[svc_id]].src_ranges[svc_id] = ranges
     for health_port, check in desired.health_checks.items():
