@@ -29,7 +29,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SKIPPED, VALID = "skipped", "valid"
 # Rejected only for what another object holds (the object is fine alone).
 CONFLICT_REASONS = frozenset({"duplicate_frontend", "duplicate_health_check_port", "duplicate_service",
-                              "no_free_id"})
+                              "no_free_id", "no_room"})
 
 _FUZZ = int(os.environ.get("EBPFLB_FUZZ", "0") or 0)
 
@@ -335,6 +335,12 @@ SERVICE_BREAKAGES = [
     *(Breakage(f"type-{value!r}", S, "bad_value", _spec(type=value)) for value in ("Nodeport", "Load Balancer", 3, {})),
     Breakage("publish-not-ready-a-string", S, "bad_type", _spec(publishNotReadyAddresses="true")),
     Breakage("enormous-port-list-one-twice", S, "duplicate_port", _enormous_ports(3000, duplicate_last=True)),
+    # Valid for the API, but 100 ports x 656 ranges = 65,600 src_ranges entries: more than the map holds.
+    Breakage("source-ranges-times-ports-past-the-map", S, "no_room", lambda obj, pick: (
+        _enormous_ports(100, duplicate_last=False)(obj, pick),
+        obj["spec"].update(type="LoadBalancer", loadBalancerSourceRanges=[f"10.9.{k // 256}.{k % 256}/32"
+                                                                          for k in range(656)]),
+        obj.update(status={"loadBalancer": {"ingress": [{"ip": "203.0.113.99"}]}}))),
     # Not ours to program: neither rejected nor programmed.
     Breakage("headless", S, SKIPPED, _cluster_ip("None")),
     Breakage("cluster-ip-not-allocated", S, SKIPPED, _cluster_ip("")),

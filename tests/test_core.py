@@ -343,6 +343,41 @@ def test_ids_stay_below_the_counters_map_size(monkeypatch):
     assert [(r.name, r.reason) for r in state.rejected] == [("c", "no_free_id")]
 
 
+def lb(name, ips, ports, ingress, ranges):
+    service = svc(name, ip=ips[0], ips=ips, ports=ports, type="LoadBalancer", loadBalancerSourceRanges=ranges)
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": ingress}]}}
+    return service
+
+
+# What each service takes:  frontends  backends  service addresses  source-range entries
+#   a, c (1 port)               2          2            1                    1
+#   b (2 ports, 2 cluster IPs)  6          4            2                    4
+# Each capacity lets a and c in, not b beside a; b turned away takes nothing, so c still fits.
+ROOM_CASES = [
+    pytest.param(services_module.Usage(4, 99, 99, 99), id="frontends"),
+    pytest.param(services_module.Usage(99, 5, 99, 99), id="backends"),
+    pytest.param(services_module.Usage(99, 99, 2, 99), id="service-addresses"),
+    pytest.param(services_module.Usage(99, 99, 99, 4), id="source-range-entries"),
+]
+
+
+@pytest.mark.parametrize("capacity", ROOM_CASES)
+def test_a_service_the_maps_cannot_hold_is_turned_away_whole(monkeypatch, capacity):
+    """Written anyway, it failed the writer's batch at every sync, and every other change with it (a
+    Service with 100 ports and 656 source ranges needs more src_ranges entries than the map holds).
+    The capacity is made small here; test_malformed_maps fills the real maps."""
+    monkeypatch.setattr(services_module, "MAP_CAPACITY", capacity)
+    services = [lb("a", ["10.96.0.1"], [port(80)], "203.0.113.1", ["10.0.0.0/8"]),
+                lb("b", ["10.96.0.2", "10.96.0.4"], [port(80, "x"), port(81, "y")], "203.0.113.2",
+                   ["10.0.0.0/8", "172.16.0.0/12"]),
+                lb("c", ["10.96.0.3"], [port(80)], "203.0.113.3", ["10.0.0.0/8"])]
+    slices = [eps(name, ports=[port(8080, n) for n in names], endpoints=[ep("10.1.0.1"), ep("10.1.0.2")])
+              for name, names in (("a", [None]), ("b", ["x", "y"]), ("c", [None]))]
+    state = run(services, slices)
+    assert [(r.name, r.reason) for r in state.rejected] == [("b", "no_room")]
+    assert {n.name for n in state.ids} == {"a", "c"} and state.service_ips == {"10.96.0.1", "10.96.0.3"}
+
+
 # --- Malformed objects: rejected whole, the rest still programmed ---
 
 def with_spec(**fields):

@@ -2,8 +2,9 @@
 would give, reports only what a change touched, and keeps ids stable."""
 from hypothesis import given, settings, strategies as st
 
+from ebpflb.core import services as services_module
 from ebpflb.core.model import Backend, Frontend, FrontendKey, HealthCheck, ServicePortName
-from ebpflb.core.services import desired_state
+from ebpflb.core.services import Usage, desired_state
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
 from ebpflb.structs import C
 
@@ -179,6 +180,24 @@ def test_a_service_turned_away_gets_the_frontend_when_the_holder_lets_go():
     t.flush()
     assert {n.name for n in t.state.ids} == {"a", "c"} and t.rejected == []
     assert by_name(t.state) == by_name(full(t))
+
+
+def test_a_service_turned_away_for_room_gets_in_when_room_frees(monkeypatch):
+    """The maps' capacity, made two frontends here: the third service waits, named, and is written once
+    one leaves; the others are written meanwhile (test_malformed_maps fills the real maps)."""
+    monkeypatch.setattr(services_module, "MAP_CAPACITY", Usage(2, 99, 99, 99))
+    t = ServiceTracker(NODE)
+    t.set_service(service("a", "10.96.0.1"))
+    t.set_service(service("b", "10.96.0.2"))
+    t.flush()
+    t.set_service(service("c", "10.96.0.3"))
+    t.set_slice(slice_("b-1", "b", [("10.1.0.1", NODE)]))
+    t.flush()
+    assert [(r.name, r.reason) for r in t.rejected] == [("c", "no_room")]
+    assert t.state.backends[t.state.ids[ServicePortName("default", "b", "http", "TCP")]] == (Backend("10.1.0.1", 8080),)
+    t.delete_service(("default", "a"))
+    t.flush()
+    assert {n.name for n in t.state.ids} == {"b", "c"} and t.rejected == []
 
 
 def test_a_service_without_ports_holds_its_address():

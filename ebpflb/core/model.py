@@ -45,6 +45,7 @@ REJECT_REASONS = frozenset({
     # Fine alone, but another object holds what it names:
     "duplicate_service", "duplicate_frontend", "duplicate_health_check_port",
     "no_free_id",                    # every service id is taken
+    "no_room",                       # the maps are too full to take all its entries
 })
 
 

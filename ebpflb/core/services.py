@@ -30,6 +30,38 @@ ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 _NO_EXTERNAL: dict = {}   # shared, never written: what a port without external frontends gets
 
 
+class Usage(NamedTuple):
+    """Entries taken in the maps the programs read: by a whole state, or needed by one service."""
+    frontends: int = 0
+    backends: int = 0
+    service_ips: int = 0
+    src_ranges: int = 0
+
+
+MAP_CAPACITY = Usage(C.NAT_FE_MAX, C.NAT_BE_MAX, C.SVC_IP_MAX, C.SRC_RANGES_MAX)   # bpf/structs.h
+
+
+def no_room(used: Usage, need: Usage) -> str | None:
+    """Why `need` more entries do not fit beside `used`; None when they do. A service that does not fit
+    is turned away whole: a full map fails the writer's batch, and with it every other change."""
+    if all(have + more <= most for have, more, most in zip(used, need, MAP_CAPACITY)):
+        return None
+    what, have, more, most = next(t for t in zip(Usage._fields, used, need, MAP_CAPACITY) if t[1] + t[2] > t[3])
+    return f"needs {more} {what} entries, the maps hold {most} and {have} are taken"
+
+
+def usage(part, new_service_ips: int) -> Usage:
+    """The entries `part` takes (a DesiredState or the tracker's Contribution: its frontends, backends
+    and src_ranges); how many of its service addresses are new is the caller's to say."""
+    return Usage(len(part.frontends), sum(map(len, part.backends.values())), new_service_ips,
+                 sum(map(len, part.src_ranges.values())))
+
+
+def plus(a: Usage, b: Usage) -> Usage:
+    return Usage(a.frontends + b.frontends, a.backends + b.backends, a.service_ips + b.service_ips,
+                 a.src_ranges + b.src_ranges)
+
+
 class _Malformed(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -108,13 +140,22 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                       reserved_ids)
     state = DesiredState(rejected=rejected)
     service_ips: set[str] = set()
+    used = Usage()
     for service in sorted(parsed_services, key=lambda s: (s.namespace, s.name)):
         conflict = _conflict(service, state, ids, node_addrs)
         if conflict:
             rejected.append(Rejected("Service", service.namespace, service.name, *conflict))
             continue
+        part = DesiredState()
         _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name,
-                 node_addrs, state)
+                 node_addrs, part)
+        need = usage(part, len(set(service.cluster_ips) - service_ips))
+        full = no_room(used, need)
+        if full:
+            rejected.append(Rejected("Service", service.namespace, service.name, "no_room", full))
+            continue
+        used = plus(used, need)
+        _merge(part, state)
         service_ips.update(service.cluster_ips)
         state.service_ips_by_service[(service.namespace, service.name)] = frozenset(service.cluster_ips)
     state.service_ips = frozenset(service_ips)
@@ -163,6 +204,14 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
     if health_check:
         state.health_checks[service.health_check_port] = HealthCheck(service.namespace, service.name,
                                                                      len(local_ready))
+
+
+def _merge(part: DesiredState, state: DesiredState) -> None:
+    state.ids.update(part.ids)
+    state.frontends.update(part.frontends)
+    state.backends.update(part.backends)
+    state.src_ranges.update(part.src_ranges)
+    state.health_checks.update(part.health_checks)
 
 
 def _frontend_keys(service: _Service, port: _ServicePort) -> list[FrontendKey]:

@@ -9,14 +9,14 @@ from dataclasses import dataclass, field
 
 from .ids import recover_ids, remap_ids
 from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
-from .services import SERVICE_NAME_LABEL, desired_state, node_port_addresses
+from .services import SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses, usage
 
 ObjectKey = tuple[str, str]   # (namespace, name)
 
 # Past this many dirty services one pass over everything is quicker than one call per service.
 BULK_RECOMPUTE = 256
 # A service rejected for one of these is fine itself: it is tried again when something is freed.
-TURNED_AWAY = frozenset({"duplicate_frontend", "duplicate_health_check_port", "no_free_id"})
+TURNED_AWAY = frozenset({"duplicate_frontend", "duplicate_health_check_port", "no_free_id", "no_room"})
 _EMPTY: dict = {}   # never written
 
 
@@ -103,6 +103,8 @@ class ServiceTracker:
         self.unkeyed: dict[str, list[Rejected]] = {"Service": [], "EndpointSlice": []}
         self.state = DesiredState()
         self.ip_refs: Counter[str] = Counter()
+        self.backend_entries = 0   # nat_be entries and src_ranges entries the state takes (no_room)
+        self.range_entries = 0
         self.dirty: set[ObjectKey] = set()
 
     # --- what happened -------------------------------------------------------------------
@@ -219,6 +221,9 @@ class ServiceTracker:
             del self.state.health_checks[p]
         self.ip_refs.subtract(old.service_ips)
         self.ip_refs += Counter()   # drop zero counts
+        entries = usage(old, 0)
+        self.backend_entries -= entries.backends
+        self.range_entries -= entries.src_ranges
         changes.add(old)
         return old
 
@@ -232,6 +237,9 @@ class ServiceTracker:
         if part.health_checks:
             self.state.health_checks.update(part.health_checks)
         self.ip_refs.update(part.service_ips)
+        entries = usage(part, 0)
+        self.backend_entries += entries.backends
+        self.range_entries += entries.src_ranges
         changes.add(part)
 
     def _recompute(self, key: ObjectKey, changes: Changes) -> None:
@@ -257,24 +265,31 @@ class ServiceTracker:
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, hinted)
         self.rejected_by_service[key] = list(desired.rejected)
-        taken = [k for k in desired.frontends if k in self.state.frontends]
-        taken_ports = [p for p in desired.health_checks if p in self.state.health_checks]
-        if taken:
-            self.rejected_by_service[key].append(Rejected(
-                "Service", key[0], key[1], "duplicate_frontend",
-                f"{taken[0].addr}:{taken[0].port} belongs to another service"))
-        elif taken_ports:
-            self.rejected_by_service[key].append(Rejected(
-                "Service", key[0], key[1], "duplicate_health_check_port",
-                f"healthCheckNodePort {taken_ports[0]} belongs to another service"))
+        part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
+        turned_away = self._cannot_join(key, part)
+        if turned_away:
+            self.rejected_by_service[key].append(turned_away)
         if any(r.kind == "Service" and r.reason in TURNED_AWAY for r in self.rejected_by_service[key]):
             self.turned_away.add(key)
-        if taken or taken_ports:
+        if turned_away:
             changes.compare(old, None)
             return
-        part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
         self._contribute(key, part, changes)
         changes.compare(old, part)
+
+    def _cannot_join(self, key: ObjectKey, part: Contribution) -> Rejected | None:
+        """Why a service's part cannot join the others': what it names is held, or the maps are full."""
+        taken = [k for k in part.frontends if k in self.state.frontends]
+        if taken:
+            return Rejected("Service", key[0], key[1], "duplicate_frontend",
+                            f"{taken[0].addr}:{taken[0].port} belongs to another service")
+        taken_ports = [p for p in part.health_checks if p in self.state.health_checks]
+        if taken_ports:
+            return Rejected("Service", key[0], key[1], "duplicate_health_check_port",
+                            f"healthCheckNodePort {taken_ports[0]} belongs to another service")
+        used = Usage(len(self.state.frontends), self.backend_entries, len(self.ip_refs), self.range_entries)
+        full = no_room(used, usage(part, sum(1 for ip in part.service_ips if ip not in self.ip_refs)))
+        return Rejected("Service", key[0], key[1], "no_room", full) if full else None
 
     def _recompute_all(self, changes: Changes) -> None:
         """Everything at once (start-up, relist): one pass of the core, then split per service."""
