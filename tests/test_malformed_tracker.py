@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
+from ebpflb.manifests import load_manifests
 from tests.malformed import (CONFLICT_REASONS, NODE, NODE_ADDRESSES, SERVICE_BREAKAGES, SLICE_BREAKAGES, Cluster,
                              assert_consistent, base_service, broken_or_not, by_name, clusters, fuzz_settings, keyed,
                              run, valid_services, valid_slices)
@@ -162,3 +163,57 @@ def test_a_full_list_past_the_bulk_threshold_then_events(first, then):
         tell(tracker, world, ("set", "EndpointSlice", obj))
     tracker.flush()
     assert_tracker_holds_the_world(tracker, world)
+
+
+QUIRKY_YAML = """\
+apiVersion: v1
+kind: Service
+metadata: {name: year, namespace: 2024}      # an int
+spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: norway, namespace: no}      # YAML 1.1: a bool
+spec: {clusterIP: 10.96.0.2, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: 0123, namespace: default}   # an int (octal 83)
+spec: {clusterIP: 10.96.0.3, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: quoted, namespace: default}
+spec: {clusterIP: 10.96.0.4, ports: [{port: "80"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec: {clusterIP: 10.96.0.5, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints: [{addresses: [10.1.0.1], conditions: {ready: yes}}, {addresses: [10.1.0.2], conditions: {ready: "yes"}}]
+"""
+
+
+def test_yaml_scalars_that_are_not_text_are_rejected_by_name_at_every_reread(tmp_path):
+    """A manifest's YAML makes `namespace: 2024` an int and `namespace: no` a bool: the tracker crashed on
+    those (the agent with it, or failed every sync); now each is named once per reread, the rest programmed."""
+    (tmp_path / "quirks.yaml").write_text(QUIRKY_YAML)
+    tracker, world = ServiceTracker(NODE, node_addresses=NODE_ADDRESSES), World()
+    for _ in range(2):   # as ManifestSource does at each change of the files
+        services, slices = load_manifests(tmp_path)
+        tell(tracker, world, ("replace", "Service", services))
+        tell(tracker, world, ("replace", "EndpointSlice", slices))
+        tracker.flush()
+        assert sorted((r.kind, r.namespace, r.name, r.reason) for r in tracker.rejected) == [
+            ("EndpointSlice", "default", "web-1", "bad_type"),   # ready: "yes" is a string
+            ("Service", "", "norway", "bad_type"), ("Service", "", "year", "bad_type"),   # no namespace text
+            ("Service", "default", "", "bad_type"),                                         # no name text
+            ("Service", "default", "quoted", "bad_port")]
+        assert_tracker_holds_the_world(tracker, world)
+        assert {n.name for n in tracker.state.ids} == {"web"}

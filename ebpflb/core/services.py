@@ -2,7 +2,8 @@
 
 Pure: nothing is read, logged or kept between calls. A malformed object is skipped whole and
 reported in `DesiredState.rejected`; no object shape makes this module raise (malformed node
-addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError).
+addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError). So is a
+service that names a frontend another one holds, or that the maps cannot hold beside the others.
 
 Traffic from outside (NodePort on the node's addresses, spec.externalIPs, LoadBalancer ingress IPs)
 gets frontends flagged NAT_FLG_EXTERNAL that share the service port's id and backend list with its
@@ -57,7 +58,7 @@ def usage(part, new_service_ips: int) -> Usage:
                  sum(map(len, part.src_ranges.values())))
 
 
-def plus(a: Usage, b: Usage) -> Usage:
+def _plus(a: Usage, b: Usage) -> Usage:
     return Usage(a.frontends + b.frontends, a.backends + b.backends, a.service_ips + b.service_ips,
                  a.src_ranges + b.src_ranges)
 
@@ -154,7 +155,7 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
         if full:
             rejected.append(Rejected("Service", service.namespace, service.name, "no_room", full))
             continue
-        used = plus(used, need)
+        used = _plus(used, need)
         _merge(part, state)
         service_ips.update(service.cluster_ips)
         state.service_ips_by_service[(service.namespace, service.name)] = frozenset(service.cluster_ips)
