@@ -90,7 +90,8 @@ def test_invalid_objects_are_rejected_and_change_nothing_for_the_valid_ones(clus
 
 def test_a_cluster_of_every_breakage_at_once():
     """One object per named breakage, all in one cluster with the valid ones: each rejected or skipped
-    as named, the valid objects programmed as if alone (the lab test sends this batch through the API)."""
+    as named, the valid objects programmed as if alone (test_lab_malformed sends those an API server can
+    hold through one)."""
     services, slices = small_cluster()
     broken_services = [b(base_service(10 + k)) for k, b in enumerate(BREAKAGES) if b.kind == "Service"]
     broken_slices = [b(base_slice(0, 10 + k)) for k, b in enumerate(BREAKAGES) if b.kind == "EndpointSlice"]

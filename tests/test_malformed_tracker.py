@@ -140,9 +140,15 @@ def test_after_any_events_the_tracker_holds_what_the_objects_there_now_give(ops)
     assert_tracker_holds_the_world(tracker, world)
 
 
-FILLERS = [base_service(100 + i, namespace="filler") for i in range(BULK_RECOMPUTE + 1)]
-for _n, _s in enumerate(FILLERS):   # cluster IPs of their own, outside the generated clusters' 10.96.0-99.x
-    _s["spec"]["clusterIP"] = _s["spec"]["clusterIPs"][0] = f"10.97.{_n // 250}.{_n % 250 + 1}"
+def filler(n: int) -> dict:
+    """A valid service with a cluster IP of its own, outside the generated clusters' 10.96.x.10."""
+    service = base_service(100 + n, namespace="filler")
+    ip = f"10.97.{n // 250}.{n % 250 + 1}"
+    service["spec"].update(clusterIP=ip, clusterIPs=[ip])
+    return service
+
+
+FILLERS = [filler(n) for n in range(BULK_RECOMPUTE + 1)]
 
 
 @fuzz_settings(40)
