@@ -81,7 +81,6 @@ EXTERNAL_IPS = ("198.51.100.1", "198.51.100.2")
 LB_IPS = ("203.0.113.1", "203.0.113.2")
 PORT_NUMBERS = (53, 80, 443, 8080)
 HEALTH_CHECK_PORTS = (32000, 32001)
-optional = st.none  # reads better below: absent, or one of...
 
 
 @st.composite
