@@ -19,7 +19,8 @@ from pyroute2 import IPRoute
 from .attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from .healthcheck import HealthCheckServers
 from .conntrack import Timeouts, forget_udp_flows_to, sweep
-from .core.tracker import Capacity, ServiceTracker
+from .core.services import Usage
+from .core.tracker import ServiceTracker
 from .loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
 from .metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from .paths import DEFAULT_PIN_DIR
@@ -91,12 +92,13 @@ class Agent:
         self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr,
                                                    node_addr=(self.uplink_addrs or [None])[0])
         self.writer = MapWriter(self.datapath.maps)
+        maps = self.datapath.maps
         # A restart takes back the ids the maps use, so nothing needs rewriting.
         self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name,
                                       id_hints={k: f.svc_id for k, f in self.writer.frontends.items()},
                                       node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
-                                      capacity=Capacity(self.datapath.maps.nat_fe.max_entries,
-                                                        self.datapath.maps.nat_be.max_entries))
+                                      capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
+                                                                               maps.svc_ips, maps.src_ranges))))
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()

@@ -1,6 +1,7 @@
 """desired_state(): Services and EndpointSlices in, exact map contents out."""
 import copy
 import dataclasses
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -95,8 +96,9 @@ def expected(*ports: Programmed, service_ips=None) -> DesiredState:
     return state
 
 
-def run(services=(), slices=(), known_ids=None, proxy_name=None) -> DesiredState:
-    return desired_state(services, slices, node_name=NODE, known_ids=known_ids or {}, proxy_name=proxy_name)
+def run(services=(), slices=(), known_ids=None, proxy_name=None, **options) -> DesiredState:
+    return desired_state(services, slices, node_name=NODE, known_ids=known_ids or {}, proxy_name=proxy_name,
+                         **options)
 
 
 def assert_state(actual: DesiredState, want: DesiredState, rejected=()):
@@ -342,6 +344,40 @@ def test_ids_stay_below_the_counters_map_size(monkeypatch):
     assert [(r.name, r.reason) for r in state.rejected] == [("c", "no_free_id")]
 
 
+def lb(name, ips, ports, ingress, ranges):
+    service = svc(name, ip=ips[0], ips=ips, ports=ports, type="LoadBalancer", loadBalancerSourceRanges=ranges)
+    service["status"] = {"loadBalancer": {"ingress": [{"ip": ingress}]}}
+    return service
+
+
+# What each service takes:  frontends  backends  service addresses  source-range entries
+#   a, c (1 port)               2          2            1                    1
+#   b (2 ports, 2 cluster IPs)  6          4            2                    4
+# Each capacity lets a and c in, not b beside a; b turned away takes nothing, so c still fits.
+ROOM_CASES = [
+    pytest.param(services_module.Usage(4, 99, 99, 99), id="frontends"),
+    pytest.param(services_module.Usage(99, 5, 99, 99), id="backends"),
+    pytest.param(services_module.Usage(99, 99, 2, 99), id="service-addresses"),
+    pytest.param(services_module.Usage(99, 99, 99, 4), id="source-range-entries"),
+]
+
+
+@pytest.mark.parametrize("capacity", ROOM_CASES)
+def test_a_service_the_maps_cannot_hold_is_turned_away_whole(capacity):
+    """Written anyway, it failed the writer's batch at every sync, and every other change with it (a
+    Service with 100 ports and 656 source ranges needs more src_ranges entries than the map holds).
+    The capacity is made small here; test_malformed_maps fills the real maps."""
+    services = [lb("a", ["10.96.0.1"], [port(80)], "203.0.113.1", ["10.0.0.0/8"]),
+                lb("b", ["10.96.0.2", "10.96.0.4"], [port(80, "x"), port(81, "y")], "203.0.113.2",
+                   ["10.0.0.0/8", "172.16.0.0/12"]),
+                lb("c", ["10.96.0.3"], [port(80)], "203.0.113.3", ["10.0.0.0/8"])]
+    slices = [eps(name, ports=[port(8080, n) for n in names], endpoints=[ep("10.1.0.1"), ep("10.1.0.2")])
+              for name, names in (("a", [None]), ("b", ["x", "y"]), ("c", [None]))]
+    state = run(services, slices, capacity=capacity)
+    assert [(r.name, r.reason) for r in state.rejected] == [("b", "map_full")]
+    assert {n.name for n in state.ids} == {"a", "c"} and state.service_ips == {"10.96.0.1", "10.96.0.3"}
+
+
 # --- Malformed objects: rejected whole, the rest still programmed ---
 
 def with_spec(**fields):
@@ -399,6 +435,16 @@ REJECTED_SERVICE_CASES = [
                  ("default", "bad", "duplicate_port"), id="duplicate-port-and-protocol"),
     pytest.param(svc("bad", ip="10.96.0.20", ports=[port(80, "http"), port(81, "http")]),
                  ("default", "bad", "duplicate_port"), id="duplicate-port-name"),
+    # A value the API refuses is not read as the default (it was: "local" gave Cluster, "Nodeport" ClusterIP).
+    pytest.param(with_spec(type="Nodeport"), ("default", "bad", "bad_value"), id="type-unknown"),
+    pytest.param(with_spec(type="NodePort", externalTrafficPolicy="local"), ("default", "bad", "bad_value"),
+                 id="external-traffic-policy-lower-case"),
+    pytest.param(with_spec(internalTrafficPolicy="Node"), ("default", "bad", "bad_value"),
+                 id="internal-traffic-policy-unknown"),
+    pytest.param(with_spec(internalTrafficPolicy=["Local"]), ("default", "bad", "bad_value"),
+                 id="internal-traffic-policy-a-list"),
+    pytest.param(with_spec(publishNotReadyAddresses="true"), ("default", "bad", "bad_type"),
+                 id="publish-not-ready-addresses-a-string"),
     pytest.param(svc("zzz"), ("default", "zzz", "duplicate_frontend"), id="cluster-ip-and-port-of-another-service"),
     pytest.param(svc("web", ip="10.96.0.20"), ("default", "web", "duplicate_service"), id="same-service-twice"),
 ]
@@ -439,6 +485,17 @@ REJECTED_SLICE_CASES = [
     pytest.param(bad_endpoint(conditions={"ready": "true"}), ("default", "web-bad", "bad_type"),
                  id="ready-a-string"),
     pytest.param(bad_endpoint(nodeName=["node-a"]), ("default", "web-bad", "bad_type"), id="node-name-a-list"),
+    # Endpoint addresses the API refuses: a backend there takes connections and answers none.
+    pytest.param(bad_endpoint(addresses=["127.0.0.1"]), ("default", "web-bad", "bad_ip"), id="address-loopback"),
+    pytest.param(bad_endpoint(addresses=["0.0.0.0"]), ("default", "web-bad", "bad_ip"), id="address-unspecified"),
+    pytest.param(bad_endpoint(addresses=["169.254.42.1"]), ("default", "web-bad", "bad_ip"),
+                 id="address-link-local-the-hairpin-source"),
+    pytest.param(bad_endpoint(addresses=["224.0.0.251"]), ("default", "web-bad", "bad_ip"),
+                 id="address-link-local-multicast"),
+    # addressType was read as "not IPv4, skip" when absent or unknown: the slice vanished unnamed.
+    pytest.param(without(("addressType",), bad_slice()), ("default", "web-bad", "missing_field"),
+                 id="no-address-type"),
+    pytest.param(bad_slice(addressType="ipv4"), ("default", "web-bad", "bad_value"), id="address-type-lower-case"),
     pytest.param(bad_slice(ports=[port(0)]), ("default", "web-bad", "bad_port"), id="port-0"),
     pytest.param(bad_slice(ports=[port(65536)]), ("default", "web-bad", "bad_port"), id="port-65536"),
     pytest.param(bad_slice(ports=[port("8080")]), ("default", "web-bad", "bad_port"), id="port-a-string"),
@@ -451,6 +508,17 @@ REJECTED_SLICE_CASES = [
 def test_malformed_slice_rejected_others_used(bad, rejection):
     state = run([svc()], [eps(endpoints=[ep("10.1.0.1")]), bad])
     assert_state(state, expected(Programmed(backends=(be("10.1.0.1"),))), [("EndpointSlice", *rejection)])
+
+
+def test_enormous_port_list_is_checked_in_linear_time():
+    """Duplicate ports were found by comparing each port with every one before it: a Service with
+    20,000 ports (about 1 MB, which the API admits) took minutes. Now milliseconds."""
+    ports = [port(n, f"p{n}") for n in range(1, 20_001)] + [port(1, "again")]
+    started = time.perf_counter()
+    state = run([svc("big", ip="10.96.0.20", ports=ports), svc()])
+    assert time.perf_counter() - started < 2.0
+    assert [(r.name, r.reason) for r in state.rejected] == [("big", "duplicate_port")]
+    assert spn() in state.ids
 
 
 # --- Garbage never raises ---
@@ -475,7 +543,7 @@ FULL_SERVICE = svc(ips=[WEB_IP, "fd00::10"], ports=[port(80, "http", targetPort=
                    labels={"app": "web"}, internalTrafficPolicy="Local", publishNotReadyAddresses=False)
 FULL_SLICE = eps(ports=[port(8080, "http", "TCP")],
                  endpoints=[ep("10.1.0.1", node=NODE, ready=True, serving=True, terminating=False)])
-REASONS = {"bad_type", "missing_field", "bad_ip", "bad_port", "bad_protocol", "duplicate_port"}
+REASONS = {"bad_type", "missing_field", "bad_ip", "bad_port", "bad_protocol", "duplicate_port", "bad_value"}
 
 
 def field_paths(obj, prefix=()):

@@ -84,7 +84,7 @@ def test_services_beyond_the_frontend_map_are_left_out_whole_and_named(lab, api)
         assert lab.http_get("C", f"10.96.5.{i}") == "B"
     assert all(frontend(lab, "node-2", "10.96.5.3", port, proto) is None
                for port, proto in ((8080, 6), (5353, 17), (9000, 6)))          # none of its ports, not some
-    assert "skipped Service default/big-3: needs 3 frontends" in lab.agent_log("node-2")
+    assert "skipped Service default/big-3: needs 3 frontends entries" in lab.agent_log("node-2")
     assert gauge(metrics(lab, "node-2"), 'ebpflb_map_pressure{map="frontends"}') == 10 / FRONTEND_MAP_MAX
     assert set(lab.http_get_many("C", VIP, 10)) == {"A0", "B"}                  # the services that fit
     api.delete("Service", "default", "big-1")                                   # room frees: big-3 gets in

@@ -3,7 +3,7 @@ would give, reports only what a change touched, and keeps ids stable."""
 from hypothesis import given, settings, strategies as st
 
 from ebpflb.core.model import Backend, Frontend, FrontendKey, HealthCheck, ServicePortName
-from ebpflb.core.services import desired_state
+from ebpflb.core.services import Usage, desired_state
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
 from ebpflb.structs import C
 
@@ -114,6 +114,104 @@ def test_a_second_service_on_a_taken_frontend_is_rejected_not_programmed():
     assert {n.name for n in t.state.ids} == {"a"}
 
 
+def test_a_namespace_that_is_not_text_is_rejected_not_a_crash():
+    """A list as namespace made an unhashable key (TypeError in set_service), a number or a bool one that
+    does not sort with the others (TypeError in flush, at every sync); YAML gives `namespace: 2024` as one."""
+    for namespace in (["default"], 2024, True):
+        bad = service("bad", "10.96.0.9")
+        bad["metadata"]["namespace"] = namespace
+        t = ServiceTracker(NODE)
+        t.set_service(bad)
+        t.set_service(service("a", "10.96.0.1"))
+        t.set_slice(dict(slice_("bad-1", "bad", [("10.1.0.1", NODE)]), metadata={
+            "namespace": namespace, "name": "bad-1", "labels": {"kubernetes.io/service-name": "bad"}}))
+        t.flush()
+        assert [(r.kind, r.reason) for r in t.rejected] == [("Service", "bad_type"), ("EndpointSlice", "bad_type")]
+        assert {n.name for n in t.state.ids} == {"a"}
+
+
+def test_objects_without_a_key_are_named_once_per_full_list():
+    """They were appended again at every full list (a manifest reread), so the metric grew without end;
+    their reason is the core's (metadata a list is bad_type, not missing_field)."""
+    t = ServiceTracker(NODE)
+    nameless = service("x", "10.96.0.9")
+    del nameless["metadata"]["name"]
+    for _ in range(3):
+        t.replace_all([nameless, {"metadata": ["x"]}, service("a", "10.96.0.1")], [{"metadata": None}])
+        t.flush()
+    assert sorted((r.kind, r.reason) for r in t.rejected) == [
+        ("EndpointSlice", "missing_field"), ("Service", "bad_type"), ("Service", "missing_field")]
+
+
+def test_a_malformed_slice_is_named_before_its_service_exists():
+    """One at a time, the slices of a service not there (or of none: no label) were never checked, so
+    a malformed one went unnamed; the full computation names it."""
+    t = ServiceTracker(NODE)
+    bad_address = slice_("a-1", "a", [("10.1.0.999", NODE)])
+    no_label = slice_("b-1", "b", [("10.1.0.2", NODE)])
+    del no_label["metadata"]["labels"]
+    t.set_slice(bad_address)
+    t.set_slice(no_label)
+    t.flush()
+    assert sorted((r.name, r.reason) for r in t.rejected) == [("a-1", "bad_ip"), ("b-1", "missing_field")]
+    assert sorted(t.rejected, key=lambda r: r.name) == sorted(full(t).rejected, key=lambda r: r.name)
+    t.delete_slice(("default", "a-1"))
+    t.delete_slice(("default", "b-1"))
+    t.flush()
+    assert t.rejected == []
+
+
+def test_a_service_turned_away_gets_the_frontend_when_the_holder_lets_go():
+    """A service rejected for a frontend another held stayed rejected after the holder left or moved,
+    until it changed itself; now it is tried again and programmed, as the full computation does."""
+    t = ServiceTracker(NODE)
+    t.set_service(service("a", "10.96.0.1"))
+    t.flush()
+    t.set_service(service("b", "10.96.0.1"))
+    t.set_service(service("c", "10.96.0.1"))
+    t.flush()
+    assert sorted((r.name, r.reason) for r in t.rejected) == [("b", "duplicate_frontend"), ("c", "duplicate_frontend")]
+    t.set_service(service("a", "10.96.0.2"))   # a moves away: b gets the address (name order), c waits
+    t.flush()
+    assert {n.name for n in t.state.ids} == {"a", "b"} and [(r.name, r.reason) for r in t.rejected] == [
+        ("c", "duplicate_frontend")]
+    t.delete_service(("default", "b"))
+    t.flush()
+    assert {n.name for n in t.state.ids} == {"a", "c"} and t.rejected == []
+    assert by_name(t.state) == by_name(full(t))
+
+
+def test_a_service_turned_away_for_room_gets_in_when_room_frees():
+    """The maps' capacity, made two frontends here: the third service waits, named, and is written once
+    one leaves; the others are written meanwhile (test_malformed_maps fills the real maps)."""
+    t = ServiceTracker(NODE, capacity=Usage(2, 99, 99, 99))
+    t.set_service(service("a", "10.96.0.1"))
+    t.set_service(service("b", "10.96.0.2"))
+    t.flush()
+    t.set_service(service("c", "10.96.0.3"))
+    t.set_slice(slice_("b-1", "b", [("10.1.0.1", NODE)]))
+    t.flush()
+    assert [(r.name, r.reason) for r in t.rejected] == [("c", "map_full")]
+    assert t.state.backends[t.state.ids[ServicePortName("default", "b", "http", "TCP")]] == (Backend("10.1.0.1", 8080),)
+    t.delete_service(("default", "a"))
+    t.flush()
+    assert {n.name for n in t.state.ids} == {"b", "c"} and t.rejected == []
+
+
+def test_a_service_without_ports_holds_its_address():
+    """Its address is a service address (unused ports rejected), as in the full computation; the tracker
+    took service addresses from frontends and left it out."""
+    portless = service("a", "10.96.0.1", ports=())
+    for bulk in (False, True):
+        t = ServiceTracker(NODE)
+        t.replace_all([portless] + ([service(f"s{i}", f"10.96.1.{i}") for i in range(BULK_RECOMPUTE + 1)]
+                                    if bulk else []), [])
+        t.flush()
+        assert "10.96.0.1" in t.state.service_ips and by_name(t.state) == by_name(full(t))
+        t.delete_service(("default", "a"))
+        assert t.flush().service_ips == {"10.96.0.1"} and "10.96.0.1" not in t.state.service_ips
+
+
 def test_bulk_and_one_by_one_agree():
     services = [service(f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}") for i in range(BULK_RECOMPUTE + 10)]
     slices = [slice_(f"s{i}-1", f"s{i}", [(f"10.1.{i // 250}.{i % 250 + 1}", NODE)]) for i in range(len(services))]
@@ -207,8 +305,9 @@ def test_health_checks_reported_when_they_change():
     changes = t.flush()
     assert [r.reason for r in t.rejected] == ["duplicate_health_check_port"] and not changes.health_checks
     assert {n.name for n in t.state.ids} == {"a", "b"}
-    t.delete_service(("default", "a"))
-    assert t.flush().health_checks and t.state.health_checks == {}
+    t.delete_service(("default", "a"))   # c, turned away for a's port, gets it now
+    assert t.flush().health_checks and t.state.health_checks == {32000: HealthCheck("default", "c", 0)}
+    assert t.rejected == [] and {n.name for n in t.state.ids} == {"b", "c"}
 
 
 def test_restart_takes_ids_back_with_their_src_ranges():

@@ -2,8 +2,13 @@
 with reason map_full; those that fit are programmed; room that frees up lets it in."""
 import pytest
 
-from ebpflb.core.tracker import BULK_RECOMPUTE, Capacity, ServiceTracker
+from ebpflb.core.services import Usage
+from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
 from tests.test_tracker import NODE, service, slice_
+
+
+def capacity(frontends, backends):
+    return Usage(frontends, backends, 1000, 1000)
 
 
 def two_port_service(name, ip):
@@ -20,20 +25,20 @@ def map_full(tracker) -> set[str]:
 
 @pytest.mark.parametrize("capacity, objects, fits, left_out", [
     # 2 frontends free: svc-a (1) fits, svc-b (2 ports: 2 frontends) would make 3
-    (Capacity(frontends=2, backends=100), [service("svc-a", "10.96.0.1"), two_port_service("svc-b", "10.96.0.2")],
+    (capacity(2, 100), [service("svc-a", "10.96.0.1"), two_port_service("svc-b", "10.96.0.2")],
      {"svc-a"}, {"svc-b"}),
     # backends: svc-a takes 2 slots, svc-b needs 2 more than the 3 allowed
-    (Capacity(frontends=10, backends=3),
+    (capacity(10, 3),
      [service("svc-a", "10.96.0.1"), slice_("a-1", "svc-a", [("10.0.0.1", NODE), ("10.0.0.2", NODE)]),
       service("svc-b", "10.96.0.2"), slice_("b-1", "svc-b", [("10.0.0.3", NODE), ("10.0.0.4", NODE)])],
      {"svc-a"}, {"svc-b"}),
     # exactly full is fine
-    (Capacity(frontends=2, backends=2),
+    (capacity(2, 2),
      [service("svc-a", "10.96.0.1"), slice_("a-1", "svc-a", [("10.0.0.1", NODE)]),
       service("svc-b", "10.96.0.2"), slice_("b-1", "svc-b", [("10.0.0.3", NODE)])],
      {"svc-a", "svc-b"}, set()),
     # a service bigger than the whole map never gets in, and does not keep smaller ones out
-    (Capacity(frontends=1, backends=10), [two_port_service("svc-a", "10.96.0.1"), service("svc-b", "10.96.0.2")],
+    (capacity(1, 10), [two_port_service("svc-a", "10.96.0.1"), service("svc-b", "10.96.0.2")],
      {"svc-b"}, {"svc-a"}),
 ])
 def test_services_that_do_not_fit_are_left_out_whole(capacity, objects, fits, left_out):
@@ -51,7 +56,7 @@ def test_services_that_do_not_fit_are_left_out_whole(capacity, objects, fits, le
 
 
 def test_room_freed_by_a_deleted_service_lets_the_left_out_one_in():
-    tracker = ServiceTracker(NODE, capacity=Capacity(frontends=2, backends=10))
+    tracker = ServiceTracker(NODE, capacity=capacity(2, 10))
     tracker.set_service(service("svc-a", "10.96.0.1"))
     tracker.flush()
     tracker.set_service(two_port_service("svc-b", "10.96.0.2"))
@@ -64,7 +69,7 @@ def test_room_freed_by_a_deleted_service_lets_the_left_out_one_in():
 
 
 def test_a_bulk_recompute_fits_services_in_name_order_and_names_the_rest():
-    tracker = ServiceTracker(NODE, capacity=Capacity(frontends=BULK_RECOMPUTE, backends=10))
+    tracker = ServiceTracker(NODE, capacity=capacity(BULK_RECOMPUTE, 10))
     tracker.replace_services([service(f"svc-{i:04}", f"10.97.{i // 250}.{i % 250 + 1}") for i in range(BULK_RECOMPUTE + 2)])
     tracker.flush()
     assert len(tracker.state.frontends) == BULK_RECOMPUTE
@@ -72,7 +77,7 @@ def test_a_bulk_recompute_fits_services_in_name_order_and_names_the_rest():
 
 
 def test_a_relist_keeps_the_services_already_in():
-    tracker = ServiceTracker(NODE, capacity=Capacity(frontends=1 + BULK_RECOMPUTE, backends=10))
+    tracker = ServiceTracker(NODE, capacity=capacity(1 + BULK_RECOMPUTE, 10))
     tracker.set_service(service("zz-first", "10.96.0.1"))
     tracker.flush()
     later = [service(f"aa-{i}", f"10.97.{i // 250}.{i % 250 + 1}") for i in range(BULK_RECOMPUTE + 1)]

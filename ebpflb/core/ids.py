@@ -43,4 +43,5 @@ def remap_ids(desired: DesiredState, wanted: Mapping[ServicePortName, int]) -> D
         ids={name: final[name] for name in desired.ids},
         rejected=list(desired.rejected),
         src_ranges={old_to_new[i]: r for i, r in desired.src_ranges.items()},
-        health_checks=dict(desired.health_checks))
+        health_checks=dict(desired.health_checks),
+        service_ips_by_service=dict(desired.service_ips_by_service))

@@ -35,13 +35,27 @@ class Backend(NamedTuple):   # a NamedTuple: a million of these are built at sca
     port: int
 
 
+# Why an object is skipped: the values of ebpflb_objects_rejected's reason label, and no others.
+REJECT_REASONS = frozenset({
+    "missing_field",                 # a required field is absent, null or ""
+    "bad_type",                      # a field of the wrong JSON type (a list for an object, a string for a bool...)
+    "bad_value",                     # not one of the values the API allows (type, traffic policies, addressType)
+    "bad_ip", "bad_cidr", "bad_port", "bad_protocol",
+    "duplicate_port",                # two ports of one Service with the same name or the same number and protocol
+    # Fine alone, but another object holds what it names:
+    "duplicate_service", "duplicate_frontend", "duplicate_health_check_port",
+    "no_free_id",                    # every service id is taken
+    "map_full",                      # the maps are too full to take all its entries
+})
+
+
 @dataclass(frozen=True)
 class Rejected:
     """An object skipped as malformed: named in the log, counted in a metric by reason."""
     kind: str       # "Service" or "EndpointSlice"
     namespace: str
     name: str
-    reason: str     # short, metric-label friendly: bad_ip, bad_port, bad_protocol, missing_field, ...
+    reason: str     # one of REJECT_REASONS
     detail: str     # human sentence for the log
 
 
@@ -63,3 +77,6 @@ class DesiredState:
     # id -> loadBalancerSourceRanges (IPv4 CIDRs, normalized), for ids with NAT_FLG_SRC_RANGES frontends
     src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check
+    # (namespace, name) -> the addresses of service_ips it holds, also with no port (the tracker's split);
+    # bookkeeping, not map contents: left out of comparisons
+    service_ips_by_service: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False)

@@ -2,7 +2,8 @@
 
 Pure: nothing is read, logged or kept between calls. A malformed object is skipped whole and
 reported in `DesiredState.rejected`; no object shape makes this module raise (malformed node
-addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError).
+addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError). So is a
+service that names a frontend another one holds, or that the maps cannot hold beside the others.
 
 Traffic from outside (NodePort on the node's addresses, spec.externalIPs, LoadBalancer ingress IPs)
 gets frontends flagged NAT_FLG_EXTERNAL that share the service port's id and backend list with its
@@ -24,7 +25,43 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
+SERVICE_TYPES = ("ClusterIP", *NODE_PORT_TYPES, "ExternalName")
+TRAFFIC_POLICIES = ("Cluster", "Local")
+ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 _NO_EXTERNAL: dict = {}   # shared, never written: what a port without external frontends gets
+
+
+class Usage(NamedTuple):
+    """Entries taken in the maps the programs read: by a whole state, or needed by one service."""
+    frontends: int = 0
+    backends: int = 0
+    service_ips: int = 0
+    src_ranges: int = 0
+
+
+# The default sizes (bpf/structs.h); the agent passes the real maps' (--frontend-map-max, ...).
+MAP_CAPACITY = Usage(C.NAT_FE_MAX, C.NAT_BE_MAX, C.SVC_IP_MAX, C.SRC_RANGES_MAX)
+
+
+def no_room(used: Usage, need: Usage, capacity: Usage = MAP_CAPACITY) -> str | None:
+    """Why `need` more entries do not fit beside `used`; None when they do. A service that does not fit
+    is turned away whole: a full map fails the writer's batch, and with it every other change."""
+    if all(have + more <= most for have, more, most in zip(used, need, capacity)):
+        return None
+    what, have, more, most = next(t for t in zip(Usage._fields, used, need, capacity) if t[1] + t[2] > t[3])
+    return f"needs {more} {what} entries, the maps hold {most} and {have} are taken"
+
+
+def usage(part, new_service_ips: int) -> Usage:
+    """The entries `part` takes (a DesiredState or the tracker's Contribution: its frontends, backends
+    and src_ranges); how many of its service addresses are new is the caller's to say."""
+    return Usage(len(part.frontends), sum(map(len, part.backends.values())), new_service_ips,
+                 sum(map(len, part.src_ranges.values())))
+
+
+def _plus(a: Usage, b: Usage) -> Usage:
+    return Usage(a.frontends + b.frontends, a.backends + b.backends, a.service_ips + b.service_ips,
+                 a.src_ranges + b.src_ranges)
 
 
 class _Malformed(Exception):
@@ -93,10 +130,12 @@ class _Endpoint(NamedTuple):
 def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                   known_ids: Mapping[ServicePortName, int], proxy_name: str | None = None,
                   reserved_ids: frozenset[int] = frozenset(), node_addresses: Sequence[str] = (),
-                  nodeport_cidrs: Sequence[str] = ()) -> DesiredState:
+                  nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY) -> DesiredState:
     """`reserved_ids` are held by services outside this call (the tracker computes one service
     at a time): new names never take them. NodePorts are served on `node_addresses` (IPv4 ones;
-    with `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them)."""
+    with `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them).
+    Services that do not fit in `capacity` are turned away whole; those with a known id go first, so
+    a relist never swaps a programmed service for another."""
     node_addrs = node_port_addresses(tuple(node_addresses), tuple(nodeport_cidrs)) if node_addresses else ()
     rejected: list[Rejected] = []
     parsed_services = _parse_each(services, "Service", lambda obj: _parse_service(obj, proxy_name), rejected)
@@ -105,14 +144,26 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                       reserved_ids)
     state = DesiredState(rejected=rejected)
     service_ips: set[str] = set()
-    for service in sorted(parsed_services, key=lambda s: (s.namespace, s.name)):
+    used = Usage()
+    known_services = {(name.namespace, name.name) for name in known_ids}
+    for service in sorted(parsed_services, key=lambda s: ((s.namespace, s.name) not in known_services,
+                                                          s.namespace, s.name)):
         conflict = _conflict(service, state, ids, node_addrs)
         if conflict:
             rejected.append(Rejected("Service", service.namespace, service.name, *conflict))
             continue
+        part = DesiredState()
         _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name,
-                 node_addrs, state)
+                 node_addrs, part)
+        need = usage(part, len(set(service.cluster_ips) - service_ips))
+        full = no_room(used, need, capacity)
+        if full:
+            rejected.append(Rejected("Service", service.namespace, service.name, "map_full", full))
+            continue
+        used = _plus(used, need)
+        _merge(part, state)
         service_ips.update(service.cluster_ips)
+        state.service_ips_by_service[(service.namespace, service.name)] = frozenset(service.cluster_ips)
     state.service_ips = frozenset(service_ips)
     return state
 
@@ -159,6 +210,14 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
     if health_check:
         state.health_checks[service.health_check_port] = HealthCheck(service.namespace, service.name,
                                                                      len(local_ready))
+
+
+def _merge(part: DesiredState, state: DesiredState) -> None:
+    state.ids.update(part.ids)
+    state.frontends.update(part.frontends)
+    state.backends.update(part.backends)
+    state.src_ranges.update(part.src_ranges)
+    state.health_checks.update(part.health_checks)
 
 
 def _frontend_keys(service: _Service, port: _ServicePort) -> list[FrontendKey]:
@@ -330,15 +389,18 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
     cluster_ips = _cluster_ips(spec)
     if not cluster_ips:
         return None
-    node_ports = spec.get("type") in NODE_PORT_TYPES
-    external_local = node_ports and spec.get("externalTrafficPolicy") == "Local"
+    # A value the API would refuse ("local", "Nodeport") is rejected, not read as the default: the
+    # object asks for something we cannot tell.
+    node_ports = _enum(spec, "type", SERVICE_TYPES) in NODE_PORT_TYPES
+    external_local = _enum(spec, "externalTrafficPolicy", TRAFFIC_POLICIES) == "Local" and node_ports
+    internal_local = _enum(spec, "internalTrafficPolicy", TRAFFIC_POLICIES) == "Local"
     health_check_port = spec.get("healthCheckNodePort")
     if health_check_port is not None:
         _port_number(health_check_port, "healthCheckNodePort")
     external_ips = spec.get("externalIPs")
     return _Service(namespace, name, cluster_ips, _service_ports(spec, namespace, name, node_ports),
-                    internal_local=spec.get("internalTrafficPolicy") == "Local",
-                    publish_not_ready=spec.get("publishNotReadyAddresses") is True,
+                    internal_local=internal_local,
+                    publish_not_ready=_optional(spec, "publishNotReadyAddresses", bool, False),
                     external_ips=_ipv4_only(_expect(external_ips, list, "externalIPs"), "externalIP")
                     if external_ips is not None else (),
                     lb_ips=_ingress_ips(obj["status"]) if obj.get("status") is not None else (),
@@ -398,13 +460,17 @@ def _cluster_ips(spec: dict) -> tuple[str, ...]:
 
 def _service_ports(spec: dict, namespace: str, name: str, node_ports: bool = False) -> tuple[_ServicePort, ...]:
     ports: list[_ServicePort] = []
+    numbers: set[tuple[int, int]] = set()   # sets, not a scan of the ports so far: a list can be huge
+    names: set[ServicePortName] = set()
     for entry in _optional(spec, "ports", list, []):
         port = _service_port(entry, namespace, name, node_ports)
         protocol = port.name.protocol
-        if any((p.number, p.proto) == (port.number, port.proto) for p in ports):
+        if (port.number, port.proto) in numbers:
             raise _Malformed("duplicate_port", f"port {port.number}/{protocol} is listed twice")
-        if any(p.name == port.name for p in ports):
+        if port.name in names:
             raise _Malformed("duplicate_port", f"port name {port.name.port!r}/{protocol} is used twice")
+        numbers.add((port.number, port.proto))
+        names.add(port.name)
         ports.append(port)
     return tuple(ports)
 
@@ -431,7 +497,10 @@ def _parse_slice(obj) -> _Slice | None:
     namespace = _required(metadata, "namespace", str)
     name = _required(metadata, "name", str)
     service = _required(_optional(metadata, "labels", dict, {}), SERVICE_NAME_LABEL, str)
-    if obj.get("addressType") != "IPv4":
+    address_type = _enum(obj, "addressType", ADDRESS_TYPES)
+    if address_type is None:
+        raise _Malformed("missing_field", "addressType is missing")
+    if address_type != "IPv4":
         return None
     ports = (_slice_port(entry) for entry in _optional(obj, "ports", list, []))
     endpoints = (_slice_endpoint(entry) for entry in _optional(obj, "endpoints", list, []))
@@ -448,7 +517,7 @@ def _slice_port(entry) -> _SlicePort | None:
 
 def _slice_endpoint(entry) -> _SliceEndpoint:
     entry = _expect(entry, dict, "an endpoint")
-    addresses = tuple(_ipv4(a) for a in _optional(entry, "addresses", list, []))
+    addresses = tuple(_endpoint_address(a) for a in _optional(entry, "addresses", list, []))
     conditions = _optional(entry, "conditions", dict, {})
     ready = _optional(conditions, "ready", bool, True)
     return _SliceEndpoint(addresses, ready=ready,
@@ -475,6 +544,16 @@ def _optional(obj: dict, key: str, kind: type, default):
     """The field, or `default` when absent or null (JSON null is how the API says absent)."""
     value = obj.get(key)
     return default if value is None else _expect(value, kind, key)
+
+
+def _enum(obj: dict, key: str, allowed: tuple[str, ...]) -> str | None:
+    """One of `allowed`, or None when absent, null or "" (what the API's defaulting fills in)."""
+    value = obj.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise _Malformed("bad_value", f"{key} {value!r} is not one of {', '.join(allowed)}")
+    return value
 
 
 def _protocol(entry: dict) -> str:
@@ -513,3 +592,17 @@ def _ipv4(value) -> str:
     if _ip_version(value, "address") != 4:
         raise _Malformed("bad_ip", f"address {value!r} is not IPv4")
     return value
+
+
+_NO_POD_PREFIXES = ("127.", "169.254.", "224.0.0.")   # loopback, link-local, link-local multicast
+
+
+def _endpoint_address(value) -> str:
+    """An IPv4 address a pod can have: the API refuses the unspecified, loopback, link-local and
+    link-local multicast ones for an endpoint; a backend there would take its share of the
+    connections and answer none (169.254.42.1 is also the hairpin source)."""
+    address = _ipv4(value)
+    # Prefixes of text are exact here: inet_pton took only canonical dotted quads.
+    if address.startswith(_NO_POD_PREFIXES) or address == "0.0.0.0":
+        raise _Malformed("bad_ip", f"endpoint address {address} is unspecified, loopback or link-local")
+    return address

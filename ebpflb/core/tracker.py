@@ -7,16 +7,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ebpflb.structs import C
-
 from .ids import recover_ids, remap_ids
 from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
-from .services import SERVICE_NAME_LABEL, desired_state, node_port_addresses
+from .services import MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses, usage
 
 ObjectKey = tuple[str, str]   # (namespace, name)
 
 # Past this many dirty services one pass over everything is quicker than one call per service.
 BULK_RECOMPUTE = 256
+# A service rejected for one of these is fine itself: it is tried again when something is freed.
+TURNED_AWAY = frozenset({"duplicate_frontend", "duplicate_health_check_port", "no_free_id", "map_full"})
 _EMPTY: dict = {}   # never written
 
 
@@ -52,13 +52,6 @@ class Changes:
             self.health_checks = True
 
 
-@dataclass(frozen=True)
-class Capacity:
-    """Room in the maps (their max entries). A Service that does not fit is left out whole."""
-    frontends: int
-    backends: int
-
-
 @dataclass
 class Contribution:
     """What one Service puts into the maps."""
@@ -69,16 +62,17 @@ class Contribution:
     src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)
 
-    @property
-    def backend_slots(self) -> int:
-        return sum(map(len, self.backends.values()))
-
 
 def object_key(obj) -> ObjectKey | None:
+    """(namespace or "", name); None when the name is not text or the namespace is neither text nor
+    absent (a list is no dict key; a number does not sort with names: YAML's `namespace: 2024`)."""
     meta = obj.get("metadata") if isinstance(obj, dict) else None
     if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
         return None
-    return (meta.get("namespace") or "", meta["name"])
+    namespace = meta.get("namespace")
+    if namespace is not None and not isinstance(namespace, str):
+        return None
+    return (namespace or "", meta["name"])
 
 
 def owning_service(slice_obj) -> ObjectKey | None:
@@ -91,11 +85,9 @@ def owning_service(slice_obj) -> ObjectKey | None:
 class ServiceTracker:
     def __init__(self, node_name: str, proxy_name: str | None = None,
                  id_hints: dict[FrontendKey, int] | None = None, node_addresses: Sequence[str] = (),
-                 nodeport_cidrs: Sequence[str] = (), capacity: Capacity | None = None):
+                 nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY):
         self.node_name = node_name
-        self.capacity = capacity
-        self.backend_slots = 0                    # entries the backend map needs for state.backends
-        self.over_capacity: set[ObjectKey] = set()   # left out for want of room: retried when room frees
+        self.capacity = capacity   # the maps' sizes: a service that does not fit is turned away whole
         self.proxy_name = proxy_name
         self.id_hints = dict(id_hints or {})   # frontend -> id the maps already use (restart)
         self.nodeport_cidrs = tuple(nodeport_cidrs)
@@ -106,9 +98,14 @@ class ServiceTracker:
         self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
         self.contributions: dict[ObjectKey, Contribution] = {}
         self.rejected_by_service: dict[ObjectKey, list[Rejected]] = {}
-        self.unkeyed: list[Rejected] = []
+        self.turned_away: set[ObjectKey] = set()   # services rejected for a TURNED_AWAY reason
+        # Objects without a key cannot be changed or deleted by key: they are named until the next full
+        # list of their kind.
+        self.unkeyed: dict[str, list[Rejected]] = {"Service": [], "EndpointSlice": []}
         self.state = DesiredState()
         self.ip_refs: Counter[str] = Counter()
+        self.backend_entries = 0   # nat_be entries and src_ranges entries the state takes (map_full)
+        self.range_entries = 0
         self.dirty: set[ObjectKey] = set()
 
     # --- what happened -------------------------------------------------------------------
@@ -125,7 +122,7 @@ class ServiceTracker:
     def set_service(self, obj) -> None:
         key = object_key(obj)
         if key is None:
-            self.unkeyed.append(Rejected("Service", "", "", "missing_field", "metadata.name is missing"))
+            self.unkeyed["Service"].append(self._rejection_of([obj], []))
             return
         if self.services.get(key) != obj:
             self.services[key] = obj
@@ -138,7 +135,7 @@ class ServiceTracker:
     def set_slice(self, obj) -> None:
         key = object_key(obj)
         if key is None:
-            self.unkeyed.append(Rejected("EndpointSlice", "", "", "missing_field", "metadata.name is missing"))
+            self.unkeyed["EndpointSlice"].append(self._rejection_of([], [obj]))
             return
         if self.slices.get(key) == obj:
             return
@@ -162,6 +159,7 @@ class ServiceTracker:
         self.replace_slices(slices)
 
     def replace_services(self, services) -> None:
+        self.unkeyed["Service"] = []
         seen = set()
         for obj in services:
             self.set_service(obj)
@@ -170,6 +168,7 @@ class ServiceTracker:
             self.delete_service(key)
 
     def replace_slices(self, slices) -> None:
+        self.unkeyed["EndpointSlice"] = []
         seen = set()
         for obj in slices:
             self.set_slice(obj)
@@ -180,7 +179,8 @@ class ServiceTracker:
     # --- what the maps should hold -------------------------------------------------------------
     @property
     def rejected(self) -> list[Rejected]:
-        return self.unkeyed + [r for rs in self.rejected_by_service.values() for r in rs]
+        return [*self.unkeyed["Service"], *self.unkeyed["EndpointSlice"],
+                *(r for rs in self.rejected_by_service.values() for r in rs)]
 
     def flush(self) -> Changes:
         """Recompute what the changes since the last flush touched."""
@@ -189,14 +189,19 @@ class ServiceTracker:
         if len(dirty) > BULK_RECOMPUTE:
             self._recompute_all(changes)
         else:
-            used = (len(self.state.frontends), self.backend_slots)
             for key in sorted(dirty):
                 self._recompute(key, changes)
-            if self.over_capacity and (len(self.state.frontends) < used[0] or self.backend_slots < used[1]):
-                for key in sorted(self.over_capacity - dirty):   # room freed: try them again
+            if changes and self.turned_away:
+                # What a changed or deleted service held may be free now: the services turned away
+                # for it get it (in name order), as the full computation would give it them.
+                for key in sorted(self.turned_away):
                     self._recompute(key, changes)
         self.state.service_ips = frozenset(self.ip_refs)
         return changes
+
+    def _rejection_of(self, services: list, slices: list) -> Rejected:
+        """The core's reason for an object without a key (it rejects every one of them)."""
+        return desired_state(services, slices, node_name=self.node_name, known_ids={}).rejected[0]
 
     def _slices_for(self, key: ObjectKey) -> list[dict]:
         return [self.slices[s] for s in sorted(self.slices_of.get(key, ()))]
@@ -217,7 +222,9 @@ class ServiceTracker:
             del self.state.health_checks[p]
         self.ip_refs.subtract(old.service_ips)
         self.ip_refs += Counter()   # drop zero counts
-        self.backend_slots -= old.backend_slots
+        entries = usage(old, 0)
+        self.backend_entries -= entries.backends
+        self.range_entries -= entries.src_ranges
         changes.add(old)
         return old
 
@@ -231,61 +238,60 @@ class ServiceTracker:
         if part.health_checks:
             self.state.health_checks.update(part.health_checks)
         self.ip_refs.update(part.service_ips)
-        self.backend_slots += part.backend_slots
+        entries = usage(part, 0)
+        self.backend_entries += entries.backends
+        self.range_entries += entries.src_ranges
         changes.add(part)
-
-    def _room_for(self, key: ObjectKey, part: Contribution) -> bool:
-        """Does the part fit in the maps? If not, it is rejected whole (never half programmed)."""
-        self.over_capacity.discard(key)
-        cap = self.capacity
-        if cap is None or (len(self.state.frontends) + len(part.frontends) <= cap.frontends
-                           and self.backend_slots + part.backend_slots <= cap.backends):
-            return True
-        self.over_capacity.add(key)
-        self.rejected_by_service.setdefault(key, []).append(Rejected(
-            "Service", key[0], key[1], "map_full",
-            f"needs {len(part.frontends)} frontends and {part.backend_slots} backend slots; the maps hold "
-            f"{len(self.state.frontends)} of {cap.frontends} and {self.backend_slots} of {cap.backends}"))
-        return False
 
     def _recompute(self, key: ObjectKey, changes: Changes) -> None:
         old = self._withdraw(key, changes)
         self.rejected_by_service.pop(key, None)
+        self.turned_away.discard(key)
         service = self.services.get(key)
         if service is None:
-            self.over_capacity.discard(key)
+            # Nothing to program; the slices naming it are still checked, so a malformed one is named
+            # now (as the full computation names it), not once its service shows up.
+            if self.slices_of.get(key):
+                self.rejected_by_service[key] = desired_state([], self._slices_for(key), node_name=self.node_name,
+                                                              known_ids={}).rejected
             changes.compare(old, None)
             return
         desired = desired_state([service], self._slices_for(key), node_name=self.node_name,
                                 known_ids=old.ids if old else {}, proxy_name=self.proxy_name,
                                 reserved_ids=frozenset(self.state.ids.values()),
-                                node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs)
+                                node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
+                                capacity=self.capacity)
         if old is None and self.id_hints:
             in_use = set(self.state.ids.values())
             hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items() if i not in in_use}
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, hinted)
         self.rejected_by_service[key] = list(desired.rejected)
-        taken = [k for k in desired.frontends if k in self.state.frontends]
-        if taken:
-            self.rejected_by_service[key].append(Rejected(
-                "Service", key[0], key[1], "duplicate_frontend",
-                f"{taken[0].addr}:{taken[0].port} belongs to another service"))
-            changes.compare(old, None)
-            return
-        taken_ports = [p for p in desired.health_checks if p in self.state.health_checks]
-        if taken_ports:
-            self.rejected_by_service[key].append(Rejected(
-                "Service", key[0], key[1], "duplicate_health_check_port",
-                f"healthCheckNodePort {taken_ports[0]} belongs to another service"))
-            changes.compare(old, None)
-            return
         part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
-        if not self._room_for(key, part):
+        turned_away = self._cannot_join(key, part)
+        if turned_away:
+            self.rejected_by_service[key].append(turned_away)
+        if any(r.kind == "Service" and r.reason in TURNED_AWAY for r in self.rejected_by_service[key]):
+            self.turned_away.add(key)
+        if turned_away:
             changes.compare(old, None)
             return
         self._contribute(key, part, changes)
         changes.compare(old, part)
+
+    def _cannot_join(self, key: ObjectKey, part: Contribution) -> Rejected | None:
+        """Why a service's part cannot join the others': what it names is held, or the maps are full."""
+        taken = [k for k in part.frontends if k in self.state.frontends]
+        if taken:
+            return Rejected("Service", key[0], key[1], "duplicate_frontend",
+                            f"{taken[0].addr}:{taken[0].port} belongs to another service")
+        taken_ports = [p for p in part.health_checks if p in self.state.health_checks]
+        if taken_ports:
+            return Rejected("Service", key[0], key[1], "duplicate_health_check_port",
+                            f"healthCheckNodePort {taken_ports[0]} belongs to another service")
+        used = Usage(len(self.state.frontends), self.backend_entries, len(self.ip_refs), self.range_entries)
+        full = no_room(used, usage(part, sum(1 for ip in part.service_ips if ip not in self.ip_refs)), self.capacity)
+        return Rejected("Service", key[0], key[1], "map_full", full) if full else None
 
     def _recompute_all(self, changes: Changes) -> None:
         """Everything at once (start-up, relist): one pass of the core, then split per service."""
@@ -293,7 +299,8 @@ class ServiceTracker:
         old_parts = {key: self._withdraw(key, changes) for key in list(self.contributions)}
         desired = desired_state(self.services.values(), self.slices.values(), node_name=self.node_name,
                                 known_ids=previous, proxy_name=self.proxy_name,
-                                node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs)
+                                node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
+                                capacity=self.capacity)
         if self.id_hints:
             # Restart: take back the ids the maps use, for names this process has not seen yet.
             held = set(previous.values())
@@ -302,15 +309,14 @@ class ServiceTracker:
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}})
         self.rejected_by_service = {}
-        self.over_capacity = set()
+        self.turned_away = set()
         for r in desired.rejected:
             self.rejected_by_service.setdefault(self._owner_of(r), []).append(r)
+            if r.kind == "Service" and r.reason in TURNED_AWAY:
+                self.turned_away.add((r.namespace, r.name))
         parts = split(desired)
-        # Services already programmed first: a relist never swaps which ones fit.
-        for key in sorted(parts, key=lambda k: (old_parts.get(k) is None, k)):
-            if self._room_for(key, parts[key]):
-                self._contribute(key, parts[key], changes)
-        parts = {key: part for key, part in parts.items() if key in self.contributions}
+        for key, part in parts.items():
+            self._contribute(key, part, changes)
         for key in old_parts.keys() | parts.keys():
             changes.compare(old_parts.get(key), parts.get(key))
 
@@ -330,15 +336,11 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         part.ids[name] = svc_id
         part.backends[svc_id] = desired.backends[svc_id]
         owner_of_id[svc_id] = key
-    ips: dict[ObjectKey, set[str]] = {}
-    external = C.NAT_FLG_EXTERNAL
     for k, frontend in desired.frontends.items():
-        key = owner_of_id[frontend.svc_id]
-        parts[key].frontends[k] = frontend
-        if not frontend.flags & external:   # node addresses, externalIPs and LB IPs are no service IPs
-            ips.setdefault(key, set()).add(k.addr)
-    for key, addrs in ips.items():
-        parts[key].service_ips = frozenset(addrs)
+        parts[owner_of_id[frontend.svc_id]].frontends[k] = frontend
+    # From the core's record, not the frontends: a service without ports holds its address too.
+    for key, addrs in desired.service_ips_by_service.items():
+        parts.setdefault(key, Contribution({}, {}, {}, frozenset())).service_ips = addrs
     for svc_id, ranges in desired.src_ranges.items():
         parts[owner_of_id[svc_id]].src_ranges[svc_id] = ranges
     for health_port, check in desired.health_checks.items():

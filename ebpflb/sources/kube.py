@@ -8,6 +8,7 @@ The client's model deserialization is far too slow at 10k services: responses ar
 """
 import logging
 import random
+import socket
 import threading
 import time
 
@@ -130,6 +131,14 @@ class Reflector(threading.Thread):
             self.counters.watch_restart(self.resource, reason)
 
 
+def _is_ipv4(text) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET, text)
+        return True
+    except (OSError, TypeError, ValueError):   # not an address; not text; an embedded NUL
+        return False
+
+
 def _short(err: Exception) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:200]
@@ -199,10 +208,14 @@ class KubeSource:
         pass
 
     def node_addresses(self, node_name: str) -> list[str]:
-        """InternalIP and ExternalIP addresses of this node's Node object."""
-        status = (self.nodes.get(node_name) or {}).get("status") or {}
-        return [a["address"] for a in status.get("addresses") or []
-                if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and "." in str(a.get("address"))]
+        """The IPv4 InternalIP and ExternalIP addresses of this node's Node object; what is no address
+        is left out (it was taken on a dot and crashed the agent where NodePorts are planned)."""
+        status = (self.nodes.get(node_name) or {}).get("status")
+        addresses = status.get("addresses") if isinstance(status, dict) else None
+        if not isinstance(addresses, list):
+            return []
+        return [a["address"] for a in addresses
+                if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and _is_ipv4(a.get("address"))]
 
     def stop(self) -> None:
         self.stopping.set()
