@@ -44,11 +44,11 @@
 static __always_inline int uplink_forward(struct __sk_buff *skb, const struct packet *p,
 					  const struct ct_value *fwd)
 {
-	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
-		return TC_ACT_SHOT;
 	if (!(fwd->flags & CT_FLAG_SNAT))
-		return TC_ACT_OK;
-	if (nat_set_src(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport) < 0)
+		return nat_rewrite(skb, p, p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0 ?
+			TC_ACT_SHOT : TC_ACT_OK;
+	if (nat_rewrite(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport,
+			fwd->nat_addr, fwd->nat_port) < 0)
 		return TC_ACT_SHOT;
 	return redirect_by_fib(skb, fwd->snat_addr, fwd->nat_addr, p->proto);
 }
@@ -57,11 +57,11 @@ static __always_inline int uplink_forward(struct __sk_buff *skb, const struct pa
 static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct packet *p,
 					  const struct ct_value *rev)
 {
-	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
-		return TC_ACT_SHOT;
 	if (!(rev->flags & CT_FLAG_SNAT))
-		return TC_ACT_OK;
-	if (nat_set_dst(skb, p, rev->snat_addr, rev->snat_port ? rev->snat_port : p->dport) < 0)
+		return nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, p->daddr, p->dport) < 0 ?
+			TC_ACT_SHOT : TC_ACT_OK;
+	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, rev->snat_addr,
+			rev->snat_port ? rev->snat_port : p->dport) < 0)
 		return TC_ACT_SHOT;
 	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
 }

@@ -31,30 +31,24 @@
 static __always_inline int forward_established(struct __sk_buff *skb, const struct packet *p,
 					       const struct ct_value *fwd)
 {
-	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
+	int hairpin = fwd->flags & CT_FLAG_SNAT;
+
+	if (nat_rewrite(skb, p, hairpin ? fwd->snat_addr : p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0)
 		return TC_ACT_SHOT;
-	if (fwd->flags & CT_FLAG_SNAT) {
-		if (nat_set_addr(skb, p, IP_SRC_OFF, p->saddr, fwd->snat_addr) < 0)
-			return TC_ACT_SHOT;
-		/* The backend is this very pod: the routing stack would call its own address
-		 * martian, so deliver it back directly. */
-		return redirect_back(skb);
-	}
-	return TC_ACT_OK;
+	/* Hairpin: the backend is this very pod: the routing stack would call its own address
+	 * martian, so deliver it back directly. */
+	return hairpin ? redirect_back(skb) : TC_ACT_OK;
 }
 
 /* Apply a NAT_REV entry: source back to the frontend, and for hairpin the destination too. */
 static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packet *p,
 				       const struct ct_value *rev)
 {
-	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
+	int hairpin = rev->flags & CT_FLAG_SNAT;
+
+	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, hairpin ? rev->snat_addr : p->daddr, p->dport) < 0)
 		return TC_ACT_SHOT;
-	if (rev->flags & CT_FLAG_SNAT) {
-		if (nat_set_addr(skb, p, IP_DST_OFF, p->daddr, rev->snat_addr) < 0)
-			return TC_ACT_SHOT;
-		return redirect_back(skb);
-	}
-	return TC_ACT_OK;
+	return hairpin ? redirect_back(skb) : TC_ACT_OK;
 }
 
 static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
