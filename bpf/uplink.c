@@ -134,7 +134,7 @@ int from_uplink(struct __sk_buff *skb)
 		if (!(entry->flags & CT_FLAG_UPLINK) || ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* A backend elsewhere answering an outside client's flow we SNATed. */
-		ct_touch_rev(&p, entry, bpf_ktime_get_ns());
+		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
 		return uplink_reverse(skb, &p, entry);
 	}
@@ -142,7 +142,7 @@ int from_uplink(struct __sk_buff *skb)
 		if (!(entry->flags & CT_FLAG_UPLINK))
 			return TC_ACT_OK;   /* a pod's flow: its tuple from outside is not ours to take */
 		if (!ct_is_reopen(&p, entry)) {
-			ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
+			ct_touch_fwd(&p, entry, clock_now());
 			count_packet(skb, entry->svc_id, 0);
 			return uplink_forward(skb, &p, entry);
 		}
@@ -150,7 +150,7 @@ int from_uplink(struct __sk_buff *skb)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
-		return new_external_flow(skb, &p, fe, bpf_ktime_get_ns());
+		return new_external_flow(skb, &p, fe, clock_now());
 	return TC_ACT_OK;
 }
 
@@ -167,7 +167,7 @@ int to_uplink(struct __sk_buff *skb)
 	if (!rev || rev->type != CT_TYPE_NAT_REV || (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) != CT_FLAG_UPLINK ||
 	    ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
-	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
+	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
 	return uplink_reverse(skb, &p, rev);
 }
@@ -207,7 +207,7 @@ int xdp_uplink(struct xdp_md *ctx)
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && (entry->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT)) {
-		__u64 now = bpf_ktime_get_ns();
+		__u64 now = clock_now();
 		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry))
 			return xdp_forward(ctx, &p, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
 					   entry->nat_addr, entry->nat_port, now);

@@ -106,7 +106,7 @@ int from_workload(struct __sk_buff *skb)
 		if (ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* The hairpin backend answering itself comes back in here. */
-		ct_touch_rev(&p, entry, bpf_ktime_get_ns());
+		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
 		return reverse_nat(skb, &p, entry);
 	}
@@ -114,7 +114,7 @@ int from_workload(struct __sk_buff *skb)
 		if (entry->flags & CT_FLAG_UPLINK)
 			return TC_ACT_OK;   /* an outside client's flow: the uplink translates it, not a pod */
 		if (!ct_is_reopen(&p, entry)) {
-			ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
+			ct_touch_fwd(&p, entry, clock_now());
 			count_packet(skb, entry->svc_id, 0);
 			return forward_established(skb, &p, entry);
 		}
@@ -122,7 +122,7 @@ int from_workload(struct __sk_buff *skb)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe)
-		return new_service_flow(skb, &p, fe, bpf_ktime_get_ns());
+		return new_service_flow(skb, &p, fe, clock_now());
 	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
 	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_OK;
 }
@@ -142,7 +142,7 @@ int to_workload(struct __sk_buff *skb)
 	    (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT) ||
 	    ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
-	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
+	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
 	return reverse_nat(skb, &p, rev);
 }
