@@ -96,13 +96,12 @@ static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value
 		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
 }
 
-/* A flow replaced at fwd_key (a SYN reopening it) takes its reply entry along, unless the new
- * flow reuses that very tuple: left behind, it would still translate the old backend's packets,
- * and its stale-pair check would delete the new flow's forward half. */
-static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key)
+/* A flow replaced at fwd_key (a SYN reopening it; old is the entry there) takes its reply entry
+ * along, unless the new flow reuses that very tuple: left behind, it would still translate the
+ * old backend's packets, and its stale-pair check would delete the new flow's forward half. */
+static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key,
+					       const struct ct_value *old)
 {
-	struct ct_value *old = ct.lookup((struct ct_key *)fwd_key);
-
 	if (!old || old->type != CT_TYPE_NAT_FWD || ct_key_equal(&old->twin, rev_key))
 		return;
 	struct ct_value *old_rev = ct.lookup(&old->twin);
@@ -132,13 +131,15 @@ static __always_inline int ct_claim_reply(const struct packet *p, struct ct_key 
 }
 
 /* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
- * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev.
+ * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev,
+ * and passes what its lookup of p's own tuple found (old: NULL or the NAT_FWD entry being
+ * reopened; ct_claim_reply() never deletes that tuple), so it is not looked up again.
  * The REV half is written first, so a FWD entry never exists without its twin. Fails (the caller
  * drops the packet) when another live flow has the same reply tuple; the client's retry picks a
  * backend again. */
 static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, __u32 be_addr, __u16 be_port,
 					  __u32 reply_dst, __u16 reply_port, struct ct_value *fwd,
-					  struct ct_value *rev, __u64 now)
+					  struct ct_value *rev, __u64 now, const struct ct_value *old)
 {
 	struct ct_key fwd_key = {}, rev_key = {
 		.src_addr = be_addr,
@@ -151,7 +152,7 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	ct_key_of(p, &fwd_key);
 	if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
 		return -1;
-	ct_forget_replaced(&fwd_key, &rev_key);
+	ct_forget_replaced(&fwd_key, &rev_key, old);
 	fwd->created_ns = rev->created_ns = now;
 	fwd->last_seen_ns = rev->last_seen_ns = now;
 	fwd->svc_id = rev->svc_id = svc_id;

@@ -66,8 +66,9 @@ static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct pa
 	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
 }
 
+/* entry: what conntrack holds for p's tuple (NULL, or the closed flow it reopens). */
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
-					     const struct nat_fe_value *fe, __u64 now)
+					     const struct nat_fe_value *fe, struct ct_value *entry, __u64 now)
 {
 	if (!lb_source_allowed(fe, p->saddr)) {
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
@@ -103,6 +104,12 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
 			return TC_ACT_SHOT;
 		}
+		if (entry) {
+			/* The port search may have forgotten the very flow being reopened. */
+			struct ct_key key;
+			ct_key_of(p, &key);
+			entry = ct.lookup(&key);
+		}
 		reply_dst = cfg->node_addr;
 		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
 		fwd.snat_addr = reply_dst;
@@ -110,7 +117,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		rev.snat_addr = p->saddr;
 		rev.snat_port = p->sport;
 	}
-	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now) < 0)
+	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now, entry) < 0)
 		return TC_ACT_SHOT;
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
@@ -150,7 +157,7 @@ int from_uplink(struct __sk_buff *skb)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
-		return new_external_flow(skb, &p, fe, clock_now());
+		return new_external_flow(skb, &p, fe, entry, clock_now());
 	return TC_ACT_OK;
 }
 

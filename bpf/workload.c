@@ -51,8 +51,10 @@ static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packe
 	return hairpin ? redirect_back(skb) : TC_ACT_OK;
 }
 
+/* entry: what conntrack holds for p's tuple (NULL, or the closed flow it reopens). */
 static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
-					    const struct nat_fe_value *fe, __u64 now)
+					    const struct nat_fe_value *fe, const struct ct_value *entry,
+					    __u64 now)
 {
 	if (fe->count == 0)
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
@@ -75,7 +77,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		fwd.snat_addr = cfg->hairpin_addr;
 		rev.snat_addr = p->saddr;
 	}
-	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now) < 0)
+	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now, entry) < 0)
 		return TC_ACT_SHOT;
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
@@ -122,7 +124,7 @@ int from_workload(struct __sk_buff *skb)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe)
-		return new_service_flow(skb, &p, fe, clock_now());
+		return new_service_flow(skb, &p, fe, entry, clock_now());
 	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
 	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_OK;
 }
