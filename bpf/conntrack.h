@@ -98,15 +98,20 @@ static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value
 
 /* A flow replaced at fwd_key (a SYN reopening it; old is the entry there) takes its reply entry
  * along, unless the new flow reuses that very tuple: left behind, it would still translate the
- * old backend's packets, and its stale-pair check would delete the new flow's forward half. */
+ * old backend's packets, and its stale-pair check would delete the new flow's forward half.
+ * Decided on a copy of old's twin, and only a NAT_REV that names fwd_key is deleted: whatever
+ * old's memory holds by now (an LRU entry can be recycled under a pointer), nothing else is. */
 static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key,
 					       const struct ct_value *old)
 {
-	if (!old || old->type != CT_TYPE_NAT_FWD || ct_key_equal(&old->twin, rev_key))
+	if (!old || old->type != CT_TYPE_NAT_FWD)
 		return;
-	struct ct_value *old_rev = ct.lookup(&old->twin);
+	struct ct_key old_rev_key = old->twin;
+	if (ct_key_equal(&old_rev_key, rev_key))
+		return;
+	struct ct_value *old_rev = ct.lookup(&old_rev_key);
 	if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
-		ct.delete(&old->twin);
+		ct.delete(&old_rev_key);
 }
 
 /* May the flow fwd_key take the reply tuple rev_key? Not from another live flow: that flow's
@@ -130,10 +135,14 @@ static __always_inline int ct_claim_reply(const struct packet *p, struct ct_key 
 	return 0;
 }
 
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
 /* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
  * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev,
  * and passes what its lookup of p's own tuple found (old: NULL or the NAT_FWD entry being
- * reopened; ct_claim_reply() never deletes that tuple), so it is not looked up again.
+ * reopened), so it is not looked up again.
  * The REV half is written first, so a FWD entry never exists without its twin. Fails (the caller
  * drops the packet) when another live flow has the same reply tuple; the client's retry picks a
  * backend again. */
@@ -150,9 +159,6 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	};
 
 	ct_key_of(p, &fwd_key);
-	if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
-		return -1;
-	ct_forget_replaced(&fwd_key, &rev_key, old);
 	fwd->created_ns = rev->created_ns = now;
 	fwd->last_seen_ns = rev->last_seen_ns = now;
 	fwd->svc_id = rev->svc_id = svc_id;
@@ -165,8 +171,23 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	rev->nat_port = p->dport;
 	rev->tcp_seen = ct_tcp_bits(p, 0);
 	rev->twin = fwd_key;
-	if (ct.update(&rev_key, rev) < 0)
+
+	/* The reply tuple is almost always free: then the write says so itself (BPF_NOEXIST) and the
+	 * clash check's lookup is not needed. Only when it is taken (or is known to be: the flow
+	 * being reopened holds it) does ct_claim_reply() look at who holds it. */
+	int err = -EEXIST;
+	if (!old || !ct_key_equal(&old->twin, &rev_key))
+		err = ct.insert(&rev_key, rev);
+	if (err == -EEXIST) {
+		if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
+			return -1;
+		err = ct.update(&rev_key, rev);
+	}
+	if (err < 0)
 		return -1;
+	/* After the REV write, which may have recycled old's memory (LRU eviction): harmless, see
+	 * ct_forget_replaced(). */
+	ct_forget_replaced(&fwd_key, &rev_key, old);
 	return ct.update(&fwd_key, fwd);
 }
 
