@@ -5,6 +5,7 @@
 #pragma once
 #include "maps.h"
 #include "parse.h"
+#include "clock.h"
 
 static __always_inline void ct_key_of(const struct packet *p, struct ct_key *k)
 {
@@ -67,10 +68,18 @@ static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_
 	return !rev || (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST));
 }
 
+/* last_seen only moves forward, and is written only when the (per-jiffy, clock.h) clock moved:
+ * a flow's packets mostly read its entry instead of dirtying its cache line each time. */
+static __always_inline void ct_touch_time(struct ct_value *entry, __u64 now)
+{
+	if (now > entry->last_seen_ns)
+		entry->last_seen_ns = now;
+}
+
 /* Record a forward packet: last seen, and FIN/RST in the flow's state (kept in NAT_REV). */
 static __always_inline void ct_touch_fwd(const struct packet *p, struct ct_value *fwd, __u64 now)
 {
-	fwd->last_seen_ns = now;
+	ct_touch_time(fwd, now);
 	__u8 bits = ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST);
 	if (!bits)
 		return;
@@ -81,24 +90,28 @@ static __always_inline void ct_touch_fwd(const struct packet *p, struct ct_value
 
 static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value *rev, __u64 now)
 {
-	rev->last_seen_ns = now;
+	ct_touch_time(rev, now);
 	__u8 bits = ct_tcp_bits(p, 1);
 	if ((rev->tcp_seen & bits) != bits)
 		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
 }
 
-/* A flow replaced at fwd_key (a SYN reopening it) takes its reply entry along, unless the new
- * flow reuses that very tuple: left behind, it would still translate the old backend's packets,
- * and its stale-pair check would delete the new flow's forward half. */
-static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key)
+/* A flow replaced at fwd_key (a SYN reopening it; old is the entry there) takes its reply entry
+ * along, unless the new flow reuses that very tuple: left behind, it would still translate the
+ * old backend's packets, and its stale-pair check would delete the new flow's forward half.
+ * Decided on a copy of old's twin, and only a NAT_REV that names fwd_key is deleted: whatever
+ * old's memory holds by now (an LRU entry can be recycled under a pointer), nothing else is. */
+static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key,
+					       const struct ct_value *old)
 {
-	struct ct_value *old = ct.lookup((struct ct_key *)fwd_key);
-
-	if (!old || old->type != CT_TYPE_NAT_FWD || ct_key_equal(&old->twin, rev_key))
+	if (!old || old->type != CT_TYPE_NAT_FWD)
 		return;
-	struct ct_value *old_rev = ct.lookup(&old->twin);
+	struct ct_key old_rev_key = old->twin;
+	if (ct_key_equal(&old_rev_key, rev_key))
+		return;
+	struct ct_value *old_rev = ct.lookup(&old_rev_key);
 	if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
-		ct.delete(&old->twin);
+		ct.delete(&old_rev_key);
 }
 
 /* May the flow fwd_key take the reply tuple rev_key? Not from another live flow: that flow's
@@ -122,14 +135,20 @@ static __always_inline int ct_claim_reply(const struct packet *p, struct ct_key 
 	return 0;
 }
 
+#ifndef EEXIST
+#define EEXIST 17
+#endif
+
 /* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
- * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev.
+ * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev,
+ * and passes what its lookup of p's own tuple found (old: NULL or the NAT_FWD entry being
+ * reopened), so it is not looked up again.
  * The REV half is written first, so a FWD entry never exists without its twin. Fails (the caller
  * drops the packet) when another live flow has the same reply tuple; the client's retry picks a
  * backend again. */
 static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, __u32 be_addr, __u16 be_port,
 					  __u32 reply_dst, __u16 reply_port, struct ct_value *fwd,
-					  struct ct_value *rev, __u64 now)
+					  struct ct_value *rev, __u64 now, const struct ct_value *old)
 {
 	struct ct_key fwd_key = {}, rev_key = {
 		.src_addr = be_addr,
@@ -140,9 +159,6 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	};
 
 	ct_key_of(p, &fwd_key);
-	if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
-		return -1;
-	ct_forget_replaced(&fwd_key, &rev_key);
 	fwd->created_ns = rev->created_ns = now;
 	fwd->last_seen_ns = rev->last_seen_ns = now;
 	fwd->svc_id = rev->svc_id = svc_id;
@@ -155,8 +171,23 @@ static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, 
 	rev->nat_port = p->dport;
 	rev->tcp_seen = ct_tcp_bits(p, 0);
 	rev->twin = fwd_key;
-	if (ct.update(&rev_key, rev) < 0)
+
+	/* The reply tuple is almost always free: then the write says so itself (BPF_NOEXIST) and the
+	 * clash check's lookup is not needed. Only when it is taken (or is known to be: the flow
+	 * being reopened holds it) does ct_claim_reply() look at who holds it. */
+	int err = -EEXIST;
+	if (!old || !ct_key_equal(&old->twin, &rev_key))
+		err = ct.insert(&rev_key, rev);
+	if (err == -EEXIST) {
+		if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
+			return -1;
+		err = ct.update(&rev_key, rev);
+	}
+	if (err < 0)
 		return -1;
+	/* After the REV write, which may have recycled old's memory (LRU eviction): harmless, see
+	 * ct_forget_replaced(). */
+	ct_forget_replaced(&fwd_key, &rev_key, old);
 	return ct.update(&fwd_key, fwd);
 }
 

@@ -2,16 +2,8 @@
  * it back to the pod: what kube-proxy's REJECT does for a service without endpoints. */
 #pragma once
 #include "nat.h"
+#include "csum.h"
 #include "trace.h"
-
-static __always_inline __u16 csum_fold(__s64 sum)
-{
-	__u64 s = (__u64)sum;
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	s = (s & 0xffff) + (s >> 16);
-	return ~s;
-}
 
 /* RFC 1122 3.2.2: no ICMP error to a source that names no single host: 0/8, 127/8, multicast
  * (224/4), 240/4 and the broadcast. */

@@ -89,7 +89,7 @@ struct ct_key {
 /* A NATed flow has two entries: NAT_FWD keyed by what the client sends (client -> VIP) and
  * NAT_REV keyed by what the backend answers (backend -> client). Each names the other (twin). */
 struct ct_value {
-	__u64 created_ns;    /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) */
+	__u64 created_ns;    /* CLOCK_MONOTONIC (bpf_ktime_get_ns()), to a jiffy: bpf/clock.h */
 	__u64 last_seen_ns;  /* last packet in this entry's direction */
 	__u8 type;           /* CT_TYPE_* */
 	__u8 flags;          /* CT_FLAG_* */

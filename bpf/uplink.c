@@ -44,11 +44,11 @@
 static __always_inline int uplink_forward(struct __sk_buff *skb, const struct packet *p,
 					  const struct ct_value *fwd)
 {
-	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
-		return TC_ACT_SHOT;
 	if (!(fwd->flags & CT_FLAG_SNAT))
-		return TC_ACT_OK;
-	if (nat_set_src(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport) < 0)
+		return nat_rewrite(skb, p, p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0 ?
+			TC_ACT_SHOT : TC_ACT_OK;
+	if (nat_rewrite(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport,
+			fwd->nat_addr, fwd->nat_port) < 0)
 		return TC_ACT_SHOT;
 	return redirect_by_fib(skb, fwd->snat_addr, fwd->nat_addr, p->proto);
 }
@@ -57,17 +57,18 @@ static __always_inline int uplink_forward(struct __sk_buff *skb, const struct pa
 static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct packet *p,
 					  const struct ct_value *rev)
 {
-	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
-		return TC_ACT_SHOT;
 	if (!(rev->flags & CT_FLAG_SNAT))
-		return TC_ACT_OK;
-	if (nat_set_dst(skb, p, rev->snat_addr, rev->snat_port ? rev->snat_port : p->dport) < 0)
+		return nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, p->daddr, p->dport) < 0 ?
+			TC_ACT_SHOT : TC_ACT_OK;
+	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, rev->snat_addr,
+			rev->snat_port ? rev->snat_port : p->dport) < 0)
 		return TC_ACT_SHOT;
 	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
 }
 
+/* entry: what conntrack holds for p's tuple (NULL, or the closed flow it reopens). */
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
-					     const struct nat_fe_value *fe, __u64 now)
+					     const struct nat_fe_value *fe, struct ct_value *entry, __u64 now)
 {
 	if (!lb_source_allowed(fe, p->saddr)) {
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
@@ -103,6 +104,12 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
 			return TC_ACT_SHOT;
 		}
+		if (entry) {
+			/* The port search may have forgotten the very flow being reopened. */
+			struct ct_key key;
+			ct_key_of(p, &key);
+			entry = ct.lookup(&key);
+		}
 		reply_dst = cfg->node_addr;
 		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
 		fwd.snat_addr = reply_dst;
@@ -110,7 +117,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		rev.snat_addr = p->saddr;
 		rev.snat_port = p->sport;
 	}
-	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now) < 0)
+	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now, entry) < 0)
 		return TC_ACT_SHOT;
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
@@ -134,7 +141,7 @@ int from_uplink(struct __sk_buff *skb)
 		if (!(entry->flags & CT_FLAG_UPLINK) || ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* A backend elsewhere answering an outside client's flow we SNATed. */
-		ct_touch_rev(&p, entry, bpf_ktime_get_ns());
+		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
 		return uplink_reverse(skb, &p, entry);
 	}
@@ -142,7 +149,7 @@ int from_uplink(struct __sk_buff *skb)
 		if (!(entry->flags & CT_FLAG_UPLINK))
 			return TC_ACT_OK;   /* a pod's flow: its tuple from outside is not ours to take */
 		if (!ct_is_reopen(&p, entry)) {
-			ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
+			ct_touch_fwd(&p, entry, clock_now());
 			count_packet(skb, entry->svc_id, 0);
 			return uplink_forward(skb, &p, entry);
 		}
@@ -150,7 +157,7 @@ int from_uplink(struct __sk_buff *skb)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
-		return new_external_flow(skb, &p, fe, bpf_ktime_get_ns());
+		return new_external_flow(skb, &p, fe, entry, clock_now());
 	return TC_ACT_OK;
 }
 
@@ -167,7 +174,7 @@ int to_uplink(struct __sk_buff *skb)
 	if (!rev || rev->type != CT_TYPE_NAT_REV || (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) != CT_FLAG_UPLINK ||
 	    ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
-	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
+	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
 	return uplink_reverse(skb, &p, rev);
 }
@@ -207,7 +214,7 @@ int xdp_uplink(struct xdp_md *ctx)
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && (entry->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT)) {
-		__u64 now = bpf_ktime_get_ns();
+		__u64 now = clock_now();
 		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry))
 			return xdp_forward(ctx, &p, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
 					   entry->nat_addr, entry->nat_port, now);

@@ -31,34 +31,30 @@
 static __always_inline int forward_established(struct __sk_buff *skb, const struct packet *p,
 					       const struct ct_value *fwd)
 {
-	if (nat_set_dst(skb, p, fwd->nat_addr, fwd->nat_port) < 0)
+	int hairpin = fwd->flags & CT_FLAG_SNAT;
+
+	if (nat_rewrite(skb, p, hairpin ? fwd->snat_addr : p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0)
 		return TC_ACT_SHOT;
-	if (fwd->flags & CT_FLAG_SNAT) {
-		if (nat_set_addr(skb, p, IP_SRC_OFF, p->saddr, fwd->snat_addr) < 0)
-			return TC_ACT_SHOT;
-		/* The backend is this very pod: the routing stack would call its own address
-		 * martian, so deliver it back directly. */
-		return redirect_back(skb);
-	}
-	return TC_ACT_OK;
+	/* Hairpin: the backend is this very pod: the routing stack would call its own address
+	 * martian, so deliver it back directly. */
+	return hairpin ? redirect_back(skb) : TC_ACT_OK;
 }
 
 /* Apply a NAT_REV entry: source back to the frontend, and for hairpin the destination too. */
 static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packet *p,
 				       const struct ct_value *rev)
 {
-	if (nat_set_src(skb, p, rev->nat_addr, rev->nat_port) < 0)
+	int hairpin = rev->flags & CT_FLAG_SNAT;
+
+	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, hairpin ? rev->snat_addr : p->daddr, p->dport) < 0)
 		return TC_ACT_SHOT;
-	if (rev->flags & CT_FLAG_SNAT) {
-		if (nat_set_addr(skb, p, IP_DST_OFF, p->daddr, rev->snat_addr) < 0)
-			return TC_ACT_SHOT;
-		return redirect_back(skb);
-	}
-	return TC_ACT_OK;
+	return hairpin ? redirect_back(skb) : TC_ACT_OK;
 }
 
+/* entry: what conntrack holds for p's tuple (NULL, or the closed flow it reopens). */
 static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
-					    const struct nat_fe_value *fe, __u64 now)
+					    const struct nat_fe_value *fe, const struct ct_value *entry,
+					    __u64 now)
 {
 	if (fe->count == 0)
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
@@ -81,7 +77,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		fwd.snat_addr = cfg->hairpin_addr;
 		rev.snat_addr = p->saddr;
 	}
-	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now) < 0)
+	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now, entry) < 0)
 		return TC_ACT_SHOT;
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
@@ -112,7 +108,7 @@ int from_workload(struct __sk_buff *skb)
 		if (ct_forget_if_stale(&p, &key, entry))
 			return TC_ACT_OK;
 		/* The hairpin backend answering itself comes back in here. */
-		ct_touch_rev(&p, entry, bpf_ktime_get_ns());
+		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
 		return reverse_nat(skb, &p, entry);
 	}
@@ -120,7 +116,7 @@ int from_workload(struct __sk_buff *skb)
 		if (entry->flags & CT_FLAG_UPLINK)
 			return TC_ACT_OK;   /* an outside client's flow: the uplink translates it, not a pod */
 		if (!ct_is_reopen(&p, entry)) {
-			ct_touch_fwd(&p, entry, bpf_ktime_get_ns());
+			ct_touch_fwd(&p, entry, clock_now());
 			count_packet(skb, entry->svc_id, 0);
 			return forward_established(skb, &p, entry);
 		}
@@ -128,7 +124,7 @@ int from_workload(struct __sk_buff *skb)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe)
-		return new_service_flow(skb, &p, fe, bpf_ktime_get_ns());
+		return new_service_flow(skb, &p, fe, entry, clock_now());
 	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
 	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_OK;
 }
@@ -148,7 +144,7 @@ int to_workload(struct __sk_buff *skb)
 	    (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT) ||
 	    ct_forget_if_stale(&p, &key, rev))
 		return TC_ACT_OK;
-	ct_touch_rev(&p, rev, bpf_ktime_get_ns());
+	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
 	return reverse_nat(skb, &p, rev);
 }

@@ -1,16 +1,8 @@
 /* Address and port rewrites for XDP, where no skb helper fixes checksums: one incremental update
- * (RFC 1624, through bpf_csum_diff) for the addresses and one for the ports. */
+ * (RFC 1624, csum.h) for the addresses and one for the ports. */
 #pragma once
 #include "parse.h"
-
-static __always_inline __u16 csum_apply(__u16 check, __s64 diff)
-{
-	__u64 sum = (__u16)~check + (__u64)(__u32)diff;
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return ~sum;
-}
+#include "csum.h"
 
 /* Set the packet's addresses and ports; p says where its L4 header is. 0, or -1 (untouched). */
 static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct packet *p,
@@ -36,13 +28,8 @@ static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct packet *
 		l4_check = &udp->check;
 	}
 
-	__u32 old_addrs[2] = { iph->saddr, iph->daddr }, new_addrs[2] = { saddr, daddr };
-	__u16 old_ports[2] = { ports[0], ports[1] }, new_ports[2] = { sport, dport };
-	__s64 addr_diff = bpf_csum_diff(old_addrs, sizeof(old_addrs), new_addrs, sizeof(new_addrs), 0);
-	__s64 port_diff = bpf_csum_diff((__be32 *)old_ports, sizeof(old_ports), (__be32 *)new_ports,
-					sizeof(new_ports), 0);
-	if (addr_diff < 0 || port_diff < 0)
-		return -1;
+	__u32 addr_diff = csum_fold32(csum_word_diff(iph->saddr, saddr) + csum_word_diff(iph->daddr, daddr));
+	__u32 port_diff = csum_fold32(csum_word_diff(ports[0] | (__u32)ports[1] << 16, sport | (__u32)dport << 16));
 
 	iph->check = csum_apply(iph->check, addr_diff);
 	if (p->proto == IPPROTO_TCP || *l4_check) {   /* a UDP checksum of 0 means none: keep it */
