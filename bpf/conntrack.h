@@ -200,7 +200,6 @@ static __always_inline int ct_forget_if_stale(const struct packet *p, struct ct_
 	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK) ||
 	    !(rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST)))
 		return 0;
-	ct.delete((struct ct_key *)&rev->twin);
-	ct.delete(key);
+	ct_forget_closed(key, rev);   /* its twin only while that still names it */
 	return 1;
 }

@@ -9,7 +9,7 @@ from ebpflb.conntrack import Timeouts, forget_udp_flows_to, sweep
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.libbpf import prog_test_run
 from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
-from ebpflb.structs import C, ffi, ip_str, port_int
+from ebpflb.structs import C, ffi, ip_be, ip_str, port_be, port_int
 from ebpflb.writer import MapWriter
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
@@ -301,3 +301,22 @@ def test_a_retransmitted_syn_ack_of_a_live_flow_is_still_translated(dp):
     for _ in range(2):
         _, out = run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
         assert Ether(out)[IP].src == VIP
+
+
+def test_a_stale_pair_is_forgotten_without_its_twin_when_the_twin_moved_on(dp):
+    """A SYN-ACK meeting a closed NAT_REV forgets it; its NAT_FWD twin only while that still names it
+    (here the client's tuple already carries a newer flow, whose reply entry is elsewhere)."""
+    program(dp, (VIP, 8080, 6, [B], 0))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))          # C:40000 -> B
+    entries = ct_entries(dp)
+    fwd_key = (C_POD, 40000, VIP, 8080, 6)
+    stale = ffi.new("struct ct_value *", entries[(B, 8080, C_POD, 40000, 6)][0])
+    stale.tcp_seen |= C.CT_TCP_RST
+    stale_key = ffi.new("struct ct_key *", {"src_addr": ip_be(A0), "dst_addr": ip_be(C_POD),
+                                            "src_port": port_be(8080), "dst_port": port_be(40000), "proto": 6})
+    dp.maps.ct.update(stale_key, stale)     # an old pair's reply half, naming the client's tuple
+    verdict, _ = run(dp, "to_workload", to_pod(IP(src=A0, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    assert verdict == TC_ACT_OK
+    entries = ct_entries(dp)
+    assert (A0, 8080, C_POD, 40000, 6) not in entries           # the stale half is gone
+    assert fwd_key in entries and (B, 8080, C_POD, 40000, 6) in entries   # the live flow is whole
