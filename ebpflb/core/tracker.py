@@ -1,15 +1,18 @@
 """The change tracker: Kubernetes objects come and go one at a time (watch events, a changed
 manifest); it keeps the desired map contents up to date by recomputing only the services they
 touch, and says which ids, frontends, service addresses and source ranges changed (and whether a
-health check did) so the writer looks at those only. Pure: no I/O, no clock.
+health check did) so the writer looks at those only. Of each object it keeps what the core read
+of it (parse_service, parse_slice), not the API object. Pure: no I/O, no clock.
 """
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .ids import recover_ids, remap_ids
 from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
-from .services import MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses, usage
+from .services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
+                       parse_service, parse_slice, usage)
 
 ObjectKey = tuple[str, str]   # (namespace, name)
 
@@ -63,6 +66,14 @@ class Contribution:
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)
 
 
+class Prepared(NamedTuple):
+    """One object as the tracker keeps it: read when it arrives (prepare_service/prepare_slice, which a
+    source may call outside the tracker's lock), the API object itself then dropped."""
+    key: ObjectKey | None     # None: it cannot be known by key (then parsed is its Rejected)
+    owner: ObjectKey | None   # an EndpointSlice's service, by its label; None for a Service
+    parsed: object            # parse_service()/parse_slice()'s result
+
+
 def object_key(obj) -> ObjectKey | None:
     """(namespace or "", name); None when the name is not text or the namespace is neither text nor
     absent (a list is no dict key; a number does not sort with names: YAML's `namespace: 2024`)."""
@@ -93,8 +104,9 @@ class ServiceTracker:
         self.nodeport_cidrs = tuple(nodeport_cidrs)
         self.node_addresses = tuple(node_addresses)
         node_port_addresses(self.node_addresses, self.nodeport_cidrs)   # ValueError now, not at the first flush
-        self.services: dict[ObjectKey, dict] = {}
-        self.slices: dict[ObjectKey, dict] = {}
+        self.services: dict[ObjectKey, object] = {}   # key -> parse_service()'s result
+        self.slices: dict[ObjectKey, object] = {}     # key -> parse_slice()'s result
+        self.slice_owners: dict[ObjectKey, ObjectKey] = {}
         self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
         self.contributions: dict[ObjectKey, Contribution] = {}
         self.rejected_by_service: dict[ObjectKey, list[Rejected]] = {}
@@ -119,13 +131,22 @@ class ServiceTracker:
             self.dirty.update(self.services)
         self.node_addresses = addresses
 
+    def prepare_service(self, obj) -> Prepared:
+        """Pure, and reads nothing the tracker changes: callable outside its lock."""
+        return Prepared(object_key(obj), None, parse_service(obj, self.proxy_name))
+
+    def prepare_slice(self, obj) -> Prepared:
+        return Prepared(object_key(obj), owning_service(obj) or ("", ""), parse_slice(obj))
+
     def set_service(self, obj) -> None:
-        key = object_key(obj)
+        """`obj`: an API object, or prepare_service()'s result for one."""
+        key, _, parsed = obj if isinstance(obj, Prepared) else self.prepare_service(obj)
         if key is None:
-            self.unkeyed["Service"].append(self._rejection_of([obj], []))
+            self.unkeyed["Service"].append(parsed)   # always a Rejected
             return
-        if self.services.get(key) != obj:
-            self.services[key] = obj
+        # A change the maps cannot see (resourceVersion, annotations, ...) leaves it clean.
+        if self.services.get(key) != parsed:
+            self.services[key] = parsed
             self.dirty.add(key)
 
     def delete_service(self, key: ObjectKey) -> None:
@@ -133,24 +154,27 @@ class ServiceTracker:
             self.dirty.add(key)
 
     def set_slice(self, obj) -> None:
-        key = object_key(obj)
+        """`obj`: an API object, or prepare_slice()'s result for one."""
+        key, owner, parsed = obj if isinstance(obj, Prepared) else self.prepare_slice(obj)
         if key is None:
-            self.unkeyed["EndpointSlice"].append(self._rejection_of([], [obj]))
+            self.unkeyed["EndpointSlice"].append(parsed)   # always a Rejected
             return
-        if self.slices.get(key) == obj:
+        if key in self.slices and self.slices[key] == parsed and self.slice_owners[key] == owner:
             return
         self.delete_slice(key)
-        self.slices[key] = obj
-        owner = owning_service(obj) or ("", "")
+        self.slices[key] = parsed
+        self.slice_owners[key] = owner
         self.slices_of.setdefault(owner, set()).add(key)
         self.dirty.add(owner)
 
     def delete_slice(self, key: ObjectKey) -> None:
-        old = self.slices.pop(key, None)
-        if old is None:
+        if self.slices.pop(key, None) is None:
             return
-        owner = owning_service(old) or ("", "")
-        self.slices_of.get(owner, set()).discard(key)
+        owner = self.slice_owners.pop(key)
+        siblings = self.slices_of[owner]
+        siblings.discard(key)
+        if not siblings:
+            del self.slices_of[owner]   # else every service name a slice ever named stays
         self.dirty.add(owner)
 
     def replace_all(self, services, slices) -> None:
@@ -159,20 +183,24 @@ class ServiceTracker:
         self.replace_slices(slices)
 
     def replace_services(self, services) -> None:
+        """Each an API object or prepare_service()'s result."""
         self.unkeyed["Service"] = []
         seen = set()
         for obj in services:
-            self.set_service(obj)
-            seen.add(object_key(obj))
+            item = obj if isinstance(obj, Prepared) else self.prepare_service(obj)
+            self.set_service(item)
+            seen.add(item.key)
         for key in self.services.keys() - seen:
             self.delete_service(key)
 
     def replace_slices(self, slices) -> None:
+        """Each an API object or prepare_slice()'s result."""
         self.unkeyed["EndpointSlice"] = []
         seen = set()
         for obj in slices:
-            self.set_slice(obj)
-            seen.add(object_key(obj))
+            item = obj if isinstance(obj, Prepared) else self.prepare_slice(obj)
+            self.set_slice(item)
+            seen.add(item.key)
         for key in self.slices.keys() - seen:
             self.delete_slice(key)
 
@@ -199,11 +227,7 @@ class ServiceTracker:
         self.state.service_ips = frozenset(self.ip_refs)
         return changes
 
-    def _rejection_of(self, services: list, slices: list) -> Rejected:
-        """The core's reason for an object without a key (it rejects every one of them)."""
-        return desired_state(services, slices, node_name=self.node_name, known_ids={}).rejected[0]
-
-    def _slices_for(self, key: ObjectKey) -> list[dict]:
+    def _slices_for(self, key: ObjectKey) -> list:
         return [self.slices[s] for s in sorted(self.slices_of.get(key, ()))]
 
     def _withdraw(self, key: ObjectKey, changes: Changes) -> Contribution | None:
@@ -323,7 +347,7 @@ class ServiceTracker:
     def _owner_of(self, rejected: Rejected) -> ObjectKey:
         if rejected.kind == "Service":
             return (rejected.namespace, rejected.name)
-        return owning_service(self.slices.get((rejected.namespace, rejected.name), {})) or ("", "")
+        return self.slice_owners.get((rejected.namespace, rejected.name), ("", ""))
 
 
 def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
