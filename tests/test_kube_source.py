@@ -3,6 +3,9 @@ and how it lists (in pages)."""
 import threading
 import time
 
+import orjson
+import pytest
+
 from ebpflb.core.tracker import ServiceTracker
 from ebpflb.sources import kube
 from ebpflb.sources.kube import KubeSource, node_addresses_of
@@ -56,4 +59,20 @@ def test_lists_come_in_pages_and_the_tracker_hears_of_each_list_whole(tmp_path, 
     finally:
         if source:
             source.stop()
+        api.stop()
+
+
+def test_requests_carry_the_kubeconfig_token_and_an_error_status_is_an_api_error(tmp_path):
+    """The GETs are made on the client's connection with its auth headers (not through its generated API
+    classes): the right token lists, a wrong one is refused with the status named."""
+    api = FakeApiServer(token="s3cret").start()
+    try:
+        api.load([service("default", "a", "10.96.0.1")])
+        good = KubeSource(api.write_kubeconfig(tmp_path / "good", token="s3cret"))
+        body = orjson.loads(kube.lister(good.api, kube.PATHS["services"])(timeout=(5, 5), limit=10).data)
+        assert [o["metadata"]["name"] for o in body["items"]] == ["a"]
+        bad = KubeSource(api.write_kubeconfig(tmp_path / "bad", token="wrong"))
+        with pytest.raises(kube.ApiError, match="HTTP 401"):
+            kube.lister(bad.api, kube.PATHS["services"])(timeout=(5, 5))
+    finally:
         api.stop()

@@ -3,8 +3,10 @@ resourceVersion, with bookmarks; on 410 Gone list again; on any error retry with
 tracker only ever hears of objects that exist or were deleted: an unreachable or slow API
 changes nothing in the maps.
 
-The client's model deserialization is far too slow at 10k services: responses are taken raw
-(`_preload_content=False`) and parsed with orjson.
+The client's model deserialization is far too slow at 10k services: responses are taken raw and
+parsed with orjson. The kubernetes package gives the connection (its configuration: kubeconfig or
+in-cluster, TLS, proxy, token refresh); the three GETs are made here (`lister`), not through its
+generated CoreV1Api/DiscoveryV1Api, whose import alone loads ≈ 250 model classes (≈ 20 MB of RSS).
 
 Memory: lists come in pages (LIST_PAGE objects each, as client-go's pager does), and each object is
 read into what the tracker keeps (prepare_service/prepare_slice, outside the tracker's lock) as its
@@ -16,8 +18,10 @@ import random
 import socket
 import threading
 import time
+from urllib.parse import urlencode
 
 import orjson
+import urllib3
 
 from ..core.tracker import ServiceTracker, object_key
 
@@ -33,12 +37,47 @@ class Gone(Exception):
     """410: our resourceVersion is too old for the server's history."""
 
 
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, body: bytes):
+        super().__init__(f"HTTP {status} {reason}: {body[:200].decode(errors='replace')}")
+        self.status = status
+
+
 def api_client(kubeconfig: str | None):
     from kubernetes import client, config
     if kubeconfig:
         return config.new_client_from_config(config_file=kubeconfig)
     config.load_incluster_config()
     return client.ApiClient()
+
+
+PATHS = {"services": "/api/v1/services", "endpointslices": "/apis/discovery.k8s.io/v1/endpointslices",
+         "nodes": "/api/v1/nodes"}
+
+
+def lister(api, path: str):
+    """list_call(timeout=(connect, read), **query) -> the raw urllib3 response of GET path?query, through
+    the client's connection pool and with its auth headers (asked for each request: a token refresh
+    hook, in-cluster or exec, runs there). Raises ApiError for an error status."""
+    def call(timeout: tuple[float, float], **query):
+        config = api.configuration
+        headers = {**api.default_headers, "Accept": "application/json"}
+        for auth in config.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
+        params = {name: str(value).lower() if isinstance(value, bool) else value
+                  for name, value in query.items() if value is not None}
+        response = api.rest_client.pool_manager.request(
+            "GET", f"{config.host}{path}?{urlencode(params)}", headers=headers, preload_content=False,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+        if not 200 <= response.status <= 299:
+            body = response.data
+            response.release_conn()
+            raise ApiError(response.status, response.reason, body)
+        return response
+    return call
 
 
 def lines(response):
@@ -92,8 +131,7 @@ class Reflector(threading.Thread):
         """The whole list, page by page; the tracker hears of it only once it is complete."""
         items, cont = [], None
         while True:
-            kwargs = {"_continue": cont} if cont else {}
-            response = self.list_call(limit=LIST_PAGE, _preload_content=False, _request_timeout=(10, 120), **kwargs)
+            response = self.list_call(timeout=(10, 120), limit=LIST_PAGE, **{"continue": cont})
             body = orjson.loads(response.data)
             del response   # the page's bytes
             items += map(self.prepare, body.get("items") or [])
@@ -108,9 +146,9 @@ class Reflector(threading.Thread):
         log.info("%s: listed %d at resourceVersion %s", self.resource, len(items), self.resource_version)
 
     def watch(self) -> None:
-        self.response = self.list_call(watch=True, resource_version=self.resource_version,
-                                       allow_watch_bookmarks=True, timeout_seconds=WATCH_TIMEOUT_S,
-                                       _preload_content=False, _request_timeout=(10, READ_TIMEOUT_S))
+        self.response = self.list_call(timeout=(10, READ_TIMEOUT_S), watch=True,
+                                       resourceVersion=self.resource_version, allowWatchBookmarks=True,
+                                       timeoutSeconds=WATCH_TIMEOUT_S)
         try:
             for line in lines(self.response):
                 event = orjson.loads(line)
@@ -170,10 +208,7 @@ class KubeSource:
     """Feeds the tracker from the API. `synced` once every kind has been listed."""
 
     def __init__(self, kubeconfig: str | None, counters=None):
-        from kubernetes import client
         self.api = api_client(kubeconfig)
-        self.core = client.CoreV1Api(self.api)
-        self.discovery = client.DiscoveryV1Api(self.api)
         self.counters = counters
         self.stopping = threading.Event()
         self.nodes: dict[str, tuple[str, ...]] = {}   # name -> its addresses, all we read of a Node
@@ -220,13 +255,13 @@ class KubeSource:
             self.nodes = {name: addresses for name, addresses in items if name is not None}
 
         self.reflectors = [
-            Reflector("services", self.core.list_service_for_all_namespaces,
+            Reflector("services", lister(self.api, PATHS["services"]),
                       locked(tracker.replace_services), locked(on_service), self.stopping, self.counters,
                       prepare=tracker.prepare_service),
-            Reflector("endpointslices", self.discovery.list_endpoint_slice_for_all_namespaces,
+            Reflector("endpointslices", lister(self.api, PATHS["endpointslices"]),
                       locked(tracker.replace_slices), locked(on_slice), self.stopping, self.counters,
                       prepare=tracker.prepare_slice),
-            Reflector("nodes", self.core.list_node, locked(list_nodes), locked(on_node),
+            Reflector("nodes", lister(self.api, PATHS["nodes"]), locked(list_nodes), locked(on_node),
                       self.stopping, self.counters, prepare=prepare_node),
         ]
         for reflector in self.reflectors:
