@@ -80,4 +80,4 @@ class DesiredState:
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check
     # (namespace, name) -> the addresses of service_ips it holds, also with no port (the tracker's split);
     # bookkeeping, not map contents: left out of comparisons
-    service_ips_by_service: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False)
+    service_ips_by_service: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False)

@@ -55,15 +55,15 @@ class Changes:
             self.health_checks = True
 
 
-@dataclass
+@dataclass(slots=True)   # one per service, kept: no __dict__, and the rarely used dicts shared while empty
 class Contribution:
     """What one Service puts into the maps."""
-    ids: dict[ServicePortName, int]
-    frontends: dict[FrontendKey, Frontend]
-    backends: dict[int, tuple[Backend, ...]]
-    service_ips: frozenset[str]
-    src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
-    health_checks: dict[int, HealthCheck] = field(default_factory=dict)
+    ids: dict[ServicePortName, int] = field(default_factory=dict)
+    frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
+    backends: dict[int, tuple[Backend, ...]] = field(default_factory=dict)
+    service_ips: tuple[str, ...] = ()
+    src_ranges: dict[int, frozenset[str]] = field(default_factory=lambda: _EMPTY)   # replaced, never written
+    health_checks: dict[int, HealthCheck] = field(default_factory=lambda: _EMPTY)
 
 
 class Prepared(NamedTuple):
@@ -107,7 +107,8 @@ class ServiceTracker:
         self.services: dict[ObjectKey, object] = {}   # key -> parse_service()'s result
         self.slices: dict[ObjectKey, object] = {}     # key -> parse_slice()'s result
         self.slice_owners: dict[ObjectKey, ObjectKey] = {}
-        self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
+        # owner -> its slices' keys, sorted; a tuple, not a set: one slice per service is the rule
+        self.slices_of: dict[ObjectKey, tuple[ObjectKey, ...]] = {}
         self.contributions: dict[ObjectKey, Contribution] = {}
         self.rejected_by_service: dict[ObjectKey, list[Rejected]] = {}
         self.turned_away: set[ObjectKey] = set()   # services rejected for a TURNED_AWAY reason
@@ -164,16 +165,17 @@ class ServiceTracker:
         self.delete_slice(key)
         self.slices[key] = parsed
         self.slice_owners[key] = owner
-        self.slices_of.setdefault(owner, set()).add(key)
+        self.slices_of[owner] = tuple(sorted((*self.slices_of.get(owner, ()), key)))
         self.dirty.add(owner)
 
     def delete_slice(self, key: ObjectKey) -> None:
         if self.slices.pop(key, None) is None:
             return
         owner = self.slice_owners.pop(key)
-        siblings = self.slices_of[owner]
-        siblings.discard(key)
-        if not siblings:
+        siblings = tuple(k for k in self.slices_of[owner] if k != key)
+        if siblings:
+            self.slices_of[owner] = siblings
+        else:
             del self.slices_of[owner]   # else every service name a slice ever named stays
         self.dirty.add(owner)
 
@@ -228,7 +230,7 @@ class ServiceTracker:
         return changes
 
     def _slices_for(self, key: ObjectKey) -> list:
-        return [self.slices[s] for s in sorted(self.slices_of.get(key, ()))]
+        return [self.slices[s] for s in self.slices_of.get(key, ())]
 
     def _withdraw(self, key: ObjectKey, changes: Changes) -> Contribution | None:
         old = self.contributions.pop(key, None)
@@ -291,7 +293,7 @@ class ServiceTracker:
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, hinted)
         self.rejected_by_service[key] = list(desired.rejected)
-        part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
+        part = split(desired).get(key) or Contribution()
         turned_away = self._cannot_join(key, part)
         if turned_away:
             self.rejected_by_service[key].append(turned_away)
@@ -354,9 +356,16 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
     """Per Service, the part of a DesiredState it contributed."""
     parts: dict[ObjectKey, Contribution] = {}
     owner_of_id = {}
+
+    def part_of(key: ObjectKey) -> Contribution:
+        part = parts.get(key)
+        if part is None:
+            part = parts[key] = Contribution()
+        return part
+
     for name, svc_id in desired.ids.items():
         key = (name.namespace, name.name)
-        part = parts.setdefault(key, Contribution({}, {}, {}, frozenset()))
+        part = part_of(key)
         part.ids[name] = svc_id
         part.backends[svc_id] = desired.backends[svc_id]
         owner_of_id[svc_id] = key
@@ -364,10 +373,15 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         parts[owner_of_id[frontend.svc_id]].frontends[k] = frontend
     # From the core's record, not the frontends: a service without ports holds its address too.
     for key, addrs in desired.service_ips_by_service.items():
-        parts.setdefault(key, Contribution({}, {}, {}, frozenset())).service_ips = addrs
+        part_of(key).service_ips = addrs
     for svc_id, ranges in desired.src_ranges.items():
-        parts[owner_of_id[svc_id]].src_ranges[svc_id] = ranges
+        part = parts[owner_of_id[svc_id]]
+        if part.src_ranges is _EMPTY:
+            part.src_ranges = {}
+        part.src_ranges[svc_id] = ranges
     for health_port, check in desired.health_checks.items():
-        parts.setdefault((check.namespace, check.name),
-                         Contribution({}, {}, {}, frozenset())).health_checks[health_port] = check
+        part = part_of((check.namespace, check.name))
+        if part.health_checks is _EMPTY:
+            part.health_checks = {}
+        part.health_checks[health_port] = check
     return parts
