@@ -59,8 +59,8 @@ def no_room(used: Usage, need: Usage, capacity: Usage = MAP_CAPACITY) -> str | N
 
 
 def usage(part, new_service_ips: int) -> Usage:
-    """The entries `part` takes (a DesiredState or the tracker's Contribution: its frontends, backends
-    and src_ranges); how many of its service addresses are new is the caller's to say."""
+    """The entries `part` takes (a DesiredState: its frontends, backends and src_ranges; the tracker's
+    Contribution has its own); how many of its service addresses are new is the caller's to say."""
     return Usage(len(part.frontends), sum(map(len, part.backends.values())), new_service_ips,
                  sum(map(len, part.src_ranges.values())))
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .ids import recover_ids, remap_ids
-from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
+from .model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName
 from .services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
-                       parse_service, parse_slice, usage)
+                       parse_service, parse_slice)
 
 ObjectKey = tuple[str, str]   # (namespace, name)
 
@@ -36,7 +36,7 @@ class Changes:
 
     def add(self, part: "Contribution") -> None:
         # update(), not |=: `set |= dict_keys` builds a new set each time (quadratic at 10k services)
-        self.ids.update(part.backends)
+        self.ids.update(part.ids.values())
         self.frontends.update(part.frontends)
         self.service_ips.update(part.service_ips)
 
@@ -57,13 +57,20 @@ class Changes:
 
 @dataclass(slots=True)   # one per service, kept: no __dict__, and the rarely used dicts shared while empty
 class Contribution:
-    """What one Service puts into the maps."""
-    ids: dict[ServicePortName, int] = field(default_factory=dict)
-    frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
-    backends: dict[int, tuple[Backend, ...]] = field(default_factory=dict)
+    """What one Service puts into the maps. Its frontends' values and its backend lists are kept once, in
+    the state (and in the DesiredState it was split from until it joins): here their keys only."""
+    ids: dict[ServicePortName, int] = field(default_factory=dict)   # its backend lists: backends[id]
+    frontends: tuple[FrontendKey, ...] = ()
     service_ips: tuple[str, ...] = ()
+    backend_entries: int = 0                                          # nat_be entries its lists take
     src_ranges: dict[int, frozenset[str]] = field(default_factory=lambda: _EMPTY)   # replaced, never written
     health_checks: dict[int, HealthCheck] = field(default_factory=lambda: _EMPTY)
+
+    def usage(self, new_service_ips: int) -> Usage:
+        """The map entries it takes (services.usage for a DesiredState); how many of its service
+        addresses are new is the caller's to say."""
+        return Usage(len(self.frontends), self.backend_entries, new_service_ips,
+                     sum(map(len, self.src_ranges.values())))
 
 
 class Prepared(NamedTuple):
@@ -240,31 +247,34 @@ class ServiceTracker:
             del self.state.ids[name]
         for k in old.frontends:
             del self.state.frontends[k]
-        for i in old.backends:
+        for i in old.ids.values():
             del self.state.backends[i]
         for i in old.src_ranges:
             del self.state.src_ranges[i]
         for p in old.health_checks:
             del self.state.health_checks[p]
         self.ip_refs.subtract(old.service_ips)
-        self.ip_refs += Counter()   # drop zero counts
-        entries = usage(old, 0)
+        for ip in old.service_ips:   # drop zero counts (not `+= Counter()`: a new Counter of every address)
+            if self.ip_refs[ip] <= 0:
+                del self.ip_refs[ip]
+        entries = old.usage(0)
         self.backend_entries -= entries.backends
         self.range_entries -= entries.src_ranges
         changes.add(old)
         return old
 
-    def _contribute(self, key: ObjectKey, part: Contribution, changes: Changes) -> None:
+    def _contribute(self, key: ObjectKey, part: Contribution, desired: DesiredState, changes: Changes) -> None:
+        """`part` joins the state, with its values from `desired`, the state it was split from."""
         self.contributions[key] = part
         self.state.ids.update(part.ids)
-        self.state.frontends.update(part.frontends)
-        self.state.backends.update(part.backends)
+        self.state.frontends.update((k, desired.frontends[k]) for k in part.frontends)
+        self.state.backends.update((i, desired.backends[i]) for i in part.ids.values())
         if part.src_ranges:
             self.state.src_ranges.update(part.src_ranges)
         if part.health_checks:
             self.state.health_checks.update(part.health_checks)
         self.ip_refs.update(part.service_ips)
-        entries = usage(part, 0)
+        entries = part.usage(0)
         self.backend_entries += entries.backends
         self.range_entries += entries.src_ranges
         changes.add(part)
@@ -302,7 +312,7 @@ class ServiceTracker:
         if turned_away:
             changes.compare(old, None)
             return
-        self._contribute(key, part, changes)
+        self._contribute(key, part, desired, changes)
         changes.compare(old, part)
 
     def _cannot_join(self, key: ObjectKey, part: Contribution) -> Rejected | None:
@@ -316,7 +326,7 @@ class ServiceTracker:
             return Rejected("Service", key[0], key[1], "duplicate_health_check_port",
                             f"healthCheckNodePort {taken_ports[0]} belongs to another service")
         used = Usage(len(self.state.frontends), self.backend_entries, len(self.ip_refs), self.range_entries)
-        full = no_room(used, usage(part, sum(1 for ip in part.service_ips if ip not in self.ip_refs)), self.capacity)
+        full = no_room(used, part.usage(sum(1 for ip in part.service_ips if ip not in self.ip_refs)), self.capacity)
         return Rejected("Service", key[0], key[1], "map_full", full) if full else None
 
     def _recompute_all(self, changes: Changes) -> None:
@@ -342,7 +352,7 @@ class ServiceTracker:
                 self.turned_away.add((r.namespace, r.name))
         parts = split(desired)
         for key, part in parts.items():
-            self._contribute(key, part, changes)
+            self._contribute(key, part, desired, changes)
         for key in old_parts.keys() | parts.keys():
             changes.compare(old_parts.get(key), parts.get(key))
 
@@ -367,10 +377,13 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         key = (name.namespace, name.name)
         part = part_of(key)
         part.ids[name] = svc_id
-        part.backends[svc_id] = desired.backends[svc_id]
+        part.backend_entries += len(desired.backends[svc_id])
         owner_of_id[svc_id] = key
+    frontends_of: dict[ObjectKey, list[FrontendKey]] = {}
     for k, frontend in desired.frontends.items():
-        parts[owner_of_id[frontend.svc_id]].frontends[k] = frontend
+        frontends_of.setdefault(owner_of_id[frontend.svc_id], []).append(k)
+    for key, frontends in frontends_of.items():
+        parts[key].frontends = tuple(frontends)
     # From the core's record, not the frontends: a service without ports holds its address too.
     for key, addrs in desired.service_ips_by_service.items():
         part_of(key).service_ips = addrs
