@@ -134,16 +134,20 @@ class MapWriter:
         for key in gone_frontends:
             nat_fe.delete(fe_key(key))
             stats.deleted += 1
-        # ids a frontend in the maps still names (a changed one is rewritten only at step 4)
-        still_reached = {f.svc_id for key, f in self.frontends.items() if key not in gone_frontends}
         shrunk = {}   # id -> (old length, new length) of slots to delete once the count shrank
         for svc_id in changes.ids:
             have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
             if len(want) < len(have):
                 shrunk[svc_id] = (len(have), len(want))
             stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
-        early = [i for i in shrunk if i not in desired.backends and i not in still_reached]
-        stats.deleted += self._delete_slots({i: shrunk.pop(i) for i in early})
+        unwanted = [i for i in shrunk if i not in desired.backends]
+        if unwanted:
+            # Of those, the ids no frontend in the maps names any more (a changed one is rewritten only
+            # at step 4). Looked at only when there are some: a pass over every frontend key (hashing
+            # each) was 6 of a one-service sync's 9 ms at 10k services.
+            still_reached = {f.svc_id for key, f in self.frontends.items() if key not in gone_frontends}
+            early = [i for i in unwanted if i not in still_reached]
+            stats.deleted += self._delete_slots({i: shrunk.pop(i) for i in early})
 
         # Plain tuples, made into map structs one batch at a time (_update): at a cold start 100k
         # pairs of cffi structs at once took ≈ 30 MB.
