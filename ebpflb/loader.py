@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -148,14 +149,20 @@ class Datapath:
         self.fds = {}
 
 
+# The child runs this very ebpflb (its directory first on sys.path), whatever the working directory holds.
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.loader import _child_main; "
+          "sys.exit(_child_main(int(sys.argv[2]), sys.argv[3]))")
+
+
 def compile_in_child(cflags: list[str]) -> dict[str, int]:
     """Every program of PROGRAMS compiled and loaded by bcc in a child process (which pins the maps):
     program name -> fd, received over a unix socket."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     names = [name for programs in PROGRAMS.values() for name in programs]
+    root = str(Path(__file__).resolve().parent.parent)
     try:
         with theirs:
-            child = subprocess.Popen([sys.executable, "-m", "ebpflb.loader", str(theirs.fileno()), json.dumps(cflags)],
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, root, str(theirs.fileno()), json.dumps(cflags)],
                                      pass_fds=(theirs.fileno(),))
         try:
             # EOF (b"") if the child dies before it answers: our copy of its end is closed.
@@ -172,9 +179,11 @@ def compile_in_child(cflags: list[str]) -> dict[str, int]:
     return dict(zip(names, fds))
 
 
-def _child_main(sock_fd: int, cflags: list[str]) -> int:
+def _child_main(sock_fd: int, cflags_json: str) -> int:
     """In the child: compile, load, send the fds; the maps stay pinned and the programs stay alive
     through the parent's fds when this process exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C at start-up: the agent decides, as before
+    cflags = json.loads(cflags_json)
     with socket.socket(fileno=sock_fd) as sock:
         try:
             from bcc import BPF   # only ever imported here
@@ -188,7 +197,3 @@ def _child_main(sock_fd: int, cflags: list[str]) -> int:
             return 1
         socket.send_fds(sock, [json.dumps({"names": list(fds)}).encode()], list(fds.values()))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main(int(sys.argv[1]), json.loads(sys.argv[2])))

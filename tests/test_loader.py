@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -19,13 +20,19 @@ def pin_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_the_loading_process_never_imports_bcc(pin_dir):
+def test_the_loading_process_never_imports_bcc(pin_dir, tmp_path):
+    """Also: the compiler process runs this very ebpflb, not one the working directory holds."""
+    decoy = tmp_path / "ebpflb"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise SystemExit('the ebpflb of the working directory was imported')")
     script = ("import sys; from ebpflb import libbpf; from ebpflb.loader import Datapath\n"
               f"dp = Datapath({pin_dir!r}).load()\n"
               "assert all(libbpf.prog_info(fd).jited_prog_len > 0 for fd in dp.fds.values())\n"
               "assert 'bcc' not in sys.modules, 'bcc was imported'\n"
               "print(sorted(dp.fds)); dp.close()")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    root = str(Path(__file__).resolve().parent.parent)
+    out = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(sorted(name for programs in PROGRAMS.values() for name in programs))
 
