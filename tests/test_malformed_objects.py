@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ebpflb.core.model import REJECT_REASONS
+from ebpflb.core.services import parse_service, parse_slice
 from tests.malformed import (BREAKAGES, CONFLICT_REASONS, SKIPPED, VALID, alone, assert_consistent, base_service,
                              base_slice, by_name, clusters, fuzz_settings, identity, keyed, run)
 
@@ -86,6 +87,19 @@ def test_invalid_objects_are_rejected_and_change_nothing_for_the_valid_ones(clus
     order.shuffle(slices)
     shuffled = run(services, slices)
     assert (shuffled.ids, by_name(shuffled), keyed(shuffled.rejected)) == (state.ids, by_name(state), keyed(state.rejected))
+
+
+@fuzz_settings(300)
+@given(cluster=clusters())
+def test_the_compact_forms_give_what_the_objects_give(cluster):
+    """The tracker keeps parse_service/parse_slice's results, not the objects: from them the core gives
+    the very same state and rejections, in the same order, and reading an object twice gives equal
+    forms (how the tracker tells a change the maps cannot see)."""
+    raw = run(cluster.services, cluster.slices)
+    compact = run([parse_service(s) for s in cluster.services], [parse_slice(s) for s in cluster.slices])
+    assert compact == raw and compact.rejected == raw.rejected
+    assert [parse_service(s) for s in cluster.services] == [parse_service(s) for s in cluster.services]
+    assert [parse_slice(s) for s in cluster.slices] == [parse_slice(s) for s in cluster.slices]
 
 
 def test_a_cluster_of_every_breakage_at_once():

@@ -79,6 +79,25 @@ def test_an_unchanged_object_changes_nothing():
     assert not t.flush()
 
 
+def test_a_change_the_maps_cannot_see_leaves_the_tracker_clean():
+    """Only what the core reads of an object is kept (not the API object): a new resourceVersion, labels,
+    annotations or a second address of an endpoint change nothing, so nothing is synced for them."""
+    t = ServiceTracker(NODE)
+    svc, eps = service("a", "10.96.0.1"), slice_("a-1", "a", [("10.1.0.1", NODE)])
+    t.replace_all([svc], [eps])
+    t.flush()
+    assert not any(isinstance(obj, dict) for obj in [*t.services.values(), *t.slices.values()])
+    svc["metadata"].update(resourceVersion="7", annotations={"note": "x"}, labels={"app": "a"})
+    eps["metadata"]["resourceVersion"] = "8"
+    eps["endpoints"][0]["addresses"].append("10.1.0.9")   # kube-proxy uses the first only
+    t.set_service(svc)
+    t.set_slice(eps)
+    assert not t.dirty and not t.flush()
+    eps["endpoints"][0]["addresses"][0] = "10.1.0.2"
+    t.set_slice(eps)
+    assert t.dirty == {("default", "a")}
+
+
 def test_deleting_a_service_frees_its_frontends_and_address():
     t = ServiceTracker(NODE)
     t.replace_all([service("a", "10.96.0.1")], [slice_("a-1", "a", [("10.1.0.1", NODE)])])

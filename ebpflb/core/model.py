@@ -3,7 +3,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 
-@dataclass(frozen=True, order=True)
+# slots=True on the value types: no __dict__ per object; tens of thousands of each live at scale.
+@dataclass(frozen=True, order=True, slots=True)
 class ServicePortName:
     """One port of one Service: the unit that gets a service id (like kube-proxy's)."""
     namespace: str
@@ -15,14 +16,14 @@ class ServicePortName:
         return f"{self.namespace}/{self.name}:{self.port}" if self.port else f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class FrontendKey:
     addr: str       # dotted IPv4
     port: int
     proto: int      # IP protocol number: 6 TCP, 17 UDP, 132 SCTP
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Frontend:
     svc_id: int
     count: int      # backends to choose from: ordinals 0..count-1; 0 = reject (drop if *_LOCAL flag)
@@ -49,7 +50,7 @@ REJECT_REASONS = frozenset({
 })
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejected:
     """An object skipped as malformed: named in the log, counted in a metric by reason."""
     kind: str       # "Service" or "EndpointSlice"
@@ -59,7 +60,7 @@ class Rejected:
     detail: str     # human sentence for the log
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     """What the healthCheckNodePort of an externalTrafficPolicy Local service answers on this node."""
     namespace: str
@@ -79,4 +80,4 @@ class DesiredState:
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check
     # (namespace, name) -> the addresses of service_ips it holds, also with no port (the tracker's split);
     # bookkeeping, not map contents: left out of comparisons
-    service_ips_by_service: dict[tuple[str, str], frozenset[str]] = field(default_factory=dict, compare=False)
+    service_ips_by_service: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False)

@@ -1,5 +1,9 @@
 """Services and EndpointSlices, as the Kubernetes API gives them, in; the desired map contents out.
 
+Each object is read once into a compact form (parse_service, parse_slice) that keeps only what the
+maps need: the tracker keeps those between changes instead of whole API objects (a tenth of the
+memory at 10k services).
+
 Pure: nothing is read, logged or kept between calls. A malformed object is skipped whole and
 reported in `DesiredState.rejected`; no object shape makes this module raise (malformed node
 addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError). So is a
@@ -12,6 +16,7 @@ ClusterIP frontends.
 import functools
 import ipaddress
 import socket
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -29,6 +34,7 @@ SERVICE_TYPES = ("ClusterIP", *NODE_PORT_TYPES, "ExternalName")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
 _NO_EXTERNAL: dict = {}   # shared, never written: what a port without external frontends gets
+_NO_RANGES: frozenset = frozenset()   # shared: each frozenset() is a new 216-byte object
 
 
 class Usage(NamedTuple):
@@ -53,8 +59,8 @@ def no_room(used: Usage, need: Usage, capacity: Usage = MAP_CAPACITY) -> str | N
 
 
 def usage(part, new_service_ips: int) -> Usage:
-    """The entries `part` takes (a DesiredState or the tracker's Contribution: its frontends, backends
-    and src_ranges); how many of its service addresses are new is the caller's to say."""
+    """The entries `part` takes (a DesiredState: its frontends, backends and src_ranges; the tracker's
+    Contribution has its own); how many of its service addresses are new is the caller's to say."""
     return Usage(len(part.frontends), sum(map(len, part.backends.values())), new_service_ips,
                  sum(map(len, part.src_ranges.values())))
 
@@ -71,7 +77,7 @@ class _Malformed(Exception):
         self.detail = detail
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: no __dict__ per object, tens of thousands of them
 class _ServicePort:
     name: ServicePortName
     number: int
@@ -79,7 +85,7 @@ class _ServicePort:
     node_port: int | None = None   # only for type NodePort and LoadBalancer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Service:
     namespace: str
     name: str
@@ -94,28 +100,39 @@ class _Service:
     health_check_port: int | None = None      # only with external_local
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _SlicePort:
     name: str
     protocol: str
     number: int
 
 
-class _SliceEndpoint(NamedTuple):   # NamedTuple, not a frozen dataclass: 100k of them at scale
-    addresses: tuple[str, ...]
-    ready: bool
-    serving: bool
-    terminating: bool
-    node_name: str | None
+# An endpoint's conditions, as bits of one byte.
+_READY, _SERVING, _TERMINATING = 1, 2, 4
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Slice:
     namespace: str
     service: str
     name: str
     ports: tuple[_SlicePort, ...]
-    endpoints: tuple[_SliceEndpoint, ...]
+    # The endpoints column by column, the i-th of each being the i-th endpoint's: 100k endpoints at
+    # scale, and an object per endpoint took three times the memory.
+    addresses: tuple[str | None, ...]   # its first address, the only one used; None when it has none
+    node_names: tuple[str | None, ...]
+    conditions: bytes                   # _READY | _SERVING | _TERMINATING
+
+
+class _NotProgrammed:
+    def __repr__(self) -> str:
+        return "NOT_PROGRAMMED"
+
+
+# What parse_service/parse_slice give for an object that is fine but not ours to program (headless,
+# ExternalName, another proxy's, no IPv4 cluster IP; a slice of another address type).
+NOT_PROGRAMMED = _NotProgrammed()
+_PARSED = (_Service, _Slice, Rejected, _NotProgrammed)
 
 
 class _Endpoint(NamedTuple):
@@ -131,15 +148,16 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                   known_ids: Mapping[ServicePortName, int], proxy_name: str | None = None,
                   reserved_ids: frozenset[int] = frozenset(), node_addresses: Sequence[str] = (),
                   nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY) -> DesiredState:
-    """`reserved_ids` are held by services outside this call (the tracker computes one service
+    """`services` and `slices` are API objects, or what parse_service/parse_slice made of them (the
+    tracker reads each object once, when it arrives). `reserved_ids` are held by services outside this call (the tracker computes one service
     at a time): new names never take them. NodePorts are served on `node_addresses` (IPv4 ones;
     with `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them).
     Services that do not fit in `capacity` are turned away whole; those with a known id go first, so
     a relist never swaps a programmed service for another."""
     node_addrs = node_port_addresses(tuple(node_addresses), tuple(nodeport_cidrs)) if node_addresses else ()
     rejected: list[Rejected] = []
-    parsed_services = _parse_each(services, "Service", lambda obj: _parse_service(obj, proxy_name), rejected)
-    slices_by_service = _group_slices(_parse_each(slices, "EndpointSlice", _parse_slice, rejected))
+    parsed_services = _parse_each(services, lambda obj: parse_service(obj, proxy_name), rejected)
+    slices_by_service = _group_slices(_parse_each(slices, parse_slice, rejected))
     ids = _assign_ids([port.name for service in parsed_services for port in service.ports], known_ids,
                       reserved_ids)
     state = DesiredState(rejected=rejected)
@@ -163,7 +181,7 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
         used = _plus(used, need)
         _merge(part, state)
         service_ips.update(service.cluster_ips)
-        state.service_ips_by_service[(service.namespace, service.name)] = frozenset(service.cluster_ips)
+        state.service_ips_by_service[(service.namespace, service.name)] = service.cluster_ips   # shared, not a copy
     state.service_ips = frozenset(service_ips)
     return state
 
@@ -321,12 +339,11 @@ def _slice_endpoints(slice_: _Slice, port: _ServicePort, node_name: str,
     # Matching by port name is how kube-proxy resolves targetPort, numeric or named, per endpoint.
     numbers = [p.number for p in slice_.ports if p.name == port.name.port and p.protocol == port.name.protocol]
     for number in numbers:
-        for endpoint in slice_.endpoints:
-            # The API calls an endpoint's addresses fungible; kube-proxy uses the first only.
-            for address in endpoint.addresses[:1]:
-                yield _Endpoint(Backend(address, number), ready=endpoint.ready or publish_not_ready,
-                                serving=endpoint.serving, terminating=endpoint.terminating,
-                                local=endpoint.node_name == node_name)
+        for address, node, conditions in zip(slice_.addresses, slice_.node_names, slice_.conditions):
+            if address is not None:
+                yield _Endpoint(Backend(address, number), ready=bool(conditions & _READY) or publish_not_ready,
+                                serving=bool(conditions & _SERVING), terminating=bool(conditions & _TERMINATING),
+                                local=node == node_name)
 
 
 def _usability(endpoint: _Endpoint) -> int:
@@ -353,16 +370,30 @@ def _group_slices(slices: list[_Slice]) -> dict[tuple[str, str], list[_Slice]]:
 
 # --- Reading Kubernetes objects ---
 
-def _parse_each(objects: Iterable, kind: str, parse: Callable, rejected: list[Rejected]) -> list:
+def parse_service(obj, proxy_name: str | None = None):
+    """What the maps need of one Service: a compact form, NOT_PROGRAMMED, or why it is Rejected."""
+    try:
+        return _parse_service(obj, proxy_name) or NOT_PROGRAMMED
+    except _Malformed as problem:
+        return Rejected("Service", *_identity(obj), problem.reason, problem.detail)
+
+
+def parse_slice(obj):
+    """What the maps need of one EndpointSlice: a compact form, NOT_PROGRAMMED, or why it is Rejected."""
+    try:
+        return _parse_slice(obj) or NOT_PROGRAMMED
+    except _Malformed as problem:
+        return Rejected("EndpointSlice", *_identity(obj), problem.reason, problem.detail)
+
+
+def _parse_each(objects: Iterable, parse: Callable, rejected: list[Rejected]) -> list:
     parsed = []
     for obj in objects:
-        try:
-            result = parse(obj)
-        except _Malformed as problem:
-            rejected.append(Rejected(kind, *_identity(obj), problem.reason, problem.detail))
-        else:
-            if result is not None:
-                parsed.append(result)
+        result = obj if isinstance(obj, _PARSED) else parse(obj)
+        if type(result) is Rejected:
+            rejected.append(result)
+        elif result is not NOT_PROGRAMMED:
+            parsed.append(result)
     return parsed
 
 
@@ -379,7 +410,7 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
     """The service to program, None when it is not ours to program."""
     obj = _expect(obj, dict, "the Service")
     metadata = _required(obj, "metadata", dict)
-    namespace = _required(metadata, "namespace", str)
+    namespace = _intern(_required(metadata, "namespace", str))
     name = _required(metadata, "name", str)
     spec = _required(obj, "spec", dict)
     labels = _optional(metadata, "labels", dict, {})
@@ -405,7 +436,7 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
                     if external_ips is not None else (),
                     lb_ips=_ingress_ips(obj["status"]) if obj.get("status") is not None else (),
                     external_local=external_local,
-                    src_ranges=_source_ranges(spec) if spec.get("loadBalancerSourceRanges") is not None else frozenset(),
+                    src_ranges=_source_ranges(spec) if spec.get("loadBalancerSourceRanges") is not None else _NO_RANGES,
                     health_check_port=health_check_port if external_local else None)
 
 
@@ -477,7 +508,7 @@ def _service_ports(spec: dict, namespace: str, name: str, node_ports: bool = Fal
 
 def _service_port(entry, namespace: str, service: str, node_ports: bool = False) -> _ServicePort:
     entry = _expect(entry, dict, "a Service port")
-    port_name = _optional(entry, "name", str, "")
+    port_name = _intern(_optional(entry, "name", str, ""))
     protocol = _protocol(entry)
     number = _port_number(entry.get("port"), "port")
     node_port = entry.get("nodePort")
@@ -494,7 +525,7 @@ def _parse_slice(obj) -> _Slice | None:
     """The slice's IPv4 endpoints; None for another address type."""
     obj = _expect(obj, dict, "the EndpointSlice")
     metadata = _required(obj, "metadata", dict)
-    namespace = _required(metadata, "namespace", str)
+    namespace = _intern(_required(metadata, "namespace", str))
     name = _required(metadata, "name", str)
     service = _required(_optional(metadata, "labels", dict, {}), SERVICE_NAME_LABEL, str)
     address_type = _enum(obj, "addressType", ADDRESS_TYPES)
@@ -503,8 +534,10 @@ def _parse_slice(obj) -> _Slice | None:
     if address_type != "IPv4":
         return None
     ports = (_slice_port(entry) for entry in _optional(obj, "ports", list, []))
-    endpoints = (_slice_endpoint(entry) for entry in _optional(obj, "endpoints", list, []))
-    return _Slice(namespace, service, name, tuple(p for p in ports if p), tuple(endpoints))
+    ports = tuple(p for p in ports if p)   # checked before the endpoints: the first fault is the one named
+    endpoints = [_slice_endpoint(entry) for entry in _optional(obj, "endpoints", list, [])]
+    return _Slice(namespace, service, name, ports, tuple(address for address, _, _ in endpoints),
+                  tuple(node for _, node, _ in endpoints), bytes(conditions for _, _, conditions in endpoints))
 
 
 def _slice_port(entry) -> _SlicePort | None:
@@ -512,18 +545,20 @@ def _slice_port(entry) -> _SlicePort | None:
     entry = _expect(entry, dict, "an EndpointSlice port")
     if entry.get("port") is None:
         return None
-    return _SlicePort(_optional(entry, "name", str, ""), _protocol(entry), _port_number(entry["port"], "port"))
+    return _SlicePort(_intern(_optional(entry, "name", str, "")), _protocol(entry), _port_number(entry["port"], "port"))
 
 
-def _slice_endpoint(entry) -> _SliceEndpoint:
+def _slice_endpoint(entry) -> tuple[str | None, str | None, int]:
+    """(first address, node name, condition bits)."""
     entry = _expect(entry, dict, "an endpoint")
-    addresses = tuple(_endpoint_address(a) for a in _optional(entry, "addresses", list, []))
+    # Every address is checked; the API calls them fungible and kube-proxy uses the first only.
+    addresses = [_endpoint_address(a) for a in _optional(entry, "addresses", list, [])]
     conditions = _optional(entry, "conditions", dict, {})
     ready = _optional(conditions, "ready", bool, True)
-    return _SliceEndpoint(addresses, ready=ready,
-                          serving=_optional(conditions, "serving", bool, ready),
-                          terminating=_optional(conditions, "terminating", bool, False),
-                          node_name=_optional(entry, "nodeName", str, None))
+    bits = (_READY if ready else 0) | (_SERVING if _optional(conditions, "serving", bool, ready) else 0) | \
+        (_TERMINATING if _optional(conditions, "terminating", bool, False) else 0)
+    node_name = _optional(entry, "nodeName", str, None)
+    return addresses[0] if addresses else None, _intern(node_name) if node_name is not None else None, bits
 
 
 # --- Field checks: each raises _Malformed with the reason the metric counts ---
@@ -562,7 +597,16 @@ def _protocol(entry: dict) -> str:
         return "TCP"
     if not isinstance(protocol, str) or protocol not in PROTOCOL_NUMBERS:
         raise _Malformed("bad_protocol", f"protocol {protocol!r} is not TCP, UDP or SCTP")
-    return protocol
+    return _PROTOCOL_NAMES[protocol]   # the one "TCP", not a copy per object
+
+
+_PROTOCOL_NAMES = {name: name for name in PROTOCOL_NUMBERS}
+
+
+def _intern(text: str) -> str:
+    """One copy of text that repeats across objects (namespaces, port and node names): the compact
+    forms are kept for as long as the objects exist. Only str itself: a subclass stays as it is."""
+    return sys.intern(text) if type(text) is str else text
 
 
 def _is_port(value) -> bool:

@@ -1,15 +1,18 @@
 """The change tracker: Kubernetes objects come and go one at a time (watch events, a changed
 manifest); it keeps the desired map contents up to date by recomputing only the services they
 touch, and says which ids, frontends, service addresses and source ranges changed (and whether a
-health check did) so the writer looks at those only. Pure: no I/O, no clock.
+health check did) so the writer looks at those only. Of each object it keeps what the core read
+of it (parse_service, parse_slice), not the API object. Pure: no I/O, no clock.
 """
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .ids import recover_ids, remap_ids
-from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
-from .services import MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses, usage
+from .model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName
+from .services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
+                       parse_service, parse_slice)
 
 ObjectKey = tuple[str, str]   # (namespace, name)
 
@@ -33,7 +36,7 @@ class Changes:
 
     def add(self, part: "Contribution") -> None:
         # update(), not |=: `set |= dict_keys` builds a new set each time (quadratic at 10k services)
-        self.ids.update(part.backends)
+        self.ids.update(part.ids.values())
         self.frontends.update(part.frontends)
         self.service_ips.update(part.service_ips)
 
@@ -52,15 +55,30 @@ class Changes:
             self.health_checks = True
 
 
-@dataclass
+@dataclass(slots=True)   # one per service, kept: no __dict__, and the rarely used dicts shared while empty
 class Contribution:
-    """What one Service puts into the maps."""
-    ids: dict[ServicePortName, int]
-    frontends: dict[FrontendKey, Frontend]
-    backends: dict[int, tuple[Backend, ...]]
-    service_ips: frozenset[str]
-    src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
-    health_checks: dict[int, HealthCheck] = field(default_factory=dict)
+    """What one Service puts into the maps. Its frontends' values and its backend lists are kept once, in
+    the state (and in the DesiredState it was split from until it joins): here their keys only."""
+    ids: dict[ServicePortName, int] = field(default_factory=dict)   # its backend lists: backends[id]
+    frontends: tuple[FrontendKey, ...] = ()
+    service_ips: tuple[str, ...] = ()
+    backend_entries: int = 0                                          # nat_be entries its lists take
+    src_ranges: dict[int, frozenset[str]] = field(default_factory=lambda: _EMPTY)   # replaced, never written
+    health_checks: dict[int, HealthCheck] = field(default_factory=lambda: _EMPTY)
+
+    def usage(self, new_service_ips: int) -> Usage:
+        """The map entries it takes (services.usage for a DesiredState); how many of its service
+        addresses are new is the caller's to say."""
+        return Usage(len(self.frontends), self.backend_entries, new_service_ips,
+                     sum(map(len, self.src_ranges.values())))
+
+
+class Prepared(NamedTuple):
+    """One object as the tracker keeps it: read when it arrives (prepare_service/prepare_slice, which a
+    source may call outside the tracker's lock), the API object itself then dropped."""
+    key: ObjectKey | None     # None: it cannot be known by key (then parsed is its Rejected)
+    owner: ObjectKey | None   # an EndpointSlice's service, by its label; None for a Service
+    parsed: object            # parse_service()/parse_slice()'s result
 
 
 def object_key(obj) -> ObjectKey | None:
@@ -93,9 +111,11 @@ class ServiceTracker:
         self.nodeport_cidrs = tuple(nodeport_cidrs)
         self.node_addresses = tuple(node_addresses)
         node_port_addresses(self.node_addresses, self.nodeport_cidrs)   # ValueError now, not at the first flush
-        self.services: dict[ObjectKey, dict] = {}
-        self.slices: dict[ObjectKey, dict] = {}
-        self.slices_of: dict[ObjectKey, set[ObjectKey]] = {}
+        self.services: dict[ObjectKey, object] = {}   # key -> parse_service()'s result
+        self.slices: dict[ObjectKey, object] = {}     # key -> parse_slice()'s result
+        self.slice_owners: dict[ObjectKey, ObjectKey] = {}
+        # owner -> its slices' keys, sorted; a tuple, not a set: one slice per service is the rule
+        self.slices_of: dict[ObjectKey, tuple[ObjectKey, ...]] = {}
         self.contributions: dict[ObjectKey, Contribution] = {}
         self.rejected_by_service: dict[ObjectKey, list[Rejected]] = {}
         self.turned_away: set[ObjectKey] = set()   # services rejected for a TURNED_AWAY reason
@@ -119,13 +139,22 @@ class ServiceTracker:
             self.dirty.update(self.services)
         self.node_addresses = addresses
 
+    def prepare_service(self, obj) -> Prepared:
+        """Pure, and reads nothing the tracker changes: callable outside its lock."""
+        return Prepared(object_key(obj), None, parse_service(obj, self.proxy_name))
+
+    def prepare_slice(self, obj) -> Prepared:
+        return Prepared(object_key(obj), owning_service(obj) or ("", ""), parse_slice(obj))
+
     def set_service(self, obj) -> None:
-        key = object_key(obj)
+        """`obj`: an API object, or prepare_service()'s result for one."""
+        key, _, parsed = obj if isinstance(obj, Prepared) else self.prepare_service(obj)
         if key is None:
-            self.unkeyed["Service"].append(self._rejection_of([obj], []))
+            self.unkeyed["Service"].append(parsed)   # always a Rejected
             return
-        if self.services.get(key) != obj:
-            self.services[key] = obj
+        # A change the maps cannot see (resourceVersion, annotations, ...) leaves it clean.
+        if self.services.get(key) != parsed:
+            self.services[key] = parsed
             self.dirty.add(key)
 
     def delete_service(self, key: ObjectKey) -> None:
@@ -133,24 +162,28 @@ class ServiceTracker:
             self.dirty.add(key)
 
     def set_slice(self, obj) -> None:
-        key = object_key(obj)
+        """`obj`: an API object, or prepare_slice()'s result for one."""
+        key, owner, parsed = obj if isinstance(obj, Prepared) else self.prepare_slice(obj)
         if key is None:
-            self.unkeyed["EndpointSlice"].append(self._rejection_of([], [obj]))
+            self.unkeyed["EndpointSlice"].append(parsed)   # always a Rejected
             return
-        if self.slices.get(key) == obj:
+        if key in self.slices and self.slices[key] == parsed and self.slice_owners[key] == owner:
             return
         self.delete_slice(key)
-        self.slices[key] = obj
-        owner = owning_service(obj) or ("", "")
-        self.slices_of.setdefault(owner, set()).add(key)
+        self.slices[key] = parsed
+        self.slice_owners[key] = owner
+        self.slices_of[owner] = tuple(sorted((*self.slices_of.get(owner, ()), key)))
         self.dirty.add(owner)
 
     def delete_slice(self, key: ObjectKey) -> None:
-        old = self.slices.pop(key, None)
-        if old is None:
+        if self.slices.pop(key, None) is None:
             return
-        owner = owning_service(old) or ("", "")
-        self.slices_of.get(owner, set()).discard(key)
+        owner = self.slice_owners.pop(key)
+        siblings = tuple(k for k in self.slices_of[owner] if k != key)
+        if siblings:
+            self.slices_of[owner] = siblings
+        else:
+            del self.slices_of[owner]   # else every service name a slice ever named stays
         self.dirty.add(owner)
 
     def replace_all(self, services, slices) -> None:
@@ -159,20 +192,24 @@ class ServiceTracker:
         self.replace_slices(slices)
 
     def replace_services(self, services) -> None:
+        """Each an API object or prepare_service()'s result."""
         self.unkeyed["Service"] = []
         seen = set()
         for obj in services:
-            self.set_service(obj)
-            seen.add(object_key(obj))
+            item = obj if isinstance(obj, Prepared) else self.prepare_service(obj)
+            self.set_service(item)
+            seen.add(item.key)
         for key in self.services.keys() - seen:
             self.delete_service(key)
 
     def replace_slices(self, slices) -> None:
+        """Each an API object or prepare_slice()'s result."""
         self.unkeyed["EndpointSlice"] = []
         seen = set()
         for obj in slices:
-            self.set_slice(obj)
-            seen.add(object_key(obj))
+            item = obj if isinstance(obj, Prepared) else self.prepare_slice(obj)
+            self.set_slice(item)
+            seen.add(item.key)
         for key in self.slices.keys() - seen:
             self.delete_slice(key)
 
@@ -199,12 +236,8 @@ class ServiceTracker:
         self.state.service_ips = frozenset(self.ip_refs)
         return changes
 
-    def _rejection_of(self, services: list, slices: list) -> Rejected:
-        """The core's reason for an object without a key (it rejects every one of them)."""
-        return desired_state(services, slices, node_name=self.node_name, known_ids={}).rejected[0]
-
-    def _slices_for(self, key: ObjectKey) -> list[dict]:
-        return [self.slices[s] for s in sorted(self.slices_of.get(key, ()))]
+    def _slices_for(self, key: ObjectKey) -> list:
+        return [self.slices[s] for s in self.slices_of.get(key, ())]
 
     def _withdraw(self, key: ObjectKey, changes: Changes) -> Contribution | None:
         old = self.contributions.pop(key, None)
@@ -214,31 +247,34 @@ class ServiceTracker:
             del self.state.ids[name]
         for k in old.frontends:
             del self.state.frontends[k]
-        for i in old.backends:
+        for i in old.ids.values():
             del self.state.backends[i]
         for i in old.src_ranges:
             del self.state.src_ranges[i]
         for p in old.health_checks:
             del self.state.health_checks[p]
         self.ip_refs.subtract(old.service_ips)
-        self.ip_refs += Counter()   # drop zero counts
-        entries = usage(old, 0)
+        for ip in old.service_ips:   # drop zero counts (not `+= Counter()`: a new Counter of every address)
+            if self.ip_refs[ip] <= 0:
+                del self.ip_refs[ip]
+        entries = old.usage(0)
         self.backend_entries -= entries.backends
         self.range_entries -= entries.src_ranges
         changes.add(old)
         return old
 
-    def _contribute(self, key: ObjectKey, part: Contribution, changes: Changes) -> None:
+    def _contribute(self, key: ObjectKey, part: Contribution, desired: DesiredState, changes: Changes) -> None:
+        """`part` joins the state, with its values from `desired`, the state it was split from."""
         self.contributions[key] = part
         self.state.ids.update(part.ids)
-        self.state.frontends.update(part.frontends)
-        self.state.backends.update(part.backends)
+        self.state.frontends.update((k, desired.frontends[k]) for k in part.frontends)
+        self.state.backends.update((i, desired.backends[i]) for i in part.ids.values())
         if part.src_ranges:
             self.state.src_ranges.update(part.src_ranges)
         if part.health_checks:
             self.state.health_checks.update(part.health_checks)
         self.ip_refs.update(part.service_ips)
-        entries = usage(part, 0)
+        entries = part.usage(0)
         self.backend_entries += entries.backends
         self.range_entries += entries.src_ranges
         changes.add(part)
@@ -267,7 +303,7 @@ class ServiceTracker:
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, hinted)
         self.rejected_by_service[key] = list(desired.rejected)
-        part = split(desired).get(key, Contribution({}, {}, {}, frozenset()))
+        part = split(desired).get(key) or Contribution()
         turned_away = self._cannot_join(key, part)
         if turned_away:
             self.rejected_by_service[key].append(turned_away)
@@ -276,7 +312,7 @@ class ServiceTracker:
         if turned_away:
             changes.compare(old, None)
             return
-        self._contribute(key, part, changes)
+        self._contribute(key, part, desired, changes)
         changes.compare(old, part)
 
     def _cannot_join(self, key: ObjectKey, part: Contribution) -> Rejected | None:
@@ -290,7 +326,7 @@ class ServiceTracker:
             return Rejected("Service", key[0], key[1], "duplicate_health_check_port",
                             f"healthCheckNodePort {taken_ports[0]} belongs to another service")
         used = Usage(len(self.state.frontends), self.backend_entries, len(self.ip_refs), self.range_entries)
-        full = no_room(used, usage(part, sum(1 for ip in part.service_ips if ip not in self.ip_refs)), self.capacity)
+        full = no_room(used, part.usage(sum(1 for ip in part.service_ips if ip not in self.ip_refs)), self.capacity)
         return Rejected("Service", key[0], key[1], "map_full", full) if full else None
 
     def _recompute_all(self, changes: Changes) -> None:
@@ -316,34 +352,49 @@ class ServiceTracker:
                 self.turned_away.add((r.namespace, r.name))
         parts = split(desired)
         for key, part in parts.items():
-            self._contribute(key, part, changes)
+            self._contribute(key, part, desired, changes)
         for key in old_parts.keys() | parts.keys():
             changes.compare(old_parts.get(key), parts.get(key))
 
     def _owner_of(self, rejected: Rejected) -> ObjectKey:
         if rejected.kind == "Service":
             return (rejected.namespace, rejected.name)
-        return owning_service(self.slices.get((rejected.namespace, rejected.name), {})) or ("", "")
+        return self.slice_owners.get((rejected.namespace, rejected.name), ("", ""))
 
 
 def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
     """Per Service, the part of a DesiredState it contributed."""
     parts: dict[ObjectKey, Contribution] = {}
     owner_of_id = {}
+
+    def part_of(key: ObjectKey) -> Contribution:
+        part = parts.get(key)
+        if part is None:
+            part = parts[key] = Contribution()
+        return part
+
     for name, svc_id in desired.ids.items():
         key = (name.namespace, name.name)
-        part = parts.setdefault(key, Contribution({}, {}, {}, frozenset()))
+        part = part_of(key)
         part.ids[name] = svc_id
-        part.backends[svc_id] = desired.backends[svc_id]
+        part.backend_entries += len(desired.backends[svc_id])
         owner_of_id[svc_id] = key
+    frontends_of: dict[ObjectKey, list[FrontendKey]] = {}
     for k, frontend in desired.frontends.items():
-        parts[owner_of_id[frontend.svc_id]].frontends[k] = frontend
+        frontends_of.setdefault(owner_of_id[frontend.svc_id], []).append(k)
+    for key, frontends in frontends_of.items():
+        parts[key].frontends = tuple(frontends)
     # From the core's record, not the frontends: a service without ports holds its address too.
     for key, addrs in desired.service_ips_by_service.items():
-        parts.setdefault(key, Contribution({}, {}, {}, frozenset())).service_ips = addrs
+        part_of(key).service_ips = addrs
     for svc_id, ranges in desired.src_ranges.items():
-        parts[owner_of_id[svc_id]].src_ranges[svc_id] = ranges
+        part = parts[owner_of_id[svc_id]]
+        if part.src_ranges is _EMPTY:
+            part.src_ranges = {}
+        part.src_ranges[svc_id] = ranges
     for health_port, check in desired.health_checks.items():
-        parts.setdefault((check.namespace, check.name),
-                         Contribution({}, {}, {}, frozenset())).health_checks[health_port] = check
+        part = part_of((check.namespace, check.name))
+        if part.health_checks is _EMPTY:
+            part.health_checks = {}
+        part.health_checks[health_port] = check
     return parts

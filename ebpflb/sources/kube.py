@@ -3,16 +3,25 @@ resourceVersion, with bookmarks; on 410 Gone list again; on any error retry with
 tracker only ever hears of objects that exist or were deleted: an unreachable or slow API
 changes nothing in the maps.
 
-The client's model deserialization is far too slow at 10k services: responses are taken raw
-(`_preload_content=False`) and parsed with orjson.
+The client's model deserialization is far too slow at 10k services: responses are taken raw and
+parsed with orjson. The kubernetes package gives the connection (its configuration: kubeconfig or
+in-cluster, TLS, proxy, token refresh); the three GETs are made here (`lister`), not through its
+generated CoreV1Api/DiscoveryV1Api, whose import alone loads ≈ 250 model classes (≈ 20 MB of RSS).
+
+Memory: lists come in pages (LIST_PAGE objects each, as client-go's pager does), and each object is
+read into what the tracker keeps (prepare_service/prepare_slice, outside the tracker's lock) as its
+page arrives, so neither a whole list response nor a whole list of API objects is ever held: at
+10k services that is ≈ 100 MB of peak.
 """
 import logging
 import random
 import socket
 import threading
 import time
+from urllib.parse import urlencode
 
 import orjson
+import urllib3
 
 from ..core.tracker import ServiceTracker, object_key
 
@@ -21,10 +30,19 @@ log = logging.getLogger(__name__)
 WATCH_TIMEOUT_S = 300        # server-side end of each watch; we then watch again from the last RV
 READ_TIMEOUT_S = 330         # a silent connection beyond this is dead
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 1.0
+LIST_PAGE = 500              # objects per list request (client-go's pager default)
 
 
 class Gone(Exception):
     """410: our resourceVersion is too old for the server's history."""
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, body: bytes):
+        super().__init__(f"HTTP {status} {reason}: {body[:200].decode(errors='replace')}")
+        self.status = status
 
 
 def api_client(kubeconfig: str | None):
@@ -33,6 +51,33 @@ def api_client(kubeconfig: str | None):
         return config.new_client_from_config(config_file=kubeconfig)
     config.load_incluster_config()
     return client.ApiClient()
+
+
+PATHS = {"services": "/api/v1/services", "endpointslices": "/apis/discovery.k8s.io/v1/endpointslices",
+         "nodes": "/api/v1/nodes"}
+
+
+def lister(api, path: str):
+    """list_call(timeout=(connect, read), **query) -> the raw urllib3 response of GET path?query, through
+    the client's connection pool and with its auth headers (asked for each request: a token refresh
+    hook, in-cluster or exec, runs there). Raises ApiError for an error status."""
+    def call(timeout: tuple[float, float], **query):
+        config = api.configuration
+        headers = {**api.default_headers, "Accept": "application/json"}
+        for auth in config.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
+        params = {name: str(value).lower() if isinstance(value, bool) else value
+                  for name, value in query.items() if value is not None}
+        response = api.rest_client.pool_manager.request(
+            "GET", f"{config.host}{path}?{urlencode(params)}", headers=headers, preload_content=False,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))
+        if not 200 <= response.status <= 299:
+            body = response.data
+            response.release_conn()
+            raise ApiError(response.status, response.reason, body)
+        return response
+    return call
 
 
 def lines(response):
@@ -50,10 +95,11 @@ class Reflector(threading.Thread):
     """Keeps one resource kind current: list, then watch; calls back with what changed."""
 
     def __init__(self, resource: str, list_call, on_list, on_event, stopping: threading.Event,
-                 counters=None):
+                 counters=None, prepare=lambda obj: obj):
         super().__init__(name=f"reflector-{resource}", daemon=True)
         self.resource, self.list_call = resource, list_call
         self.on_list, self.on_event = on_list, on_event
+        self.prepare = prepare   # what on_list and on_event get of each object, made outside their lock
         self.stopping = stopping
         self.counters = counters
         self.resource_version: str | None = None
@@ -82,24 +128,27 @@ class Reflector(threading.Thread):
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
     def relist(self) -> None:
+        """The whole list, page by page; the tracker hears of it only once it is complete."""
         items, cont = [], None
         while True:
-            kwargs = {"_continue": cont} if cont else {}
-            response = self.list_call(_preload_content=False, _request_timeout=(10, 120), **kwargs)
+            response = self.list_call(timeout=(10, 120), limit=LIST_PAGE, **{"continue": cont})
             body = orjson.loads(response.data)
-            items += body.get("items") or []
-            cont = (body.get("metadata") or {}).get("continue")
+            del response   # the page's bytes
+            items += map(self.prepare, body.get("items") or [])
+            metadata = body["metadata"]
+            del body       # the page's API objects
+            cont = metadata.get("continue")
             if not cont:
                 break
         self.on_list(items)
-        self.resource_version = body["metadata"]["resourceVersion"]
+        self.resource_version = metadata["resourceVersion"]
         self.listed.set()
         log.info("%s: listed %d at resourceVersion %s", self.resource, len(items), self.resource_version)
 
     def watch(self) -> None:
-        self.response = self.list_call(watch=True, resource_version=self.resource_version,
-                                       allow_watch_bookmarks=True, timeout_seconds=WATCH_TIMEOUT_S,
-                                       _preload_content=False, _request_timeout=(10, READ_TIMEOUT_S))
+        self.response = self.list_call(timeout=(10, READ_TIMEOUT_S), watch=True,
+                                       resourceVersion=self.resource_version, allowWatchBookmarks=True,
+                                       timeoutSeconds=WATCH_TIMEOUT_S)
         try:
             for line in lines(self.response):
                 event = orjson.loads(line)
@@ -114,7 +163,7 @@ class Reflector(threading.Thread):
                 if self.counters:
                     self.counters.watch_event(self.resource, kind)
                 if kind != "BOOKMARK":
-                    self.on_event(kind, obj)
+                    self.on_event(kind, self.prepare(obj))
         finally:
             self.response.release_conn()
 
@@ -129,6 +178,17 @@ class Reflector(threading.Thread):
     def _count_restart(self, reason: str) -> None:
         if self.counters:
             self.counters.watch_restart(self.resource, reason)
+
+
+def node_addresses_of(node) -> tuple[str, ...]:
+    """The IPv4 InternalIP and ExternalIP addresses of a Node object; what is no address is left out
+    (it was taken on a dot and crashed the agent where NodePorts are planned)."""
+    status = node.get("status") if isinstance(node, dict) else None
+    addresses = status.get("addresses") if isinstance(status, dict) else None
+    if not isinstance(addresses, list):
+        return ()
+    return tuple(a["address"] for a in addresses
+                 if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and _is_ipv4(a.get("address")))
 
 
 def _is_ipv4(text) -> bool:
@@ -148,13 +208,10 @@ class KubeSource:
     """Feeds the tracker from the API. `synced` once every kind has been listed."""
 
     def __init__(self, kubeconfig: str | None, counters=None):
-        from kubernetes import client
         self.api = api_client(kubeconfig)
-        self.core = client.CoreV1Api(self.api)
-        self.discovery = client.DiscoveryV1Api(self.api)
         self.counters = counters
         self.stopping = threading.Event()
-        self.nodes: dict[str, dict] = {}
+        self.nodes: dict[str, tuple[str, ...]] = {}   # name -> its addresses, all we read of a Node
         self.reflectors: list[Reflector] = []
 
     @property
@@ -169,37 +226,43 @@ class KubeSource:
                 wake()
             return call
 
-        def on_service(kind, obj):
+        def on_service(kind, item):
             if kind == "DELETED":
-                tracker.delete_service(object_key(obj))
+                tracker.delete_service(item.key)
             else:
-                tracker.set_service(obj)
+                tracker.set_service(item)
 
-        def on_slice(kind, obj):
+        def on_slice(kind, item):
             if kind == "DELETED":
-                tracker.delete_slice(object_key(obj))
+                tracker.delete_slice(item.key)
             else:
-                tracker.set_slice(obj)
+                tracker.set_slice(item)
 
-        def on_node(kind, obj):
+        def prepare_node(obj):
             key = object_key(obj)
-            if key is None:
+            return (key[1] if key else None), node_addresses_of(obj)
+
+        def on_node(kind, item):
+            name, addresses = item
+            if name is None:
                 return
             if kind == "DELETED":
-                self.nodes.pop(key[1], None)
+                self.nodes.pop(name, None)
             else:
-                self.nodes[key[1]] = obj
+                self.nodes[name] = addresses
 
         def list_nodes(items):
-            self.nodes = {object_key(o)[1]: o for o in items if object_key(o)}
+            self.nodes = {name: addresses for name, addresses in items if name is not None}
 
         self.reflectors = [
-            Reflector("services", self.core.list_service_for_all_namespaces,
-                      locked(tracker.replace_services), locked(on_service), self.stopping, self.counters),
-            Reflector("endpointslices", self.discovery.list_endpoint_slice_for_all_namespaces,
-                      locked(tracker.replace_slices), locked(on_slice), self.stopping, self.counters),
-            Reflector("nodes", self.core.list_node, locked(list_nodes), locked(on_node),
-                      self.stopping, self.counters),
+            Reflector("services", lister(self.api, PATHS["services"]),
+                      locked(tracker.replace_services), locked(on_service), self.stopping, self.counters,
+                      prepare=tracker.prepare_service),
+            Reflector("endpointslices", lister(self.api, PATHS["endpointslices"]),
+                      locked(tracker.replace_slices), locked(on_slice), self.stopping, self.counters,
+                      prepare=tracker.prepare_slice),
+            Reflector("nodes", lister(self.api, PATHS["nodes"]), locked(list_nodes), locked(on_node),
+                      self.stopping, self.counters, prepare=prepare_node),
         ]
         for reflector in self.reflectors:
             reflector.start()
@@ -208,14 +271,8 @@ class KubeSource:
         pass
 
     def node_addresses(self, node_name: str) -> list[str]:
-        """The IPv4 InternalIP and ExternalIP addresses of this node's Node object; what is no address
-        is left out (it was taken on a dot and crashed the agent where NodePorts are planned)."""
-        status = (self.nodes.get(node_name) or {}).get("status")
-        addresses = status.get("addresses") if isinstance(status, dict) else None
-        if not isinstance(addresses, list):
-            return []
-        return [a["address"] for a in addresses
-                if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and _is_ipv4(a.get("address"))]
+        """The IPv4 InternalIP and ExternalIP addresses of this node's Node object (node_addresses_of)."""
+        return list(self.nodes.get(node_name, ()))
 
     def stop(self) -> None:
         self.stopping.set()
