@@ -24,11 +24,12 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, __u32 saddr, _
 	int rc = bpf_fib_lookup(skb, &fib, sizeof(fib), 0);
 
 	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
-		__u8 macs[12];
-		__builtin_memcpy(macs, fib.dmac, 6);
-		__builtin_memcpy(macs + 6, fib.smac, 6);
-		if (bpf_skb_store_bytes(skb, 0, macs, sizeof(macs), 0) < 0)
+		void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+		struct ethhdr *eth = data;
+		if ((void *)(eth + 1) > data_end)
 			return TC_ACT_SHOT;
+		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)

@@ -1,79 +1,142 @@
-/* Address and port rewrites with incremental IP and L4 checksum fixes.
+/* Address and port rewrites, written straight into the packet with incremental checksum fixes
+ * (RFC 1624, csum.h); tc and XDP share them.
  *
- * One call sets the packet's whole tuple: the IP checksum is computed here (csum.h), the L4
- * checksum takes one helper call for the addresses (pseudo-header) and one for the ports, and
- * the changed bytes are written with one store. Per helper call ~20-25 ns, so this is 3 calls
- * where setting each field on its own took 5 (DNAT) to 10 (DNAT + SNAT). The L4 checksum has
- * to go through bpf_l4_csum_replace(): only the kernel knows whether the skb's checksum is
- * CHECKSUM_PARTIAL (pod traffic on a veth usually is: the field then holds the pseudo-header
- * sum only, and a port change must not touch it) or COMPLETE (skb->csum follows too).
+ * The L4 checksum field holds one of two things:
+ *   the whole checksum   XDP frames, and skbs in CHECKSUM_NONE or UNNECESSARY: the addresses
+ *                        (through the pseudo-header) and the ports both change it;
+ *   the pseudo-header    CHECKSUM_PARTIAL skbs (a pod's traffic on a veth): the stack or the NIC
+ *   sum only             completes it over the L4 bytes later, so only the addresses change it.
+ * A CHECKSUM_COMPLETE skb also carries the sum of its bytes in skb->csum, which must follow the
+ * field's change: that case, and a kernel whose skb state cannot be read (kernel.h), is left to
+ * bpf_l4_csum_replace(), which knows how. Everything else takes plain instructions: a helper call
+ * costs ~25-30 ns on this class of machine, a direct write ~1 ns.
  *
- * Returns < 0 when a helper failed; the caller drops the packet rather than send it half
- * rewritten. */
+ * Return < 0 when the headers are not where parse_packet() found them or a helper failed: the
+ * caller drops the packet rather than send it half rewritten. */
 #pragma once
 #include "parse.h"
 #include "csum.h"
+#include "kernel.h"
 
-#define IP_CSUM_OFF (ETH_HLEN_ + offsetof(struct iphdr, check))
-#define L4_NO_OPTIONS_OFF (ETH_HLEN_ + sizeof(struct iphdr))
+enum l4_csum_fix {
+	L4_CSUM_WHOLE,        /* the field is the whole checksum */
+	L4_CSUM_PSEUDO_ONLY,  /* the field is the pseudo-header sum (CHECKSUM_PARTIAL) */
+	L4_CSUM_DONE,         /* the helpers have fixed it already */
+};
 
+static __always_inline __u32 nat_addr_diff(const struct packet *p, __u32 saddr, __u32 daddr)
+{
+	return csum_fold32(csum_word_diff(p->saddr, saddr) + csum_word_diff(p->daddr, daddr));
+}
+
+/* The tuple as one 32-bit word per pair, as it lies in the packet. */
+static __always_inline __u32 nat_ports(__u16 sport, __u16 dport)
+{
+	return sport | (__u32)dport << 16;
+}
+
+/* Set the packet's addresses and ports (data..data_end: the frame from its Ethernet header). */
+static __always_inline int rewrite_tuple(void *data, void *data_end, const struct packet *p,
+					 __u32 saddr, __u16 sport, __u32 daddr, __u16 dport,
+					 enum l4_csum_fix fix)
+{
+	struct iphdr *iph = data + ETH_HLEN_;
+	__u32 l4_off = p->l4_off;
+	__u16 *l4_check;
+
+	if ((void *)(iph + 1) > data_end || l4_off > ETH_HLEN_ + 60)
+		return -1;
+	__u16 *ports = data + l4_off;
+	if (p->proto == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + l4_off;
+		if ((void *)(tcp + 1) > data_end)
+			return -1;
+		l4_check = &tcp->check;
+	} else if (p->proto == IPPROTO_UDP) {
+		struct udphdr *udp = data + l4_off;
+		if ((void *)(udp + 1) > data_end)
+			return -1;
+		l4_check = &udp->check;
+	} else {
+		return -1;
+	}
+
+	__u32 addr_diff = nat_addr_diff(p, saddr, daddr);
+	/* A UDP checksum of 0 means none: it stays 0, and a computed 0 is sent as 0xffff. */
+	if (fix != L4_CSUM_DONE && (p->proto == IPPROTO_TCP || *l4_check)) {
+		__u16 check;
+		if (fix == L4_CSUM_PSEUDO_ONLY)
+			check = csum_sum_apply(*l4_check, addr_diff);
+		else
+			check = csum_apply(csum_apply(*l4_check, addr_diff),
+					   csum_fold32(csum_word_diff(nat_ports(p->sport, p->dport),
+								      nat_ports(sport, dport))));
+		*l4_check = (p->proto == IPPROTO_UDP && !check) ? 0xffff : check;
+	}
+	iph->check = csum_apply(iph->check, addr_diff);
+	iph->saddr = saddr;
+	iph->daddr = daddr;
+	ports[0] = sport;
+	ports[1] = dport;
+	return 0;
+}
+
+/* The L4 checksum of a CHECKSUM_COMPLETE skb (or of one whose state is unknown), by the kernel's
+ * helpers: one call for the addresses (pseudo-header), one for the ports. */
+static __always_inline int l4_csum_by_helpers(struct __sk_buff *skb, const struct packet *p, __u32 addr_diff,
+					      __u32 old_ports, __u32 new_ports)
+{
+	if (addr_diff &&
+	    bpf_l4_csum_replace(skb, p->l4_csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | p->l4_csum_flags) < 0)
+		return -1;
+	if (new_ports != old_ports &&
+	    bpf_l4_csum_replace(skb, p->l4_csum_off, old_ports, new_ports, p->l4_csum_flags | sizeof(new_ports)) < 0)
+		return -1;
+	return 0;
+}
+
+/* tc: set the skb's tuple, the L4 checksum fixed as its state asks. */
 static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct packet *p,
 				       __u32 saddr, __u16 sport, __u32 daddr, __u16 dport)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-	struct iphdr *iph = data + ETH_HLEN_;
+	__u32 old_ports = nat_ports(p->sport, p->dport), new_ports = nat_ports(sport, dport);
+	enum l4_csum_fix fix = L4_CSUM_WHOLE;
 
-	if ((void *)(iph + 1) > data_end)
-		return -1;   /* parse_packet() saw it: cannot happen */
-
-	int addrs_changed = saddr != p->saddr || daddr != p->daddr;
-	__u32 addr_diff = csum_fold32(csum_word_diff(p->saddr, saddr) + csum_word_diff(p->daddr, daddr));
-	__u32 old_ports = p->sport | (__u32)p->dport << 16, new_ports = sport | (__u32)dport << 16;
-
-	if (!addrs_changed && new_ports == old_ports)
+	if (saddr == p->saddr && daddr == p->daddr && new_ports == old_ports)
 		return 0;
-	/* The bytes from the IP checksum to the destination port, as they must become. */
-	struct {
-		__u16 check;
-		__u32 saddr;
-		__u32 daddr;
-		__u16 sport;
-		__u16 dport;
-	} __attribute__((packed)) hdr = {
-		.check = addrs_changed ? csum_apply(iph->check, addr_diff) : iph->check,
-		.saddr = saddr,
-		.daddr = daddr,
-		.sport = sport,
-		.dport = dport,
-	};
-
-	if (p->l4_csum_off) {
-		if (addrs_changed &&
-		    bpf_l4_csum_replace(skb, p->l4_csum_off, 0, addr_diff, BPF_F_PSEUDO_HDR | p->l4_csum_flags) < 0)
+	switch (skb_csum_state(skb)) {
+	case SKB_CSUM_PARTIAL:
+		fix = L4_CSUM_PSEUDO_ONLY;
+		break;
+	case SKB_CSUM_COMPLETE:
+		if (l4_csum_by_helpers(skb, p, nat_addr_diff(p, saddr, daddr), old_ports, new_ports) < 0)
 			return -1;
-		if (new_ports != old_ports &&
-		    bpf_l4_csum_replace(skb, p->l4_csum_off, old_ports, new_ports,
-					p->l4_csum_flags | sizeof(new_ports)) < 0)
-			return -1;
+		fix = L4_CSUM_DONE;
+		break;
 	}
-	if (p->l4_off == L4_NO_OPTIONS_OFF)   /* the usual case: one contiguous span */
-		return bpf_skb_store_bytes(skb, IP_CSUM_OFF, &hdr, sizeof(hdr), 0);
-	/* IP options between the addresses and the ports: two stores. */
-	if (bpf_skb_store_bytes(skb, IP_CSUM_OFF, &hdr, offsetof(typeof(hdr), sport), 0) < 0)
-		return -1;
-	return bpf_skb_store_bytes(skb, p->l4_off, &hdr.sport, 2 * sizeof(__u16), 0);
+	/* After a helper call the packet pointers must be taken again: here, not before. */
+	return rewrite_tuple((void *)(long)skb->data, (void *)(long)skb->data_end, p, saddr, sport, daddr, dport, fix);
+}
+
+/* XDP: frames carry whole checksums (no skb, no offload state). */
+static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct packet *p,
+				       __u32 saddr, __u16 sport, __u32 daddr, __u16 dport)
+{
+	return rewrite_tuple((void *)(long)ctx->data, (void *)(long)ctx->data_end, p, saddr, sport, daddr, dport,
+			     L4_CSUM_WHOLE);
 }
 
 /* Send the packet back out of the interface it came in on, towards the pod: swap the MACs. */
 static __always_inline int redirect_back(struct __sk_buff *skb)
 {
-	__u8 macs[12], swapped[12];
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 mac[ETH_ALEN];
 
-	if (bpf_skb_load_bytes(skb, 0, macs, sizeof(macs)) < 0)
+	if ((void *)(eth + 1) > data_end)
 		return TC_ACT_SHOT;
-	__builtin_memcpy(swapped, macs + 6, 6);
-	__builtin_memcpy(swapped + 6, macs, 6);
-	if (bpf_skb_store_bytes(skb, 0, swapped, sizeof(swapped), 0) < 0)
-		return TC_ACT_SHOT;
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
 	return bpf_redirect(skb->ifindex, 0);
 }

@@ -34,7 +34,6 @@
 #include "lb.h"
 #include "snat.h"
 #include "fib.h"
-#include "xdp_nat.h"
 #include "counters.h"
 #include "icmp_reject.h"
 #include "trace.h"

@@ -1,5 +1,5 @@
 """libbpf (Debian's libbpf.so.1, which libbcc links) through cffi, for what bcc's Python lacks:
-opening pinned maps, batch map operations, BPF_PROG_TEST_RUN, object info."""
+opening pinned maps, batch map operations, BPF_PROG_TEST_RUN, object info, the kernel's BTF."""
 import errno
 import os
 
@@ -47,6 +47,15 @@ struct bpf_prog_info_head {
     __u64 run_cnt; __u64 recursion_misses; __u32 verified_insns;
 };
 int libbpf_num_possible_cpus(void);
+/* BTF of the running kernel (ebpflb/btf.py reads a few facts from it). */
+struct btf;
+struct btf_type { __u32 name_off; __u32 info; __u32 size_or_type; };
+struct btf_member { __u32 name_off; __u32 type; __u32 offset; };
+struct btf *btf__load_vmlinux_btf(void);
+int btf__find_by_name_kind(const struct btf *btf, const char *type_name, __u32 kind);
+const struct btf_type *btf__type_by_id(const struct btf *btf, __u32 id);
+const char *btf__name_by_offset(const struct btf *btf, __u32 offset);
+void btf__free(struct btf *btf);
 """)
 lib = ffi.dlopen("libbpf.so.1")
 

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .btf import SkbCsumFacts, skb_csum_facts
 from .maps import LayoutMismatch, Maps, read_layout_version
 from .paths import BPF_DIR
 from .structs import C, LAYOUT_VERSION, ffi, ip_be, to_bytes
@@ -39,6 +40,9 @@ class DatapathOptions:
     backend_map_max: int = C.NAT_BE_MAX
     reject_no_endpoints: bool = True
     trace: bool = False        # bpf_trace_printk of each decision, to /sys/kernel/tracing/trace_pipe
+    # Read each skb's checksum state through the kernel's BTF (bpf/kernel.h) where the kernel has it,
+    # so most L4 checksums are fixed without helper calls; False: the helpers fix every one.
+    skb_csum_btf: bool = True
 
     def cflags(self) -> list[str]:
         return [f"-DCT_MAP_MAX={self.ct_map_max}", f"-DNAT_FE_MAP_MAX={self.frontend_map_max}",
@@ -60,6 +64,35 @@ class MapSizeMismatch(RuntimeError):
             f"pinned map {name} in {pin_dir} holds {pinned} entries, the options ask for {wanted}; a pinned "
             f"map cannot be resized: keep its size, or `ebpflb cleanup --pin-dir {pin_dir}` first "
             f"(services are rewritten at once, open connections lose their conntrack)")
+
+
+# A helper number no kernel has: bpf/kernel.h calls it where it means the kfunc
+# bpf_cast_to_kern_ctx(), and the loader turns each such call into the kfunc call (bcc 0.26
+# cannot emit one).
+KFUNC_MARKER_CAST_TO_KERN_CTX = 0x7ffe
+BPF_CALL = 0x85                # BPF_JMP | BPF_CALL
+BPF_PSEUDO_KFUNC_CALL = 2      # src_reg of a call whose imm is a kernel function's BTF id
+
+
+def kernel_cflags(facts: SkbCsumFacts | None) -> list[str]:
+    """The -D flags for bpf/kernel.h: where this kernel keeps skb->ip_summed, and the marker."""
+    if facts is None:
+        return []
+    return [f"-DKFUNC_CAST_TO_KERN_CTX={KFUNC_MARKER_CAST_TO_KERN_CTX}",
+            f"-DSKB_IP_SUMMED_BYTE={facts.ip_summed_byte}", f"-DSKB_IP_SUMMED_SHIFT={facts.ip_summed_shift}"]
+
+
+def patch_kfunc_calls(insns, kfuncs: dict[int, int]) -> int:
+    """In a program's instructions (a writable byte buffer), turn each call of a marker helper
+    number into a call of its kfunc (marker -> BTF id in vmlinux); how many were turned."""
+    patched = 0
+    for off in range(0, len(insns), 8):
+        imm = int.from_bytes(bytes(insns[off + 4:off + 8]), "little", signed=True)
+        if insns[off] == BPF_CALL and insns[off + 1] >> 4 == 0 and imm in kfuncs:
+            insns[off + 1] = BPF_PSEUDO_KFUNC_CALL << 4 | insns[off + 1] & 0xf
+            insns[off + 4:off + 8] = list(kfuncs[imm].to_bytes(4, "little"))
+            patched += 1
+    return patched
 
 
 LOCAL_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
@@ -112,7 +145,10 @@ class Datapath:
             if found not in (0, LAYOUT_VERSION):
                 raise LayoutMismatch(found, LAYOUT_VERSION, self.pin_dir)
         self._check_pinned_sizes()
-        self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags()])
+        facts = skb_csum_facts() if self.options.skb_csum_btf else None
+        kfuncs = {KFUNC_MARKER_CAST_TO_KERN_CTX: facts.cast_to_kern_ctx_id} if facts else {}
+        self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags(), *kernel_cflags(facts)],
+                                    kfuncs)
         self.maps = Maps.open(self.pin_dir)
         self.write_config(hairpin_addr, node_addr)
         return self
@@ -154,15 +190,16 @@ _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.loader impor
           "sys.exit(_child_main(int(sys.argv[2]), sys.argv[3]))")
 
 
-def compile_in_child(cflags: list[str]) -> dict[str, int]:
+def compile_in_child(cflags: list[str], kfuncs: dict[int, int] | None = None) -> dict[str, int]:
     """Every program of PROGRAMS compiled and loaded by bcc in a child process (which pins the maps):
-    program name -> fd, received over a unix socket."""
+    program name -> fd, received over a unix socket. `kfuncs`: marker helper number -> kfunc BTF id."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     names = [name for programs in PROGRAMS.values() for name in programs]
     root = str(Path(__file__).resolve().parent.parent)
     try:
         with theirs:
-            child = subprocess.Popen([sys.executable, "-c", _CHILD, root, str(theirs.fileno()), json.dumps(cflags)],
+            child = subprocess.Popen([sys.executable, "-c", _CHILD, root, str(theirs.fileno()),
+                                      json.dumps({"cflags": cflags, "kfuncs": kfuncs or {}})],
                                      pass_fds=(theirs.fileno(),))
         try:
             # EOF (b"") if the child dies before it answers: our copy of its end is closed.
@@ -179,21 +216,35 @@ def compile_in_child(cflags: list[str]) -> dict[str, int]:
     return dict(zip(names, fds))
 
 
-def _child_main(sock_fd: int, cflags_json: str) -> int:
+def _child_main(sock_fd: int, request_json: str) -> int:
     """In the child: compile, load, send the fds; the maps stay pinned and the programs stay alive
     through the parent's fds when this process exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C at start-up: the agent decides, as before
-    cflags = json.loads(cflags_json)
+    request = json.loads(request_json)
+    kfuncs = {int(marker): btf_id for marker, btf_id in request["kfuncs"].items()}
     with socket.socket(fileno=sock_fd) as sock:
         try:
             from bcc import BPF   # only ever imported here
             fds = {}
             for source, programs in PROGRAMS.items():
-                obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=cflags)
+                obj = BPF(text=program_text(BPF_DIR / source).encode(), cflags=request["cflags"])
                 for name, kind in programs.items():
+                    if kfuncs:
+                        patch_kfunc_calls(_bcc_instructions(obj, name.encode()), kfuncs)
                     fds[name] = obj.load_func(name.encode(), getattr(BPF, kind)).fd
         except Exception as err:   # compile errors, verifier rejections: the parent raises LoadError
             sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
             return 1
         socket.send_fds(sock, [json.dumps({"names": list(fds)}).encode()], list(fds.values()))
     return 0
+
+
+def _bcc_instructions(obj, name: bytes):
+    """The compiled, not yet loaded instructions bcc holds for program `name`, writable in place:
+    load_func() loads exactly these."""
+    import ctypes
+    from bcc.libbcc import lib as bcc_lib
+    start = bcc_lib.bpf_function_start(obj.module, name)
+    if not start:
+        raise LoadError(f"bcc has no program {name.decode()}")
+    return (ctypes.c_uint8 * bcc_lib.bpf_function_size(obj.module, name)).from_address(start)

@@ -1,11 +1,12 @@
 """Shared fixtures. The lab tests need root and a real kernel; CI runs as root and must never skip."""
+import contextlib
 import os
 import shutil
 import uuid
 
 import pytest
 
-from ebpflb.loader import Datapath
+from ebpflb.loader import Datapath, DatapathOptions
 from ebpflb.structs import ffi
 from tests.lab import Lab
 
@@ -47,16 +48,36 @@ def lab():
         lab.teardown()
 
 
-@pytest.fixture(scope="module")
-def loaded():
+# How the loaded programs fix L4 checksums: "btf" reads the skb's checksum state through the kernel's
+# BTF and fixes most in plain instructions (the default where the kernel allows), "helpers" leaves
+# every one to the kernel's helpers. The packet test modules run under both (loaded_both_ways).
+CSUM_MODES = ["btf", "helpers"]
+
+
+@contextlib.contextmanager
+def loaded_datapath(csum_mode: str = "btf"):
     """The real programs loaded by bcc, maps pinned in a fresh dir under /sys/fs/bpf."""
     pin_dir = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
-    datapath = Datapath(pin_dir)
+    datapath = Datapath(pin_dir, DatapathOptions(skb_csum_btf=csum_mode == "btf"))
     try:
         yield datapath.load(node_addr=NODE_ADDR)
     finally:
         datapath.close()
         shutil.rmtree(pin_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    with loaded_datapath() as datapath:
+        yield datapath
+
+
+@pytest.fixture(scope="module", params=CSUM_MODES)
+def loaded_both_ways(request):
+    """`loaded`, once per checksum mode: a module that says `loaded = loaded_both_ways` runs each test
+    under both."""
+    with loaded_datapath(request.param) as datapath:
+        yield datapath
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ Standard library only (it runs with the lab's interpreter under `ip netns exec`)
         "ok BODY" or "error TEXT".
 """
 import errno
+import hashlib
 import http.server
 import select
 import socket
@@ -48,8 +49,17 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
             elif self.path == "/udp-peers":
                 with lock:
                     body = "".join(f"{peer} {n}\n" for peer, n in sorted(udp_peers.items()))
+            elif self.path.startswith("/pad/"):   # name, then N filler bytes: large answers
+                body = name + "\n" + "x" * int(self.path[5:])
             else:
                 body = name
+            self._answer(body)
+
+        def do_POST(self):   # "name length sha256" of what was sent: large requests
+            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(f"{name} {len(data)} {hashlib.sha256(data).hexdigest()}")
+
+        def _answer(self, body: str):
             data = body.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")

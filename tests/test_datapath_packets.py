@@ -11,6 +11,11 @@ from ebpflb.libbpf import prog_test_run
 from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
 from ebpflb.structs import C, ffi, ip_be, ip_str, port_be, port_int
 from ebpflb.writer import MapWriter
+from tests.conftest import loaded_both_ways
+from tests.fuzz_packets import l4_sum, ones_sum
+
+# Every test under both ways of fixing L4 checksums (conftest.CSUM_MODES).
+loaded = loaded_both_ways
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
 VIP, VIP_EMPTY, VIP_LOCAL = "10.96.0.2", "10.96.0.3", "10.96.0.4"
@@ -162,6 +167,23 @@ def test_udp_checksum_zero_stays_zero_and_nonzero_is_fixed(dp):
     assert udp.chksum == 0 and Ether(out)[IP].dst == B and udp.dport == 5353
     verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5001, dport=5353) / Raw(b"query")))
     assert Ether(out)[IP].dst == B and checksums_valid(out)
+
+
+@pytest.mark.parametrize("l4", [TCP(**SYN) / Raw(b"abc"), UDP(sport=5000, dport=8080) / Raw(b"query")],
+                         ids=["tcp", "udp"])
+def test_a_wrong_checksum_is_translated_keeping_its_error(dp, l4):
+    """Incremental updates: the translation neither repairs nor worsens a checksum (the receiver
+    must still see a corrupted packet as corrupted)."""
+    program(dp, (VIP, 8080, 6, [B], 0), (VIP, 8080, 17, [B], 0))
+    raw = bytearray(with_checksums(from_pod(IP(src=C_POD, dst=VIP) / l4)))
+    field = 14 + 20 + (16 if TCP in l4 else 6)
+    raw[field] ^= 0x10
+    raw[24] ^= 0x01   # and the IP checksum
+    tot = len(raw) - 14
+    verdict, out = run(dp, "from_workload", bytes(raw))
+    assert verdict == TC_ACT_OK and Ether(out)[IP].dst == B and Ether(out).dport == (8080 if TCP in l4 else 5353)
+    assert ones_sum(out[14:34]) == ones_sum(bytes(raw[14:34])) != 0
+    assert l4_sum(out, 34, tot, raw[23]) == l4_sum(bytes(raw), 34, tot, raw[23]) != 0
 
 
 def test_ip_options_are_kept_and_the_header_length_respected(dp):

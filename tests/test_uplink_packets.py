@@ -8,10 +8,13 @@ from scapy.packet import Raw
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_int
 from ebpflb.writer import MapWriter
-from tests.conftest import NODE_ADDR
+from tests.conftest import NODE_ADDR, loaded_both_ways
 from tests.lab import in_netns, routed_uplink
 from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, from_pod, run,
                                          with_checksums)
+
+# Every test under both ways of fixing L4 checksums (conftest.CSUM_MODES).
+loaded = loaded_both_ways
 
 CLIENT, OTHER_CLIENT = "192.168.64.100", "192.168.64.101"
 LB_IP, NODEPORT = "192.168.64.200", 30080

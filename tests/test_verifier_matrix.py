@@ -13,12 +13,13 @@ from ebpflb.loader import PROGRAMS, Datapath, DatapathOptions, MapSizeMismatch
 VERIFIER_LIMIT = 1_000_000          # the kernel's BPF_COMPLEXITY_LIMIT_INSNS
 BUDGET = VERIFIER_LIMIT // 4        # ours: a program that needs more than this has grown too much
 PROGRAM_NAMES = [name for programs in PROGRAMS.values() for name in programs]
-OPTIONS = [DatapathOptions(reject_no_endpoints=reject, trace=trace)
-           for reject, trace in itertools.product((True, False), (False, True))]
+OPTIONS = [DatapathOptions(reject_no_endpoints=reject, trace=trace, skb_csum_btf=btf)
+           for reject, trace, btf in itertools.product((True, False), (False, True), (True, False))]
 
 
 def label(options: DatapathOptions) -> str:
-    return f"{'reject' if options.reject_no_endpoints else 'drop'}{'+trace' if options.trace else ''}"
+    return (f"{'reject' if options.reject_no_endpoints else 'drop'}{'+trace' if options.trace else ''}"
+            f"{'' if options.skb_csum_btf else '+helpers'}")
 
 
 @pytest.fixture
