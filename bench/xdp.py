@@ -1,8 +1,28 @@
 """XDP vs tc on the uplink (issue 7, item 5): an established NodePort flow to a remote backend,
 DNATed, SNATed to the node's address and forwarded, by xdp_uplink (XDP_TX) or by from_uplink
-(tc, redirect after a FIB lookup). Two figures, each side by side in one run:
+(tc, redirect after a FIB lookup). Three figures, each side by side in one run:
 
-    .venv/bin/python -m bench.xdp [--only packets|lab] [--repeat N] [--runs N] [--rounds N]
+    .venv/bin/python -m bench.xdp [--only packets|frames|lab] [--repeat N] [--runs N] [--rounds N]
+
+frames   The goal's figure: frames forwarded per second when they arrive as a NIC's receive ring
+         hands them over, as XDP frames before any skb exists, which is what XDP saves work on.
+         Two namespaces of our own, joined by a veth: the wire's port wire0 and the node's uplink
+         eth0 (the programs' node address, a route to B's node, the real programs attached as the
+         agent attaches them: tc from_uplink/to_uplink, and xdp_uplink natively in XDP mode).
+         The kernel's XDP traffic generator (BPF_PROG_TEST_RUN, live-frames mode) runs
+         bpf/bench_wire.c's wire_source, which redirects each frame out of wire0, so eth0 receives
+         an XDP frame: UDP X:40000 -> node:30080, an established flow (made by tc from the first
+         frames) whose only backend is B on another node. XDP mode: xdp_uplink translates it
+         (DNAT+SNAT), looks up the next hop and sends it back out (XDP_TX). tc mode (no XDP
+         program; the veth takes XDP frames through NAPI, as a NIC's driver does): the frame
+         becomes an skb, goes up to tc ingress, from_uplink translates it and redirects it out of
+         eth0. Either way wire0's wire_sink counts the frames that come back translated (source
+         node, destination B) and drops them; every frame must come back translated, and node
+         eth0's XDP_TX counter must say which path took them (all in XDP mode, none in tc mode).
+         The rate is frames sent / time the generator took: generator, node and sink all run on
+         the generator's CPU (the veth schedules NAPI there), so the figure is the whole path's,
+         node work being the part that differs. 1M frames per round, 5 rounds after a dropped
+         warm-up, modes alternating in order; median, min-max.
 
 packets  Per-packet cost with BPF_PROG_TEST_RUN, the real programs (ebpflb.loader.Datapath, bcc,
          JIT on) on an uplink in a namespace of our own (tests/test_uplink_packets.py's `routed`
@@ -208,7 +228,174 @@ def run_packets(repeat: int = 1_000_000, runs: int = 5) -> dict:
             shutil.rmtree(root, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- 2. the lab
+# ---------------------------------------------------------------- 2. frames from the wire
+
+WIRE_MAC, NODE_MAC = "02:00:00:00:02:01", "02:00:00:00:02:06"
+UDP_BACKEND_PORT = 5201
+
+
+class WireAndNode:
+    """Two namespaces of our own joined by a veth: the wire's port `wire0` and the node's uplink
+    eth0 (NODE_ADDR, a route to B's node via NEXT_HOP, permanent neighbours on the wire's MAC,
+    forwarding on). Torn down on exit."""
+
+    def __init__(self):
+        tag = uuid.uuid4().hex[:6]
+        self.wire, self.node = f"elbbench-wire-{tag}", f"elbbench-node-{tag}"
+
+    def __enter__(self):
+        import subprocess
+        for ns in (self.wire, self.node):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+        try:
+            for ns in (self.wire, self.node):   # no IPv6 neighbour discovery on the wire: only the frames
+                subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+                                "net.ipv6.conf.default.disable_ipv6=1"], check=True)
+            self._run(self.wire, "link add wire0 type veth peer name eth0 netns " + self.node,
+                      f"link set wire0 address {WIRE_MAC} up", "link set lo up")
+            self._run(self.node, "link set lo up", f"link set eth0 address {NODE_MAC} up",
+                      f"addr add {NODE_ADDR}/24 dev eth0", f"route add 10.200.1.0/24 via {NEXT_HOP}",
+                      *(f"neigh replace {ip} lladdr {WIRE_MAC} dev eth0 nud permanent" for ip in (NEXT_HOP, CLIENT)))
+            subprocess.run(["ip", "netns", "exec", self.node, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                            "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.eth0.rp_filter=0"], check=True)
+            # No XDP program: the veth still runs NAPI (and GRO) to take XDP frames, as a NIC does.
+            subprocess.run(["ip", "netns", "exec", self.node, "ethtool", "-K", "eth0", "gro", "on"], check=True)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        import subprocess
+        for ns in (self.wire, self.node):
+            subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
+
+    @staticmethod
+    def _run(ns: str, *commands: str) -> None:
+        import subprocess
+        subprocess.run(["ip", "-n", ns, "-batch", "-"], input="\n".join(commands) + "\n", text=True, check=True)
+
+    def ifindex(self, ns: str, name: str) -> int:
+        from pyroute2 import IPRoute
+        from tests.lab import in_netns
+        with in_netns(ns), IPRoute() as ipr:
+            return ipr.link_lookup(ifname=name)[0]
+
+
+def xdp_counters(ns: str, dev: str = "eth0") -> dict:
+    """A veth's XDP counters (ethtool -S), summed over its queues."""
+    import subprocess
+    out = {}
+    stats = subprocess.run(["ip", "netns", "exec", ns, "ethtool", "-S", dev], capture_output=True, text=True,
+                           check=True).stdout
+    for line in stats.splitlines()[1:]:
+        name, _, value = line.strip().partition(":")
+        for key in ("xdp_packets", "xdp_tx", "xdp_redirect", "xdp_drops"):
+            if name.endswith(key) and not name.endswith(key + "_errors"):
+                out[key] = out.get(key, 0) + int(value)
+    return out
+
+
+def wire_frame() -> bytes:
+    """X:40000 -> node:30080, UDP, 64 bytes of payload (106-byte frame)."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+    from scapy.packet import Raw
+    return bytes(Ether(src=WIRE_MAC, dst=NODE_MAC) / IP(src=CLIENT, dst=NODE_ADDR) /
+                 UDP(sport=CPORT, dport=NODEPORT) / Raw(PAYLOAD))
+
+
+def run_frames(rounds: int = 5, frames: int = 1_000_000) -> dict:
+    """NodePort forwarding rate of an established UDP flow to a remote backend, frames arriving as
+    XDP frames: xdp_uplink (XDP_TX) vs from_uplink (tc: skb, then redirect). See the docstring."""
+    from bcc import BPF
+    from pyroute2 import IPRoute
+    from ebpflb.attach import UPLINK, attach_tc, attach_xdp, detach_xdp
+    from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
+    from ebpflb.libbpf import xdp_live_frames
+    from ebpflb.loader import Datapath, program_text
+    from ebpflb.paths import BPF_DIR
+    from ebpflb.structs import C, ip_be
+    from ebpflb.writer import MapWriter
+    from tests.lab import in_netns
+
+    frame = wire_frame()
+    root = f"/sys/fs/bpf/elbbench-frames-{uuid.uuid4().hex[:6]}"
+    with WireAndNode() as topo:
+        dp = wire = None
+        try:
+            watch = Stopwatch()
+            wire0, eth0 = topo.ifindex(topo.wire, "wire0"), topo.ifindex(topo.node, "eth0")
+            dp = Datapath(root).load(node_addr=NODE_ADDR)
+            MapWriter(dp.maps).apply(DesiredState(
+                frontends={FrontendKey(NODE_ADDR, NODEPORT, 17): Frontend(1, 1, 0, C.NAT_FLG_EXTERNAL)},
+                backends={1: (Backend(B, UDP_BACKEND_PORT),)}))
+            with in_netns(topo.node), IPRoute() as ipr:
+                attach_tc(ipr, eth0, dp.fds, UPLINK)
+            wire = BPF(text=program_text(BPF_DIR / "bench_wire.c").encode(), cflags=[
+                f"-DWIRE_IFINDEX={wire0}", f"-DWIRE_HEADER={','.join(map(str, frame[:42]))}",
+                f"-DSINK_SADDR={ip_be(NODE_ADDR)}U", f"-DSINK_DADDR={ip_be(B)}U"])
+            source = wire.load_func(b"wire_source", BPF.XDP).fd
+            with in_netns(topo.wire), IPRoute() as ipr:
+                attach_xdp(ipr, wire0, wire.load_func(b"wire_sink", BPF.XDP).fd)
+
+            def sunk() -> tuple[int, int]:
+                counts = wire["sunk"]
+                return sum(counts[0]), sum(counts[1])
+
+            def send(n: int) -> tuple[float, int, int, dict]:
+                """(seconds, translated frames back, others back, node eth0's XDP counter deltas)"""
+                before, counters = sunk(), xdp_counters(topo.node)
+                with in_netns(topo.wire):
+                    started = time.perf_counter()
+                    xdp_live_frames(source, frame, n, wire0)
+                    elapsed = time.perf_counter() - started
+                after, counters_after = sunk(), xdp_counters(topo.node)
+                return (elapsed, after[0] - before[0], after[1] - before[1],
+                        {k: counters_after.get(k, 0) - counters.get(k, 0) for k in counters_after})
+
+            def mode(name: str) -> None:
+                with in_netns(topo.node), IPRoute() as ipr:
+                    (attach_xdp if name == "xdp" else lambda ipr, i, *_: detach_xdp(ipr, i))(
+                        ipr, eth0, dp.fds["xdp_uplink"])
+
+            mode("tc")
+            _, back, other, _ = send(4)        # the flow's first frame: tc makes the conntrack pair
+            if back != 4 or other:
+                raise AssertionError(f"the node forwarded {back} of 4 frames translated ({other} not)")
+            print(f"  wire and node ready, flow made ({watch})", flush=True)
+            pps = {case: [] for case in CASES}
+            xdp_tx = {case: [] for case in CASES}
+            for round_ in range(1 + rounds):          # round 0: warm-up, dropped
+                for case in (CASES if round_ % 2 else CASES[::-1]):
+                    mode(case)
+                    n = frames if round_ else frames // 10
+                    elapsed, back, other, counters = send(n)
+                    if back != n or other:
+                        raise AssertionError(f"{case}: {back} of {n} frames came back translated, {other} not")
+                    if (counters.get("xdp_tx", 0) == n) != (case == "xdp"):
+                        raise AssertionError(f"{case}: node eth0 sent {counters.get('xdp_tx', 0)} with XDP_TX")
+                    if round_:
+                        pps[case].append(n / elapsed)
+                        xdp_tx[case].append(counters.get("xdp_tx", 0))
+            out = {"frames_per_round": frames, "rounds": rounds, "warmup_rounds": 1, "frame_bytes": len(frame),
+                   "path": f"wire0 --XDP frame--> node eth0 ({NODE_ADDR}:{NODEPORT} UDP, established) --DNAT+SNAT--> "
+                           f"{B}:{UDP_BACKEND_PORT} via {NEXT_HOP}, back out eth0 --> wire0 (counted, dropped)",
+                   "xdp_tx": xdp_tx}
+            for case in CASES:
+                out[case] = spread(pps[case])
+            print(f"  frames forwarded per second: XDP {out['xdp']['median']:,.0f}, tc {out['tc']['median']:,.0f}: "
+                  f"{out['xdp']['median'] / out['tc']['median']:.2f}x ({watch})", flush=True)
+            return out
+        finally:
+            if wire is not None:
+                wire.cleanup()
+            if dp is not None:
+                dp.close()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- 3. the lab
 
 LAB_NODE, LAB_NODEPORT, LAB_HTTP_NODEPORT, IPERF_PORT = "node-0", 30201, 30280, 5201
 
@@ -269,14 +456,7 @@ class LabBench:
         self.lab.agent_cli(LAB_NODE, "cleanup")
 
     def xdp_stats(self) -> dict:
-        """node-0 eth0's veth XDP counters (ethtool -S), summed over queues."""
-        out = {}
-        for line in self.lab.run(LAB_NODE, "ethtool", "-S", "eth0").stdout.splitlines()[1:]:
-            name, _, value = line.strip().partition(":")
-            for key in ("xdp_packets", "xdp_tx", "xdp_redirect", "xdp_drops"):
-                if name.endswith(key) and not name.endswith(key + "_errors"):
-                    out[key] = out.get(key, 0) + int(value)
-        return out
+        return xdp_counters(self.lab.ns(LAB_NODE))
 
     def iperf(self, *args, seconds: int, omit: int) -> dict:
         r = self.lab.run("X", "iperf3", "-c", self.node_ip, "-p", LAB_NODEPORT, "-t", seconds, "-O", omit, "-J",
@@ -344,6 +524,8 @@ def run(only=None, repeat: int = 1_000_000, runs: int = 5, rounds: int = 5) -> d
     out = {}
     if only in (None, "packets"):
         out["packets"] = run_packets(repeat, runs)
+    if only in (None, "frames"):
+        out["frames"] = run_frames(rounds)
     if only in (None, "lab"):
         out["lab"] = run_lab(rounds)
     return out
@@ -351,7 +533,7 @@ def run(only=None, repeat: int = 1_000_000, runs: int = 5, rounds: int = 5) -> d
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.xdp", description=__doc__.split("\n")[0])
-    parser.add_argument("--only", choices=("packets", "lab"))
+    parser.add_argument("--only", choices=("packets", "frames", "lab"))
     parser.add_argument("--repeat", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=5)
