@@ -28,6 +28,11 @@ packet back where it started, every run doing the real work:
   pass-through pod to pod (C -> A0:8080) through from_workload (conntrack, frontend and service
                address lookups all miss) and its answer through to_workload (conntrack miss).
   baseline     bpf/baseline.c on the established packet: parse, return TC_ACT_OK.
+  floors       bpf/baseline.c again: what the goals cannot go below with a conntrack in hash maps.
+               ct_lookup_floor parses and looks the established packet's tuple up in an LRU hash of
+               conntrack's types and size (holding it): any established packet costs that much.
+               ct_writes_floor parses and makes the two LRU writes of a new flow (on the new-flow
+               packet's tuples; the same keys every run, replaced, as in the new-flow cycle).
 
 Each case checks first that every run took its path (service packet or connection counters
 grow by exactly `repeat`, pass-through output equals input). The runs are interleaved (case
@@ -58,7 +63,7 @@ from scapy.packet import Raw
 from bench.common import Stopwatch, save_results, spread
 from bench.objects import service_ip
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.libbpf import prog_test_run
+from ebpflb.libbpf import check, lib, prog_test_run
 from ebpflb.loader import Datapath, program_text
 from ebpflb.paths import BPF_DIR
 from ebpflb.structs import ffi, ip_be, new, port_be
@@ -72,8 +77,9 @@ A0 = "10.200.0.2"
 POD_MAC, GW_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
 PAYLOAD = Raw(b"x" * 64)
 ENDPOINTS = 10
-CASES = ("baseline", "established", "new_flow", "reply", "pass_from", "pass_to")
+CASES = ("baseline", "established", "new_flow", "reply", "pass_from", "pass_to", "lookup_floor", "writes_floor")
 LABELS = {"baseline": "parse-only baseline", "established": "established TCP (from_workload)",
+          "lookup_floor": "floor: parse + one conntrack lookup", "writes_floor": "floor: parse + two conntrack writes",
           "new_flow": "new flow SYN (from_workload)", "reply": "reply reverse NAT (to_workload)",
           "pass_from": "pass-through (from_workload)", "pass_to": "pass-through (to_workload)"}
 
@@ -93,10 +99,13 @@ PACKETS = {
     "pass_from": from_pod(IP(src=C_POD, dst=A0) / TCP(sport=C_PORT, dport=8080, flags="PA") / PAYLOAD),
     "pass_to": to_pod(IP(src=A0, dst=C_POD) / TCP(sport=8080, dport=C_PORT, flags="PA") / PAYLOAD),
 }
-PACKETS["baseline"] = PACKETS["established"]
+PACKETS["baseline"] = PACKETS["lookup_floor"] = PACKETS["established"]
+PACKETS["writes_floor"] = PACKETS["new_flow"]
 SYN = from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=C_PORT, dport=VIP_PORT, flags="S"))
 MIRROR_SYN = from_pod(IP(src=C_POD, dst=B) / TCP(sport=C_PORT, dport=B_PORT, flags="S"))
-PROGRAM = {"baseline": "parse_only", "established": "from_workload", "new_flow": "from_workload",
+BASELINES = ("parse_only", "ct_lookup_floor", "ct_writes_floor")   # bpf/baseline.c
+PROGRAM = {"baseline": "parse_only", "lookup_floor": "ct_lookup_floor", "writes_floor": "ct_writes_floor",
+           "established": "from_workload", "new_flow": "from_workload",
            "reply": "to_workload", "pass_from": "from_workload", "pass_to": "to_workload"}
 
 
@@ -188,35 +197,52 @@ def single_shot(dp, base_fd: int, samples: int) -> tuple[list[int], list[int]]:
     return new_ns, base_ns
 
 
-def fds_of(dp, base_fd: int) -> dict:
-    return {case: base_fd if PROGRAM[case] == "parse_only" else dp.fds[PROGRAM[case]] for case in CASES}
+def fds_of(dp, base_fds: dict) -> dict:
+    return {case: base_fds.get(PROGRAM[case]) or dp.fds[PROGRAM[case]] for case in CASES}
 
 
 def load_baseline():
+    """bpf/baseline.c's programs (name -> fd), the floors' map holding the established packet's tuple."""
     from bcc import BPF
     obj = BPF(text=program_text(BPF_DIR / "baseline.c").encode())
-    return obj, obj.load_func(b"parse_only", BPF.SCHED_CLS).fd
+    fds = {name: obj.load_func(name.encode(), BPF.SCHED_CLS).fd for name in BASELINES}
+    table = obj.get_table("floor_ct")
+    value = new("struct ct_value", type=1, nat_addr=ip_be(B), nat_port=port_be(B_PORT))
+    check(lib.bpf_map_update_elem(table.get_fd(), ct_key(C_POD, C_PORT, VIP, VIP_PORT), value, 0), "floor_ct")
+    return obj, fds
+
+
+def check_floors(fds: dict, obj) -> None:
+    """The writes floor leaves its two entries (the forward one is the established packet's tuple);
+    the lookup floor finds that tuple every run."""
+    retval, _, _ = prog_test_run(fds["ct_writes_floor"], PACKETS["writes_floor"], repeat=1000)
+    if retval != TC_ACT_OK or len(list(obj.get_table("floor_ct").keys())) != 2:
+        raise AssertionError("the writes floor did not write its two entries")
+    retval, _, _ = prog_test_run(fds["ct_lookup_floor"], PACKETS["lookup_floor"], repeat=1000)
+    if retval != TC_ACT_OK:
+        raise AssertionError("the lookup floor missed")
 
 
 def run(repeat: int = 1_000_000, runs: int = 5, scales=(1, 1000, 100_000), shots: int = 3000) -> dict:
-    base_obj, base_fd = load_baseline()
+    base_obj, base_fds = load_baseline()
     root = f"/sys/fs/bpf/elbbench-pkt-{uuid.uuid4().hex[:6]}"
     out = {"repeat": repeat, "runs": runs, "warmup_rounds": 1, "endpoints_per_service": ENDPOINTS,
            "unit": "ns per packet (BPF_PROG_TEST_RUN average over `repeat` runs)", "scales": {},
            "single_shot": {}}
     datapaths = {}
     try:
+        check_floors(base_fds, base_obj)
         for services in scales:
             watch = Stopwatch()
             dp = datapaths[services] = Datapath(f"{root}/{services}").load()
             fill(dp, MapWriter(dp.maps), 0, services)
-            check_paths(dp, fds_of(dp, base_fd))
+            check_paths(dp, fds_of(dp, base_fds))
             print(f"  {services} services loaded and checked ({watch})", flush=True)
         times = {services: {case: [] for case in CASES} for services in scales}
         watch = Stopwatch()
         for round_ in range(1 + runs):           # round 0: warm-up, dropped
             for services, dp in datapaths.items():
-                fds = fds_of(dp, base_fd)
+                fds = fds_of(dp, base_fds)
                 for case in CASES:
                     retval, _, ns = prog_test_run(fds[case], PACKETS[case], repeat=repeat)
                     if round_:
@@ -229,10 +255,10 @@ def run(repeat: int = 1_000_000, runs: int = 5, scales=(1, 1000, 100_000), shots
         print(f"  ({runs} runs + 1 warm-up of every case at every scale, interleaved: {watch})", flush=True)
 
         dp = datapaths[scales[0]]
-        single_shot(dp, base_fd, 200)    # warm-up
+        single_shot(dp, base_fds["parse_only"], 200)    # warm-up
         new_runs, base_runs = [], []
         for _ in range(3):
-            new_ns, base_ns = single_shot(dp, base_fd, shots // 3)
+            new_ns, base_ns = single_shot(dp, base_fds["parse_only"], shots // 3)
             new_runs.append(statistics.median(new_ns))
             base_runs.append(statistics.median(base_ns))
         out["single_shot"] = {"services": scales[0], "samples_per_run": shots // 3,

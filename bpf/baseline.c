@@ -1,7 +1,14 @@
-/* The per-packet benchmark's reference (bench/packets.py): the entry programs' parsing and
- * nothing else: no map lookup, no rewrite, no helper. parse_packet() is the very function
- * from_workload/to_workload call, inlined the same way; the parsed fields are handed to an empty
- * asm statement so the compiler cannot drop the work as dead stores. Never attached anywhere. */
+/* The per-packet benchmark's references (bench/packets.py); never attached anywhere.
+ *
+ *   parse_only       the entry programs' parsing and nothing else: no map lookup, no rewrite, no
+ *                    helper. parse_packet() is the very function from_workload/to_workload call,
+ *                    inlined the same way; the parsed fields are handed to an empty asm statement
+ *                    so the compiler cannot drop the work as dead stores.
+ *   ct_lookup_floor  parsing and one lookup of the packet's tuple in an LRU hash of conntrack's
+ *                    key, value and size: what any established packet costs at least.
+ *   ct_writes_floor  parsing and the two LRU writes a new flow makes (its NAT_FWD and NAT_REV
+ *                    entries): what any new flow costs at least.
+ * The floors' map is their own (not pinned): the benchmark fills it. */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
 #include <uapi/linux/if_ether.h>
@@ -11,8 +18,21 @@
 #include <uapi/linux/udp.h>
 #include <uapi/linux/icmp.h>
 
+#include "structs.h"
 #include "consts.h"
 #include "parse.h"
+
+BPF_TABLE("lru_hash", struct ct_key, struct ct_value, floor_ct, CT_MAX);
+
+static __always_inline void key_of(const struct packet *p, struct ct_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->src_addr = p->saddr;
+	k->dst_addr = p->daddr;
+	k->src_port = p->sport;
+	k->dst_port = p->dport;
+	k->proto = p->proto;
+}
 
 int parse_only(struct __sk_buff *skb)
 {
@@ -23,5 +43,39 @@ int parse_only(struct __sk_buff *skb)
 	asm volatile("" : : "r"(&p), "r"(res) : "memory");
 	if (res != PARSE_OK || !is_l4_with_ports(&p))
 		return TC_ACT_OK;
+	return TC_ACT_OK;
+}
+
+int ct_lookup_floor(struct __sk_buff *skb)
+{
+	struct packet p;
+	struct ct_key key;
+
+	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+		return TC_ACT_SHOT;
+	key_of(&p, &key);
+	return floor_ct.lookup(&key) ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+int ct_writes_floor(struct __sk_buff *skb)
+{
+	struct packet p;
+	struct ct_key fwd_key, rev_key;
+	struct ct_value fwd = {}, rev = {};
+
+	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+		return TC_ACT_SHOT;
+	key_of(&p, &fwd_key);
+	rev_key = fwd_key;
+	rev_key.src_addr = p.daddr;   /* stands in for the backend */
+	rev_key.dst_addr = p.saddr;
+	rev_key.src_port = p.dport;
+	rev_key.dst_port = p.sport;
+	fwd.type = CT_TYPE_NAT_FWD;
+	fwd.twin = rev_key;
+	rev.type = CT_TYPE_NAT_REV;
+	rev.twin = fwd_key;
+	if (floor_ct.update(&rev_key, &rev) < 0 || floor_ct.update(&fwd_key, &fwd) < 0)
+		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }
