@@ -22,6 +22,7 @@ from .healthcheck import HealthCheckServers
 from .conntrack import Timeouts, forget_udp_flows_to, sweep
 from .core.services import Usage
 from .core.tracker import ServiceTracker
+from .gc_pause import gc_paused
 from .loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
 from .metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from .paths import DEFAULT_PIN_DIR
@@ -166,7 +167,7 @@ class Agent:
         started = time.perf_counter()
         self.last_sync = time.monotonic()
         try:
-            with self.lock:
+            with self.lock, gc_paused():
                 changes = self.tracker.flush()
                 stats = self.writer.apply(self.tracker.state, changes)
                 programmed = time.monotonic()   # the maps hold it all now; what follows is housekeeping

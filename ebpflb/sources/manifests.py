@@ -2,6 +2,7 @@
 import logging
 
 from ..core.tracker import ServiceTracker
+from ..gc_pause import gc_paused
 from ..manifests import ManifestError, fingerprint, load_manifests
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,12 @@ class ManifestSource:
             if current == self.seen:
                 return
             self.seen = current
-            services, slices = load_manifests(self.path)
+            with gc_paused():
+                services, slices = load_manifests(self.path)
         except (OSError, ManifestError) as err:
             log.error("cannot read manifests: %s; keeping what is programmed", err)
             return
-        with self.lock:
+        with self.lock, gc_paused():
             self.tracker.replace_all(services, slices)
         self.synced = True
 
