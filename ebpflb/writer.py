@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from .core.model import Backend, DesiredState, Frontend, FrontendKey
 from .core.tracker import Changes
 from .libbpf import BPFError
-from .maps import BATCH, Maps
-from .structs import ffi, ip_be, ip_str, new, port_be, port_int
+from .maps import Maps
+from .structs import ffi, ip_be, ip_str, port_be, port_int
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,47 @@ class WriteStats:
         return bool(self.written or self.deleted)
 
 
+# Each map struct as cffi initializers, a dict of the header's field names: cffi fills a whole
+# batch array from them in one call (making a struct per entry and setting its fields one by one
+# took ≈ 1 s of a cold start at 100k backends).
+def fe_key_fields(k: FrontendKey) -> dict:
+    return {"addr": ip_be(k.addr), "port": port_be(k.port), "proto": k.proto}
+
+
+def fe_value_fields(f: Frontend) -> dict:
+    return {"id": f.svc_id, "count": f.count, "local": f.local, "flags": f.flags}
+
+
+def be_key_fields(svc_id: int, ordinal: int) -> dict:
+    return {"id": svc_id, "ordinal": ordinal}
+
+
+def be_value_fields(b: Backend) -> dict:
+    return {"addr": ip_be(b.addr), "port": port_be(b.port)}
+
+
+def src_range_key_fields(svc_id: int, cidr: str) -> dict:
+    addr, _, bits = cidr.partition("/")
+    return {"prefixlen": 32 + int(bits), "id": svc_id, "addr": ip_be(addr)}
+
+
+_SVC_IP_VALUE = {"flags": 0}   # a service address's value; its key is the address (ip_be)
+
+
 def fe_key(k: FrontendKey):
-    return new("struct nat_fe_key", addr=ip_be(k.addr), port=port_be(k.port), proto=k.proto)
+    return ffi.new("struct nat_fe_key *", fe_key_fields(k))
 
 
 def fe_value(f: Frontend):
-    return new("struct nat_fe_value", id=f.svc_id, count=f.count, local=f.local, flags=f.flags)
+    return ffi.new("struct nat_fe_value *", fe_value_fields(f))
 
 
 def be_key(svc_id: int, ordinal: int):
-    return new("struct nat_be_key", id=svc_id, ordinal=ordinal)
+    return ffi.new("struct nat_be_key *", be_key_fields(svc_id, ordinal))
 
 
 def be_value(b: Backend):
-    return new("struct nat_be_value", addr=ip_be(b.addr), port=port_be(b.port))
+    return ffi.new("struct nat_be_value *", be_value_fields(b))
 
 
 def svc_ip_key(addr: str):
@@ -77,8 +104,7 @@ def svc_ip_key(addr: str):
 
 
 def src_range_key(svc_id: int, cidr: str):
-    addr, _, bits = cidr.partition("/")
-    return new("struct src_range_key", prefixlen=32 + int(bits), id=svc_id, addr=ip_be(addr))
+    return ffi.new("struct src_range_key *", src_range_key_fields(svc_id, cidr))
 
 
 def read_contents(maps: Maps) -> MapContents:
@@ -99,17 +125,6 @@ def _changed_slots(have: tuple, want: tuple):
             if ordinal >= len(have) or have[ordinal] != backend)
 
 
-def _slot_pair(slot: tuple[int, int, Backend]):
-    svc_id, ordinal, backend = slot
-    return be_key(svc_id, ordinal), be_value(backend)
-
-
-def _update(bpf_map, items: list, pair) -> None:
-    """Write pair(item) -> (key, value) for each item, in order, one batch of map structs at a time."""
-    for start in range(0, len(items), BATCH):
-        bpf_map.update_many([pair(item) for item in items[start:start + BATCH]])
-
-
 class MapWriter:
     def __init__(self, maps: Maps):
         self.maps = maps
@@ -127,7 +142,6 @@ class MapWriter:
                               src_range_ids=set(desired.src_ranges.keys() | self.src_ranges.keys()))
         stats = WriteStats()
         nat_fe, nat_be, svc_ips = self.maps.nat_fe, self.maps.nat_be, self.maps.svc_ips
-        svc_ip_value = new("struct svc_ip_value")
         empty = ()
 
         gone_frontends = {key for key in changes.frontends if key not in desired.frontends and key in self.frontends}
@@ -149,7 +163,7 @@ class MapWriter:
             early = [i for i in unwanted if i not in still_reached]
             stats.deleted += self._delete_slots({i: shrunk.pop(i) for i in early})
 
-        # Plain tuples, made into map structs one batch at a time (_update): at a cold start 100k
+        # Plain tuples, made into map structs one batch at a time (update_many): at a cold start 100k
         # pairs of cffi structs at once took ≈ 30 MB.
         slots = [(svc_id, ordinal, backend)
                  for svc_id in changes.ids
@@ -161,22 +175,18 @@ class MapWriter:
                      if addr in desired.service_ips and addr not in self.service_ips]
         # Ranges before the frontends that check them: a new LB frontend never drops an allowed client.
         ranges_added, ranges_gone = self._range_diff(desired, changes)
-        one = ffi.new("__u32 *", 1)
-        ranges = [(src_range_key(i, cidr), one) for i, cidr in ranges_added]
         try:
-            self.maps.src_ranges.update_many(ranges)
-            _update(nat_be, slots, _slot_pair)
+            self._write_ranges_and_slots(ranges_added, slots)
         except BPFError as err:
             if err.errno not in (errno.E2BIG, errno.ENOSPC):
                 raise
             log.warning("a map is too full to write before deleting (%s): deleting first", err)
             stats.deleted += self._delete_slots(shrunk)
             shrunk = {}
-            self.maps.src_ranges.update_many(ranges)
-            _update(nat_be, slots, _slot_pair)
-        _update(nat_fe, frontends, lambda key: (fe_key(key), fe_value(desired.frontends[key])))
-        _update(svc_ips, addresses, lambda addr: (svc_ip_key(addr), svc_ip_value))
-        stats.written += len(ranges) + len(slots) + len(frontends) + len(addresses)
+            self._write_ranges_and_slots(ranges_added, slots)
+        nat_fe.update_many((fe_key_fields(key), fe_value_fields(desired.frontends[key])) for key in frontends)
+        svc_ips.update_many((ip_be(addr), _SVC_IP_VALUE) for addr in addresses)
+        stats.written += len(ranges_added) + len(slots) + len(frontends) + len(addresses)
         stats.deleted += self._delete_slots(shrunk)
         for addr in changes.service_ips:
             if addr not in desired.service_ips and addr in self.service_ips:
@@ -193,6 +203,11 @@ class MapWriter:
         stats.removed_udp_backends = {(i, b) for i, b in stats.removed_backends if i in udp_ids}
         self._remember(desired, changes)
         return stats
+
+    def _write_ranges_and_slots(self, ranges: list[tuple[int, str]], slots: list[tuple[int, int, Backend]]) -> None:
+        self.maps.src_ranges.update_many((src_range_key_fields(svc_id, cidr), 1) for svc_id, cidr in ranges)
+        self.maps.nat_be.update_many((be_key_fields(svc_id, ordinal), be_value_fields(backend))
+                                     for svc_id, ordinal, backend in slots)
 
     def _delete_slots(self, spans: dict[int, tuple[int, int]]) -> int:
         """Delete ordinals new..old-1 of each id; how many."""
