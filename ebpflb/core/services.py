@@ -15,6 +15,7 @@ ClusterIP frontends.
 """
 import functools
 import ipaddress
+import operator
 import socket
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -304,7 +305,7 @@ def node_port_addresses(node_addresses: tuple[str, ...], nodeport_cidrs: tuple[s
 def _assign_ids(names: Iterable[ServicePortName], known_ids: Mapping[ServicePortName, int],
                 reserved: frozenset[int]) -> dict[ServicePortName, int]:
     """Known names keep their id (the maps and counters stay put); new names take the smallest free one."""
-    names = sorted(set(names))
+    names = sorted(set(names), key=_name_order)
     ids: dict[ServicePortName, int] = {}
     taken: set[int] = set(reserved)
     for name in names:
@@ -317,6 +318,11 @@ def _assign_ids(names: Iterable[ServicePortName], known_ids: Mapping[ServicePort
         if name not in ids and (new_id := next(free, None)) is not None:
             ids[name] = new_id
     return ids
+
+
+# ServicePortName's own order (its fields in turn), as a key: sorting 10k names by their dataclass
+# __lt__ took 120k Python-level calls.
+_name_order = operator.attrgetter("namespace", "name", "port", "protocol")
 
 
 # --- Choosing backends ---
