@@ -115,6 +115,7 @@ class Agent:
             attacher.reconcile()
             self.source_started = time.monotonic()
             source.start(self.tracker, self.lock, self.wake)
+            self.wake()   # the first turn polls the source (reads the manifests) at once, not a tick later
             sweeper.start()
             while not self.stopping:
                 self.health.beat()
