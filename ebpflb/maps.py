@@ -1,8 +1,6 @@
 """Typed handles on ebpflb's pinned maps: keys and values are cffi structs from bpf/structs.h."""
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import islice
 
 from . import libbpf
 from .libbpf import ffi as bpf_ffi, lib
@@ -62,18 +60,16 @@ class BpfMap:
     def update(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
         libbpf.check(lib.bpf_map_update_elem(self.fd, key, value, flags), f"update of {self.path}")
 
-    def update_many(self, entries: Iterable[tuple]) -> None:
-        """Write many (key, value) entries, each given as cffi initializers (a dict of field values,
-        an int for a scalar type): per BATCH entries, one cffi array of keys and one of values, each
-        filled by cffi in one call, and one batch syscall."""
+    def update_many(self, keys, values) -> None:
+        """Write keys[i] -> values[i] for two cffi arrays of the map's key and value types: one
+        batch syscall per BATCH entries instead of one each."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys, {len(values)} values")
         opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
         count = bpf_ffi.new("__u32 *")
-        entries = iter(entries)
-        while chunk := list(islice(entries, BATCH)):
-            keys = ffi.new(f"{self.key_type}[]", [key for key, _ in chunk])
-            values = ffi.new(f"{self.value_type}[]", [value for _, value in chunk])
-            count[0] = len(chunk)
-            libbpf.check(lib.bpf_map_update_batch(self.fd, keys, values, count, opts),
+        for start in range(0, len(keys), BATCH):
+            count[0] = min(BATCH, len(keys) - start)
+            libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start, count, opts),
                          f"batch update of {self.path}")
 
     def delete(self, key) -> bool:

@@ -19,13 +19,14 @@ ids, frontends and addresses only; without, at everything.
 """
 import errno
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .core.model import Backend, DesiredState, Frontend, FrontendKey
 from .core.tracker import Changes
 from .libbpf import BPFError
 from .maps import Maps
-from .structs import ffi, ip_be, ip_str, port_be, port_int
+from .structs import ffi, ip_be, ip_be_column, ip_str, port_be_column, port_int, struct_array
 
 log = logging.getLogger(__name__)
 
@@ -56,55 +57,59 @@ class WriteStats:
         return bool(self.written or self.deleted)
 
 
-# Each map struct as cffi initializers, a dict of the header's field names: cffi fills a whole
-# batch array from them in one call (making a struct per entry and setting its fields one by one
-# took ≈ 1 s of a cold start at 100k backends).
-def fe_key_fields(k: FrontendKey) -> dict:
-    return {"addr": ip_be(k.addr), "port": port_be(k.port), "proto": k.proto}
+# The map structs for many entries at once, a field at a time (struct_array); one entry's is an array
+# of one. Making a struct per entry and setting its fields one by one took ≈ 1 s of a cold start.
+def frontend_keys(keys: Sequence[FrontendKey]):
+    return struct_array("struct nat_fe_key", len(keys), addr=ip_be_column(k.addr for k in keys),
+                        port=port_be_column(k.port for k in keys), proto=[k.proto for k in keys])
 
 
-def fe_value_fields(f: Frontend) -> dict:
-    return {"id": f.svc_id, "count": f.count, "local": f.local, "flags": f.flags}
+def frontend_values(frontends: Sequence[Frontend]):
+    return struct_array("struct nat_fe_value", len(frontends), id=[f.svc_id for f in frontends],
+                        count=[f.count for f in frontends], local=[f.local for f in frontends],
+                        flags=[f.flags for f in frontends])
 
 
-def be_key_fields(svc_id: int, ordinal: int) -> dict:
-    return {"id": svc_id, "ordinal": ordinal}
+def backend_keys(ids: Sequence[int], ordinals: Sequence[int]):
+    return struct_array("struct nat_be_key", len(ids), id=ids, ordinal=ordinals)
 
 
-def be_value_fields(b: Backend) -> dict:
-    return {"addr": ip_be(b.addr), "port": port_be(b.port)}
+def backend_values(backends: Sequence[Backend]):
+    addrs, ports = _columns(backends, 2)
+    return struct_array("struct nat_be_value", len(backends), addr=ip_be_column(addrs), port=port_be_column(ports))
 
 
-def src_range_key_fields(svc_id: int, cidr: str) -> dict:
-    addr, _, bits = cidr.partition("/")
-    return {"prefixlen": 32 + int(bits), "id": svc_id, "addr": ip_be(addr)}
+def src_range_keys(ranges: Sequence[tuple[int, str]]):
+    """Of (id, CIDR) pairs."""
+    ids, cidrs = _columns(ranges, 2)
+    addrs, _, bits = _columns([cidr.partition("/") for cidr in cidrs], 3)
+    return struct_array("struct src_range_key", len(ranges), prefixlen=[32 + int(b) for b in bits], id=ids,
+                        addr=ip_be_column(addrs))
 
 
-_SVC_IP_VALUE = {"flags": 0}   # a service address's value; its key is the address (ip_be)
+def service_ip_keys(addrs: Sequence[str]):
+    return ffi.new("__u32[]", [ip_be(addr) for addr in addrs])
+
+
+def _columns(rows: Sequence[tuple], width: int) -> tuple:
+    """Rows of `width` values -> `width` columns, also when there are no rows."""
+    return tuple(zip(*rows)) if rows else ((),) * width
 
 
 def fe_key(k: FrontendKey):
-    return ffi.new("struct nat_fe_key *", fe_key_fields(k))
-
-
-def fe_value(f: Frontend):
-    return ffi.new("struct nat_fe_value *", fe_value_fields(f))
+    return frontend_keys([k])
 
 
 def be_key(svc_id: int, ordinal: int):
-    return ffi.new("struct nat_be_key *", be_key_fields(svc_id, ordinal))
-
-
-def be_value(b: Backend):
-    return ffi.new("struct nat_be_value *", be_value_fields(b))
+    return backend_keys([svc_id], [ordinal])
 
 
 def svc_ip_key(addr: str):
-    return ffi.new("__u32 *", ip_be(addr))
+    return service_ip_keys([addr])
 
 
 def src_range_key(svc_id: int, cidr: str):
-    return ffi.new("struct src_range_key *", src_range_key_fields(svc_id, cidr))
+    return src_range_keys([(svc_id, cidr)])
 
 
 def read_contents(maps: Maps) -> MapContents:
@@ -163,8 +168,7 @@ class MapWriter:
             early = [i for i in unwanted if i not in still_reached]
             stats.deleted += self._delete_slots({i: shrunk.pop(i) for i in early})
 
-        # Plain tuples, made into map structs one batch at a time (update_many): at a cold start 100k
-        # pairs of cffi structs at once took ≈ 30 MB.
+        # Plain tuples until the map structs are made, a field at a time for all of them.
         slots = [(svc_id, ordinal, backend)
                  for svc_id in changes.ids
                  for ordinal, backend in _changed_slots(self.backends.get(svc_id, empty),
@@ -184,8 +188,8 @@ class MapWriter:
             stats.deleted += self._delete_slots(shrunk)
             shrunk = {}
             self._write_ranges_and_slots(ranges_added, slots)
-        nat_fe.update_many((fe_key_fields(key), fe_value_fields(desired.frontends[key])) for key in frontends)
-        svc_ips.update_many((ip_be(addr), _SVC_IP_VALUE) for addr in addresses)
+        nat_fe.update_many(frontend_keys(frontends), frontend_values([desired.frontends[key] for key in frontends]))
+        svc_ips.update_many(service_ip_keys(addresses), ffi.new("struct svc_ip_value[]", len(addresses)))   # flags 0
         stats.written += len(ranges_added) + len(slots) + len(frontends) + len(addresses)
         stats.deleted += self._delete_slots(shrunk)
         for addr in changes.service_ips:
@@ -205,9 +209,9 @@ class MapWriter:
         return stats
 
     def _write_ranges_and_slots(self, ranges: list[tuple[int, str]], slots: list[tuple[int, int, Backend]]) -> None:
-        self.maps.src_ranges.update_many((src_range_key_fields(svc_id, cidr), 1) for svc_id, cidr in ranges)
-        self.maps.nat_be.update_many((be_key_fields(svc_id, ordinal), be_value_fields(backend))
-                                     for svc_id, ordinal, backend in slots)
+        self.maps.src_ranges.update_many(src_range_keys(ranges), ffi.new("__u32[]", [1] * len(ranges)))
+        ids, ordinals, backends = _columns(slots, 3)
+        self.maps.nat_be.update_many(backend_keys(ids, ordinals), backend_values(backends))
 
     def _delete_slots(self, spans: dict[int, tuple[int, int]]) -> int:
         """Delete ordinals new..old-1 of each id; how many."""
