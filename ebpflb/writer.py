@@ -126,6 +126,8 @@ def read_contents(maps: Maps) -> MapContents:
 
 
 def _changed_slots(have: tuple, want: tuple):
+    if not have:   # a new list (every list at a cold start): all of it, without a comparison each
+        return enumerate(want)
     return ((ordinal, backend) for ordinal, backend in enumerate(want)
             if ordinal >= len(have) or have[ordinal] != backend)
 
@@ -158,7 +160,8 @@ class MapWriter:
             have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
             if len(want) < len(have):
                 shrunk[svc_id] = (len(have), len(want))
-            stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
+            if have:
+                stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
         unwanted = [i for i in shrunk if i not in desired.backends]
         if unwanted:
             # Of those, the ids no frontend in the maps names any more (a changed one is rewritten only
