@@ -24,13 +24,16 @@ class ManifestSource:
             if current == self.seen:
                 return
             self.seen = current
+            # One pause for reading and preparing, the API objects dropped before it ends: collection
+            # resuming between the two went through all of them (0.1 s at 10k services).
             with gc_paused():
                 services, slices = load_manifests(self.path)
+                with self.lock:
+                    self.tracker.replace_all(services, slices)   # pure: raises neither of the below
+                del services, slices
         except (OSError, ManifestError) as err:
             log.error("cannot read manifests: %s; keeping what is programmed", err)
             return
-        with self.lock, gc_paused():
-            self.tracker.replace_all(services, slices)
         self.synced = True
 
     def stop(self) -> None:
