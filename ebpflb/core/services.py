@@ -587,13 +587,18 @@ def _slice_endpoint(entry) -> tuple[str | None, str | None, int]:
     """(first address, node name, condition bits)."""
     entry = _expect(entry, dict, "an endpoint")
     # Every address is checked; the API calls them fungible and kube-proxy uses the first only.
-    addresses = [_endpoint_address(a) for a in _optional(entry, "addresses", list, [])]
+    addresses = _optional(entry, "addresses", list, _NO_ADDRESSES)
+    for address in addresses:   # a loop, not a list of them: 100k endpoints at scale
+        _endpoint_address(address)
     conditions = _optional(entry, "conditions", dict, {})
     ready = _optional(conditions, "ready", bool, True)
     bits = (_READY if ready else 0) | (_SERVING if _optional(conditions, "serving", bool, ready) else 0) | \
         (_TERMINATING if _optional(conditions, "terminating", bool, False) else 0)
     node_name = _optional(entry, "nodeName", str, None)
     return addresses[0] if addresses else None, _intern(node_name) if node_name is not None else None, bits
+
+
+_NO_ADDRESSES: list = []   # shared, never written
 
 
 # --- Field checks: each raises _Malformed with the reason the metric counts ---
