@@ -155,6 +155,12 @@ def controlplane_rows(c: dict, t: dict | None) -> list[Row]:
                         c["cold_start_api_s"]["median"], "s", restore, "iptables-restore (same ruleset)",
                         "≤ 0.10× (10× faster)", lambda r: r <= 0.10,
                         f"{mm(c['cold_start_api_s'], '')}; iptables-restore one run"))
+    if "process_start_api_s" in c:   # results written before this figure existed have none
+        rows.append(Row("controlplane", "process start → programmed, API, 10k x 10 (bcc compile included)",
+                        c["process_start_api_s"]["median"], "s", None, "", "", None,
+                        f"{mm(c['process_start_api_s'], '')}; JSON manifests "
+                        f"{c['process_start_manifests_json_s']['median']:.2f} s, YAML "
+                        f"{c['process_start_manifests_yaml_s']['median']:.2f} s"))
     ch = c["endpointslice_change_ms"]
     rows += [
         Row("controlplane", "one EndpointSlice change → maps, p50", ch["p50"], "ms", None, "", "", None,

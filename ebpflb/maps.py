@@ -60,18 +60,16 @@ class BpfMap:
     def update(self, key, value, flags: int = libbpf.BPF_ANY) -> None:
         libbpf.check(lib.bpf_map_update_elem(self.fd, key, value, flags), f"update of {self.path}")
 
-    def update_many(self, pairs: list) -> None:
-        """Write many (key, value) pairs: one batch syscall per BATCH entries instead of one each."""
+    def update_many(self, keys, values) -> None:
+        """Write keys[i] -> values[i] for two cffi arrays of the map's key and value types: one
+        batch syscall per BATCH entries instead of one each."""
+        if len(keys) != len(values):
+            raise ValueError(f"{len(keys)} keys, {len(values)} values")
         opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
         count = bpf_ffi.new("__u32 *")
-        for start in range(0, len(pairs), BATCH):
-            chunk = pairs[start:start + BATCH]
-            keys = ffi.new(f"{self.key_type}[{len(chunk)}]")
-            values = ffi.new(f"{self.value_type}[{len(chunk)}]")
-            for i, (key, value) in enumerate(chunk):
-                keys[i], values[i] = key[0], value[0]
-            count[0] = len(chunk)
-            libbpf.check(lib.bpf_map_update_batch(self.fd, keys, values, count, opts),
+        for start in range(0, len(keys), BATCH):
+            count[0] = min(BATCH, len(keys) - start)
+            libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start, count, opts),
                          f"batch update of {self.path}")
 
     def delete(self, key) -> bool:

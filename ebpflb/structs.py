@@ -5,6 +5,7 @@ header's constants. No struct is described a second time in Python.
 """
 import socket
 import struct
+from array import array
 
 from cffi import FFI
 
@@ -56,6 +57,42 @@ def port_be(port: int) -> int:
 
 def port_int(be: int) -> int:
     return socket.ntohs(be)
+
+
+def ip_be_column(addrs) -> bytes:
+    """Dotted IPv4 addresses -> the memory of their __u32 fields, one after another (ip_be for many)."""
+    return b"".join(map(socket.inet_aton, addrs))
+
+
+def port_be_column(ports) -> array:
+    """Ports -> the memory of their __u16 fields in network order (port_be for many)."""
+    return array("H", map(socket.htons, ports))
+
+
+_UNSIGNED = {array(code).itemsize: code for code in "BHIQ"}   # width in bytes -> array/memoryview code
+
+
+def struct_array(ctype: str, length: int, /, **columns):
+    """An array of `length` zeroed structs with some fields set, each field from a column of its
+    values in order: ints, or bytes-like holding the field's memory as it is (ip_be_column).
+    A field at a time over the whole array, in C: a struct at a time in Python was most of the
+    time a cold start spent writing the maps. Offsets and widths are cffi's, from the header."""
+    structs = ffi.new(f"{ctype}[]", length)
+    if not length:
+        return structs
+    size, fields, memory = ffi.sizeof(ctype), dict(ffi.typeof(ctype).fields), memoryview(ffi.buffer(structs))
+    for name, values in columns.items():
+        field = fields[name]
+        width = ffi.sizeof(field.type)
+        if field.offset % width or size % width:
+            raise ValueError(f"{ctype}.{name}: not aligned to its own size")
+        code = _UNSIGNED[width]
+        try:
+            column = memoryview(values).cast("B").cast(code)
+        except TypeError:   # not bytes-like: ints
+            column = array(code, values)
+        memory.cast(code)[field.offset // width::size // width] = column
+    return structs
 
 
 def new(ctype: str, **fields):

@@ -19,13 +19,14 @@ ids, frontends and addresses only; without, at everything.
 """
 import errno
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .core.model import Backend, DesiredState, Frontend, FrontendKey
 from .core.tracker import Changes
 from .libbpf import BPFError
-from .maps import BATCH, Maps
-from .structs import ffi, ip_be, ip_str, new, port_be, port_int
+from .maps import Maps
+from .structs import ffi, ip_be, ip_be_column, ip_str, port_be_column, port_int, struct_array
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +57,59 @@ class WriteStats:
         return bool(self.written or self.deleted)
 
 
+# The map structs for many entries at once, a field at a time (struct_array); one entry's is an array
+# of one. Making a struct per entry and setting its fields one by one took ≈ 1 s of a cold start.
+def frontend_keys(keys: Sequence[FrontendKey]):
+    return struct_array("struct nat_fe_key", len(keys), addr=ip_be_column(k.addr for k in keys),
+                        port=port_be_column(k.port for k in keys), proto=[k.proto for k in keys])
+
+
+def frontend_values(frontends: Sequence[Frontend]):
+    return struct_array("struct nat_fe_value", len(frontends), id=[f.svc_id for f in frontends],
+                        count=[f.count for f in frontends], local=[f.local for f in frontends],
+                        flags=[f.flags for f in frontends])
+
+
+def backend_keys(ids: Sequence[int], ordinals: Sequence[int]):
+    return struct_array("struct nat_be_key", len(ids), id=ids, ordinal=ordinals)
+
+
+def backend_values(backends: Sequence[Backend]):
+    addrs, ports = _columns(backends, 2)
+    return struct_array("struct nat_be_value", len(backends), addr=ip_be_column(addrs), port=port_be_column(ports))
+
+
+def src_range_keys(ranges: Sequence[tuple[int, str]]):
+    """Of (id, CIDR) pairs."""
+    ids, cidrs = _columns(ranges, 2)
+    addrs, _, bits = _columns([cidr.partition("/") for cidr in cidrs], 3)
+    return struct_array("struct src_range_key", len(ranges), prefixlen=[32 + int(b) for b in bits], id=ids,
+                        addr=ip_be_column(addrs))
+
+
+def service_ip_keys(addrs: Sequence[str]):
+    return ffi.new("__u32[]", [ip_be(addr) for addr in addrs])
+
+
+def _columns(rows: Sequence[tuple], width: int) -> tuple:
+    """Rows of `width` values -> `width` columns, also when there are no rows."""
+    return tuple(zip(*rows)) if rows else ((),) * width
+
+
 def fe_key(k: FrontendKey):
-    return new("struct nat_fe_key", addr=ip_be(k.addr), port=port_be(k.port), proto=k.proto)
-
-
-def fe_value(f: Frontend):
-    return new("struct nat_fe_value", id=f.svc_id, count=f.count, local=f.local, flags=f.flags)
+    return frontend_keys([k])
 
 
 def be_key(svc_id: int, ordinal: int):
-    return new("struct nat_be_key", id=svc_id, ordinal=ordinal)
-
-
-def be_value(b: Backend):
-    return new("struct nat_be_value", addr=ip_be(b.addr), port=port_be(b.port))
+    return backend_keys([svc_id], [ordinal])
 
 
 def svc_ip_key(addr: str):
-    return ffi.new("__u32 *", ip_be(addr))
+    return service_ip_keys([addr])
 
 
 def src_range_key(svc_id: int, cidr: str):
-    addr, _, bits = cidr.partition("/")
-    return new("struct src_range_key", prefixlen=32 + int(bits), id=svc_id, addr=ip_be(addr))
+    return src_range_keys([(svc_id, cidr)])
 
 
 def read_contents(maps: Maps) -> MapContents:
@@ -95,19 +126,10 @@ def read_contents(maps: Maps) -> MapContents:
 
 
 def _changed_slots(have: tuple, want: tuple):
+    if not have:   # a new list (every list at a cold start): all of it, without a comparison each
+        return enumerate(want)
     return ((ordinal, backend) for ordinal, backend in enumerate(want)
             if ordinal >= len(have) or have[ordinal] != backend)
-
-
-def _slot_pair(slot: tuple[int, int, Backend]):
-    svc_id, ordinal, backend = slot
-    return be_key(svc_id, ordinal), be_value(backend)
-
-
-def _update(bpf_map, items: list, pair) -> None:
-    """Write pair(item) -> (key, value) for each item, in order, one batch of map structs at a time."""
-    for start in range(0, len(items), BATCH):
-        bpf_map.update_many([pair(item) for item in items[start:start + BATCH]])
 
 
 class MapWriter:
@@ -127,7 +149,6 @@ class MapWriter:
                               src_range_ids=set(desired.src_ranges.keys() | self.src_ranges.keys()))
         stats = WriteStats()
         nat_fe, nat_be, svc_ips = self.maps.nat_fe, self.maps.nat_be, self.maps.svc_ips
-        svc_ip_value = new("struct svc_ip_value")
         empty = ()
 
         gone_frontends = {key for key in changes.frontends if key not in desired.frontends and key in self.frontends}
@@ -139,7 +160,8 @@ class MapWriter:
             have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
             if len(want) < len(have):
                 shrunk[svc_id] = (len(have), len(want))
-            stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
+            if have:
+                stats.removed_backends |= {(svc_id, b) for b in set(have) - set(want)}
         unwanted = [i for i in shrunk if i not in desired.backends]
         if unwanted:
             # Of those, the ids no frontend in the maps names any more (a changed one is rewritten only
@@ -149,8 +171,7 @@ class MapWriter:
             early = [i for i in unwanted if i not in still_reached]
             stats.deleted += self._delete_slots({i: shrunk.pop(i) for i in early})
 
-        # Plain tuples, made into map structs one batch at a time (_update): at a cold start 100k
-        # pairs of cffi structs at once took ≈ 30 MB.
+        # Plain tuples until the map structs are made, a field at a time for all of them.
         slots = [(svc_id, ordinal, backend)
                  for svc_id in changes.ids
                  for ordinal, backend in _changed_slots(self.backends.get(svc_id, empty),
@@ -161,22 +182,18 @@ class MapWriter:
                      if addr in desired.service_ips and addr not in self.service_ips]
         # Ranges before the frontends that check them: a new LB frontend never drops an allowed client.
         ranges_added, ranges_gone = self._range_diff(desired, changes)
-        one = ffi.new("__u32 *", 1)
-        ranges = [(src_range_key(i, cidr), one) for i, cidr in ranges_added]
         try:
-            self.maps.src_ranges.update_many(ranges)
-            _update(nat_be, slots, _slot_pair)
+            self._write_ranges_and_slots(ranges_added, slots)
         except BPFError as err:
             if err.errno not in (errno.E2BIG, errno.ENOSPC):
                 raise
             log.warning("a map is too full to write before deleting (%s): deleting first", err)
             stats.deleted += self._delete_slots(shrunk)
             shrunk = {}
-            self.maps.src_ranges.update_many(ranges)
-            _update(nat_be, slots, _slot_pair)
-        _update(nat_fe, frontends, lambda key: (fe_key(key), fe_value(desired.frontends[key])))
-        _update(svc_ips, addresses, lambda addr: (svc_ip_key(addr), svc_ip_value))
-        stats.written += len(ranges) + len(slots) + len(frontends) + len(addresses)
+            self._write_ranges_and_slots(ranges_added, slots)
+        nat_fe.update_many(frontend_keys(frontends), frontend_values([desired.frontends[key] for key in frontends]))
+        svc_ips.update_many(service_ip_keys(addresses), ffi.new("struct svc_ip_value[]", len(addresses)))   # flags 0
+        stats.written += len(ranges_added) + len(slots) + len(frontends) + len(addresses)
         stats.deleted += self._delete_slots(shrunk)
         for addr in changes.service_ips:
             if addr not in desired.service_ips and addr in self.service_ips:
@@ -193,6 +210,11 @@ class MapWriter:
         stats.removed_udp_backends = {(i, b) for i, b in stats.removed_backends if i in udp_ids}
         self._remember(desired, changes)
         return stats
+
+    def _write_ranges_and_slots(self, ranges: list[tuple[int, str]], slots: list[tuple[int, int, Backend]]) -> None:
+        self.maps.src_ranges.update_many(src_range_keys(ranges), ffi.new("__u32[]", [1] * len(ranges)))
+        ids, ordinals, backends = _columns(slots, 3)
+        self.maps.nat_be.update_many(backend_keys(ids, ordinals), backend_values(backends))
 
     def _delete_slots(self, spans: dict[int, tuple[int, int]]) -> int:
         """Delete ordinals new..old-1 of each id; how many."""

@@ -183,6 +183,15 @@ BACKEND_CASES = [
         id="same-address-other-port-is-another-backend"),
     pytest.param([svc()], [eps(endpoints=[ep("10.1.0.1", "10.1.0.2")])],
                  expected(Programmed(backends=(be("10.1.0.1"),))), id="first-address-of-an-endpoint-only"),
+    # One slice is the core's quick case (_only_slice_endpoints); these leave it for the merge.
+    pytest.param([svc()], [eps(endpoints=[ep("10.1.0.1", ready=False), ep("10.1.0.1")])],
+                 expected(Programmed(backends=(be("10.1.0.1"),))),
+                 id="same-endpoint-twice-in-one-slice-keeps-its-ready-state"),
+    pytest.param([svc()], [eps(ports=[port(8080), port(8081)], endpoints=[ep("10.1.0.1")])],
+                 expected(Programmed(backends=(be("10.1.0.1", 8080), be("10.1.0.1", 8081)))),
+                 id="slice-port-matched-twice-gives-a-backend-per-number"),
+    pytest.param([svc()], [eps(endpoints=[ep(), ep("10.1.0.1"), ep()])],
+                 expected(Programmed(backends=(be("10.1.0.1"),))), id="endpoints-without-an-address-skipped"),
     pytest.param([svc()], [eps(endpoints=[ep("10.1.0.10"), ep("10.1.0.9")])],
                  expected(Programmed(backends=(be("10.1.0.9"), be("10.1.0.10")))), id="addresses-sorted-numerically"),
     pytest.param(
@@ -574,3 +583,35 @@ def test_any_field_replaced_by_anything_never_raises(service_path, service_value
                 [replaced(FULL_SLICE, slice_path, slice_value)])
     assert {r.reason for r in state.rejected} <= REASONS
     assert spn("bystander") in state.ids
+
+
+# --- One slice: the quick case gives what the merge gives ---
+
+ENDPOINT = st.tuples(st.sampled_from([None, *(f"10.1.0.{i}" for i in range(1, 13))]),
+                     st.sampled_from([NODE, OTHER_NODE, None]), st.sampled_from([None, True, False]),
+                     st.sampled_from([None, True, False]), st.sampled_from([None, True, False]))
+ENDPOINTS = st.lists(ENDPOINT, max_size=6, unique_by=lambda e: e[0]) | st.lists(ENDPOINT, max_size=6)
+
+
+def endpoint_of(address, node, ready, serving, terminating):
+    conditions = {k: v for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating))
+                  if v is not None}
+    return ep(*([address] if address else []), node=node, **conditions)
+
+
+@settings(max_examples=300, deadline=None)
+@given(endpoints=ENDPOINTS,
+       slice_ports=st.just([port(8080)]) | st.lists(st.sampled_from([port(8080), port(8081), port(8080, "http"),
+                                                                     port(8080, protocol="UDP")]), max_size=3),
+       publish_not_ready=st.booleans(), policy=st.sampled_from(["Cluster", "Local"]),
+       external_policy=st.sampled_from(["Cluster", "Local"]))
+def test_one_slice_gives_what_the_merge_of_slices_gives(endpoints, slice_ports, publish_not_ready, policy,
+                                                        external_policy):
+    """An empty second slice sends the core through its general merge: the result must not change."""
+    service = svc(type="LoadBalancer", ports=[port(80, nodePort=30080)], publishNotReadyAddresses=publish_not_ready,
+                  internalTrafficPolicy=policy, externalTrafficPolicy=external_policy, healthCheckNodePort=30999)
+    one = eps(name="web-a", ports=slice_ports, endpoints=[endpoint_of(*e) for e in endpoints])
+    empty = eps(name="web-b", ports=slice_ports)
+    quick = run([service], [one], node_addresses=("192.0.2.1",))
+    assert not quick.rejected
+    assert quick == run([service], [one, empty], node_addresses=("192.0.2.1",))

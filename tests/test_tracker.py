@@ -245,6 +245,33 @@ def test_bulk_and_one_by_one_agree():
     assert by_name(bulk.state) == by_name(single.state) == by_name(full(bulk))
 
 
+def test_a_full_recompute_takes_the_parts_whole_as_it_would_one_by_one(monkeypatch):
+    """_contribute_all gives the same state, parts, address counts, map entries and changes as
+    _contribute for each part."""
+    services = [external(f"s{i}", f"10.96.{i // 250}.{i % 250 + 1}", ports=(("http", 80, "TCP", 30000 + i),),
+                         lb_ip=f"198.51.{i // 250}.{i % 250 + 1}",
+                         ranges=["10.0.0.0/8", f"192.0.2.{i % 250}/32"] if i % 3 == 0 else None,
+                         local=i % 2 == 0, health_check=31000 + i if i % 2 == 0 else None)
+                for i in range(BULK_RECOMPUTE + 10)]
+    services.append(service("shared", "10.96.0.1", ports=(("other", 81, "TCP"),)))   # an address twice
+    slices = [slice_(f"s{i}-1", f"s{i}", [(f"10.1.{i // 250}.{i % 250 + 1}", NODE)]) for i in range(len(services))]
+
+    def recompute():
+        tracker = ServiceTracker(NODE, node_addresses=["192.168.64.10"])
+        tracker.replace_all(services, slices)
+        return tracker, tracker.flush()
+
+    whole, whole_changes = recompute()
+    monkeypatch.setattr(ServiceTracker, "_contribute_all", lambda self, parts, desired, changes: [
+        self._contribute(key, part, desired, changes) for key, part in parts.items()])
+    parted, parted_changes = recompute()
+    assert whole.state == parted.state and whole.contributions == parted.contributions
+    assert whole.ip_refs == parted.ip_refs and whole.ip_refs["10.96.0.1"] == 2
+    assert (whole.backend_entries, whole.range_entries) == (parted.backend_entries, parted.range_entries)
+    assert whole.range_entries and whole.state.health_checks and not whole.rejected
+    assert whole_changes == parted_changes
+
+
 NODE_IPS = ["192.168.64.10", "192.168.64.11", "10.0.0.5", "fd00::1"]
 
 

@@ -279,6 +279,23 @@ class ServiceTracker:
         self.range_entries += entries.src_ranges
         changes.add(part)
 
+    def _contribute_all(self, parts: dict[ObjectKey, Contribution], desired: DesiredState, changes: Changes) -> None:
+        """What _contribute does for each of `parts`, which split `desired` whole: the state's dicts
+        take desired's at once (a tenth of a cold start's flush, part by part)."""
+        self.contributions.update(parts)
+        self.state.ids.update(desired.ids)
+        self.state.frontends.update(desired.frontends)
+        self.state.backends.update(desired.backends)
+        self.state.src_ranges.update(desired.src_ranges)
+        self.state.health_checks.update(desired.health_checks)
+        service_ips = [ip for part in parts.values() for ip in part.service_ips]
+        self.ip_refs.update(service_ips)
+        self.backend_entries += sum(part.backend_entries for part in parts.values())
+        self.range_entries += sum(map(len, desired.src_ranges.values()))
+        changes.ids.update(desired.ids.values())
+        changes.frontends.update(desired.frontends)
+        changes.service_ips.update(service_ips)
+
     def _recompute(self, key: ObjectKey, changes: Changes) -> None:
         old = self._withdraw(key, changes)
         self.rejected_by_service.pop(key, None)
@@ -351,8 +368,7 @@ class ServiceTracker:
             if r.kind == "Service" and r.reason in TURNED_AWAY:
                 self.turned_away.add((r.namespace, r.name))
         parts = split(desired)
-        for key, part in parts.items():
-            self._contribute(key, part, desired, changes)
+        self._contribute_all(parts, desired, changes)
         for key in old_parts.keys() | parts.keys():
             changes.compare(old_parts.get(key), parts.get(key))
 

@@ -24,6 +24,7 @@ import orjson
 import urllib3
 
 from ..core.tracker import ServiceTracker, object_key
+from ..gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -129,18 +130,19 @@ class Reflector(threading.Thread):
 
     def relist(self) -> None:
         """The whole list, page by page; the tracker hears of it only once it is complete."""
-        items, cont = [], None
-        while True:
-            response = self.list_call(timeout=(10, 120), limit=LIST_PAGE, **{"continue": cont})
-            body = orjson.loads(response.data)
-            del response   # the page's bytes
-            items += map(self.prepare, body.get("items") or [])
-            metadata = body["metadata"]
-            del body       # the page's API objects
-            cont = metadata.get("continue")
-            if not cont:
-                break
-        self.on_list(items)
+        with gc_paused():
+            items, cont = [], None
+            while True:
+                response = self.list_call(timeout=(10, 120), limit=LIST_PAGE, **{"continue": cont})
+                body = orjson.loads(response.data)
+                del response   # the page's bytes
+                items += map(self.prepare, body.get("items") or [])
+                metadata = body["metadata"]
+                del body       # the page's API objects
+                cont = metadata.get("continue")
+                if not cont:
+                    break
+            self.on_list(items)
         self.resource_version = metadata["resourceVersion"]
         self.listed.set()
         log.info("%s: listed %d at resourceVersion %s", self.resource, len(items), self.resource_version)

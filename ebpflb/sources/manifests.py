@@ -2,6 +2,7 @@
 import logging
 
 from ..core.tracker import ServiceTracker
+from ..gc_pause import gc_paused
 from ..manifests import ManifestError, fingerprint, load_manifests
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,16 @@ class ManifestSource:
             if current == self.seen:
                 return
             self.seen = current
-            services, slices = load_manifests(self.path)
+            # One pause for reading and preparing, the API objects dropped before it ends: collection
+            # resuming between the two went through all of them (0.1 s at 10k services).
+            with gc_paused():
+                services, slices = load_manifests(self.path)
+                with self.lock:
+                    self.tracker.replace_all(services, slices)   # pure: raises neither of the below
+                del services, slices
         except (OSError, ManifestError) as err:
             log.error("cannot read manifests: %s; keeping what is programmed", err)
             return
-        with self.lock:
-            self.tracker.replace_all(services, slices)
         self.synced = True
 
     def stop(self) -> None:
