@@ -144,7 +144,8 @@ def fill(dp, writer: MapWriter, have: int, services: int) -> None:
         rev_v = new("struct ct_value", type=2, nat_addr=ip_be(ip), nat_port=port_be(80), **common)
         fwd_v.twin, rev_v.twin = rev_k[0], fwd_k[0]
         pairs += [(rev_k, rev_v), (fwd_k, fwd_v)]
-    dp.maps.ct.update_many(pairs)
+    dp.maps.ct.update_many(ffi.new("struct ct_key[]", [k[0] for k, _ in pairs]),
+                           ffi.new("struct ct_value[]", [v[0] for _, v in pairs]))
 
     if not have:
         # The test flows, made by the program itself: C -> VIP (NAT_FWD -> B) and C -> B (-> VIP).

@@ -13,9 +13,27 @@ static __always_inline struct nat_fe_value *lb_lookup_frontend(const struct pack
 	return nat_fe.lookup(&key);
 }
 
+/* Might a service frontend be at addr (a ClusterIP, externalIP, LB or node address)? No: nothing
+ * there is a service's, and it took no hash lookup to know. Yes: maybe (another address can share
+ * the bit), the lookups decide. */
+static __always_inline int lb_maybe_frontend_addr(__u32 addr)
+{
+	__u32 bit = (addr * (__u32)SVC_ADDR_HASH_MUL) >> (32 - SVC_ADDR_BITS_LOG2);
+	__u32 word = bit / 64;
+	__u64 *bits = svc_addr_bits.lookup(&word);
+
+	return bits && (*bits & (1ULL << (bit % 64)));
+}
+
 static __always_inline int lb_is_service_ip(__u32 addr)
 {
 	return svc_ips.lookup(&addr) != NULL;
+}
+
+/* lb_is_service_ip() behind the bit test: what most packets that ask are not. */
+static __always_inline int lb_is_cluster_ip(__u32 addr)
+{
+	return lb_maybe_frontend_addr(addr) && lb_is_service_ip(addr);
 }
 
 /* Uniformly random among the frontend's backends (ordinals 0..count-1). */

@@ -28,3 +28,5 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct svc_counters, svc_counters, SVC_C
 BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PINNED(config));
 BPF_TABLE_PINNED("lpm_trie", struct src_range_key, __u32, src_ranges, SRC_RANGES_MAX,
 		 PINNED(src_ranges), BPF_F_NO_PREALLOC);
+/* An array: its lookups are inlined, a few instructions, where a hash lookup is a call. */
+BPF_TABLE_PINNED("array", __u32, __u64, svc_addr_bits, SVC_ADDR_WORDS, PINNED(svc_addr_bits));

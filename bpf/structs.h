@@ -19,6 +19,13 @@
 #define SVC_COUNTERS_MAX 131072   /* one per service port: as many as frontends can be */
 #define SRC_RANGES_MAX 65536
 
+/* svc_addr_bits: one bit per hash of an address, set when a service frontend (or a ClusterIP) may
+ * be there. bit = (addr_be * SVC_ADDR_HASH_MUL mod 2^32) >> (32 - SVC_ADDR_BITS_LOG2), in word
+ * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/writer.py). */
+#define SVC_ADDR_BITS_LOG2 20
+#define SVC_ADDR_HASH_MUL 2654435761
+#define SVC_ADDR_WORDS 16384
+
 /* nat_fe_value.flags (names follow Calico's nat dump where it has them). */
 #define NAT_FLG_EXTERNAL_LOCAL 1   /* from outside: only local backends (ordinals < local), no SNAT */
 #define NAT_FLG_INTERNAL_LOCAL 2   /* from pods: only local backends */

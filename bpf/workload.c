@@ -90,14 +90,14 @@ int from_workload(struct __sk_buff *skb)
 	struct packet p;
 	enum parse_result res = parse_packet(skb, &p);
 
-	if (res == PARSE_NOT_IPV4)
-		return TC_ACT_OK;
+	if (res == PARSE_NOT_IPV4 || res == PARSE_MALFORMED)
+		return TC_ACT_OK;   /* not ours, or not parsed whole: never translated */
 	if (res != PARSE_OK)
-		/* Never translate what we cannot parse whole; never let it reach a VIP untranslated. */
-		return res != PARSE_MALFORMED && lb_is_service_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
+		/* A fragment: never let it reach a VIP untranslated. */
+		return lb_is_cluster_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
 	if (!is_l4_with_ports(&p))
 		/* A ClusterIP answers no ping and carries no other protocol. */
-		return lb_is_service_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
+		return lb_is_cluster_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
 
 	struct ct_key key;
 	ct_key_of(&p, &key);
@@ -122,6 +122,10 @@ int from_workload(struct __sk_buff *skb)
 		}
 	}
 
+	/* Conntrack first, so a flow outlives its service as with kube-proxy; then, for pod-to-pod
+	 * traffic, a bit test instead of two more hash lookups. */
+	if (!lb_maybe_frontend_addr(p.daddr))
+		return TC_ACT_OK;
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe)
 		return new_service_flow(skb, &p, fe, entry, clock_now());

@@ -128,6 +128,7 @@ MAP_LAYOUT = {
     "svc_counters": ("__u32", "struct svc_counters", True),
     "config": ("__u32", "struct config", False),
     "src_ranges": ("struct src_range_key", "__u32", False),
+    "svc_addr_bits": ("__u32", "__u64", False),
 }
 
 
@@ -141,6 +142,7 @@ class Maps:
     svc_counters: BpfMap
     config: BpfMap
     src_ranges: BpfMap
+    svc_addr_bits: BpfMap
 
     @classmethod
     def open(cls, pin_dir: str, check_layout: bool = True) -> "Maps":

@@ -4,13 +4,16 @@ lets a packet see a frontend whose slots are not all filled, and makes room befo
   1. frontends that are gone                    (nothing is served there any more)
   2. backend slots of ids no frontend reaches   (room for what comes: a full map refuses writes)
   3. backend slots that are new or changed      (a growing frontend's new slots exist first)
-  4. frontends that are new or changed          (count moves only over filled slots)
-  5. service addresses that are new
-  6. backend slots beyond a shrunk count        (the count no longer reaches them)
-  7. service addresses that are gone
+  4. address bits of new frontends and service addresses (addr_bits.py: the programs look no
+     further than a clear bit)
+  5. frontends that are new or changed          (count moves only over filled slots)
+  6. service addresses that are new
+  7. backend slots beyond a shrunk count        (the count no longer reaches them)
+  8. service addresses that are gone
+  9. address bits nothing needs any more
 
 The tracker admits only services that fit, so the final contents always fit; should the writes
-still meet a full map (one service shrinks while another grows), 6 goes before 3 and the sync
+still meet a full map (one service shrinks while another grows), 7 goes before 3 and the sync
 completes rather than fail at every period.
 
 The writer mirrors what the maps hold (read once when it starts, then kept as it writes), so a
@@ -22,6 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .addr_bits import AddressBits
 from .core.model import Backend, DesiredState, Frontend, FrontendKey
 from .core.tracker import Changes
 from .libbpf import BPFError
@@ -140,6 +144,7 @@ class MapWriter:
         self.backends = contents.backends_by_id()
         self.service_ips = contents.service_ips
         self.src_ranges = contents.src_ranges
+        self.addr_bits = AddressBits(maps.svc_addr_bits, [*(key.addr for key in self.frontends), *self.service_ips])
 
     def apply(self, desired: DesiredState, changes: Changes | None = None) -> WriteStats:
         if changes is None:
@@ -191,17 +196,20 @@ class MapWriter:
             stats.deleted += self._delete_slots(shrunk)
             shrunk = {}
             self._write_ranges_and_slots(ranges_added, slots)
+        stats.written += self.addr_bits.add([*(key.addr for key in frontends if key not in self.frontends), *addresses])
         nat_fe.update_many(frontend_keys(frontends), frontend_values([desired.frontends[key] for key in frontends]))
         svc_ips.update_many(service_ip_keys(addresses), ffi.new("struct svc_ip_value[]", len(addresses)))   # flags 0
         stats.written += len(ranges_added) + len(slots) + len(frontends) + len(addresses)
         stats.deleted += self._delete_slots(shrunk)
-        for addr in changes.service_ips:
-            if addr not in desired.service_ips and addr in self.service_ips:
-                svc_ips.delete(svc_ip_key(addr))
-                stats.deleted += 1
+        gone_addresses = [addr for addr in changes.service_ips
+                          if addr not in desired.service_ips and addr in self.service_ips]
+        for addr in gone_addresses:
+            svc_ips.delete(svc_ip_key(addr))
+            stats.deleted += 1
         for svc_id, cidr in ranges_gone:
             self.maps.src_ranges.delete(src_range_key(svc_id, cidr))
             stats.deleted += 1
+        stats.written += self.addr_bits.remove([*(key.addr for key in gone_frontends), *gone_addresses])
 
         # Which of the changed ids serve UDP, from frontends the sync looks at anyway: only their
         # removed backends make the agent scan conntrack.

@@ -87,6 +87,9 @@ def dp(loaded):
     for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct, maps.src_ranges):
         for key, _ in m.items():
             m.delete(key)
+    for key, word in maps.svc_addr_bits.items():   # an array: its entries are zeroed, not deleted
+        if word[0]:
+            maps.svc_addr_bits.update(key, ffi.new("__u64 *", 0))
     zeros = ffi.new(f"struct svc_counters[{maps.svc_counters.ncpus}]")
     for svc_id in range(1, 8):
         maps.svc_counters.update(ffi.new("__u32 *", svc_id), zeros)
