@@ -254,6 +254,9 @@ def summarize(d: dict) -> dict:
 def run(only=None, rounds: int = None) -> dict:
     rounds = rounds or ROUNDS
     ensure_apt_tool("iperf3", "iperf3")
+    if only in (None, "iptables"):   # kube-proxy's ruleset goes in with iptables-restore, out with nft
+        ensure_apt_tool("iptables-restore", "iptables")
+        ensure_apt_tool("nft", "nftables")
     results = {}
     with Lab() as lab:
         for pod in ("A0", "B"):

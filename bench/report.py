@@ -179,10 +179,12 @@ def xdp_rows(x: dict) -> list[Row]:
     if f:
         t, d = f["tc"], f["xdp"]
         rows.append(Row("xdp", "NodePort to a remote backend (DNAT+SNAT+forward), 106 B UDP frames arriving as XDP "
-                        "frames (a NIC's receive ring), forwarded per second, XDP vs tc", d["median"], "pkt/s",
+                        "frames (a NIC's receive ring) at the generator's full rate, forwarded per second, XDP vs tc",
+                        d["median"], "pkt/s",
                         t["median"], "tc from_uplink", "≥ 2×", lambda r: r >= 2,
                         f"{mm(d, 'pkt/s')}; tc {mm(t, 'pkt/s')} ({f['frames_per_round']:,} frames x {d['runs']} rounds; "
-                        f"every frame back translated; XDP_TX: all in XDP mode, none in tc mode)"))
+                        f"lost to the full receive ring: XDP ≤ {d['lost']['max']:.1%}, tc ≤ {t['lost']['max']:.1%}; "
+                        f"XDP_TX: every forwarded frame in XDP mode, none in tc mode)"))
     p = x.get("packets")
     if p:
         t, d = p["tc"], p["xdp"]

@@ -17,12 +17,15 @@ frames   The goal's figure: frames forwarded per second when they arrive as a NI
          program; the veth takes XDP frames through NAPI, as a NIC's driver does): the frame
          becomes an skb, goes up to tc ingress, from_uplink translates it and redirects it out of
          eth0. Either way wire0's wire_sink counts the frames that come back translated (source
-         node, destination B) and drops them; every frame must come back translated, and node
-         eth0's XDP_TX counter must say which path took them (all in XDP mode, none in tc mode).
-         The rate is frames sent / time the generator took: generator, node and sink all run on
-         the generator's CPU (the veth schedules NAPI there), so the figure is the whole path's,
-         node work being the part that differs. 1M frames per round, 5 rounds after a dropped
-         warm-up, modes alternating in order; median, min-max.
+         node, destination B) and drops them. The generator offers frames as fast as it can, as
+         a line-rate generator does: a node that cannot keep up loses some to its full receive
+         ring (the veth's, 256 frames), so the figure is frames forwarded (translated, back on
+         the wire) per second of the generator's time, and the lost share is shown. Checked each
+         round: nothing comes back untranslated, and node eth0's XDP_TX counter says which path
+         took the frames (every forwarded one in XDP mode, none in tc mode). Generator, node and
+         sink all run on the generator's CPU (the veth schedules NAPI there), so the figure is
+         the whole path's, node work being the part that differs. 1M frames per round, 5 rounds
+         after a dropped warm-up, modes alternating in order; median, min-max.
 
 packets  Per-packet cost with BPF_PROG_TEST_RUN, the real programs (ebpflb.loader.Datapath, bcc,
          JIT on) on an uplink in a namespace of our own (tests/test_uplink_packets.py's `routed`
@@ -366,24 +369,28 @@ def run_frames(rounds: int = 5, frames: int = 1_000_000) -> dict:
             print(f"  wire and node ready, flow made ({watch})", flush=True)
             pps = {case: [] for case in CASES}
             xdp_tx = {case: [] for case in CASES}
+            lost = {case: [] for case in CASES}
             for round_ in range(1 + rounds):          # round 0: warm-up, dropped
                 for case in (CASES if round_ % 2 else CASES[::-1]):
                     mode(case)
                     n = frames if round_ else frames // 10
                     elapsed, back, other, counters = send(n)
-                    if back != n or other:
+                    sent_by_xdp = counters.get("xdp_tx", 0)
+                    if other or back < n // 2:
                         raise AssertionError(f"{case}: {back} of {n} frames came back translated, {other} not")
-                    if (counters.get("xdp_tx", 0) == n) != (case == "xdp"):
-                        raise AssertionError(f"{case}: node eth0 sent {counters.get('xdp_tx', 0)} with XDP_TX")
+                    if sent_by_xdp != (back if case == "xdp" else 0):
+                        raise AssertionError(f"{case}: node eth0 sent {sent_by_xdp} of {back} frames with XDP_TX")
                     if round_:
-                        pps[case].append(n / elapsed)
-                        xdp_tx[case].append(counters.get("xdp_tx", 0))
+                        pps[case].append(back / elapsed)
+                        xdp_tx[case].append(sent_by_xdp)
+                        lost[case].append((n - back) / n)
             out = {"frames_per_round": frames, "rounds": rounds, "warmup_rounds": 1, "frame_bytes": len(frame),
                    "path": f"wire0 --XDP frame--> node eth0 ({NODE_ADDR}:{NODEPORT} UDP, established) --DNAT+SNAT--> "
                            f"{B}:{UDP_BACKEND_PORT} via {NEXT_HOP}, back out eth0 --> wire0 (counted, dropped)",
                    "xdp_tx": xdp_tx}
             for case in CASES:
                 out[case] = spread(pps[case])
+                out[case]["lost"] = spread(lost[case])
             print(f"  frames forwarded per second: XDP {out['xdp']['median']:,.0f}, tc {out['tc']['median']:,.0f}: "
                   f"{out['xdp']['median'] / out['tc']['median']:.2f}x ({watch})", flush=True)
             return out
