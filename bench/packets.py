@@ -36,8 +36,11 @@ packet back where it started, every run doing the real work:
 
 Each case checks first that every run took its path (service packet or connection counters
 grow by exactly `repeat`, pass-through output equals input). The runs are interleaved (case
-after case, scale after scale, round after round), one warm-up round is dropped, the figure is the median of the runs'
-averages, and min-max is shown. The test-run loop's own overhead per run (a few ns) is in every
+after case, scale after scale, round after round) on one CPU (the test run runs on the caller's
+CPU, and this VM's two differ), one warm-up round is dropped, the figure is the median of the
+runs' averages, and min-max is shown. The runs flip between a fast and a slow state (about 1.3x
+apart, baseline included, on one pinned CPU: the VM's host), hence 15 of them; the ratio of the
+fastest runs is shown beside each scale comparison as the figure least touched by that noise. The test-run loop's own overhead per run (a few ns) is in every
 figure, baseline included.
 
 New flow, genuine first SYN (cross-check): the flow's two conntrack entries are deleted from
@@ -60,7 +63,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from bench.common import Stopwatch, save_results, spread
+from bench.common import Stopwatch, pinned_to_one_cpu, save_results, spread
 from bench.objects import service_ip
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.libbpf import check, lib, prog_test_run
@@ -224,7 +227,7 @@ def check_floors(fds: dict, obj) -> None:
         raise AssertionError("the lookup floor missed")
 
 
-def run(repeat: int = 1_000_000, runs: int = 5, scales=(1, 1000, 100_000), shots: int = 3000) -> dict:
+def run(repeat: int = 1_000_000, runs: int = 15, scales=(1, 1000, 100_000), shots: int = 3000) -> dict:
     base_obj, base_fds = load_baseline()
     root = f"/sys/fs/bpf/elbbench-pkt-{uuid.uuid4().hex[:6]}"
     out = {"repeat": repeat, "runs": runs, "warmup_rounds": 1, "endpoints_per_service": ENDPOINTS,
@@ -241,13 +244,15 @@ def run(repeat: int = 1_000_000, runs: int = 5, scales=(1, 1000, 100_000), shots
             print(f"  {services} services loaded and checked ({watch})", flush=True)
         times = {services: {case: [] for case in CASES} for services in scales}
         watch = Stopwatch()
-        for round_ in range(1 + runs):           # round 0: warm-up, dropped
-            for services, dp in datapaths.items():
-                fds = fds_of(dp, base_fds)
-                for case in CASES:
-                    retval, _, ns = prog_test_run(fds[case], PACKETS[case], repeat=repeat)
-                    if round_:
-                        times[services][case].append(ns)
+        with pinned_to_one_cpu() as cpu:
+            out["cpu"] = cpu
+            for round_ in range(1 + runs):           # round 0: warm-up, dropped
+                for services, dp in datapaths.items():
+                    fds = fds_of(dp, base_fds)
+                    for case in CASES:
+                        retval, _, ns = prog_test_run(fds[case], PACKETS[case], repeat=repeat)
+                        if round_:
+                            times[services][case].append(ns)
         for services, dp in datapaths.items():
             out["scales"][str(services)] = {case: spread(v) for case, v in times[services].items()}
             out["scales"][str(services)]["conntrack_entries"] = dp.maps.ct.count()
@@ -256,12 +261,13 @@ def run(repeat: int = 1_000_000, runs: int = 5, scales=(1, 1000, 100_000), shots
         print(f"  ({runs} runs + 1 warm-up of every case at every scale, interleaved: {watch})", flush=True)
 
         dp = datapaths[scales[0]]
-        single_shot(dp, base_fds["parse_only"], 200)    # warm-up
         new_runs, base_runs = [], []
-        for _ in range(3):
-            new_ns, base_ns = single_shot(dp, base_fds["parse_only"], shots // 3)
-            new_runs.append(statistics.median(new_ns))
-            base_runs.append(statistics.median(base_ns))
+        with pinned_to_one_cpu():
+            single_shot(dp, base_fds["parse_only"], 200)    # warm-up
+            for _ in range(3):
+                new_ns, base_ns = single_shot(dp, base_fds["parse_only"], shots // 3)
+                new_runs.append(statistics.median(new_ns))
+                base_runs.append(statistics.median(base_ns))
         out["single_shot"] = {"services": scales[0], "samples_per_run": shots // 3,
                               "new_flow": spread(new_runs), "baseline": spread(base_runs)}
     finally:
@@ -275,7 +281,7 @@ def run(repeat: int = 1_000_000, runs: int = 5, scales=(1, 1000, 100_000), shots
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.packets", description=__doc__.split("\n")[0])
     parser.add_argument("--repeat", type=int, default=1_000_000)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--scales", default="1,1000,100000")
     args = parser.parse_args(argv)
     print(f"per-packet cost, BPF_PROG_TEST_RUN x {args.repeat}, {args.runs} runs + 1 warm-up", flush=True)

@@ -75,7 +75,7 @@ import sys
 import time
 import uuid
 
-from bench.common import Stopwatch, ensure_apt_tool, save_results, spread
+from bench.common import Stopwatch, ensure_apt_tool, pinned_to_one_cpu, save_results, spread
 
 XDP_TX, TC_ACT_REDIRECT = 3, 7
 NODE_ADDR, UPLINK_ADDR = "192.168.64.6", "192.168.64.9"
@@ -201,19 +201,20 @@ def run_packets(repeat: int = 1_000_000, runs: int = 5) -> dict:
             counts = {case: [] for case in CASES}
             progs = {"tc": "from_uplink", "xdp": "xdp_uplink"}
             watch = Stopwatch()
-            for round_ in range(1 + runs):           # round 0: warm-up, dropped
-                order = CASES if round_ % 2 else CASES[::-1]
-                for case in order:
-                    with in_netns(ns):
-                        before = counted(dp)
-                        verdict, out, ns_per = prog_test_run(dp.fds[progs[case]], start, repeat=repeat,
-                                                             ifindex=index, xdp=case == "xdp")
-                        grew = counted(dp) - before
-                    if grew != repeat or out != start or verdict not in (XDP_TX, TC_ACT_REDIRECT):
-                        raise AssertionError(f"{case}: {repeat} runs counted {grew} (verdict {verdict})")
-                    if round_:
-                        times[case].append(ns_per)
-                        counts[case].append(grew)
+            with pinned_to_one_cpu():
+                for round_ in range(1 + runs):           # round 0: warm-up, dropped
+                    order = CASES if round_ % 2 else CASES[::-1]
+                    for case in order:
+                        with in_netns(ns):
+                            before = counted(dp)
+                            verdict, out, ns_per = prog_test_run(dp.fds[progs[case]], start, repeat=repeat,
+                                                                 ifindex=index, xdp=case == "xdp")
+                            grew = counted(dp) - before
+                        if grew != repeat or out != start or verdict not in (XDP_TX, TC_ACT_REDIRECT):
+                            raise AssertionError(f"{case}: {repeat} runs counted {grew} (verdict {verdict})")
+                        if round_:
+                            times[case].append(ns_per)
+                            counts[case].append(grew)
             out = {"repeat": repeat, "runs": runs, "warmup_rounds": 1,
                    "unit": "ns per packet (BPF_PROG_TEST_RUN average over `repeat` runs)",
                    "cycle": "leg 1 X:40000->node:30080 (NAT_FWD, DNAT+SNAT) / leg 2 node:40000->B:8080 "
