@@ -114,6 +114,23 @@ def possible_cpus() -> int:
 ENOENT = errno.ENOENT
 
 
+def _test_run_opts(packet: bytes, repeat: int):
+    """BPF_PROG_TEST_RUN's options with `packet` as input; the input buffer is returned too, as
+    the options only point at it and it must outlive the call."""
+    opts = ffi.new("struct bpf_test_run_opts *")
+    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+    data_in = ffi.from_buffer(packet)
+    opts.data_in = data_in
+    opts.data_size_in = len(packet)
+    opts.repeat = repeat
+    return opts, data_in
+
+
+def _xdp_md(packet: bytes, ingress_ifindex: int):
+    # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
+    return ffi.new("__u32[6]", [0, len(packet), 0, ingress_ifindex, 0, 0])
+
+
 def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0, xdp: bool = False):
     """Run a tc (or, with xdp=True, an XDP) program on `packet` with BPF_PROG_TEST_RUN.
 
@@ -121,18 +138,12 @@ def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0
     ingress_ifindex (a device of the calling thread's namespace; 0: the kernel's default).
     """
     out = ffi.new("char[]", max(len(packet) + 512, 256))
-    opts = ffi.new("struct bpf_test_run_opts *")
-    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
-    data_in = ffi.from_buffer(packet)
-    opts.data_in = data_in
-    opts.data_size_in = len(packet)
+    opts, data_in = _test_run_opts(packet, repeat)
     opts.data_out = out
     opts.data_size_out = len(out)
-    opts.repeat = repeat
     ctx = None
     if xdp and ifindex:
-        # struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex
-        ctx = ffi.new("__u32[6]", [0, len(packet), 0, ifindex, 0, 0])
+        ctx = _xdp_md(packet, ifindex)
         opts.ctx_in = ctx
         opts.ctx_size_in = ffi.sizeof(ctx)
     elif ifindex:
@@ -153,15 +164,10 @@ def xdp_live_frames(prog_fd: int, frame: bytes, count: int, ingress_ifindex: int
     generator): each run gets a fresh frame holding `frame`, and what the program redirects or sends is
     really transmitted (as from a driver's receive ring). The calling thread's namespace must hold
     `ingress_ifindex`."""
-    opts = ffi.new("struct bpf_test_run_opts *")
-    opts.sz = ffi.sizeof("struct bpf_test_run_opts")
-    data_in = ffi.from_buffer(frame)
-    opts.data_in = data_in
-    opts.data_size_in = len(frame)
-    opts.repeat = count
+    opts, data_in = _test_run_opts(frame, count)
     opts.flags = BPF_F_TEST_XDP_LIVE_FRAMES
     opts.batch_size = batch_size
-    ctx = ffi.new("__u32[6]", [0, len(frame), 0, ingress_ifindex, 0, 0])   # struct xdp_md
+    ctx = _xdp_md(frame, ingress_ifindex)
     opts.ctx_in = ctx
     opts.ctx_size_in = ffi.sizeof(ctx)
     check(lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts (XDP live frames)")
