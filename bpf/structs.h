@@ -21,7 +21,7 @@
 
 /* svc_addr_bits: one bit per hash of an address, set when a service frontend (or a ClusterIP) may
  * be there. bit = (addr_be * SVC_ADDR_HASH_MUL mod 2^32) >> (32 - SVC_ADDR_BITS_LOG2), in word
- * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/writer.py). */
+ * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/addr_bits.py). */
 #define SVC_ADDR_BITS_LOG2 20
 #define SVC_ADDR_HASH_MUL 2654435761
 #define SVC_ADDR_WORDS 16384
