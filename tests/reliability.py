@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ebpflb.manifests import load_manifests
 from tests.apiserver import node
-from tests.lab import EXAMPLES, NODE_IPS, NODES, LabError, _LineReader, _kill
+from tests.lab import EXAMPLES, NODE_IPS, NODES, PODS, LabError, _LineReader, _kill
 
 LOADGEN = Path(__file__).with_name("loadgen.py")
 
@@ -24,6 +24,7 @@ class LoadReport:
     http_over_1s: list             # [(time, seconds)] of requests that took a SYN retransmission
     long_lived: list               # [{"backend", "answers", "broken": None | (time, error)}]
     udp: list                      # [{"answers", "changes": [(time, generation, backend)], "timeouts"}]
+    kernel: dict                   # namespace -> {counter: increase during the run}, nonzero only
 
     @property
     def requests(self) -> int:
@@ -62,21 +63,58 @@ class LoadReport:
                 f"{sum(c['answers'] for c in self.long_lived)} answers; "
                 f"{len(self.udp)} UDP flows, {self.udp_answers} answers, {len(self.udp_timeouts)} unanswered")
 
-    def assert_nothing_lost(self) -> None:
+    def assert_nothing_lost(self, events: tuple = ()) -> None:
+        """events: (time, what) the test did, printed beside a stall so it can be placed."""
         assert self.requests > 0 and all(c["answers"] > 0 for c in self.long_lived), self.summary()
         assert not self.http_failures, f"{self.summary()}\nfailed: {self.http_failures[:10]}"
         assert not self.broken, f"{self.summary()}\nbroken: {self.broken}"
         assert not self.udp_timeouts, f"{self.summary()}\nunanswered: {self.udp_timeouts[:10]}"
         # Nothing in the lab loses packets: a request that waited for a SYN retransmission means
         # the data plane dropped one.
-        assert not self.http_over_1s, f"{self.summary()}\nstalled: {self.http_over_1s[:10]}"
+        assert not self.http_over_1s, (f"{self.summary()}\nstalled: {self.http_over_1s[:10]}\n"
+                                       f"kernel counters that moved: {self.kernel}\n"
+                                       f"events: {list(events)}")
+
+
+# The kernel's own account of a SYN that went unanswered: accept queue full, TIME_WAIT or PAWS
+# refusals, challenge ACKs, resets, IP-level drops on the way.
+WATCHED_COUNTERS = {
+    "TcpExt": ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent", "PAWSActive",
+               "PAWSEstab", "TWRecycled", "TCPTimeWaitOverflow", "TCPChallengeACK", "TCPSYNChallenge",
+               "TCPSynRetrans", "TCPBacklogDrop", "TCPMinTTLDrop", "TCPAbortOnData", "TCPRcvQDrop"),
+    "Tcp": ("AttemptFails", "EstabResets", "InErrs", "OutRsts", "RetransSegs", "InCsumErrors"),
+    "Ip": ("InHdrErrors", "InAddrErrors", "InDiscards", "OutDiscards", "OutNoRoutes", "InNoRoutes"),
+    "IpExt": ("InNoRoutes", "InCsumErrors"),
+}
+
+
+def kernel_counters(lab, namespaces) -> dict[str, dict[str, int]]:
+    """namespace -> {"TcpExt.ListenOverflows": n, ...} from its /proc/net/netstat and snmp."""
+    out = {}
+    for ns in namespaces:
+        text = lab.run(ns, "cat", "/proc/net/netstat", "/proc/net/snmp").stdout.splitlines()
+        counters = {}
+        for names, values in zip(text[::2], text[1::2]):
+            group, _, names = names.partition(":")
+            for name, value in zip(names.split(), values.partition(":")[2].split()):
+                if name in WATCHED_COUNTERS.get(group, ()):
+                    counters[f"{group}.{name}"] = int(value)
+        out[ns] = counters
+    return out
+
+
+def counters_moved(before: dict, after: dict) -> dict:
+    return {ns: moved for ns in after
+            if (moved := {k: v - before[ns].get(k, 0) for k, v in after[ns].items() if v != before[ns].get(k, 0)})}
 
 
 class Load:
     """tests/loadgen.py in a lab pod, towards ip; stop() ends it and returns its LoadReport."""
 
     def __init__(self, lab, pod: str, ip: str, *options):
-        self.pod = pod
+        self.pod, self.lab = pod, lab
+        self._namespaces = [*PODS, *NODES]
+        self._counters = kernel_counters(lab, self._namespaces)
         self.proc = lab.spawn(pod, sys.executable, str(LOADGEN), ip, *map(str, options),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self._out = _LineReader(self.proc.stdout.fileno())
@@ -103,8 +141,9 @@ class Load:
         finally:
             self._kill()
         http = raw["http"]
+        moved = counters_moved(self._counters, kernel_counters(self.lab, self._namespaces))
         return LoadReport(raw["seconds"], http["ok"], http["failures"], http["backends"], http["latency_p50"],
-                          http["latency_max"], http["over_1s"], raw["long_lived"], raw["udp"])
+                          http["latency_max"], http["over_1s"], raw["long_lived"], raw["udp"], moved)
 
     def _kill(self) -> None:
         try:

@@ -64,14 +64,15 @@ def test_api_faults_under_traffic_lose_nothing_and_converge_within_2s_of_recover
 
     faults = [killed, watches_cut_mid_event, gone_on_every_watch, responses_held_5s]
     load = Load(lab, "C", VIP, "--long-lived", 4, "--udp-flows", 4)
-    took = {}
+    took, events = {}, []
     try:
         for i, fault in enumerate(faults, start=1):
             before = {n: set(lab.agent_cli(n, "nat", "dump").splitlines()) for n in NODES}
+            events.append((time.monotonic(), fault.__name__))
             recover = fault(i)
             for n in NODES:   # nothing flushed or lost during the fault (the probe may have arrived)
                 assert before[n] <= set(lab.agent_cli(n, "nat", "dump").splitlines()), (fault.__name__, n)
-            recovered = time.monotonic()
+            events.append((time.monotonic(), "recovery"))
             recover()
             took[fault.__name__] = wait_for(lambda: converged(lab, i), timeout=10, interval=0.01,
                                             what=f"probe-{i} after {fault.__name__}")
@@ -82,5 +83,5 @@ def test_api_faults_under_traffic_lose_nothing_and_converge_within_2s_of_recover
     figure(f"API faults ({', '.join(took)}): {report.summary()}")
     figure("API faults: a change made during the fault reached every node's maps, seconds after recovery: "
            + ", ".join(f"{name} {t:.3f}" for name, t in took.items()))
-    report.assert_nothing_lost()
+    report.assert_nothing_lost(events)
     assert all(t <= CONVERGE_S for t in took.values()), took
