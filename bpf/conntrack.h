@@ -203,3 +203,20 @@ static __always_inline int ct_forget_if_stale(const struct packet *p, struct ct_
 	ct_forget_closed(key, rev);   /* its twin only while that still names it */
 	return 1;
 }
+
+/* The sweep's delete (bpf/ct_sweep.c): only while the entry at key still holds exactly the value
+ * judged expired. A SYN reusing a closed flow's port puts a new flow at the same key; deleting it
+ * would leave its SYN-ACK untranslated (the client resets it and retries a second later). Here the
+ * check and the delete are a few instructions apart, not two syscalls. */
+static __always_inline int ct_delete_if_unchanged(struct ct_key *key, const struct ct_value *judged)
+{
+	const __u64 *now = (const __u64 *)ct.lookup(key), *was = (const __u64 *)judged;
+
+	if (!now)
+		return 0;
+#pragma unroll
+	for (int i = 0; i < sizeof(*judged) / sizeof(__u64); i++)
+		if (now[i] != was[i])
+			return 0;
+	return ct.delete(key) == 0;
+}

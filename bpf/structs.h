@@ -115,6 +115,17 @@ struct ct_value {
 	struct ct_key twin;
 };
 
+/* One conntrack entry the agent's sweep judged expired, as it read it. bpf/ct_sweep.c takes up to
+ * CT_SWEEP_BATCH of them as a test run's packet, after CT_SWEEP_PADDING bytes (a tc test run's
+ * packet starts with an Ethernet header), and deletes each only while its entry still holds
+ * exactly that value. */
+#define CT_SWEEP_BATCH 32
+#define CT_SWEEP_PADDING 14
+struct ct_sweep_record {
+	struct ct_key key;
+	struct ct_value value;
+};
+
 /* loadBalancerSourceRanges: an LPM trie keyed (id, source prefix). prefixlen counts the 32 bits
  * of id too: a /24 range is prefixlen 32 + 24. */
 struct src_range_key {

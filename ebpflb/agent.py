@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from .attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from .healthcheck import HealthCheckServers
-from .conntrack import Timeouts, forget_udp_flows_to, sweep
+from .conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from .core.services import Usage
 from .core.tracker import ServiceTracker
 from .gc_pause import gc_paused
@@ -226,9 +226,10 @@ class Agent:
                  flushed, elapsed * 1e3)
 
     def _sweep_loop(self) -> None:
+        delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
         while not self.stopped.wait(self.config.sweep_interval):
             try:
-                deleted = sweep(self.datapath.maps, self.config.ct_timeouts)
+                deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue

@@ -3,6 +3,7 @@ backend left its service (so the next datagram picks a live one, as kube-proxy d
 import time
 from dataclasses import dataclass, fields
 
+from .libbpf import prog_test_run
 from .maps import Maps
 from .structs import C, ffi, ip_be, ip_str, port_int, to_bytes
 
@@ -66,10 +67,10 @@ def twin_of(value, index: dict[bytes, tuple]):
     return index.get(to_bytes(ffi.addressof(value, "twin")))
 
 
-def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None) -> int:
-    """Delete flows idle past their timeout (both halves together). Returns entries deleted."""
-    now_ns = time.monotonic_ns() if now_ns is None else now_ns
-    index = by_key(maps.ct.items())
+def expired(entries, timeouts: Timeouts, now_ns: int) -> list[tuple]:
+    """(key, value) of every entry whose flow has been idle past its state's timeout: both halves
+    of a flow together, judged by the later last-seen of the two."""
+    index = by_key(entries)
     doomed = []
     for key, value in index.values():
         twin = twin_of(value, index)
@@ -77,8 +78,47 @@ def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None) -> int:
         tcp_seen = rev.tcp_seen if rev else 0
         last_seen = max(value.last_seen_ns, twin[1].last_seen_ns if twin else 0)
         if now_ns - last_seen > timeout_for(key.proto, tcp_seen, timeouts) * 1e9:
-            doomed.append(key)
-    return sum(maps.ct.delete(k) for k in doomed)
+            doomed.append((key, value))
+    return doomed
+
+
+def delete_unchanged(ct, judged) -> int:
+    """Delete each (key, value) whose entry still holds exactly that value: between reading the
+    map and deleting, a SYN on a reused port may have put a new flow at the same key, and deleting
+    it would leave its SYN-ACK untranslated (the client resets it and retries a second later).
+    Here the re-read and the delete are two syscalls apart; the agent uses in_kernel(), where they
+    are a few instructions apart. Returns entries deleted."""
+    deleted = 0
+    for key, value in judged:
+        current = ct.lookup(key)
+        if current is not None and ffi.buffer(current)[:] == ffi.buffer(value)[:]:
+            deleted += ct.delete(key)
+    return deleted
+
+
+def in_kernel(prog_fd: int):
+    """delete_unchanged() done by bpf/ct_sweep.c (prog_fd: its ct_delete_unchanged), a batch of
+    CT_SWEEP_BATCH entries per test run."""
+    padding = bytes(C.CT_SWEEP_PADDING)
+    record_size = ffi.sizeof("struct ct_sweep_record")
+
+    def delete(ct, judged) -> int:
+        deleted = 0
+        for start in range(0, len(judged), C.CT_SWEEP_BATCH):
+            batch = judged[start:start + C.CT_SWEEP_BATCH]
+            records = ffi.new("struct ct_sweep_record[]", len(batch))
+            for record, (key, value) in zip(records, batch):
+                record.key, record.value = key[0], value[0]
+            deleted += prog_test_run(prog_fd, padding + ffi.buffer(records, record_size * len(batch))[:])[0]
+        return deleted
+    return delete
+
+
+def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged) -> int:
+    """Delete flows idle past their timeout, unless they came back to life meanwhile (`delete`:
+    delete_unchanged, or in_kernel(fd)). Returns entries deleted."""
+    now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    return delete(maps.ct, expired(maps.ct.items(), timeouts, now_ns))
 
 
 def remove_between(maps: Maps, proto: int, addr1: str, addr2: str) -> int:

@@ -27,6 +27,7 @@ BPFFS = "/sys/fs/bpf"
 PROGRAMS = {
     "workload.c": {"from_workload": "SCHED_CLS", "to_workload": "SCHED_CLS"},
     "uplink.c": {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP"},
+    "ct_sweep.c": {"ct_delete_unchanged": "SCHED_CLS"},   # run by the agent's sweep, never attached
 }
 DEFAULT_HAIRPIN_ADDR = "169.254.42.1"   # Cilium's choice: link-local, never a pod's address
 

@@ -5,7 +5,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from ebpflb.conntrack import Timeouts, forget_udp_flows_to, sweep
+from ebpflb.conntrack import Timeouts, delete_unchanged, expired, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.libbpf import prog_test_run
 from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
@@ -281,6 +281,50 @@ def test_sweep_expires_by_state(dp):
     assert sweep(dp.maps, t, now + int(61e9)) == 2          # UDP idle 61 s; TCP established stays
     assert {k[4] for k in ct_entries(dp)} == {6}
     assert sweep(dp.maps, t, now + int(3601e9)) == 2
+
+
+def deleter(dp, where):
+    return in_kernel(dp.fds["ct_delete_unchanged"]) if where == "kernel" else delete_unchanged
+
+
+@pytest.mark.parametrize("where", ["kernel", "userspace"])
+def test_sweep_spares_a_flow_reopened_after_it_was_judged(dp, where):
+    """The sweep reads the map, then deletes: a SYN reusing the closed flow's port in between makes
+    a new flow at the same keys, which must survive (its SYN-ACK still translated)."""
+    delete = deleter(dp, where)
+    program(dp, (VIP, 8080, 6, [B], 0))
+    fin = dict(sport=40000, dport=8080, flags="FA")
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
+    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="FA")))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**fin)))
+    now = max(v.last_seen_ns for v in ct_entries(dp).values())
+    judged = expired(dp.maps.ct.items(), Timeouts(), now + int(31e9))
+    assert len(judged) == 2                                   # closed, idle past tcp_fin
+
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))   # the port reused
+    assert delete(dp.maps.ct, judged) == 0
+    _, out = run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    assert Ether(out)[IP].src == VIP
+
+    judged = expired(dp.maps.ct.items(), Timeouts(), now + int(3601e9))
+    assert delete(dp.maps.ct, judged) == 2 and not ct_entries(dp)
+
+
+def test_sweep_in_kernel_takes_many_batches_and_skips_only_what_changed(dp):
+    program(dp, (VIP, 5353, 17, [B], 0))
+    flows = 3 * C.CT_SWEEP_BATCH + 5
+    for sport in range(5000, 5000 + flows):
+        run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=sport, dport=5353)))
+    now = max(v.last_seen_ns for v in ct_entries(dp).values())
+    judged = expired(dp.maps.ct.items(), Timeouts(), now + int(61e9))
+    assert len(judged) == 2 * flows
+    key, value = judged[-1]
+    touched = ffi.new("struct ct_value *", value[0])
+    touched.last_seen_ns += 1                     # a packet came in after the sweep read it
+    dp.maps.ct.update(key, touched)
+    assert deleter(dp, "kernel")(dp.maps.ct, judged) == 2 * flows - 1
+    assert len(ct_entries(dp)) == 1
 
 
 def test_timeouts_parse():
