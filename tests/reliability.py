@@ -64,20 +64,19 @@ class LoadReport:
                 f"{len(self.udp)} UDP flows, {self.udp_answers} answers, {len(self.udp_timeouts)} unanswered")
 
     def assert_nothing_lost(self, events: tuple = ()) -> None:
-        """events: (time, what) the test did, printed beside a stall so it can be placed."""
-        assert self.requests > 0 and all(c["answers"] > 0 for c in self.long_lived), self.summary()
-        assert not self.http_failures, f"{self.summary()}\nfailed: {self.http_failures[:10]}"
-        assert not self.broken, f"{self.summary()}\nbroken: {self.broken}"
-        assert not self.udp_timeouts, f"{self.summary()}\nunanswered: {self.udp_timeouts[:10]}"
+        """events: (time, what) the test did, printed beside a loss so it can be placed."""
+        context = f"\nkernel counters that moved: {self.kernel}\nevents: {list(events)}"
+        assert self.requests > 0 and all(c["answers"] > 0 for c in self.long_lived), self.summary() + context
+        assert not self.http_failures, f"{self.summary()}\nfailed: {self.http_failures[:10]}{context}"
+        assert not self.broken, f"{self.summary()}\nbroken: {self.broken}{context}"
+        assert not self.udp_timeouts, f"{self.summary()}\nunanswered: {self.udp_timeouts[:10]}{context}"
         # Nothing in the lab loses packets: a request that waited for a SYN retransmission means
         # the data plane dropped one.
-        assert not self.http_over_1s, (f"{self.summary()}\nstalled: {self.http_over_1s[:10]}\n"
-                                       f"kernel counters that moved: {self.kernel}\n"
-                                       f"events: {list(events)}")
+        assert not self.http_over_1s, f"{self.summary()}\nstalled: {self.http_over_1s[:10]}{context}"
 
 
-# The kernel's own account of a SYN that went unanswered: accept queue full, TIME_WAIT or PAWS
-# refusals, challenge ACKs, resets, IP-level drops on the way.
+# The kernel's own account of a packet that went unanswered: accept queue full, TIME_WAIT or PAWS
+# refusals, challenge ACKs, resets, UDP receive errors, IP-level drops on the way.
 WATCHED_COUNTERS = {
     "TcpExt": ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "SyncookiesSent", "PAWSActive",
                "PAWSEstab", "TWRecycled", "TCPTimeWaitOverflow", "TCPChallengeACK", "TCPSYNChallenge",
@@ -85,6 +84,7 @@ WATCHED_COUNTERS = {
     "Tcp": ("AttemptFails", "EstabResets", "InErrs", "OutRsts", "RetransSegs", "InCsumErrors"),
     "Ip": ("InHdrErrors", "InAddrErrors", "InDiscards", "OutDiscards", "OutNoRoutes", "InNoRoutes"),
     "IpExt": ("InNoRoutes", "InCsumErrors"),
+    "Udp": ("NoPorts", "InErrors", "RcvbufErrors", "SndbufErrors", "InCsumErrors"),
 }
 
 
