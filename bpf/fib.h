@@ -2,6 +2,7 @@
  * path: a packet SNATed to the node's own address would be dropped there as a martian source. */
 #pragma once
 #include "parse.h"
+#include "drops.h"
 
 #ifndef AF_INET
 #define AF_INET 2
@@ -27,14 +28,14 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, __u32 saddr, _
 		void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 		struct ethhdr *eth = data;
 		if ((void *)(eth + 1) > data_end)
-			return TC_ACT_SHOT;
+			return drop_skb(skb, DROP_REWRITE_FAILED);
 		__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
 		return bpf_redirect(fib.ifindex, 0);
 	}
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return redirect_neigh(fib.ifindex, NULL, 0, 0);   /* the kernel resolves it */
-	return TC_ACT_SHOT;   /* no route: nothing we could deliver */
+	return drop_skb(skb, DROP_NO_ROUTE);   /* nothing we could deliver */
 }
 
 /* XDP: where the translated packet goes next. 0 with *ifindex and MACs set, or -1 when XDP

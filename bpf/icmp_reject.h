@@ -14,8 +14,8 @@ static __always_inline int is_one_host(__u32 addr)
 	return first != 0 && first != 127 && first < 224;
 }
 
-/* TC_ACT_REDIRECT with the ICMP error in place of the packet, or TC_ACT_SHOT (dropped, as
- * iptables' REJECT drops what it may not answer). */
+/* TC_ACT_REDIRECT with the ICMP error in place of the packet, or dropped (as iptables' REJECT
+ * drops what it may not answer). */
 static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const struct packet *p)
 {
 	__u8 quote[ICMP_QUOTE_MAX];
@@ -24,9 +24,9 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 	__u64 quote_len = (__u64)p->l4_off - ETH_HLEN_ + 8;
 
 	if (!is_one_host(p->saddr) || quote_len > ICMP_QUOTE_MAX || quote_len < 28)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_NO_ENDPOINTS);
 	if (bpf_skb_load_bytes(skb, ETH_HLEN_, quote, quote_len) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 
 	struct iphdr ip = {
 		.version = 4,
@@ -49,11 +49,11 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 
 	__u32 len = ETH_HLEN_ + sizeof(ip) + sizeof(icmp) + quote_len;
 	if (bpf_skb_change_tail(skb, len, 0) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	if (bpf_skb_store_bytes(skb, ETH_HLEN_, &ip, sizeof(ip), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(ip), &icmp, sizeof(icmp), 0) < 0 ||
 	    bpf_skb_store_bytes(skb, ETH_HLEN_ + sizeof(ip) + sizeof(icmp), quote, quote_len, 0) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	return redirect_back(skb);
 }
 
@@ -70,6 +70,6 @@ static __always_inline int answer_no_endpoints(struct __sk_buff *skb, const stru
 	return reject_port_unreachable(skb, p);
 #else
 	TRACE("%pI4 -> %pI4: no endpoints, dropped", &p->saddr, &p->daddr);
-	return TC_ACT_SHOT;
+	return drop_skb(skb, DROP_NO_ENDPOINTS);
 #endif
 }

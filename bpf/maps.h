@@ -25,6 +25,7 @@ BPF_TABLE_PINNED("hash", __u32, struct svc_ip_value, svc_ips, SVC_IP_MAX,
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAP_MAX, PINNED(ct));
 BPF_TABLE_PINNED("percpu_array", __u32, struct svc_counters, svc_counters, SVC_COUNTERS_MAX,
 		 PINNED(svc_counters));
+BPF_TABLE_PINNED("percpu_array", __u32, struct drop_counters, drops, DROPS_MAX, PINNED(drops));
 BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PINNED(config));
 BPF_TABLE_PINNED("lpm_trie", struct src_range_key, __u32, src_ranges, SRC_RANGES_MAX,
 		 PINNED(src_ranges), BPF_F_NO_PREALLOC);

@@ -17,6 +17,7 @@
 #include "parse.h"
 #include "csum.h"
 #include "kernel.h"
+#include "drops.h"
 
 enum l4_csum_fix {
 	L4_CSUM_WHOLE,        /* the field is the whole checksum */
@@ -134,7 +135,7 @@ static __always_inline int redirect_back(struct __sk_buff *skb)
 	__u8 mac[ETH_ALEN];
 
 	if ((void *)(eth + 1) > data_end)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);

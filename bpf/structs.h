@@ -141,6 +141,24 @@ struct svc_counters {
 	__u64 connections;
 };
 
+/* Why a program dropped a packet: the key of the drops map (per CPU). */
+#define DROP_NO_LOCAL_ENDPOINT 1    /* traffic policy Local, and no endpoint on this node */
+#define DROP_NO_ENDPOINTS 2         /* --no-endpoints=drop, or a sender no ICMP error may go to */
+#define DROP_FRAGMENT_TO_SERVICE 3  /* no L4 header to match a flow on */
+#define DROP_NOT_L4_TO_SERVICE 4    /* a ping or another protocol to a ClusterIP */
+#define DROP_SOURCE_RANGE 5         /* outside the service's loadBalancerSourceRanges */
+#define DROP_NO_BACKEND 6           /* an empty backend slot: the writer's order forbids it */
+#define DROP_NO_NAT_ADDRESS 7       /* no hairpin or node address in the config map */
+#define DROP_NO_SNAT_PORT 8         /* every SNAT port towards the backend taken */
+#define DROP_CT_CLASH 9             /* the reply tuple held by a live flow, or the conntrack write failed */
+#define DROP_REWRITE_FAILED 10      /* a helper refused to rewrite or resize the packet */
+#define DROP_NO_ROUTE 11            /* no route for a translated packet */
+#define DROPS_MAX 16
+struct drop_counters {
+	__u64 packets;
+	__u64 bytes;
+};
+
 /* Single-entry array: what the agent tells the programs, and the layout version of the maps. */
 struct config {
 	__u32 layout_version;  /* EBPFLB_LAYOUT_VERSION of whoever created the maps */

@@ -45,10 +45,10 @@ static __always_inline int uplink_forward(struct __sk_buff *skb, const struct pa
 {
 	if (!(fwd->flags & CT_FLAG_SNAT))
 		return nat_rewrite(skb, p, p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0 ?
-			TC_ACT_SHOT : TC_ACT_OK;
+			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_OK;
 	if (nat_rewrite(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport,
 			fwd->nat_addr, fwd->nat_port) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	return redirect_by_fib(skb, fwd->snat_addr, fwd->nat_addr, p->proto);
 }
 
@@ -58,10 +58,10 @@ static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct pa
 {
 	if (!(rev->flags & CT_FLAG_SNAT))
 		return nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, p->daddr, p->dport) < 0 ?
-			TC_ACT_SHOT : TC_ACT_OK;
+			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_OK;
 	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, rev->snat_addr,
 			rev->snat_port ? rev->snat_port : p->dport) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
 }
 
@@ -71,7 +71,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 {
 	if (!lb_source_allowed(fe, p->saddr)) {
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_SOURCE_RANGE);
 	}
 	int local_only = fe->flags & NAT_FLG_EXTERNAL_LOCAL;
 	__u32 n = local_only ? fe->local : fe->count;
@@ -79,13 +79,13 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		if (!local_only)
 			return answer_no_endpoints(skb, p);
 		TRACE("service %d: %pI4: no local endpoint (externalTrafficPolicy Local), dropped", fe->id, &p->saddr);
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_NO_LOCAL_ENDPOINT);
 	}
 
 	__u32 ordinal;
 	struct nat_be_value *be = lb_pick_among(fe->id, n, &ordinal);
 	if (!be)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_NO_BACKEND);
 
 	struct ct_value fwd = {}, rev = {};
 	__u32 reply_dst = p->saddr;
@@ -96,12 +96,12 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->node_addr)
-			return TC_ACT_SHOT;
+			return drop_skb(skb, DROP_NO_NAT_ADDRESS);
 		struct ct_key scratch;
 		reply_port = snat_pick_port(p, be->addr, be->port, cfg->node_addr, &scratch);
 		if (!reply_port) {
 			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
-			return TC_ACT_SHOT;
+			return drop_skb(skb, DROP_NO_SNAT_PORT);
 		}
 		if (entry) {
 			/* The port search may have forgotten the very flow being reopened. */
@@ -117,7 +117,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		rev.snat_port = p->sport;
 	}
 	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now, entry) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_CT_CLASH);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
@@ -192,7 +192,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 		return XDP_PASS;
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
 	if (data + sizeof(macs) > data_end)
-		return XDP_DROP;   /* cannot happen: the headers were just rewritten */
+		return drop_xdp(ctx, DROP_REWRITE_FAILED);   /* cannot happen: the headers were just rewritten */
 	__builtin_memcpy(data, macs, sizeof(macs));
 	if (entry->type == CT_TYPE_NAT_FWD)
 		ct_touch_fwd(p, entry, now);
@@ -227,6 +227,6 @@ int xdp_uplink(struct xdp_md *ctx)
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe && (fe->flags & NAT_FLG_EXTERNAL) && !lb_source_allowed(fe, p.saddr))
-		return XDP_DROP;   /* before the stack sees it */
+		return drop_xdp(ctx, DROP_SOURCE_RANGE);   /* before the stack sees it */
 	return XDP_PASS;
 }

@@ -34,7 +34,7 @@ static __always_inline int forward_established(struct __sk_buff *skb, const stru
 	int hairpin = fwd->flags & CT_FLAG_SNAT;
 
 	if (nat_rewrite(skb, p, hairpin ? fwd->snat_addr : p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	/* Hairpin: the backend is this very pod: the routing stack would call its own address
 	 * martian, so deliver it back directly. */
 	return hairpin ? redirect_back(skb) : TC_ACT_OK;
@@ -47,7 +47,7 @@ static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packe
 	int hairpin = rev->flags & CT_FLAG_SNAT;
 
 	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, hairpin ? rev->snat_addr : p->daddr, p->dport) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_REWRITE_FAILED);
 	return hairpin ? redirect_back(skb) : TC_ACT_OK;
 }
 
@@ -58,11 +58,11 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 {
 	if (fe->count == 0)
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
-			TC_ACT_SHOT : answer_no_endpoints(skb, p);
+			drop_skb(skb, DROP_NO_LOCAL_ENDPOINT) : answer_no_endpoints(skb, p);
 
 	struct nat_be_value *be = lb_pick_backend(fe);
 	if (!be)
-		return TC_ACT_SHOT;   /* a slot without backend: the writer's order forbids it */
+		return drop_skb(skb, DROP_NO_BACKEND);
 
 	struct ct_value fwd = {}, rev = {};
 	__u32 reply_dst = p->saddr;
@@ -71,14 +71,14 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->hairpin_addr)
-			return TC_ACT_SHOT;
+			return drop_skb(skb, DROP_NO_NAT_ADDRESS);
 		reply_dst = cfg->hairpin_addr;
 		fwd.flags = rev.flags = CT_FLAG_SNAT;
 		fwd.snat_addr = cfg->hairpin_addr;
 		rev.snat_addr = p->saddr;
 	}
 	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now, entry) < 0)
-		return TC_ACT_SHOT;
+		return drop_skb(skb, DROP_CT_CLASH);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
@@ -94,10 +94,10 @@ int from_workload(struct __sk_buff *skb)
 		return TC_ACT_OK;   /* not ours, or not parsed whole: never translated */
 	if (res != PARSE_OK)
 		/* A fragment: never let it reach a VIP untranslated. */
-		return lb_is_cluster_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
+		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_FRAGMENT_TO_SERVICE) : TC_ACT_OK;
 	if (!is_l4_with_ports(&p))
 		/* A ClusterIP answers no ping and carries no other protocol. */
-		return lb_is_cluster_ip(p.daddr) ? TC_ACT_SHOT : TC_ACT_OK;
+		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_NOT_L4_TO_SERVICE) : TC_ACT_OK;
 
 	struct ct_key key;
 	ct_key_of(&p, &key);

@@ -93,6 +93,12 @@ def cmd_conntrack_stats(args) -> None:
     print_each(as_json([stats]) if args.json else stats_lines(stats))
 
 
+def cmd_drops(args) -> None:
+    from .views.drops import drop_lines, drop_records, drop_totals
+    totals = drop_totals(_open_maps(args.pin_dir).drops.items())
+    print_each(as_json(drop_records(totals)) if args.json else drop_lines(totals))
+
+
 def cmd_conntrack_clean(args) -> None:
     from .conntrack import sweep
     removed = sweep(_open_maps(args.pin_dir), args.ct_timeouts)
@@ -190,6 +196,9 @@ def parser() -> argparse.ArgumentParser:
     nat_dump.add_argument("port", nargs="?", type=int, help="port")
     nat_dump.add_argument("proto", nargs="?", type=protocol, help="and protocol (number, tcp, udp or sctp)")
     nat_dump.set_defaults(func=cmd_nat_dump)
+
+    with_json(with_pin_dir(verbs.add_parser("drops", help="packets the programs dropped, by reason"))) \
+        .set_defaults(func=cmd_drops)
 
     ct = verbs.add_parser("conntrack", help="conntrack map").add_subparsers(dest="what", required=True)
     ct_dump = with_pin_dir(ct.add_parser("dump", help="one line per flow"))

@@ -126,6 +126,7 @@ MAP_LAYOUT = {
     "svc_ips": ("__u32", "struct svc_ip_value", False),
     "ct": ("struct ct_key", "struct ct_value", False),
     "svc_counters": ("__u32", "struct svc_counters", True),
+    "drops": ("__u32", "struct drop_counters", True),
     "config": ("__u32", "struct config", False),
     "src_ranges": ("struct src_range_key", "__u32", False),
     "svc_addr_bits": ("__u32", "__u64", False),
@@ -140,6 +141,7 @@ class Maps:
     svc_ips: BpfMap
     ct: BpfMap
     svc_counters: BpfMap
+    drops: BpfMap
     config: BpfMap
     src_ranges: BpfMap
     svc_addr_bits: BpfMap

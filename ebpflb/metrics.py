@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .structs import ffi
+from .views.drops import drop_totals
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ class MapPressure:
 
 
 class DataplaneCollector:
-    """Read at scrape time: map fill and capacity, and per-service counters from the per-CPU map."""
+    """Read at scrape time: map fill and capacity, per-service counters and drops by reason from the
+    per-CPU maps."""
 
     def __init__(self, maps, writer, tracker, lock):
         self.maps, self.writer, self.tracker, self.lock = maps, writer, tracker, lock
@@ -106,6 +108,16 @@ class DataplaneCollector:
         yield packets
         yield octets
         yield conns
+
+        dropped = CounterMetricFamily("ebpflb_dropped_packets", "Packets the programs dropped, by reason",
+                                      labels=["reason"])
+        dropped_bytes = CounterMetricFamily("ebpflb_dropped_bytes", "Bytes of the packets the programs dropped, by reason",
+                                            labels=["reason"])
+        for reason, (n, octets) in drop_totals(self.maps.drops.items()).items():
+            dropped.add_metric([reason], n)
+            dropped_bytes.add_metric([reason], octets)
+        yield dropped
+        yield dropped_bytes
 
 
 class Health:

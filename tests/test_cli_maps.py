@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.structs import C, LAYOUT_VERSION, ffi
@@ -144,6 +144,26 @@ def test_conntrack_remove_between_two_addresses_either_way(dp):
     assert out(dp, "conntrack", "remove", "17", VIP, C_POD) == ["removed 0 conntrack entries"]
     assert out(dp, "conntrack", "remove", "6", B, C_POD) == ["removed 2 conntrack entries"]   # the NAT_REV key
     assert dp.maps.ct.items() == []
+
+
+def test_drops_by_reason(dp):
+    program(dp, (VIP, 8080, 6, [B], 0))
+    ping = from_pod(IP(src=C_POD, dst=VIP) / ICMP())
+
+    def counted():
+        return {r["reason"]: (r["packets"], r["bytes"]) for r in map(json.loads, out(dp, "drops", "--json"))}
+
+    before = counted()
+    for _ in range(2):
+        run(dp, "from_workload", ping)
+    after = counted()
+    assert set(after) == set(before) and "no-route" in after   # every reason, the zero ones too
+    assert {r: (p - before[r][0], b - before[r][1]) for r, (p, b) in after.items() if (p, b) != before[r]} == \
+        {"not-l4-to-service": (2, 2 * len(ping))}
+    lines = out(dp, "drops")
+    assert len(lines) == len(after)
+    packets, octets = after["not-l4-to-service"]
+    assert any(re.fullmatch(rf"not-l4-to-service +{packets} packets +{octets} bytes", line) for line in lines), lines
 
 
 def test_no_maps_at_the_pin_dir_is_one_line_and_exit_1(tmp_path):

@@ -10,6 +10,7 @@ from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.libbpf import prog_test_run
 from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
 from ebpflb.structs import C, ffi, ip_be, ip_str, port_be, port_int
+from ebpflb.views.drops import drop_totals
 from ebpflb.writer import MapWriter
 from tests.conftest import loaded_both_ways
 from tests.fuzz_packets import l4_sum, ones_sum
@@ -60,6 +61,17 @@ def with_checksums(pkt) -> bytes:
 
 def checksums_valid(raw: bytes) -> bool:
     return with_checksums(Ether(raw)) == raw
+
+
+def drops(dp) -> dict[str, tuple[int, int]]:
+    """{reason: (packets, bytes)} the programs have counted so far (nonzero only)."""
+    return {reason: n for reason, n in drop_totals(dp.maps.drops.items()).items() if n[0]}
+
+
+def dropped_since(dp, before: dict) -> dict[str, int]:
+    """{reason: packets} counted since `before` (a drops() of earlier)."""
+    return {reason: n - before.get(reason, (0, 0))[0] for reason, (n, _) in drops(dp).items()
+            if n != before.get(reason, (0, 0))[0]}
 
 
 def ct_entries(dp):
@@ -147,14 +159,20 @@ def test_no_endpoints_gets_icmp_port_unreachable(dp, vip, port, l4):
 
 def test_local_policy_without_local_endpoint_drops(dp):
     program(dp, (VIP_LOCAL, 8080, 6, [], C.NAT_FLG_INTERNAL_LOCAL))
-    assert run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP_LOCAL) / TCP(**SYN)))[0] == TC_ACT_SHOT
+    before = drops(dp)
+    pkt = from_pod(IP(src=C_POD, dst=VIP_LOCAL) / TCP(**SYN))
+    assert run(dp, "from_workload", pkt)[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"no-local-endpoint": 1}
+    assert drops(dp)["no-local-endpoint"][1] - before.get("no-local-endpoint", (0, 0))[1] == len(pkt)
 
 
 @pytest.mark.parametrize("l4", [ICMP(type=8), Raw(b"\0" * 20)], ids=["ping", "other-protocol"])
 def test_service_ip_answers_no_ping_and_no_other_protocol(dp, l4):
     program(dp, (VIP, 8080, 6, [B], 0))
     pkt = from_pod(IP(src=C_POD, dst=VIP, proto=1 if isinstance(l4, ICMP) else 47) / l4)
+    before = drops(dp)
     assert run(dp, "from_workload", pkt)[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"not-l4-to-service": 1}
 
 
 def test_udp_checksum_zero_stays_zero_and_nonzero_is_fixed(dp):
@@ -224,7 +242,9 @@ def test_lying_ip_length_passes_untouched(dp):
 def test_fragments_to_a_service_are_dropped_others_untouched(dp, frag):
     program(dp, (VIP, 8080, 6, [B], 0))
     to_vip = from_pod(IP(src=C_POD, dst=VIP, **frag) / Raw(b"\0" * 40))
+    before = drops(dp)
     assert run(dp, "from_workload", to_vip)[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"fragment-to-service": 1}
     other = from_pod(IP(src=C_POD, dst=B, **frag) / Raw(b"\0" * 40))
     assert run(dp, "from_workload", other) == (TC_ACT_OK, bytes(other))
 

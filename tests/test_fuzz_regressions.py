@@ -9,7 +9,7 @@ from tests.conftest import NODE_ADDR
 from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, GUARDED_LB_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet,
                                 program_cluster, uplink_namespace)
 from tests.lab import in_netns
-from tests.test_datapath_packets import LO, TC_ACT_OK, TC_ACT_SHOT, ct_entries, run
+from tests.test_datapath_packets import LO, TC_ACT_OK, TC_ACT_SHOT, ct_entries, dropped_since, drops, run
 
 WEB_VIP, GUARDED_VIP = "10.96.0.10", "10.96.0.30"
 
@@ -120,7 +120,9 @@ def test_a_new_flow_never_takes_the_reply_entry_of_a_live_one(dp, cluster):
     first = flow_packet(LOCAL_CLIENT_POD, 44000, GUARDED_VIP, 53, 17, payload=b"q")
     second = flow_packet(LOCAL_CLIENT_POD, 44000, GUARDED_LB_IP, 53, 17, payload=b"q")
     assert cluster("from_workload", first)[0] == TC_ACT_OK
+    before = drops(dp)
     assert cluster("from_workload", second)[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"ct-clash": 1}
     answer = flow_packet("10.200.1.6", 53, LOCAL_CLIENT_POD, 44000, 17, payload=b"a")
     verdict, out = cluster("to_workload", answer)
     assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[UDP].sport) == (GUARDED_VIP, 53)
@@ -147,5 +149,7 @@ def test_no_icmp_error_goes_to_a_source_that_is_not_one_host(dp, cluster, prog, 
     """RFC 1122 3.2.2: no ICMP error for a datagram whose source is not one host (0/8, 127/8,
     multicast, 240/4 and broadcast); the programs sent port unreachable there. Dropped now, as
     iptables' REJECT does (icmp_send refuses, the packet is dropped)."""
+    before = drops(dp)
     assert cluster(prog, bytes.fromhex(packet))[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"no-endpoints": 1}
 

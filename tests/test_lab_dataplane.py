@@ -1,6 +1,7 @@
 """The data plane in seed 004's lab: one agent per node namespace, real TCP and UDP between pods
 through the service address."""
 import hashlib
+import json
 import signal
 import socket
 import struct
@@ -75,9 +76,19 @@ def test_service_without_endpoints_is_refused_at_once(lab, manifests, ip, port):
     assert time.monotonic() - started < 1.0
 
 
-def test_a_cluster_ip_is_not_pingable(lab, manifests):
+def test_a_cluster_ip_is_not_pingable_and_the_drop_is_counted(lab, manifests):
+    from tests.test_lab_api import metrics   # that module imports this one
+
+    def dropped(reason):
+        rows = map(json.loads, lab.agent_cli("node-2", "drops", "--json").splitlines())
+        return next(r["packets"] for r in rows if r["reason"] == reason)
+
+    before = dropped("not-l4-to-service")
     assert lab.ping("C", "10.200.0.2")
     assert not lab.ping("C", VIP, timeout=1)
+    assert dropped("not-l4-to-service") == before + 1
+    metric = f'ebpflb_dropped_packets_total{{reason="not-l4-to-service"}} {before + 1}.0'
+    assert metric in metrics(lab, "node-2")
 
 
 def test_dumps_show_the_flow_the_client_made(lab, manifests):

@@ -24,6 +24,7 @@ from tests.fuzz_oracle import (TC_ACT_REDIRECT, Oracle, Violation, check_conntra
                                snapshot)
 from tests.fuzz_packets import Mutator, corpus
 from tests.lab import in_netns
+from tests.test_datapath_packets import dropped_since, drops
 
 SEED = int(os.environ.get("EBPFLB_FUZZ_SEED", "8004"))
 PACKETS = int(os.environ.get("EBPFLB_FUZZ_PACKETS", "1000000"))
@@ -135,6 +136,7 @@ def test_a_million_fuzzed_packets_through_every_program(dp, uplink, figure):
                         next_hop_macs={NEXT_HOP_MAC, ROUTER_MAC})
         read_only = snapshot(maps)
         counted_before = counters(maps)
+        drops_before = drops(dp)
         started = time.perf_counter()
         packets = runs = cross_checks = 0
         next_checkpoint = PACKETS // CHECKPOINTS
@@ -178,6 +180,10 @@ def test_a_million_fuzzed_packets_through_every_program(dp, uplink, figure):
     for problem in check_counters(counted_before, counters(maps), tally, oracle.ids):
         findings.add(f"counters: {problem}", problem)
     assert not findings.count, f"fuzzing found violations (seed {SEED}):\n{findings.report()}"
+    # every drop counted, under a reason: the drops map grew by exactly the runs that dropped
+    counted_drops = dropped_since(dp, drops_before)
+    figure(f"  drops by reason: {counted_drops}")
+    assert sum(counted_drops.values()) == sum(tally.outcomes[(prog, "dropped")] for prog in PROGRAMS), counted_drops
     for prog in PROGRAMS:   # every program saw its share, and had real work among it
         assert by_prog[prog] >= PACKETS * 0.85   # all but the short frames tc's test run refuses
         assert tally.outcomes[(prog, "dnat")] + tally.outcomes[(prog, "reverse-nat")] > 0

@@ -10,8 +10,8 @@ from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_int
 from ebpflb.writer import MapWriter
 from tests.conftest import NODE_ADDR, loaded_both_ways
 from tests.lab import in_netns, routed_uplink
-from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, from_pod, run,
-                                         with_checksums)
+from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, dropped_since,
+                                         drops, from_pod, run, with_checksums)
 
 # Every test under both ways of fixing L4 checksums (conftest.CSUM_MODES).
 loaded = loaded_both_ways
@@ -140,7 +140,9 @@ def test_cluster_policy_local_backend_is_not_snated(dp):
 
 def test_local_policy_without_local_backend_drops(dp):
     program(dp, [(NODE_ADDR, NODEPORT, EXT | EXT_LOCAL)], [B], local=0)
+    before = drops(dp)
     assert run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"no-local-endpoint": 1}
 
 
 def test_cluster_policy_without_endpoints_gets_port_unreachable(dp):
@@ -162,7 +164,9 @@ def test_cluster_ips_are_not_served_from_outside(dp):
 def test_source_ranges_guard_the_lb_ip_but_not_the_nodeport(dp, routed):
     program(dp, [(LB_IP, 80, EXT | SRC_RANGES), (NODE_ADDR, NODEPORT, EXT)], [B], ranges=[(CLIENT, 32)])
     assert run_routed(dp, routed, "from_uplink", syn(CLIENT, LB_IP, dport=80))[0] == TC_ACT_REDIRECT
+    before = drops(dp)
     assert run_routed(dp, routed, "from_uplink", syn(OTHER_CLIENT, LB_IP, dport=80, sport=41000))[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"source-range": 1}
     verdict, out = run_routed(dp, routed, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR, sport=41000))
     assert verdict == TC_ACT_REDIRECT and Ether(out)[IP].dst == B
 
@@ -195,7 +199,9 @@ def test_a_pod_flows_reply_passes_the_uplink_for_its_veth_to_translate(dp):
 
 def test_no_route_to_the_backend_drops_instead_of_sending_it_astray(dp, routed):
     program(dp, [(NODE_ADDR, NODEPORT, EXT)], ["10.250.0.9"])   # no route to it from the uplink
+    before = drops(dp)
     assert run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT
+    assert dropped_since(dp, before) == {"no-route": 1}
 
 
 # --- XDP: the same flows, finished before the stack when XDP can; otherwise passed on untouched
@@ -246,7 +252,11 @@ def test_xdp_udp_zero_checksum_stays_zero_and_others_stay_valid(dp, routed):
 
 def test_xdp_drops_sources_outside_the_lb_ranges_before_the_stack(dp, routed):
     program(dp, [(LB_IP, 80, EXT | SRC_RANGES), (NODE_ADDR, NODEPORT, EXT)], [B], ranges=[(CLIENT, 32)])
-    assert run_xdp(dp, routed, syn(OTHER_CLIENT, LB_IP, dport=80))[0] == XDP_DROP
+    before = drops(dp)
+    pkt = syn(OTHER_CLIENT, LB_IP, dport=80)
+    assert run_xdp(dp, routed, pkt)[0] == XDP_DROP
+    assert dropped_since(dp, before) == {"source-range": 1}
+    assert drops(dp)["source-range"][1] - before.get("source-range", (0, 0))[1] == len(pkt)
     for allowed in (syn(CLIENT, LB_IP, dport=80), syn(OTHER_CLIENT, NODE_ADDR)):
         assert run_xdp(dp, routed, allowed) == (XDP_PASS, bytes(allowed))
 

@@ -6,6 +6,7 @@ from ebpflb.core.model import Backend, Frontend, FrontendKey
 from ebpflb.structs import C, ip_be, new, port_be
 from ebpflb.views.conntrack import (conntrack_stats, flow_line, flow_lines, flow_records, go_duration,
                                     raw_lines, stats_lines)
+from ebpflb.views.drops import drop_lines, drop_records, drop_totals
 from ebpflb.views.nat import nat_dump_lines, nat_dump_records
 
 FRONTENDS = {
@@ -170,3 +171,21 @@ def test_stats_count_entries_nat_flows_and_tcp_states():
 def test_conntrack_protocol_names_are_calicos(proto, name):
     from ebpflb.views.conntrack import proto_name
     assert proto_name(proto) == name
+
+
+def test_drops_sum_the_cpus_name_every_reason_and_keep_an_unknown_one_that_counted():
+    def per_cpu(*pairs):
+        return [new("struct drop_counters", packets=p, bytes=b) for p, b in pairs]
+
+    entries = [((C.DROP_SOURCE_RANGE,), per_cpu((2, 120), (1, 60))),
+               ((C.DROP_NO_ROUTE,), per_cpu((0, 0), (0, 0))),
+               ((14,), per_cpu((1, 90), (0, 0))),        # a reason a newer program knows
+               ((15,), per_cpu((0, 0), (0, 0)))]
+    totals = drop_totals(entries)
+    assert totals["source-range"] == (3, 180) and totals["no-route"] == (0, 0) and totals["reason-14"] == (1, 90)
+    assert "reason-15" not in totals and list(totals)[:2] == ["no-local-endpoint", "no-endpoints"]
+    assert len(totals) == 12                            # the eleven reasons, and the unknown one
+    lines = drop_lines(totals)
+    assert lines[4] == "source-range                    3 packets             180 bytes"
+    assert drop_records(totals)[4] == {"reason": "source-range", "packets": 3, "bytes": 180}
+
