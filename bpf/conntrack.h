@@ -144,8 +144,8 @@ static __always_inline int ct_claim_reply(const struct packet *p, struct ct_key 
  * and passes what its lookup of p's own tuple found (old: NULL or the NAT_FWD entry being
  * reopened), so it is not looked up again.
  * The REV half is written first, so a FWD entry never exists without its twin. Fails (the caller
- * drops the packet) when another live flow has the same reply tuple; the client's retry picks a
- * backend again. */
+ * drops the packet) when another live flow has the same reply tuple; the client's retry meets
+ * the same backend (the choice is the flow's hash, lb.h) until that flow ends. */
 static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, __u32 be_addr, __u16 be_port,
 					  __u32 reply_dst, __u16 reply_port, struct ct_value *fwd,
 					  struct ct_value *rev, __u64 now, const struct ct_value *old)

@@ -36,12 +36,29 @@ static __always_inline int lb_is_cluster_ip(__u32 addr)
 	return lb_maybe_frontend_addr(addr) && lb_is_service_ip(addr);
 }
 
-/* Uniformly random among the frontend's backends (ordinals 0..count-1). */
-static __always_inline struct nat_be_value *lb_pick_backend(const struct nat_fe_value *fe)
+/* The backend choice is the flow's own hash, not a random number: a flow whose conntrack entries
+ * the full LRU evicted mid-connection comes back to the backend it had (while the service's
+ * backends stay the same), instead of being sent to another that answers with a reset. Katran
+ * and Maglev choose by hash for the same reason. Uniform over a client's source ports. */
+static __always_inline __u32 lb_flow_hash(const struct packet *p)
+{
+	__u64 h = ((__u64)p->saddr << 32 | p->daddr) ^ ((__u64)p->sport << 48 | (__u64)p->dport << 32 | p->proto);
+
+	/* splitmix64's finalizer: every input bit moves every output bit */
+	h ^= h >> 30;
+	h *= 0xbf58476d1ce4e5b9ULL;
+	h ^= h >> 27;
+	h *= 0x94d049bb133111ebULL;
+	h ^= h >> 31;
+	return (__u32)h;
+}
+
+/* Among the frontend's backends (ordinals 0..count-1). */
+static __always_inline struct nat_be_value *lb_pick_backend(const struct nat_fe_value *fe, const struct packet *p)
 {
 	struct nat_be_key key = {
 		.id = fe->id,
-		.ordinal = bpf_get_prandom_u32() % fe->count,
+		.ordinal = lb_flow_hash(p) % fe->count,
 	};
 	return nat_be.lookup(&key);
 }
@@ -59,12 +76,14 @@ static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u3
 	return src_ranges.lookup(&key) != NULL;
 }
 
-/* Among the first `n` ordinals: all backends (count), or the local ones (local). */
-static __always_inline struct nat_be_value *lb_pick_among(__u32 id, __u32 n, __u32 *ordinal)
+/* Among the first `n` ordinals: all backends (count), or the local ones (local); by the flow's
+ * hash, as lb_pick_backend(). */
+static __always_inline struct nat_be_value *lb_pick_among(__u32 id, __u32 n, const struct packet *p,
+							  __u32 *ordinal)
 {
 	struct nat_be_key key = {
 		.id = id,
-		.ordinal = bpf_get_prandom_u32() % n,
+		.ordinal = lb_flow_hash(p) % n,
 	};
 	*ordinal = key.ordinal;
 	return nat_be.lookup(&key);

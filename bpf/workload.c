@@ -60,7 +60,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
 			drop_skb(skb, DROP_NO_LOCAL_ENDPOINT) : answer_no_endpoints(skb, p);
 
-	struct nat_be_value *be = lb_pick_backend(fe);
+	struct nat_be_value *be = lb_pick_backend(fe, p);
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 

@@ -1,5 +1,7 @@
 """Packets through the real programs with BPF_PROG_TEST_RUN: build a packet, fill the maps, run
 the entry point, check the bytes that come out, the verdict and the conntrack entries."""
+from collections import Counter
+
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import Ether
@@ -279,6 +281,23 @@ def test_removed_backend_moves_udp_flows_but_keeps_tcp_flows_and_late_udp_answer
     assert Ether(out)[IP].dst == A0
     _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A")))
     assert Ether(out)[IP].dst == B
+
+
+def test_the_backend_is_the_flows_hash_so_an_evicted_flow_comes_back_to_it(dp):
+    backends = [A0, B, "10.200.1.3", "10.200.1.4"]
+    program(dp, (VIP, 8080, 6, backends, 0))
+    picked = {}
+    for sport in range(41000, 42000):
+        _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=sport, dport=8080, flags="S")))
+        picked[sport] = Ether(out)[IP].dst
+    spread = Counter(picked.values())
+    assert set(spread) == set(backends) and min(spread.values()) > 200, spread   # 250 each, give or take
+    for sport in (41000, 41001, 41002, 41003):   # the LRU evicted the flow's NAT_FWD half
+        dp.maps.ct.delete(ffi.new("struct ct_key *", {"src_addr": ip_be(C_POD), "dst_addr": ip_be(VIP),
+                                                      "src_port": port_be(sport), "dst_port": port_be(8080),
+                                                      "proto": 6}))
+        _, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=sport, dport=8080, flags="A")))
+        assert Ether(out)[IP].dst == picked[sport]
 
 
 def test_syn_on_a_closed_flow_picks_again(dp):

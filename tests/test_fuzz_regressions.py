@@ -4,7 +4,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from ebpflb.structs import C, ffi, ip_str, port_int, to_bytes
+from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_be, port_int, to_bytes
 from tests.conftest import NODE_ADDR
 from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, GUARDED_LB_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet,
                                 program_cluster, uplink_namespace)
@@ -97,11 +97,15 @@ def test_a_reopened_flow_takes_its_old_reply_entry_with_it(dp, cluster):
 
     cluster("from_workload", flow_packet(*client[:4], 6, "S"))
     first = backend()
-    for _ in range(64):   # four backends: another one comes up soon
-        close(*backend())
-        cluster("from_workload", flow_packet(*client[:4], 6, "S"))
-        if backend() != first:
-            break
+    close(*first)
+    # The choice is the flow's hash: the reopened flow lands elsewhere once its backend has left
+    # (here every slot of the service now names one of the others).
+    fe = dp.maps.nat_fe.lookup(new("struct nat_fe_key", addr=ip_be(WEB_VIP), port=port_be(80), proto=6))
+    slots = [new("struct nat_be_key", id=fe.id, ordinal=i) for i in range(fe.count)]
+    other = next(v for v in map(dp.maps.nat_be.lookup, slots) if (ip_str(v.addr), port_int(v.port)) != first)
+    for slot in slots:
+        dp.maps.nat_be.update(slot, other)
+    cluster("from_workload", flow_packet(*client[:4], 6, "S"))
     second = backend()
     assert second != first
     entries = ct_entries(dp)
