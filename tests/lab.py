@@ -893,6 +893,17 @@ def demo(requests: int = 10) -> int:
             ok = ok and verdict == "OK"
             print(f"  summary: {counts} -> {verdict}" + (f"\n  note: {note}" if note else ""))
 
+        print(f"\n== C pings the ClusterIP {SVC_IP}: a service answers no ping (nor does kube-proxy's); "
+              f"from_workload drops it and counts why")
+        answered = lab.ping("C", SVC_IP, timeout=1)
+        ok = ok and not answered
+        print(f"  {'answered -> FAIL' if answered else 'no answer -> OK'}")
+        print("\n== node-2: ebpflb drops")
+        try:
+            print(lab.agent_cli("node-2", "drops").rstrip())
+        except Exception as e:
+            print(f"  FAILED: {e}")
+
         for node in NODES:
             for verb in (("nat", "dump"), ("conntrack", "dump")):
                 print(f"\n== {node}: ebpflb {' '.join(verb)}")
