@@ -91,7 +91,7 @@ def delete_unchanged(ct, judged) -> int:
     deleted = 0
     for key, value in judged:
         current = ct.lookup(key)
-        if current is not None and ffi.buffer(current)[:] == ffi.buffer(value)[:]:
+        if current is not None and to_bytes(current) == to_bytes(value):
             deleted += ct.delete(key)
     return deleted
 
