@@ -21,8 +21,8 @@ import yaml
 
 from bench.objects import cluster, endpoint_slice, service_ip
 from ebpflb.core.model import FrontendKey
-from ebpflb.maps import Maps
-from ebpflb.writer import fe_key
+from ebpflb.datapath.maps import Maps
+from ebpflb.sync.writer import fe_key
 from tests.apiserver import FakeApiServer
 from tests.lab import in_netns
 

@@ -66,11 +66,11 @@ from scapy.packet import Raw
 from bench.common import Stopwatch, pinned_to_one_cpu, save_results, spread
 from bench.objects import service_ip
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.libbpf import check, lib, prog_test_run
-from ebpflb.loader import Datapath, program_text
+from ebpflb.datapath.libbpf import check, lib, prog_test_run
+from ebpflb.datapath.loader import Datapath, program_text
 from ebpflb.paths import BPF_DIR
-from ebpflb.structs import ffi, ip_be, new, port_be
-from ebpflb.writer import MapWriter
+from ebpflb.datapath.structs import ffi, ip_be, new, port_be
+from ebpflb.sync.writer import MapWriter
 
 TC_ACT_OK = 0
 VIP, VIP_PORT = "10.95.0.1", 80          # outside bench.objects' 10.96.0.0+ service range

@@ -119,9 +119,9 @@ def program_flows(dp, syn: bytes, ns: str, index: int) -> None:
     SYN. Leg 2: a NAT_REV entry (svc id 2) keyed node:40000 -> B:8080 that rewrites it to
     X:40000 -> node:30080."""
     from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-    from ebpflb.libbpf import prog_test_run
-    from ebpflb.structs import C, ffi, ip_be, new, port_be
-    from ebpflb.writer import MapWriter
+    from ebpflb.datapath.libbpf import prog_test_run
+    from ebpflb.datapath.structs import C, ffi, ip_be, new, port_be
+    from ebpflb.sync.writer import MapWriter
     from tests.lab import in_netns
 
     MapWriter(dp.maps).apply(DesiredState(
@@ -152,13 +152,13 @@ def program_flows(dp, syn: bytes, ns: str, index: int) -> None:
 
 
 def counted(dp) -> int:
-    from ebpflb.structs import ffi
+    from ebpflb.datapath.structs import ffi
     return sum(c.packets for svc_id in (1, 2) for c in dp.maps.svc_counters.lookup(ffi.new("__u32 *", svc_id)))
 
 
 def check_cycle(dp, ns: str, index: int, start: bytes, after_leg1: bytes, n: int = 1000) -> None:
     """Every run takes the full path, for both programs (see the module's docstring)."""
-    from ebpflb.libbpf import prog_test_run
+    from ebpflb.datapath.libbpf import prog_test_run
     from tests.lab import in_netns
     outs = {}
     for case, prog, want in (("tc", "from_uplink", TC_ACT_REDIRECT), ("xdp", "xdp_uplink", XDP_TX)):
@@ -181,8 +181,8 @@ def check_cycle(dp, ns: str, index: int, start: bytes, after_leg1: bytes, n: int
 
 
 def run_packets(repeat: int = 1_000_000, runs: int = 5) -> dict:
-    from ebpflb.libbpf import prog_test_run
-    from ebpflb.loader import Datapath
+    from ebpflb.datapath.libbpf import prog_test_run
+    from ebpflb.datapath.loader import Datapath
     from tests.lab import in_netns
 
     if repeat % 2:
@@ -314,13 +314,13 @@ def run_frames(rounds: int = 5, frames: int = 1_000_000) -> dict:
     XDP frames: xdp_uplink (XDP_TX) vs from_uplink (tc: skb, then redirect). See the docstring."""
     from bcc import BPF
     from pyroute2 import IPRoute
-    from ebpflb.attach import UPLINK, attach_tc, attach_xdp, detach_xdp
+    from ebpflb.datapath.attach import UPLINK, attach_tc, attach_xdp, detach_xdp
     from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-    from ebpflb.libbpf import xdp_live_frames
-    from ebpflb.loader import Datapath, program_text
+    from ebpflb.datapath.libbpf import xdp_live_frames
+    from ebpflb.datapath.loader import Datapath, program_text
     from ebpflb.paths import BPF_DIR
-    from ebpflb.structs import C, ip_be
-    from ebpflb.writer import MapWriter
+    from ebpflb.datapath.structs import C, ip_be
+    from ebpflb.sync.writer import MapWriter
     from tests.lab import in_netns
 
     frame = wire_frame()

@@ -1,4 +1,4 @@
-/* What the running kernel's BTF tells the loader (ebpflb/btf.py), for what __sk_buff does not show:
+/* What the running kernel's BTF tells the loader (ebpflb/datapath/btf.py), for what __sk_buff does not show:
  * the state of the skb's checksum (the kernel's skb->ip_summed). Knowing it, nat.h fixes the L4
  * checksum with a few instructions instead of two helper calls (~25-30 ns each on this class of
  * machine, where the whole established path is ~100 ns).

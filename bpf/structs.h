@@ -1,5 +1,5 @@
 /* Every key and value of ebpflb's maps: the one definition, compiled into the BPF programs
- * and read by Python through cffi (ebpflb/structs.py).
+ * and read by Python through cffi (ebpflb/datapath/structs.py).
  *
  * cffi parses this file as it is, so it keeps to what cffi's cdef understands: `#define NAME
  * <integer>` and plain structs of __u8/__u16/__u32/__u64 with explicit padding (no includes, no
@@ -21,7 +21,7 @@
 
 /* svc_addr_bits: one bit per hash of an address, set when a service frontend (or a ClusterIP) may
  * be there. bit = (addr_be * SVC_ADDR_HASH_MUL mod 2^32) >> (32 - SVC_ADDR_BITS_LOG2), in word
- * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/addr_bits.py). */
+ * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/sync/addr_bits.py). */
 #define SVC_ADDR_BITS_LOG2 20
 #define SVC_ADDR_HASH_MUL 2654435761
 #define SVC_ADDR_WORDS 16384

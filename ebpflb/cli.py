@@ -8,11 +8,11 @@ import shutil
 import sys
 import time
 
-from .paths import DEFAULT_PIN_DIR
+from ebpflb.paths import DEFAULT_PIN_DIR
 
 
 def _open_maps(pin_dir: str):
-    from .maps import LayoutMismatch, Maps, MapsNotFound
+    from ebpflb.datapath.maps import LayoutMismatch, Maps, MapsNotFound
     try:
         return Maps.open(pin_dir)
     except (MapsNotFound, LayoutMismatch) as err:
@@ -20,9 +20,9 @@ def _open_maps(pin_dir: str):
 
 
 def cmd_agent(args) -> None:
-    from .agent import AgentConfig, run_agent
-    from .loader import DatapathOptions, MapSizeMismatch
-    from .maps import LayoutMismatch
+    from ebpflb.agent.main import AgentConfig, run_agent
+    from ebpflb.datapath.loader import DatapathOptions, MapSizeMismatch
+    from ebpflb.datapath.maps import LayoutMismatch
     if not args.node_name:
         sys.exit("ebpflb agent: --node-name (or $NODE_NAME) is required")
     if args.manifests and args.kubeconfig:
@@ -47,7 +47,7 @@ def cmd_agent(args) -> None:
 
 def cmd_cleanup(args) -> None:
     from pyroute2 import IPRoute
-    from .attach import detach_all
+    from ebpflb.datapath.attach import detach_all
     with IPRoute() as ipr:
         touched = detach_all(ipr)
     print(f"detached from {len(touched)} interfaces" + (f": {', '.join(touched)}" if touched else ""))
@@ -66,9 +66,9 @@ def as_json(records: list[dict]) -> list[str]:
 
 
 def cmd_nat_dump(args) -> None:
-    from .core.model import FrontendKey
-    from .views.nat import nat_dump_lines, nat_dump_records
-    from .writer import read_contents
+    from ebpflb.core.model import FrontendKey
+    from ebpflb.views.nat import nat_dump_lines, nat_dump_records
+    from ebpflb.sync.writer import read_contents
     frontend = (args.ip, args.port, args.proto)
     if None in frontend and frontend != (None, None, None):
         sys.exit("ebpflb nat dump: give IP PORT PROTO together, or none of them")
@@ -79,7 +79,7 @@ def cmd_nat_dump(args) -> None:
 
 
 def cmd_conntrack_dump(args) -> None:
-    from .views.conntrack import flow_lines, flow_records, raw_lines
+    from ebpflb.views.conntrack import flow_lines, flow_records, raw_lines
     entries = _open_maps(args.pin_dir).ct.items()
     now = time.monotonic_ns()
     print_each(as_json(flow_records(entries, now)) if args.json
@@ -87,32 +87,32 @@ def cmd_conntrack_dump(args) -> None:
 
 
 def cmd_conntrack_stats(args) -> None:
-    from .views.conntrack import conntrack_stats, stats_lines
+    from ebpflb.views.conntrack import conntrack_stats, stats_lines
     ct = _open_maps(args.pin_dir).ct
     stats = conntrack_stats(ct.items(), ct.max_entries)
     print_each(as_json([stats]) if args.json else stats_lines(stats))
 
 
 def cmd_drops(args) -> None:
-    from .views.drops import drop_lines, drop_records, drop_totals
+    from ebpflb.views.drops import drop_lines, drop_records, drop_totals
     totals = drop_totals(_open_maps(args.pin_dir).drops.items())
     print_each(as_json(drop_records(totals)) if args.json else drop_lines(totals))
 
 
 def cmd_conntrack_clean(args) -> None:
-    from .conntrack import sweep
+    from ebpflb.datapath.conntrack import sweep
     removed = sweep(_open_maps(args.pin_dir), args.ct_timeouts)
     print(f"removed {removed} conntrack entries")
 
 
 def cmd_conntrack_remove(args) -> None:
-    from .conntrack import remove_between
+    from ebpflb.datapath.conntrack import remove_between
     removed = remove_between(_open_maps(args.pin_dir), args.proto, args.ip1, args.ip2)
     print(f"removed {removed} conntrack entries")
 
 
 def ct_timeouts(spec: str):
-    from .conntrack import Timeouts
+    from ebpflb.datapath.conntrack import Timeouts
     try:
         return Timeouts.parse(spec)
     except ValueError as err:
@@ -120,7 +120,7 @@ def ct_timeouts(spec: str):
 
 
 def protocol(text: str) -> int:
-    from .structs import proto_number
+    from ebpflb.datapath.structs import proto_number
     try:
         return proto_number(text)
     except ValueError as err:
@@ -145,9 +145,9 @@ def map_size(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .attach import DEFAULT_WORKLOAD_IFACES
-    from .structs import C
-    from .loader import DEFAULT_HAIRPIN_ADDR
+    from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES
+    from ebpflb.datapath.structs import C
+    from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR
     top = argparse.ArgumentParser(prog="ebpflb", description="eBPF service load balancer for Kubernetes")
     top.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbs = top.add_subparsers(dest="verb", required=True)

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from ebpflb.loader import Datapath, DatapathOptions
-from ebpflb.structs import ffi
+from ebpflb.datapath.loader import Datapath, DatapathOptions
+from ebpflb.datapath.structs import ffi
 from tests.lab import Lab
 
 NODE_ADDR = "192.168.64.6"   # the loaded programs' node address (SNAT source from the uplink)

@@ -16,9 +16,9 @@ from scapy.packet import Raw
 
 from ebpflb.core.model import DesiredState
 from ebpflb.core.services import desired_state
-from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
-from ebpflb.structs import C, ip_str, port_int
-from ebpflb.writer import MapWriter
+from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR
+from ebpflb.datapath.structs import C, ip_str, port_int
+from ebpflb.sync.writer import MapWriter
 from tests.conftest import NODE_ADDR
 from tests.lab import routed_uplink
 

@@ -61,8 +61,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ebpflb.core.model import DesiredState
-from ebpflb.libbpf import ffi as bpf_ffi, lib
-from ebpflb.structs import C, ffi, ip_str, to_bytes
+from ebpflb.datapath.libbpf import ffi as bpf_ffi, lib
+from ebpflb.datapath.structs import C, ffi, ip_str, to_bytes
 from tests.fuzz_packets import ETH_HLEN, TCP_PROTO, UDP_PROTO, l4_sum, ones_sum
 
 TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7

@@ -504,7 +504,7 @@ def by_name(state):
 
 def assert_consistent(state) -> None:
     """Ids unique and in range; every frontend, backend list and range set belongs to a programmed id."""
-    from ebpflb.structs import C
+    from ebpflb.datapath.structs import C
     ids = set(state.ids.values())
     assert len(ids) == len(state.ids) and all(1 <= i < C.SVC_COUNTERS_MAX for i in ids)
     assert {f.svc_id for f in state.frontends.values()} <= ids and set(state.backends) == ids

@@ -6,7 +6,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebpflb.manifests import load_manifests
+from ebpflb.sources.manifest_files import load_manifests
 from tests.apiserver import node
 from tests.lab import EXAMPLES, NODE_IPS, NODES, PODS, LabError, _LineReader, _kill
 

@@ -1,14 +1,14 @@
-"""svc_addr_bits (ebpflb/addr_bits.py, bpf/lb.h): the bit test that spares pod-to-pod traffic two
+"""svc_addr_bits (ebpflb/sync/addr_bits.py, bpf/lb.h): the bit test that spares pod-to-pod traffic two
 hash lookups. Bits follow the frontends through the real writer and maps, shared bits included; a
 new writer repairs what it finds; the programs' hash is the writer's."""
 import itertools
 
 from scapy.layers.inet import IP, TCP
 
-from ebpflb.addr_bits import WORD_BITS, addr_bit
+from ebpflb.sync.addr_bits import WORD_BITS, addr_bit
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.structs import ffi
-from ebpflb.writer import MapWriter
+from ebpflb.datapath.structs import ffi
+from ebpflb.sync.writer import MapWriter
 from tests.test_datapath_packets import B, C_POD, SYN, TC_ACT_OK, from_pod, run
 
 

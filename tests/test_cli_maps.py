@@ -9,8 +9,8 @@ from pathlib import Path
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.structs import C, LAYOUT_VERSION, ffi
-from ebpflb.writer import MapWriter
+from ebpflb.datapath.structs import C, LAYOUT_VERSION, ffi
+from ebpflb.sync.writer import MapWriter
 from tests.test_datapath_packets import A0, B, C_POD, SYN, VIP, from_pod, program, run, to_pod
 
 EBPFLB = str(Path(sys.executable).parent / "ebpflb")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ebpflb.core import services as services_module
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey, ServicePortName
 from ebpflb.core.services import desired_state
-from ebpflb.structs import C
+from ebpflb.datapath.structs import C
 
 NODE = "node-a"
 OTHER_NODE = "node-b"

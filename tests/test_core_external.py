@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from ebpflb.core.model import Backend, FrontendKey, HealthCheck
 from ebpflb.core.services import desired_state, node_port_addresses
-from ebpflb.structs import C
+from ebpflb.datapath.structs import C
 from tests.test_core import (JSON_VALUES, NODE, OTHER_NODE, REASONS, TCP, UDP, WEB_IP, be, ep, eps, field_paths,
                              port, replaced, svc)
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from ebpflb.loader import Datapath, DatapathOptions
+from ebpflb.datapath.loader import Datapath, DatapathOptions
 from tests.test_datapath_packets import (B, C_POD, SYN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, VIP_EMPTY,
                                          from_pod, program, run)
 

@@ -7,13 +7,13 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from ebpflb.conntrack import Timeouts, delete_unchanged, expired, forget_udp_flows_to, in_kernel, sweep
+from ebpflb.datapath.conntrack import Timeouts, delete_unchanged, expired, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.libbpf import prog_test_run
-from ebpflb.loader import DEFAULT_HAIRPIN_ADDR
-from ebpflb.structs import C, ffi, ip_be, ip_str, port_be, port_int
+from ebpflb.datapath.libbpf import prog_test_run
+from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR
+from ebpflb.datapath.structs import C, ffi, ip_be, ip_str, port_be, port_int
 from ebpflb.views.drops import drop_totals
-from ebpflb.writer import MapWriter
+from ebpflb.sync.writer import MapWriter
 from tests.conftest import loaded_both_ways
 from tests.fuzz_packets import l4_sum, ones_sum
 

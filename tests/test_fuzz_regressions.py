@@ -4,7 +4,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_be, port_int, to_bytes
+from ebpflb.datapath.structs import C, ffi, ip_be, ip_str, new, port_be, port_int, to_bytes
 from tests.conftest import NODE_ADDR
 from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, GUARDED_LB_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet,
                                 program_cluster, uplink_namespace)

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from ebpflb.core.model import FrontendKey
-from ebpflb.maps import Maps, MapsNotFound
-from ebpflb.manifests import load_manifests
-from ebpflb.writer import fe_key
+from ebpflb.datapath.maps import Maps, MapsNotFound
+from ebpflb.sources.manifest_files import load_manifests
+from ebpflb.sync.writer import fe_key
 from tests.apiserver import endpoint_slice, node, service
 from tests.lab import EXAMPLES, NODE_IPS, NODES, HttpError
 from tests.test_lab_dataplane import VIP, wait_for

@@ -8,9 +8,9 @@ import orjson
 import pytest
 
 from ebpflb.core.services import desired_state
-from ebpflb.maps import Maps, MapsNotFound
-from ebpflb.structs import C
-from ebpflb.writer import read_contents
+from ebpflb.datapath.maps import Maps, MapsNotFound
+from ebpflb.datapath.structs import C
+from ebpflb.sync.writer import read_contents
 from tests.apiserver import node
 from tests.lab import NODE_IPS, NODES, POD_IPS
 from tests.malformed import BREAKAGES, SKIPPED, VALID, base_service, base_slice, cluster_ip, identity

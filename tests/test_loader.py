@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from ebpflb import libbpf
-from ebpflb.btf import skb_csum_facts
-from ebpflb.loader import (BPF_CALL, BPF_PSEUDO_KFUNC_CALL, KFUNC_MARKER_CAST_TO_KERN_CTX, PROGRAMS, Datapath,
+from ebpflb.datapath import libbpf
+from ebpflb.datapath.btf import skb_csum_facts
+from ebpflb.datapath.loader import (BPF_CALL, BPF_PSEUDO_KFUNC_CALL, KFUNC_MARKER_CAST_TO_KERN_CTX, PROGRAMS, Datapath,
                            LoadError, compile_in_child, patch_kfunc_calls)
 
 
@@ -28,7 +28,7 @@ def test_the_loading_process_never_imports_bcc(pin_dir, tmp_path):
     decoy = tmp_path / "ebpflb"
     decoy.mkdir()
     (decoy / "__init__.py").write_text("raise SystemExit('the ebpflb of the working directory was imported')")
-    script = ("import sys; from ebpflb import libbpf; from ebpflb.loader import Datapath\n"
+    script = ("import sys; from ebpflb.datapath import libbpf; from ebpflb.datapath.loader import Datapath\n"
               f"dp = Datapath({pin_dir!r}).load()\n"
               "assert all(libbpf.prog_info(fd).jited_prog_len > 0 for fd in dp.fds.values())\n"
               "assert 'bcc' not in sys.modules, 'bcc was imported'\n"

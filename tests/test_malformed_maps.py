@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from ebpflb.core.model import FrontendKey
 from ebpflb.core.services import MAP_CAPACITY, Usage
 from ebpflb.core.tracker import ServiceTracker
-from ebpflb.writer import MapWriter, read_contents
+from ebpflb.sync.writer import MapWriter, read_contents
 from tests.malformed import NODE, NODE_ADDRESSES, base_service, base_slice, cluster_ip, clusters, fuzz_settings
 
 

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
-from ebpflb.manifests import load_manifests
+from ebpflb.sources.manifest_files import load_manifests
 from tests.malformed import (CONFLICT_REASONS, NODE, NODE_ADDRESSES, SERVICE_BREAKAGES, SLICE_BREAKAGES, Cluster,
                              assert_consistent, base_service, broken_or_not, by_name, clusters, fuzz_settings, keyed,
                              run, valid_services, valid_slices)

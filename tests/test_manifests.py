@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from ebpflb.manifests import ManifestError, fingerprint, load_manifests
+from ebpflb.sources.manifest_files import ManifestError, fingerprint, load_manifests
 
 
 def service_yaml(name):

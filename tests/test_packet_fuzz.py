@@ -16,7 +16,7 @@ from collections import Counter
 
 import pytest
 
-from ebpflb.libbpf import check, ffi as bpf_ffi, lib
+from ebpflb.datapath.libbpf import check, ffi as bpf_ffi, lib
 from tests.conftest import NODE_ADDR
 from tests.fuzz_cluster import (HAIRPIN, NEXT_HOP_MAC, NODE_MAC, ROUTER_MAC, open_flows, program_cluster,
                                 uplink_namespace)

@@ -5,7 +5,7 @@ from hypothesis import given, settings, strategies as st
 from ebpflb.core.model import Backend, Frontend, FrontendKey, HealthCheck, ServicePortName
 from ebpflb.core.services import Usage, desired_state
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
-from ebpflb.structs import C
+from ebpflb.datapath.structs import C
 
 NODE = "node-0"
 

@@ -6,8 +6,8 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.structs import C, ffi, ip_be, ip_str, new, port_int
-from ebpflb.writer import MapWriter
+from ebpflb.datapath.structs import C, ffi, ip_be, ip_str, new, port_int
+from ebpflb.sync.writer import MapWriter
 from tests.conftest import NODE_ADDR, loaded_both_ways
 from tests.lab import in_netns, routed_uplink
 from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, dropped_since,
@@ -210,7 +210,7 @@ XDP_DROP, XDP_PASS, XDP_TX = 1, 2, 3
 
 
 def run_xdp(dp, routed, pkt):
-    from ebpflb.libbpf import prog_test_run
+    from ebpflb.datapath.libbpf import prog_test_run
     ns, index = routed
     with in_netns(ns):
         retval, out, _ = prog_test_run(dp.fds["xdp_uplink"], bytes(pkt), ifindex=index, xdp=True)

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from ebpflb import libbpf
-from ebpflb.loader import PROGRAMS, Datapath, DatapathOptions, MapSizeMismatch
+from ebpflb.datapath import libbpf
+from ebpflb.datapath.loader import PROGRAMS, Datapath, DatapathOptions, MapSizeMismatch
 
 VERIFIER_LIMIT = 1_000_000          # the kernel's BPF_COMPLEXITY_LIMIT_INSNS
 BUDGET = VERIFIER_LIMIT // 4        # ours: a program that needs more than this has grown too much

@@ -3,7 +3,7 @@
 import pytest
 
 from ebpflb.core.model import Backend, Frontend, FrontendKey
-from ebpflb.structs import C, ip_be, new, port_be
+from ebpflb.datapath.structs import C, ip_be, new, port_be
 from ebpflb.views.conntrack import (conntrack_stats, flow_line, flow_lines, flow_records, go_duration,
                                     raw_lines, stats_lines)
 from ebpflb.views.drops import drop_lines, drop_records, drop_totals

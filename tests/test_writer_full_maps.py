@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
-from ebpflb.loader import Datapath, DatapathOptions
-from ebpflb.writer import MapWriter, read_contents
+from ebpflb.datapath.loader import Datapath, DatapathOptions
+from ebpflb.sync.writer import MapWriter, read_contents
 
 SIZE = 4
 

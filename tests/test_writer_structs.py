@@ -3,8 +3,8 @@ structs set field by field hold."""
 import pytest
 
 from ebpflb.core.model import Backend, Frontend, FrontendKey
-from ebpflb.structs import ffi, ip_be, new, port_be, to_bytes
-from ebpflb.writer import backend_keys, backend_values, frontend_keys, frontend_values, service_ip_keys, src_range_keys
+from ebpflb.datapath.structs import ffi, ip_be, new, port_be, to_bytes
+from ebpflb.sync.writer import backend_keys, backend_values, frontend_keys, frontend_values, service_ip_keys, src_range_keys
 
 FRONTEND_KEYS = [FrontendKey("10.96.0.10", 80, 6), FrontendKey("255.255.255.255", 65535, 132), FrontendKey("0.0.0.1", 1, 17)]
 FRONTENDS = [Frontend(1, 0, 0, 0), Frontend(2**32 - 1, 7, 3, 15), Frontend(131071, 1, 1, 2)]

@@ -1,7 +1,7 @@
 """Service ids survive agent restarts: the maps remember them, keyed by frontend."""
 from collections.abc import Mapping
 
-from .model import DesiredState, Frontend, FrontendKey, ServicePortName
+from ebpflb.core.model import DesiredState, Frontend, FrontendKey, ServicePortName
 
 
 def recover_ids(desired: DesiredState, programmed: Mapping[FrontendKey, int]) -> dict[ServicePortName, int]:

@@ -22,9 +22,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ebpflb.structs import C
+from ebpflb.datapath.structs import C
 
-from .model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
+from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
 
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .ids import recover_ids, remap_ids
-from .model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName
-from .services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
+from ebpflb.core.ids import recover_ids, remap_ids
+from ebpflb.core.model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName
+from ebpflb.core.services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
                        parse_service, parse_slice)
 
 ObjectKey = tuple[str, str]   # (namespace, name)

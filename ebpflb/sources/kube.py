@@ -23,8 +23,8 @@ from urllib.parse import urlencode
 import orjson
 import urllib3
 
-from ..core.tracker import ServiceTracker, object_key
-from ..gc_pause import gc_paused
+from ebpflb.core.tracker import ServiceTracker, object_key
+from ebpflb.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 

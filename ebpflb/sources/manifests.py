@@ -1,9 +1,9 @@
 """Services and EndpointSlices from YAML/JSON files, reread when they change."""
 import logging
 
-from ..core.tracker import ServiceTracker
-from ..gc_pause import gc_paused
-from ..manifests import ManifestError, fingerprint, load_manifests
+from ebpflb.core.tracker import ServiceTracker
+from ebpflb.gc_pause import gc_paused
+from ebpflb.sources.manifest_files import ManifestError, fingerprint, load_manifests
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ import socket
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from ..conntrack import by_key, tcp_state, twin_of
-from ..structs import C, ip_str, names_of, port_int
+from ebpflb.datapath.conntrack import by_key, tcp_state, twin_of
+from ebpflb.datapath.structs import C, ip_str, names_of, port_int
 
 TCP_STATES = ("ESTABLISHED", "SYN-SENT", "CLOSED", "RESET")
 TYPE_NAMES = names_of("CT_TYPE_")

@@ -1,5 +1,5 @@
 """`ebpflb drops`: what the programs dropped, by reason (the drops map, summed over CPUs)."""
-from ..structs import names_of
+from ebpflb.datapath.structs import names_of
 
 REASONS = {number: name.lower().replace("_", "-") for number, name in sorted(names_of("DROP_").items())}
 

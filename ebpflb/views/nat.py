@@ -1,8 +1,8 @@
 """`ebpflb nat dump`: the lines `calico-node -bpf nat dump` prints, frontends sorted; or JSON records."""
 import ipaddress
 
-from ..core.model import Backend, Frontend, FrontendKey
-from ..structs import C
+from ebpflb.core.model import Backend, Frontend, FrontendKey
+from ebpflb.datapath.structs import C
 
 FLAG_NAMES = ((C.NAT_FLG_EXTERNAL_LOCAL, "external-local"), (C.NAT_FLG_INTERNAL_LOCAL, "internal-local"))
 

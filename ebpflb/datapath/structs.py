@@ -9,7 +9,7 @@ from array import array
 
 from cffi import FFI
 
-from .paths import BPF_DIR
+from ebpflb.paths import BPF_DIR
 
 HEADER = BPF_DIR / "structs.h"
 

@@ -2,9 +2,9 @@
 import os
 from dataclasses import dataclass
 
-from . import libbpf
-from .libbpf import ffi as bpf_ffi, lib
-from .structs import LAYOUT_VERSION, ffi
+from ebpflb.datapath import libbpf
+from ebpflb.datapath.libbpf import ffi as bpf_ffi, lib
+from ebpflb.datapath.structs import LAYOUT_VERSION, ffi
 
 BATCH = 4096
 

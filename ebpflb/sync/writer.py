@@ -25,12 +25,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .addr_bits import AddressBits
-from .core.model import Backend, DesiredState, Frontend, FrontendKey
-from .core.tracker import Changes
-from .libbpf import BPFError
-from .maps import Maps
-from .structs import ffi, ip_be, ip_be_column, ip_str, port_be_column, port_int, struct_array
+from ebpflb.sync.addr_bits import AddressBits
+from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
+from ebpflb.core.tracker import Changes
+from ebpflb.datapath.libbpf import BPFError
+from ebpflb.datapath.maps import Maps
+from ebpflb.datapath.structs import ffi, ip_be, ip_be_column, ip_str, port_be_column, port_int, struct_array
 
 log = logging.getLogger(__name__)
 

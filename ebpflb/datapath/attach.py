@@ -73,7 +73,7 @@ def detach_xdp(ipr: IPRoute, ifindex: int) -> None:
 
 def our_xdp_links(ipr: IPRoute):
     """(ifindex, ifname) of links carrying ebpflb's XDP program."""
-    from .libbpf import BPFError, prog_name
+    from ebpflb.datapath.libbpf import BPFError, prog_name
     for link in ipr.get_links():
         xdp = link.get_attr("IFLA_XDP")
         prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp else None

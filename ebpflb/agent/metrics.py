@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .structs import ffi
-from .views.drops import drop_totals
+from ebpflb.datapath.structs import ffi
+from ebpflb.views.drops import drop_totals
 
 log = logging.getLogger(__name__)
 

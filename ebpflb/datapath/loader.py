@@ -15,10 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .btf import SkbCsumFacts, skb_csum_facts
-from .maps import LayoutMismatch, Maps, read_layout_version
-from .paths import BPF_DIR
-from .structs import C, LAYOUT_VERSION, ffi, ip_be, to_bytes
+from ebpflb.datapath.btf import SkbCsumFacts, skb_csum_facts
+from ebpflb.datapath.maps import LayoutMismatch, Maps, read_layout_version
+from ebpflb.paths import BPF_DIR
+from ebpflb.datapath.structs import C, LAYOUT_VERSION, ffi, ip_be, to_bytes
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class Datapath:
 
     def _check_pinned_sizes(self) -> None:
         """bcc takes a pinned map as it is: a size that differs must be said, not ignored."""
-        from . import libbpf
+        from ebpflb.datapath import libbpf
         for name, wanted in self.options.map_sizes().items():
             path = os.path.join(self.pin_dir, name)
             if not os.path.exists(path):
@@ -190,7 +190,7 @@ class Datapath:
 
 
 # The child runs this very ebpflb (its directory first on sys.path), whatever the working directory holds.
-_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.loader import _child_main; "
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.datapath.loader import _child_main; "
           "sys.exit(_child_main(int(sys.argv[2]), sys.argv[3]))")
 
 
@@ -199,7 +199,7 @@ def compile_in_child(cflags: list[str], kfuncs: dict[int, int] | None = None) ->
     program name -> fd, received over a unix socket. `kfuncs`: marker helper number -> kfunc BTF id."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     names = [name for programs in PROGRAMS.values() for name in programs]
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     try:
         with theirs:
             child = subprocess.Popen([sys.executable, "-c", _CHILD, root, str(theirs.fileno()),

@@ -3,9 +3,9 @@ backend left its service (so the next datagram picks a live one, as kube-proxy d
 import time
 from dataclasses import dataclass, fields
 
-from .libbpf import prog_test_run
-from .maps import Maps
-from .structs import C, ffi, ip_be, ip_str, port_int, to_bytes
+from ebpflb.datapath.libbpf import prog_test_run
+from ebpflb.datapath.maps import Maps
+from ebpflb.datapath.structs import C, ffi, ip_be, ip_str, port_int, to_bytes
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ and addresses per bit and clears a bit only when nothing needs it any more.
 from collections import Counter
 from collections.abc import Iterable
 
-from .maps import BpfMap
-from .structs import C, ffi, ip_be
+from ebpflb.datapath.maps import BpfMap
+from ebpflb.datapath.structs import C, ffi, ip_be
 
 WORD_BITS = 64
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from .attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
-from .healthcheck import HealthCheckServers
-from .conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
-from .core.services import Usage
-from .core.tracker import ServiceTracker
-from .gc_pause import gc_paused
-from .loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
-from .metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
-from .paths import DEFAULT_PIN_DIR
-from .writer import MapWriter
+from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
+from ebpflb.agent.healthcheck import HealthCheckServers
+from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
+from ebpflb.core.services import Usage
+from ebpflb.core.tracker import ServiceTracker
+from ebpflb.gc_pause import gc_paused
+from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
+from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
+from ebpflb.paths import DEFAULT_PIN_DIR
+from ebpflb.sync.writer import MapWriter
 
 log = logging.getLogger("ebpflb.agent")
 
@@ -69,9 +69,9 @@ def import_source_modules(config: AgentConfig) -> None:
 
 def make_source(config: AgentConfig, metrics: AgentMetrics):
     if config.manifests:
-        from .sources.manifests import ManifestSource
+        from ebpflb.sources.manifests import ManifestSource
         return ManifestSource(config.manifests)
-    from .sources.kube import KubeSource
+    from ebpflb.sources.kube import KubeSource
     return KubeSource(config.kubeconfig, counters=metrics)
 
 

@@ -5,7 +5,7 @@ this kernel's struct sk_buff (bpf/kernel.h says why). Read with libbpf through c
 import logging
 from dataclasses import dataclass
 
-from .libbpf import ffi, lib
+from ebpflb.datapath.libbpf import ffi, lib
 
 log = logging.getLogger(__name__)
 
