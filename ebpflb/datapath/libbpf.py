@@ -47,7 +47,7 @@ struct bpf_prog_info_head {
     __u64 run_cnt; __u64 recursion_misses; __u32 verified_insns;
 };
 int libbpf_num_possible_cpus(void);
-/* BTF of the running kernel (ebpflb/btf.py reads a few facts from it). */
+/* BTF of the running kernel (ebpflb/datapath/btf.py reads a few facts from it). */
 struct btf;
 struct btf_type { __u32 name_off; __u32 info; __u32 size_or_type; };
 struct btf_member { __u32 name_off; __u32 type; __u32 offset; };
