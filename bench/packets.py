@@ -27,7 +27,7 @@ packet back where it started, every run doing the real work:
                the cycle's other NAT_REV entry (VIP:80 -> C:40000 -> B:8080) turns it back.
   pass-through pod to pod (C -> A0:8080) through from_workload (conntrack, frontend and service
                address lookups all miss) and its answer through to_workload (conntrack miss).
-  baseline     bpf/baseline.c on the established packet: parse, return TC_ACT_OK.
+  baseline     bpf/baseline.c on the established packet: parse, return TC_ACT_NEXT (as the real programs do).
   floors       bpf/baseline.c again: what the goals cannot go below with a conntrack in hash maps.
                ct_lookup_floor parses and looks the established packet's tuple up in an LRU hash of
                conntrack's types and size (holding it): any established packet costs that much.
@@ -72,7 +72,7 @@ from ebpflb.paths import BPF_DIR
 from ebpflb.datapath.structs import ffi, ip_be, new, port_be
 from ebpflb.sync.writer import MapWriter
 
-TC_ACT_OK = 0
+TC_ACT_NEXT = -1   # TC_ACT_UNSPEC: the verdict of a packet the programs let go on (bpf/consts.h)
 VIP, VIP_PORT = "10.95.0.1", 80          # outside bench.objects' 10.96.0.0+ service range
 B, B_PORT = "10.200.1.2", 8080
 C_POD, C_PORT = "10.200.2.2", 40000
@@ -154,7 +154,7 @@ def fill(dp, writer: MapWriter, have: int, services: int) -> None:
         # The test flows, made by the program itself: C -> VIP (NAT_FWD -> B) and C -> B (-> VIP).
         for pkt in (SYN, MIRROR_SYN):
             retval, _, _ = prog_test_run(dp.fds["from_workload"], pkt)
-            assert retval == TC_ACT_OK, retval
+            assert retval == TC_ACT_NEXT, retval
 
 
 def counters(dp) -> tuple[int, int]:
@@ -175,13 +175,13 @@ def check_paths(dp, fds) -> None:
         after = counters(dp)
         packets, conns = after[0] - before[0], after[1] - before[1]
         want_conns = (n - 2, n) if case == "new_flow" else (0, 0)
-        if retval != TC_ACT_OK or packets != n or not want_conns[0] <= conns <= want_conns[1]:
+        if retval != TC_ACT_NEXT or packets != n or not want_conns[0] <= conns <= want_conns[1]:
             raise AssertionError(f"{case}: {n} runs counted {packets} packets, {conns} new connections"
                                  f" (verdict {retval}): not every run took the {case} path")
     for case in ("pass_from", "pass_to", "baseline"):
         before = counters(dp)
         retval, out, _ = prog_test_run(fds[case], PACKETS[case], repeat=n)
-        if retval != TC_ACT_OK or out != PACKETS[case] or counters(dp) != before:
+        if retval != TC_ACT_NEXT or out != PACKETS[case] or counters(dp) != before:
             raise AssertionError(f"{case}: the packet did not pass untouched")
 
 
@@ -220,10 +220,10 @@ def check_floors(fds: dict, obj) -> None:
     """The writes floor leaves its two entries (the forward one is the established packet's tuple);
     the lookup floor finds that tuple every run."""
     retval, _, _ = prog_test_run(fds["ct_writes_floor"], PACKETS["writes_floor"], repeat=1000)
-    if retval != TC_ACT_OK or len(list(obj.get_table("floor_ct").keys())) != 2:
+    if retval != TC_ACT_NEXT or len(list(obj.get_table("floor_ct").keys())) != 2:
         raise AssertionError("the writes floor did not write its two entries")
     retval, _, _ = prog_test_run(fds["ct_lookup_floor"], PACKETS["lookup_floor"], repeat=1000)
-    if retval != TC_ACT_OK:
+    if retval != TC_ACT_NEXT:
         raise AssertionError("the lookup floor missed")
 
 

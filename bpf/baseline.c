@@ -42,8 +42,8 @@ int parse_only(struct __sk_buff *skb)
 	/* Keep every parsed field live, as the entry programs use them. */
 	asm volatile("" : : "r"(&p), "r"(res) : "memory");
 	if (res != PARSE_OK || !is_l4_with_ports(&p))
-		return TC_ACT_OK;
-	return TC_ACT_OK;
+		return TC_ACT_NEXT;
+	return TC_ACT_NEXT;
 }
 
 int ct_lookup_floor(struct __sk_buff *skb)
@@ -54,7 +54,7 @@ int ct_lookup_floor(struct __sk_buff *skb)
 	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
 		return TC_ACT_SHOT;
 	key_of(&p, &key);
-	return floor_ct.lookup(&key) ? TC_ACT_OK : TC_ACT_SHOT;
+	return floor_ct.lookup(&key) ? TC_ACT_NEXT : TC_ACT_SHOT;
 }
 
 int ct_writes_floor(struct __sk_buff *skb)
@@ -77,5 +77,5 @@ int ct_writes_floor(struct __sk_buff *skb)
 	rev.twin = fwd_key;
 	if (floor_ct.update(&rev_key, &rev) < 0 || floor_ct.update(&fwd_key, &fwd) < 0)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	return TC_ACT_NEXT;
 }

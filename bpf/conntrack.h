@@ -1,7 +1,19 @@
 /* Conntrack: a NATed flow is a NAT_FWD entry (client -> VIP, as the client sends) and a NAT_REV
  * entry (backend -> client, as the backend answers). The fast path is one lookup of the packet's
- * own tuple; the twin is touched only when TCP state changes. Expiry is the agent's sweep (and
- * the LRU's); the programs only refuse to reuse a closed TCP flow for a new SYN. */
+ * own tuple; the twin is looked at when TCP state changes and once per clock tick. Expiry is the
+ * agent's sweep (and the LRU's); the programs only refuse to reuse a closed TCP flow for a new SYN.
+ *
+ * Every CPU runs these at once. What keeps each pair whole and two flows apart:
+ *  - a reply tuple is only ever taken by inserting it where it is absent (BPF_NOEXIST), so two
+ *    flows never share one; a taken one is given up only by a flow that closed or moved on;
+ *  - an existing reply half is deleted or replaced only by whoever claimed it first: swapped its
+ *    last_seen_ns, atomically, from the value read to CT_CLAIMED. The sweep claims the same way;
+ *  - a pair that lost a half (LRU eviction) gets it back whole from the other: the forward half
+ *    by the client's next packet (the flow's hash picks the same backend, snat.h's candidate order
+ *    finds the same SNAT port, ct_reserve_reply() adopts the reply half as it is, TCP state and
+ *    all), the reply half once per tick from the forward half (ct_check_reply_half());
+ *  - TCP flags are added with an atomic OR.
+ */
 #pragma once
 #include "maps.h"
 #include "parse.h"
@@ -17,9 +29,9 @@ static __always_inline void ct_key_of(const struct packet *p, struct ct_key *k)
 	k->pad[0] = k->pad[1] = k->pad[2] = 0;
 }
 
-static __always_inline __u8 ct_tcp_bits(const struct packet *p, int reply)
+static __always_inline __u64 ct_tcp_bits(const struct packet *p, int reply)
 {
-	__u8 bits = 0;
+	__u64 bits = 0;
 
 	if (p->proto != IPPROTO_TCP)
 		return 0;
@@ -32,6 +44,12 @@ static __always_inline __u8 ct_tcp_bits(const struct packet *p, int reply)
 	if (reply && (p->tcp_flags & TCP_FL_ACK))
 		bits |= CT_TCP_ACK_REV;
 	return bits;
+}
+
+/* A TCP packet without SYN continues a connection (nothing else opens one). */
+static __always_inline int ct_tcp_midstream(const struct packet *p)
+{
+	return p->proto == IPPROTO_TCP && !(p->tcp_flags & TCP_FL_SYN);
 }
 
 static __always_inline int ct_key_equal(const struct ct_key *a, const struct ct_key *b)
@@ -47,15 +65,37 @@ static __always_inline int ct_tcp_closed(const struct ct_value *rev)
 	       (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)) == (CT_TCP_FIN_FWD | CT_TCP_FIN_REV);
 }
 
-/* Forget a closed flow by its NAT_REV entry; its NAT_FWD twin only while that still names this
- * entry (a client that reopened its tuple already has a newer pair). */
-static __always_inline void ct_forget_closed(struct ct_key *rev_key, const struct ct_value *rev)
+/* The right to delete or replace an entry: last_seen swapped to CT_CLAIMED from what was read.
+ * Only one CPU wins; a touch never moves a claimed entry (ct_touch_time()), so a claim fails
+ * only when a packet touched the entry in between (tried twice) or another CPU claimed it. */
+static __always_inline int ct_claim(struct ct_value *entry)
 {
-	struct ct_key fwd_key = rev->twin;
-	struct ct_value *fwd = ct.lookup(&fwd_key);
-	if (fwd && ct_key_equal(&fwd->twin, rev_key))
-		ct.delete(&fwd_key);
-	ct.delete(rev_key);
+#pragma unroll
+	for (int i = 0; i < 2; i++) {
+		__u64 seen = entry->last_seen_ns;
+		if (seen == CT_CLAIMED)
+			return 0;
+		if (__sync_val_compare_and_swap(&entry->last_seen_ns, seen, CT_CLAIMED) == seen)
+			return 1;
+	}
+	return 0;
+}
+
+/* Forget the reply half at rev_key, once claimed, and with with_fwd its forward twin while that
+ * still names it (a client that reopened its tuple already has a newer pair). -1: someone else
+ * holds the claim (the sweep, another CPU forgetting it): it goes, but not by us. */
+static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_value *rev, int with_fwd)
+{
+	if (!ct_claim(rev))
+		return -1;
+	if (with_fwd) {
+		struct ct_key fwd_key = rev->twin;
+		struct ct_value *fwd = ct.lookup(&fwd_key);
+		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key))
+			ct.delete(&fwd_key);
+	}
+	ct.delete((struct ct_key *)rev_key);
+	return 0;
 }
 
 /* A SYN (without ACK) on a flow that already closed starts a new connection on a reused port. */
@@ -69,154 +109,244 @@ static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_
 }
 
 /* last_seen only moves forward, and is written only when the (per-jiffy, clock.h) clock moved:
- * a flow's packets mostly read its entry instead of dirtying its cache line each time. */
+ * a flow's packets mostly read its entry instead of dirtying its cache line each time. A
+ * claimed entry (CT_CLAIMED) is never moved. */
 static __always_inline void ct_touch_time(struct ct_value *entry, __u64 now)
 {
 	if (now > entry->last_seen_ns)
 		entry->last_seen_ns = now;
 }
 
+static __always_inline void ct_add_tcp_bits(struct ct_value *rev, __u64 bits)
+{
+	if ((rev->tcp_seen & bits) != bits)
+		__sync_fetch_and_or(&rev->tcp_seen, bits);   /* another CPU may add its bits meanwhile */
+}
+
 /* Record a forward packet: last seen, and FIN/RST in the flow's state (kept in NAT_REV). */
 static __always_inline void ct_touch_fwd(const struct packet *p, struct ct_value *fwd, __u64 now)
 {
 	ct_touch_time(fwd, now);
-	__u8 bits = ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST);
+	__u64 bits = ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST);
 	if (!bits)
 		return;
 	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
-	if (rev && (rev->tcp_seen & bits) != bits)
-		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
+	if (rev)
+		ct_add_tcp_bits(rev, bits);
 }
 
 static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value *rev, __u64 now)
 {
 	ct_touch_time(rev, now);
-	__u8 bits = ct_tcp_bits(p, 1);
-	if ((rev->tcp_seen & bits) != bits)
-		rev->tcp_seen |= bits;  /* racing CPUs only ever add bits */
+	__u64 bits = ct_tcp_bits(p, 1);
+	if (bits)
+		ct_add_tcp_bits(rev, bits);
 }
 
-/* A flow replaced at fwd_key (a SYN reopening it; old is the entry there) takes its reply entry
- * along, unless the new flow reuses that very tuple: left behind, it would still translate the
- * old backend's packets, and its stale-pair check would delete the new flow's forward half.
- * Decided on a copy of old's twin, and only a NAT_REV that names fwd_key is deleted: whatever
- * old's memory holds by now (an LRU entry can be recycled under a pointer), nothing else is. */
-static __always_inline void ct_forget_replaced(const struct ct_key *fwd_key, const struct ct_key *rev_key,
-					       const struct ct_value *old)
+/* The reply half of the flow fwd_key, made from its forward half: what the flow's first packet
+ * wrote, but the TCP state, which was in the lost half: a live flow (SYN seen), established
+ * again by the backend's next packet. */
+static __always_inline void ct_reply_half_of(const struct ct_key *fwd_key, const struct ct_value *fwd,
+					     struct ct_value *rev, __u64 now)
 {
-	if (!old || old->type != CT_TYPE_NAT_FWD)
-		return;
-	struct ct_key old_rev_key = old->twin;
-	if (ct_key_equal(&old_rev_key, rev_key))
-		return;
-	struct ct_value *old_rev = ct.lookup(&old_rev_key);
-	if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
-		ct.delete(&old_rev_key);
+	rev->created_ns = fwd->created_ns;
+	rev->last_seen_ns = now;
+	rev->tcp_seen = fwd_key->proto == IPPROTO_TCP ? CT_TCP_SYN_FWD : 0;
+	rev->type = CT_TYPE_NAT_REV;
+	rev->flags = fwd->flags;
+	rev->svc_id = fwd->svc_id;
+	rev->nat_addr = fwd_key->dst_addr;
+	rev->nat_port = fwd_key->dst_port;
+	if (fwd->flags & CT_FLAG_SNAT) {
+		rev->snat_addr = fwd_key->src_addr;
+		rev->snat_port = (fwd->flags & CT_FLAG_UPLINK) ? fwd_key->src_port : 0;
+	}
+	rev->twin = *fwd_key;
 }
 
-/* May the flow fwd_key take the reply tuple rev_key? Not from another live flow: that flow's
- * replies would come back as ours. A closed flow that holds it is forgotten; a leftover no flow
- * names (a UDP flow moved off a gone backend) is overwritten. */
-static __always_inline int ct_claim_reply(const struct packet *p, struct ct_key *rev_key,
-					  const struct ct_key *fwd_key)
+/* Once per tick, the first forward packet of the tick checks that the flow's reply half is there
+ * and is its own: a lost one is put back (the LRU evicts halves one at a time), so replies are
+ * never left untranslated and the SNAT port never looks free while the flow lives. -1 when the
+ * reply tuple belongs to another flow by now: the pair cannot be made whole, its forward half is
+ * forgotten, and the caller starts the flow again (the backend's answer then ends it cleanly). */
+static __always_inline int ct_check_reply_half(const struct ct_key *fwd_key, const struct ct_value *fwd, __u64 now)
 {
+	struct ct_key rev_key = fwd->twin;
+	struct ct_value *rev = ct.lookup(&rev_key);
+
+	if (!rev) {
+		struct ct_value lost = {};
+		ct_reply_half_of(fwd_key, fwd, &lost, now);
+		if (ct.insert(&rev_key, &lost) == 0)
+			return 0;
+		rev = ct.lookup(&rev_key);
+		if (!rev)
+			return 0;   /* gone again at once: the next tick tries again */
+	}
+	if (rev->type == CT_TYPE_NAT_REV && ct_key_equal(&rev->twin, fwd_key))
+		return 0;
+	ct.delete((struct ct_key *)fwd_key);
+	return -1;
+}
+
+/* XDP's part of the same check: is the reply half there and this flow's? (tc mends it if not.) */
+static __always_inline int ct_reply_half_whole(const struct ct_key *fwd_key, const struct ct_value *fwd)
+{
+	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
+	return rev && rev->type == CT_TYPE_NAT_REV && ct_key_equal(&rev->twin, fwd_key);
+}
+
+/* Whether the reply tuple of a new flow could be had (ct_reserve_reply()). */
+enum ct_reservation {
+	CT_RESERVED,   /* the new reply half is in */
+	CT_ADOPTED,    /* this very flow's reply half was there (its forward half was lost, or another
+			  CPU just made it): kept as it is, TCP state included */
+	CT_TAKEN,      /* another live flow's: try another port, or give up */
+};
+
+/* Take the reply tuple rev_key for the flow fwd_key (rev: its new NAT_REV). Another flow's reply
+ * half is given up only when that flow closed (TCP) or moved on (its forward half names another
+ * reply tuple); one whose forward half is missing is live: another CPU may be writing it (the
+ * reply half goes first), or the flow lost it and gets it back. */
+static __always_inline enum ct_reservation ct_reserve_reply(const struct packet *p, struct ct_key *rev_key,
+							    const struct ct_key *fwd_key, struct ct_value *rev)
+{
+	if (ct.insert(rev_key, rev) == 0)
+		return CT_RESERVED;
 	struct ct_value *held = ct.lookup(rev_key);
-
-	if (!held || (held->type == CT_TYPE_NAT_REV && ct_key_equal(&held->twin, fwd_key)))
-		return 0;
-	if (held->type != CT_TYPE_NAT_REV)
-		return -1;   /* another flow's forward tuple */
-	struct ct_value *owner = ct.lookup(&held->twin);
-	if (!owner || owner->type != CT_TYPE_NAT_FWD || !ct_key_equal(&owner->twin, rev_key))
-		return 0;
-	if (p->proto != IPPROTO_TCP || !ct_tcp_closed(held))
-		return -1;
-	ct_forget_closed(rev_key, held);
-	return 0;
+	if (!held)
+		return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
+	if (held->last_seen_ns == CT_CLAIMED || held->type != CT_TYPE_NAT_REV)
+		return CT_TAKEN;
+	int closed = p->proto == IPPROTO_TCP && ct_tcp_closed(held);
+	if (ct_key_equal(&held->twin, fwd_key)) {
+		if (!closed)
+			return CT_ADOPTED;
+	} else if (!closed) {
+		struct ct_value *owner = ct.lookup(&held->twin);
+		if (!owner || (owner->type == CT_TYPE_NAT_FWD && ct_key_equal(&owner->twin, rev_key)))
+			return CT_TAKEN;
+	}
+	/* A closed flow's pair goes whole; a moved-on flow's leftover goes alone. */
+	if (ct_forget(rev_key, held, closed) < 0)
+		return CT_TAKEN;
+	return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
 }
 
-#ifndef EEXIST
-#define EEXIST 17
-#endif
-
-/* Both halves of a new NATed flow: p is what the client sent; the backend (be_addr, be_port)
- * answers to (reply_dst, reply_port). The caller has set flags and SNAT fields of fwd and rev,
- * and passes what its lookup of p's own tuple found (old: NULL or the NAT_FWD entry being
- * reopened), so it is not looked up again.
- * The REV half is written first, so a FWD entry never exists without its twin. Fails (the caller
- * drops the packet) when another live flow has the same reply tuple; the client's retry meets
- * the same backend (the choice is the flow's hash, lb.h) until that flow ends. */
-static __always_inline int ct_create_flow(const struct packet *p, __u32 svc_id, __u32 be_addr, __u16 be_port,
-					  __u32 reply_dst, __u16 reply_port, struct ct_value *fwd,
-					  struct ct_value *rev, __u64 now, const struct ct_value *old)
+/* Both halves of a new NATed flow, before its reply tuple is chosen: p is what the client sent,
+ * (be_addr, be_port) the backend. The caller sets flags and SNAT fields. */
+static __always_inline void ct_new_pair(const struct packet *p, const struct ct_key *fwd_key, __u32 svc_id,
+					__u32 be_addr, __u16 be_port, struct ct_value *fwd, struct ct_value *rev,
+					__u64 now)
 {
-	struct ct_key fwd_key = {}, rev_key = {
-		.src_addr = be_addr,
-		.dst_addr = reply_dst,
-		.src_port = be_port,
-		.dst_port = reply_port,
-		.proto = p->proto,
-	};
-
-	ct_key_of(p, &fwd_key);
 	fwd->created_ns = rev->created_ns = now;
 	fwd->last_seen_ns = rev->last_seen_ns = now;
 	fwd->svc_id = rev->svc_id = svc_id;
 	fwd->type = CT_TYPE_NAT_FWD;
 	fwd->nat_addr = be_addr;
 	fwd->nat_port = be_port;
-	fwd->twin = rev_key;
 	rev->type = CT_TYPE_NAT_REV;
 	rev->nat_addr = p->daddr;
 	rev->nat_port = p->dport;
-	rev->tcp_seen = ct_tcp_bits(p, 0);
-	rev->twin = fwd_key;
+	/* A connection met mid-stream (both halves lost) counts as one whose SYN was seen: the
+	 * backend's next packet marks it established, or its reset ends it. */
+	rev->tcp_seen = ct_tcp_bits(p, 0) | (ct_tcp_midstream(p) ? CT_TCP_SYN_FWD : 0);
+	rev->twin = *fwd_key;
+}
 
-	/* The reply tuple is almost always free: then the write says so itself (BPF_NOEXIST) and the
-	 * clash check's lookup is not needed. Only when it is taken (or is known to be: the flow
-	 * being reopened holds it) does ct_claim_reply() look at who holds it. */
-	int err = -EEXIST;
-	if (!old || !ct_key_equal(&old->twin, &rev_key))
-		err = ct.insert(&rev_key, rev);
-	if (err == -EEXIST) {
-		if (ct_claim_reply(p, &rev_key, &fwd_key) < 0)
-			return -1;
-		err = ct.update(&rev_key, rev);
+static __always_inline void ct_reply_key(const struct packet *p, __u32 be_addr, __u16 be_port,
+					 __u32 reply_dst, __u16 reply_port, struct ct_key *rev_key)
+{
+	__builtin_memset(rev_key, 0, sizeof(*rev_key));   /* padding is part of the key */
+	rev_key->src_addr = be_addr;
+	rev_key->dst_addr = reply_dst;
+	rev_key->src_port = be_port;
+	rev_key->dst_port = reply_port;
+	rev_key->proto = p->proto;
+}
+
+/* The forward half, once the reply half is in (so a NAT_FWD never exists before its twin). A
+ * flow replaced at fwd_key (a SYN reopening it with another reply tuple; old_rev_key: the twin
+ * the old forward half named, read before anything was written) takes its old reply half along:
+ * left behind, it would still translate the old backend's packets. Only a reply half that names
+ * fwd_key is forgotten. */
+static __always_inline int ct_commit_flow(const struct ct_key *fwd_key, const struct ct_key *rev_key,
+					  struct ct_value *fwd, const struct ct_key *old_rev_key)
+{
+	fwd->twin = *rev_key;
+	if (old_rev_key && !ct_key_equal(old_rev_key, rev_key)) {
+		struct ct_value *old_rev = ct.lookup((struct ct_key *)old_rev_key);
+		if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
+			ct_forget(old_rev_key, old_rev, 0);
 	}
-	if (err < 0)
+	return ct.update((struct ct_key *)fwd_key, fwd);
+}
+
+/* A new flow whose reply tuple is fixed (no SNAT port to choose): 0, or -1 when another live
+ * flow holds the tuple (the caller drops the packet; the client's retry meets the same backend,
+ * lb.h, until that flow ends). */
+static __always_inline int ct_create_flow(const struct packet *p, const struct ct_key *fwd_key,
+					  struct ct_key *rev_key, struct ct_value *fwd, struct ct_value *rev,
+					  const struct ct_key *old_rev_key)
+{
+	if (ct_reserve_reply(p, rev_key, fwd_key, rev) == CT_TAKEN)
 		return -1;
-	/* After the REV write, which may have recycled old's memory (LRU eviction): harmless, see
-	 * ct_forget_replaced(). */
-	ct_forget_replaced(&fwd_key, &rev_key, old);
-	return ct.update(&fwd_key, fwd);
+	return ct_commit_flow(fwd_key, rev_key, fwd, old_rev_key);
 }
 
 /* A SYN-ACK meeting a flow that already closed answers a new connection that reuses the ports
  * (a direct one, not through the service): forget the stale pair and leave the packet alone. */
 static __always_inline int ct_forget_if_stale(const struct packet *p, struct ct_key *key,
-					     const struct ct_value *rev)
+					     struct ct_value *rev)
 {
 	if (p->proto != IPPROTO_TCP ||
 	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK) ||
 	    !(rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST)))
 		return 0;
-	ct_forget_closed(key, rev);   /* its twin only while that still names it */
+	ct_forget(key, rev, 1);   /* its twin only while that still names it */
 	return 1;
 }
 
-/* The sweep's delete (bpf/ct_sweep.c): only while the entry at key still holds exactly the value
- * judged expired. A SYN reusing a closed flow's port puts a new flow at the same key; deleting it
- * would leave its SYN-ACK untranslated (the client resets it and retries a second later). Here the
- * check and the delete are a few instructions apart, not two syscalls. */
-static __always_inline int ct_delete_if_unchanged(struct ct_key *key, const struct ct_value *judged)
+static __always_inline int ct_value_equal(const struct ct_value *a, const struct ct_value *b)
 {
-	const __u64 *now = (const __u64 *)ct.lookup(key), *was = (const __u64 *)judged;
-
-	if (!now)
-		return 0;
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 #pragma unroll
-	for (int i = 0; i < sizeof(*judged) / sizeof(__u64); i++)
-		if (now[i] != was[i])
+	for (int i = 0; i < sizeof(*a) / sizeof(__u64); i++)
+		if (x[i] != y[i])
 			return 0;
-	return ct.delete(key) == 0;
+	return 1;
+}
+
+/* The sweep's delete of one flow it judged expired (bpf/ct_sweep.c): key and judged are one half
+ * (the reply half when there is one), judged_twin the other as read (type 0: missing). Both go,
+ * and only while both still hold exactly what was judged, a missing twin is still missing, and
+ * both could be claimed: a flow that woke meanwhile (a packet on either half, or a SYN reusing a
+ * closed flow's keys) keeps both halves. Returns the entries deleted. */
+static __always_inline int ct_sweep_flow(struct ct_key *key, const struct ct_value *judged,
+					 const struct ct_value *judged_twin)
+{
+	struct ct_value *entry = ct.lookup(key);
+	if (!entry || !ct_value_equal(entry, judged))
+		return 0;
+	struct ct_key twin_key = judged->twin;
+	struct ct_value *twin = ct.lookup(&twin_key);
+	if (judged_twin->type) {
+		if (!twin || !ct_value_equal(twin, judged_twin))
+			return 0;
+	} else {
+		if (twin && ct_key_equal(&twin->twin, key))
+			return 0;   /* the lost half is back */
+		twin = NULL;
+	}
+	if (__sync_val_compare_and_swap(&entry->last_seen_ns, judged->last_seen_ns, CT_CLAIMED) != judged->last_seen_ns)
+		return 0;
+	if (twin &&
+	    __sync_val_compare_and_swap(&twin->last_seen_ns, judged_twin->last_seen_ns, CT_CLAIMED) != judged_twin->last_seen_ns) {
+		entry->last_seen_ns = bpf_ktime_get_ns();   /* ours to give back: the flow just woke */
+		return 0;
+	}
+	int deleted = ct.delete(key) == 0;
+	if (twin)
+		deleted += ct.delete(&twin_key) == 0;
+	return deleted;
 }

@@ -15,3 +15,9 @@
 #define ICMP_PORT_UNREACH_ 3
 /* An ICMP error quotes the offending IP header (with options) and 8 bytes of payload. */
 #define ICMP_QUOTE_MAX (60 + 8)
+
+/* What tc programs return for a packet they let go on (untouched, or translated in place): the
+ * next filter on the hook still sees it (a CNI's policy, a monitoring tool), as cls_bpf in
+ * direct-action mode moves on for TC_ACT_UNSPEC; after the last filter it counts as TC_ACT_OK.
+ * TC_ACT_OK would end the hook's filter list there. */
+#define TC_ACT_NEXT TC_ACT_UNSPEC

@@ -1,10 +1,11 @@
 /* Entry program of the agent's conntrack sweep, run with BPF_PROG_TEST_RUN and never attached.
  *
  *   ct_delete_unchanged   "packet": CT_SWEEP_PADDING bytes, then up to CT_SWEEP_BATCH
- *                         struct ct_sweep_record (bpf/structs.h)
- *                         -> deletes each entry still holding the value judged; returns how many
+ *                         struct ct_sweep_record (bpf/structs.h), one judged flow each
+ *                         -> deletes each flow whose two halves still hold what was judged, both
+ *                            together (ct_sweep_flow()); returns the entries deleted
  *
- * The agent judges expiry in Python (ebpflb/conntrack.py); only the check-and-delete is here.
+ * The agent judges expiry in Python (ebpflb/datapath/conntrack.py); only the check-and-delete is here.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/pkt_cls.h>
@@ -28,7 +29,7 @@ int ct_delete_unchanged(struct __sk_buff *skb)
 	for (int i = 0; i < CT_SWEEP_BATCH; i++) {
 		if (bpf_skb_load_bytes(skb, CT_SWEEP_PADDING + i * sizeof(rec), &rec, sizeof(rec)) < 0)
 			break;   /* past the last record */
-		deleted += ct_delete_if_unchanged(&rec.key, &rec.value);
+		deleted += ct_sweep_flow(&rec.key, &rec.value, &rec.twin_value);
 	}
 	return deleted;
 }

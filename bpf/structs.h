@@ -9,7 +9,7 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 3
+#define EBPFLB_LAYOUT_VERSION 4
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
@@ -40,13 +40,18 @@
 #define CT_FLAG_SNAT 1       /* hairpin: source rewritten too */
 #define CT_FLAG_UPLINK 2     /* came in on the uplink; SNAT to the node address when CT_FLAG_SNAT */
 
-/* ct_value.tcp_seen: TCP flags seen on the flow, per direction. Kept in the NAT_REV entry. */
+/* ct_value.tcp_seen: TCP flags seen on the flow, per direction. Kept in the NAT_REV entry, set
+ * with an atomic OR (several CPUs may add bits at once). */
 #define CT_TCP_SYN_FWD 1
 #define CT_TCP_SYN_REV 2
 #define CT_TCP_FIN_FWD 4
 #define CT_TCP_FIN_REV 8
 #define CT_TCP_RST 16
 #define CT_TCP_ACK_REV 32
+
+/* ct_value.last_seen_ns of an entry someone is deleting (or replacing): claimed with an atomic
+ * compare-and-swap, so one deleter wins and a packet's touch never moves it (bpf/conntrack.h). */
+#define CT_CLAIMED 0xffffffffffffffff
 
 /* config.flags */
 #define CFG_FLG_NONE 0
@@ -94,14 +99,15 @@ struct ct_key {
 };
 
 /* A NATed flow has two entries: NAT_FWD keyed by what the client sends (client -> VIP) and
- * NAT_REV keyed by what the backend answers (backend -> client). Each names the other (twin). */
+ * NAT_REV keyed by what the backend answers (backend -> client). Each names the other (twin).
+ * The fields written with atomics are 64 bits wide: bcc emits BPF atomics on 64-bit operands only. */
 struct ct_value {
 	__u64 created_ns;    /* CLOCK_MONOTONIC (bpf_ktime_get_ns()), to a jiffy: bpf/clock.h */
-	__u64 last_seen_ns;  /* last packet in this entry's direction */
+	__u64 last_seen_ns;  /* last packet in this entry's direction; CT_CLAIMED while being deleted */
+	__u64 tcp_seen;      /* CT_TCP_*; authoritative in the NAT_REV entry */
 	__u8 type;           /* CT_TYPE_* */
 	__u8 flags;          /* CT_FLAG_* */
-	__u8 tcp_seen;       /* CT_TCP_*; authoritative in the NAT_REV entry */
-	__u8 pad0;
+	__u16 pad0;
 	__u32 svc_id;
 	/* NAT_FWD: destination becomes (nat_addr, nat_port), the backend.
 	 * NAT_REV: source becomes (nat_addr, nat_port), the service frontend. */
@@ -115,15 +121,17 @@ struct ct_value {
 	struct ct_key twin;
 };
 
-/* One conntrack entry the agent's sweep judged expired, as it read it. bpf/ct_sweep.c takes up to
- * CT_SWEEP_BATCH of them as a test run's packet, after CT_SWEEP_PADDING bytes (a tc test run's
- * packet starts with an Ethernet header), and deletes each only while its entry still holds
- * exactly that value. */
-#define CT_SWEEP_BATCH 32
+/* One flow the agent's sweep judged expired, as it read it: an entry and its twin (twin_value.type
+ * 0: the twin was missing). bpf/ct_sweep.c takes up to CT_SWEEP_BATCH of them as a test run's
+ * packet, after CT_SWEEP_PADDING bytes (a tc test run's packet starts with an Ethernet header),
+ * and deletes a flow only while both halves still hold exactly what was judged: a pair goes as a
+ * pair, and a flow that woke meanwhile keeps both halves. */
+#define CT_SWEEP_BATCH 16
 #define CT_SWEEP_PADDING 14
 struct ct_sweep_record {
 	struct ct_key key;
 	struct ct_value value;
+	struct ct_value twin_value;
 };
 
 /* loadBalancerSourceRanges: an LPM trie keyed (id, source prefix). prefixlen counts the 32 bits
@@ -153,6 +161,7 @@ struct svc_counters {
 #define DROP_CT_CLASH 9             /* the reply tuple held by a live flow, or the conntrack write failed */
 #define DROP_REWRITE_FAILED 10      /* a helper refused to rewrite or resize the packet */
 #define DROP_NO_ROUTE 11            /* no route for a translated packet */
+#define DROP_FRAG_NEEDED 12         /* a translated packet (not GSO) larger than the egress MTU */
 #define DROPS_MAX 16
 struct drop_counters {
 	__u64 packets;

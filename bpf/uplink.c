@@ -11,7 +11,7 @@
  *   to_uplink   (tc egress)   a local backend's reply to an outside client -> source back to the
  *                             frontend
  *   xdp_uplink  (XDP)         the fast path before the stack: established SNATed flows translated
- *                             and sent on (XDP_TX / redirect), sources outside a LoadBalancer's
+ *                             and sent back out (XDP_TX), sources outside a LoadBalancer's
  *                             ranges dropped; everything else passes to tc untouched, so results
  *                             are the same with XDP on or off
  * ClusterIPs are not served from outside: only frontends flagged NAT_FLG_EXTERNAL are.
@@ -45,7 +45,7 @@ static __always_inline int uplink_forward(struct __sk_buff *skb, const struct pa
 {
 	if (!(fwd->flags & CT_FLAG_SNAT))
 		return nat_rewrite(skb, p, p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0 ?
-			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_OK;
+			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
 	if (nat_rewrite(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport,
 			fwd->nat_addr, fwd->nat_port) < 0)
 		return drop_skb(skb, DROP_REWRITE_FAILED);
@@ -58,16 +58,17 @@ static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct pa
 {
 	if (!(rev->flags & CT_FLAG_SNAT))
 		return nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, p->daddr, p->dport) < 0 ?
-			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_OK;
+			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
 	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, rev->snat_addr,
 			rev->snat_port ? rev->snat_port : p->dport) < 0)
 		return drop_skb(skb, DROP_REWRITE_FAILED);
 	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
 }
 
-/* entry: what conntrack holds for p's tuple (NULL, or the closed flow it reopens). */
+/* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL. */
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
-					     const struct nat_fe_value *fe, struct ct_value *entry, __u64 now)
+					     const struct nat_fe_value *fe, const struct ct_key *fwd_key,
+					     const struct ct_key *old_rev_key, __u64 now)
 {
 	if (!lb_source_allowed(fe, p->saddr)) {
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
@@ -88,36 +89,34 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		return drop_skb(skb, DROP_NO_BACKEND);
 
 	struct ct_value fwd = {}, rev = {};
-	__u32 reply_dst = p->saddr;
-	__u16 reply_port = p->sport;
+	struct ct_key rev_key;
+	ct_new_pair(p, fwd_key, fe->id, be->addr, be->port, &fwd, &rev, now);
 	fwd.flags = rev.flags = CT_FLAG_UPLINK;
-	if (ordinal >= fe->local) {
+	if (ordinal < fe->local) {
+		/* Here: the client's address is kept, and to_uplink translates the reply. */
+		ct_reply_key(p, be->addr, be->port, p->saddr, p->sport, &rev_key);
+		if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key) < 0)
+			return drop_skb(skb, DROP_CT_CLASH);
+	} else {
 		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated. */
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->node_addr)
 			return drop_skb(skb, DROP_NO_NAT_ADDRESS);
-		struct ct_key scratch;
-		reply_port = snat_pick_port(p, be->addr, be->port, cfg->node_addr, &scratch);
-		if (!reply_port) {
+		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
+		rev.snat_addr = p->saddr;
+		rev.snat_port = p->sport;
+		int adopted;
+		__u16 port = snat_reserve(p, fwd_key, be->addr, be->port, cfg->node_addr, &rev, &rev_key, &adopted);
+		if (!port) {
 			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
 			return drop_skb(skb, DROP_NO_SNAT_PORT);
 		}
-		if (entry) {
-			/* The port search may have forgotten the very flow being reopened. */
-			struct ct_key key;
-			ct_key_of(p, &key);
-			entry = ct.lookup(&key);
-		}
-		reply_dst = cfg->node_addr;
-		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
-		fwd.snat_addr = reply_dst;
-		fwd.snat_port = reply_port;
-		rev.snat_addr = p->saddr;
-		rev.snat_port = p->sport;
+		fwd.snat_addr = cfg->node_addr;
+		fwd.snat_port = port;
+		if (ct_commit_flow(fwd_key, &rev_key, &fwd, old_rev_key) < 0)
+			return drop_skb(skb, DROP_CT_CLASH);
 	}
-	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now, entry) < 0)
-		return drop_skb(skb, DROP_CT_CLASH);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
@@ -129,7 +128,7 @@ int from_uplink(struct __sk_buff *skb)
 	struct packet p;
 
 	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
-		return TC_ACT_OK;
+		return TC_ACT_NEXT;
 
 	struct ct_key key;
 	ct_key_of(&p, &key);
@@ -138,26 +137,34 @@ int from_uplink(struct __sk_buff *skb)
 		/* A local pod's flow: to_workload translates it after routing (its frontend may be
 		 * this node's own address, which the routing stack would call a martian source). */
 		if (!(entry->flags & CT_FLAG_UPLINK) || ct_forget_if_stale(&p, &key, entry))
-			return TC_ACT_OK;
+			return TC_ACT_NEXT;
 		/* A backend elsewhere answering an outside client's flow we SNATed. */
 		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
 		return uplink_reverse(skb, &p, entry);
 	}
+	struct ct_key old_rev_key, *reopens = NULL;
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
 		if (!(entry->flags & CT_FLAG_UPLINK))
-			return TC_ACT_OK;   /* a pod's flow: its tuple from outside is not ours to take */
+			return TC_ACT_NEXT;   /* a pod's flow: its tuple from outside is not ours to take */
 		if (!ct_is_reopen(&p, entry)) {
-			ct_touch_fwd(&p, entry, clock_now());
-			count_packet(skb, entry->svc_id, 0);
-			return uplink_forward(skb, &p, entry);
+			__u64 now = clock_now();
+			/* Once a tick: is the flow's reply half still there, and still its own? */
+			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
+				ct_touch_fwd(&p, entry, now);
+				count_packet(skb, entry->svc_id, 0);
+				return uplink_forward(skb, &p, entry);
+			}
+		} else {
+			old_rev_key = entry->twin;
+			reopens = &old_rev_key;
 		}
 	}
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
-		return new_external_flow(skb, &p, fe, entry, clock_now());
-	return TC_ACT_OK;
+		return new_external_flow(skb, &p, fe, &key, reopens, clock_now());
+	return TC_ACT_NEXT;
 }
 
 int to_uplink(struct __sk_buff *skb)
@@ -165,14 +172,14 @@ int to_uplink(struct __sk_buff *skb)
 	struct packet p;
 
 	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
-		return TC_ACT_OK;
+		return TC_ACT_NEXT;
 
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *rev = ct.lookup(&key);
 	if (!rev || rev->type != CT_TYPE_NAT_REV || (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) != CT_FLAG_UPLINK ||
 	    ct_forget_if_stale(&p, &key, rev))
-		return TC_ACT_OK;
+		return TC_ACT_NEXT;
 	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
 	return uplink_reverse(skb, &p, rev);
@@ -186,7 +193,9 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	__u8 macs[12];
 	__u32 ifindex;
 
-	if (fib_next_hop(ctx, saddr, daddr, p->proto, &ifindex, macs) < 0)
+	/* Only back out of the interface it came in on: the agent put XDP here because this interface
+	 * delivers what XDP sends (ebpflb/datapath/attach.py); another may not, and would drop it. */
+	if (fib_next_hop(ctx, saddr, daddr, p->proto, &ifindex, macs) < 0 || ifindex != ctx->ingress_ifindex)
 		return XDP_PASS;
 	if (xdp_rewrite(ctx, p, saddr, sport, daddr, dport) < 0)
 		return XDP_PASS;
@@ -199,7 +208,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	else
 		ct_touch_rev(p, entry, now);
 	count_bytes(entry->svc_id, data_end - data, 0);
-	return ifindex == ctx->ingress_ifindex ? XDP_TX : bpf_redirect(ifindex, 0);
+	return XDP_TX;
 }
 
 int xdp_uplink(struct xdp_md *ctx)
@@ -214,7 +223,8 @@ int xdp_uplink(struct xdp_md *ctx)
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && (entry->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT)) {
 		__u64 now = clock_now();
-		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry))
+		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry) &&
+		    (now <= entry->last_seen_ns || ct_reply_half_whole(&key, entry)))   /* else tc mends it */
 			return xdp_forward(ctx, &p, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
 					   entry->nat_addr, entry->nat_port, now);
 		if (entry->type == CT_TYPE_NAT_REV && (p.tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK))

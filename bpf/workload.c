@@ -37,7 +37,7 @@ static __always_inline int forward_established(struct __sk_buff *skb, const stru
 		return drop_skb(skb, DROP_REWRITE_FAILED);
 	/* Hairpin: the backend is this very pod: the routing stack would call its own address
 	 * martian, so deliver it back directly. */
-	return hairpin ? redirect_back(skb) : TC_ACT_OK;
+	return hairpin ? redirect_back(skb) : TC_ACT_NEXT;
 }
 
 /* Apply a NAT_REV entry: source back to the frontend, and for hairpin the destination too. */
@@ -48,13 +48,13 @@ static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packe
 
 	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, hairpin ? rev->snat_addr : p->daddr, p->dport) < 0)
 		return drop_skb(skb, DROP_REWRITE_FAILED);
-	return hairpin ? redirect_back(skb) : TC_ACT_OK;
+	return hairpin ? redirect_back(skb) : TC_ACT_NEXT;
 }
 
-/* entry: what conntrack holds for p's tuple (NULL, or the closed flow it reopens). */
+/* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL. */
 static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
-					    const struct nat_fe_value *fe, const struct ct_value *entry,
-					    __u64 now)
+					    const struct nat_fe_value *fe, const struct ct_key *fwd_key,
+					    const struct ct_key *old_rev_key, __u64 now)
 {
 	if (fe->count == 0)
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
@@ -65,8 +65,10 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		return drop_skb(skb, DROP_NO_BACKEND);
 
 	struct ct_value fwd = {}, rev = {};
+	struct ct_key rev_key;
 	__u32 reply_dst = p->saddr;
 
+	ct_new_pair(p, fwd_key, fe->id, be->addr, be->port, &fwd, &rev, now);
 	if (be->addr == p->saddr) {
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
@@ -77,7 +79,8 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		fwd.snat_addr = cfg->hairpin_addr;
 		rev.snat_addr = p->saddr;
 	}
-	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now, entry) < 0)
+	ct_reply_key(p, be->addr, be->port, reply_dst, p->sport, &rev_key);
+	if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key) < 0)
 		return drop_skb(skb, DROP_CT_CLASH);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
@@ -91,46 +94,54 @@ int from_workload(struct __sk_buff *skb)
 	enum parse_result res = parse_packet(skb, &p);
 
 	if (res == PARSE_NOT_IPV4 || res == PARSE_MALFORMED)
-		return TC_ACT_OK;   /* not ours, or not parsed whole: never translated */
+		return TC_ACT_NEXT;   /* not ours, or not parsed whole: never translated */
 	if (res != PARSE_OK)
 		/* A fragment: never let it reach a VIP untranslated. */
-		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_FRAGMENT_TO_SERVICE) : TC_ACT_OK;
+		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_FRAGMENT_TO_SERVICE) : TC_ACT_NEXT;
 	if (!is_l4_with_ports(&p))
 		/* A ClusterIP answers no ping and carries no other protocol. */
-		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_NOT_L4_TO_SERVICE) : TC_ACT_OK;
+		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_NOT_L4_TO_SERVICE) : TC_ACT_NEXT;
 
 	struct ct_key key;
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
 		if ((entry->flags & (CT_FLAG_SNAT | CT_FLAG_UPLINK)) != CT_FLAG_SNAT)
-			return TC_ACT_OK;   /* a backend answering: reverse NAT is at the client's side */
+			return TC_ACT_NEXT;   /* a backend answering: reverse NAT is at the client's side */
 		if (ct_forget_if_stale(&p, &key, entry))
-			return TC_ACT_OK;
+			return TC_ACT_NEXT;
 		/* The hairpin backend answering itself comes back in here. */
 		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
 		return reverse_nat(skb, &p, entry);
 	}
+	struct ct_key old_rev_key, *reopens = NULL;
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
 		if (entry->flags & CT_FLAG_UPLINK)
-			return TC_ACT_OK;   /* an outside client's flow: the uplink translates it, not a pod */
+			return TC_ACT_NEXT;   /* an outside client's flow: the uplink translates it, not a pod */
 		if (!ct_is_reopen(&p, entry)) {
-			ct_touch_fwd(&p, entry, clock_now());
-			count_packet(skb, entry->svc_id, 0);
-			return forward_established(skb, &p, entry);
+			__u64 now = clock_now();
+			/* Once a tick: is the flow's reply half still there, and still its own? */
+			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
+				ct_touch_fwd(&p, entry, now);
+				count_packet(skb, entry->svc_id, 0);
+				return forward_established(skb, &p, entry);
+			}
+		} else {
+			old_rev_key = entry->twin;
+			reopens = &old_rev_key;
 		}
 	}
 
 	/* Conntrack first, so a flow outlives its service as with kube-proxy; then, for pod-to-pod
 	 * traffic, a bit test instead of two more hash lookups. */
 	if (!lb_maybe_frontend_addr(p.daddr))
-		return TC_ACT_OK;
+		return TC_ACT_NEXT;
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (fe)
-		return new_service_flow(skb, &p, fe, entry, clock_now());
+		return new_service_flow(skb, &p, fe, &key, reopens, clock_now());
 	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
-	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_OK;
+	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_NEXT;
 }
 
 int to_workload(struct __sk_buff *skb)
@@ -138,7 +149,7 @@ int to_workload(struct __sk_buff *skb)
 	struct packet p;
 
 	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
-		return TC_ACT_OK;
+		return TC_ACT_NEXT;
 
 	struct ct_key key;
 	ct_key_of(&p, &key);
@@ -147,7 +158,7 @@ int to_workload(struct __sk_buff *skb)
 	    /* SNATed to the node's address: from_uplink restores address and port */
 	    (rev->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT) ||
 	    ct_forget_if_stale(&p, &key, rev))
-		return TC_ACT_OK;
+		return TC_ACT_NEXT;
 	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
 	return reverse_nat(skb, &p, rev);

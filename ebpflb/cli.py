@@ -101,7 +101,7 @@ def cmd_drops(args) -> None:
 
 def cmd_conntrack_clean(args) -> None:
     from ebpflb.datapath.conntrack import sweep
-    removed = sweep(_open_maps(args.pin_dir), args.ct_timeouts)
+    removed = sweep(_open_maps(args.pin_dir), args.ct_timeouts).deleted
     print(f"removed {removed} conntrack entries")
 
 

@@ -65,7 +65,7 @@ from ebpflb.datapath.libbpf import ffi as bpf_ffi, lib
 from ebpflb.datapath.structs import C, ffi, ip_str, to_bytes
 from tests.fuzz_packets import ETH_HLEN, TCP_PROTO, UDP_PROTO, l4_sum, ones_sum
 
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+TC_ACT_NEXT, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 2, 7   # TC_ACT_NEXT: TC_ACT_UNSPEC, the next filter sees it (bpf/consts.h)
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
 XDP_PROGRAMS = {"xdp_uplink"}
 WORKLOAD_PROGRAMS = {"from_workload", "to_workload"}
@@ -73,7 +73,7 @@ WORKLOAD_PROGRAMS = {"from_workload", "to_workload"}
 NOT_IPV4, MALFORMED, FRAGMENT, WHOLE = "not-ipv4", "malformed", "fragment", "whole"
 FWD, REV = C.CT_TYPE_NAT_FWD, C.CT_TYPE_NAT_REV
 SNAT, UPLINK = C.CT_FLAG_SNAT, C.CT_FLAG_UPLINK
-CT_VALUE = struct.Struct("=QQBBBBI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
+CT_VALUE = struct.Struct("=QQQBBHI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
 NOT_ONE_HOST = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")]
 
 
@@ -155,7 +155,7 @@ class Oracle:
         self.ids = {f.svc_id for f in self.frontends.values()}
         self.tally = Tally()
         self._key = bpf_ffi.new("char[16]")
-        self._value = bpf_ffi.new("char[56]")
+        self._value = bpf_ffi.new("char[]", CT_VALUE.size)
 
     # --- conntrack lookups, keyed by the bytes the packet carries
 
@@ -182,7 +182,7 @@ class Oracle:
         if run.flow and self._serves(prog, pkt, run.l4, proto):
             entry = self.ct_entry(pkt, run.l4, proto)
             if entry is not None:
-                ct_type, flags = entry[2], entry[3]
+                ct_type, flags = entry[3], entry[4]
                 run.held_before = ct_type == REV or (
                     ct_type == FWD and bool(flags & UPLINK) != (prog == "from_uplink"))
         return run
@@ -198,8 +198,8 @@ class Oracle:
     def _judge(self, run: Run, verdict: int, out: bytes) -> str:
         prog, pkt = run.prog, run.pkt
         xdp = prog in XDP_PROGRAMS
-        drop, passed = (XDP_DROP, XDP_PASS) if xdp else (TC_ACT_SHOT, TC_ACT_OK)
-        allowed = {XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT} if xdp else {TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT}
+        drop, passed = (XDP_DROP, XDP_PASS) if xdp else (TC_ACT_SHOT, TC_ACT_NEXT)
+        allowed = {XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT} if xdp else {TC_ACT_NEXT, TC_ACT_SHOT, TC_ACT_REDIRECT}
         if verdict not in allowed:
             raise Violation(f"verdict {verdict} is not one {prog} may return")
         to_service_ip = run.cls in (FRAGMENT, WHOLE) and pkt[30:34] in self.service_ips
@@ -316,7 +316,7 @@ class Oracle:
         entry = self.ct_entry(pkt, l4, proto)
         if entry is None:
             raise Violation("translated, but conntrack holds no entry for the packet's tuple")
-        _, _, ct_type, flags, _, _, svc_id, nat_addr, nat_port, snat_port, snat_addr, _, _ = entry
+        _, _, _, ct_type, flags, _, svc_id, nat_addr, nat_port, snat_port, snat_addr, _, _ = entry
         src, sport, dst, dport = pkt[26:30], pkt[l4:l4 + 2], pkt[30:34], pkt[l4 + 2:l4 + 4]
         o_src, o_sport, o_dst, o_dport = out[26:30], out[l4:l4 + 2], out[30:34], out[l4 + 2:l4 + 4]
         snat = bool(flags & SNAT)
@@ -388,7 +388,7 @@ class Oracle:
         if prog in XDP_PROGRAMS:
             ok = snat and by_fib
         elif not snat:
-            ok = verdict == TC_ACT_OK and kept
+            ok = verdict == TC_ACT_NEXT and kept
         elif prog in WORKLOAD_PROGRAMS:
             ok = verdict == TC_ACT_REDIRECT and swapped
         else:

@@ -9,7 +9,7 @@ from ebpflb.sync.addr_bits import WORD_BITS, addr_bit
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.datapath.structs import ffi
 from ebpflb.sync.writer import MapWriter
-from tests.test_datapath_packets import B, C_POD, SYN, TC_ACT_OK, from_pod, run
+from tests.test_datapath_packets import B, C_POD, SYN, TC_ACT_NEXT, from_pod, run
 
 
 
@@ -47,7 +47,7 @@ def expected_words(*addrs: str) -> dict[int, int]:
 
 def translated(dp, vip: str, sport: int) -> bool:
     verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=vip) / TCP(**{**SYN, "sport": sport})))
-    return verdict == TC_ACT_OK and IP(out[14:]).dst == B
+    return verdict == TC_ACT_NEXT and IP(out[14:]).dst == B
 
 
 def test_a_shared_bit_stays_while_any_address_needs_it(dp):
@@ -91,4 +91,4 @@ def test_a_flow_outlives_its_service_and_the_bit(dp):
     writer.apply(state())
     assert words(dp) == {}
     verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=_FIRST) / TCP(sport=44000, dport=8080, flags="A")))
-    assert verdict == TC_ACT_OK and IP(out[14:]).dst == B
+    assert verdict == TC_ACT_NEXT and IP(out[14:]).dst == B

@@ -11,7 +11,7 @@ import pytest
 from scapy.layers.inet import IP, TCP
 
 from ebpflb.datapath.loader import Datapath, DatapathOptions
-from tests.test_datapath_packets import (B, C_POD, SYN, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, VIP_EMPTY,
+from tests.test_datapath_packets import (B, C_POD, SYN, TC_ACT_NEXT, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, VIP_EMPTY,
                                          from_pod, program, run)
 
 TRACEFS = "/sys/kernel/tracing"
@@ -48,7 +48,7 @@ def test_bpf_trace_writes_each_new_flows_decision(load):
     dp = load(trace=True)
     program(dp, (VIP, 8080, 6, [B], 0))
     client = f"10.244.{random.randrange(1, 250)}.{random.randrange(1, 250)}"   # this run's own line
-    assert run(dp, "from_workload", from_pod(IP(src=client, dst=VIP) / TCP(**SYN)))[0] == TC_ACT_OK
+    assert run(dp, "from_workload", from_pod(IP(src=client, dst=VIP) / TCP(**SYN)))[0] == TC_ACT_NEXT
     with open(f"{TRACEFS}/trace") as trace:
         lines = [line for line in trace if f"ebpflb: service 1: {client} -> backend {B}" in line]
     assert lines, "no trace line for the new flow"

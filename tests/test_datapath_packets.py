@@ -7,7 +7,8 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_RR
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from ebpflb.datapath.conntrack import Timeouts, delete_unchanged, expired, forget_udp_flows_to, in_kernel, sweep
+from ebpflb.datapath.conntrack import (Timeouts, delete_unchanged, entries_of, expired, forget_udp_flows_to, in_kernel,
+                                       sweep)
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.datapath.libbpf import prog_test_run
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR
@@ -20,7 +21,7 @@ from tests.fuzz_packets import l4_sum, ones_sum
 # Every test under both ways of fixing L4 checksums (conftest.CSUM_MODES).
 loaded = loaded_both_ways
 
-TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT = 0, 2, 7
+TC_ACT_NEXT, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 2, 7   # TC_ACT_NEXT: TC_ACT_UNSPEC, the next filter sees it (bpf/consts.h)
 VIP, VIP_EMPTY, VIP_LOCAL = "10.96.0.2", "10.96.0.3", "10.96.0.4"
 A0, B, C_POD = "10.200.0.2", "10.200.1.2", "10.200.2.2"
 POD_MAC, GW_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
@@ -88,7 +89,7 @@ def test_first_packet_is_dnated_with_checksums_and_conntrack(dp):
     program(dp, (VIP, 8080, 6, [B], 0))
     pkt = from_pod(IP(src=C_POD, dst=VIP, id=7) / TCP(**SYN))
     verdict, out = run(dp, "from_workload", pkt)
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_NEXT
     assert out == with_checksums(from_pod(IP(src=C_POD, dst=B, id=7) / TCP(**SYN)))
     entries = ct_entries(dp)
     fwd = entries[(C_POD, 40000, VIP, 8080, 6)]
@@ -108,7 +109,7 @@ def test_established_packets_follow_the_first_ones_backend(dp):
     for seq in range(20):
         pkt = from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A", seq=seq) / Raw(b"x" * seq))
         verdict, out = run(dp, "from_workload", pkt)
-        assert verdict == TC_ACT_OK
+        assert verdict == TC_ACT_NEXT
         assert Ether(out)[IP].dst == chosen and checksums_valid(out)
 
 
@@ -126,7 +127,7 @@ def test_reply_is_reverse_nated_to_the_vip(dp):
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
     reply = to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA", seq=5, ack=1001) / Raw(b"hi"))
     verdict, out = run(dp, "to_workload", reply)
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_NEXT
     assert out == with_checksums(to_pod(IP(src=VIP, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA", seq=5, ack=1001) / Raw(b"hi")))
     rev = ct_entries(dp)[(B, 8080, C_POD, 40000, 6)]
     assert rev.tcp_seen & C.CT_TCP_SYN_REV
@@ -139,7 +140,7 @@ def test_traffic_that_is_not_for_a_service_passes_untouched(dp):
                 from_pod(IP(src=C_POD, dst=B) / ICMP()),
                 Ether(src=POD_MAC, dst=GW_MAC, type=0x86DD) / Raw(b"\x60" + b"\0" * 60)):
         for prog in ("from_workload", "to_workload"):
-            assert run(dp, prog, pkt) == (TC_ACT_OK, bytes(pkt))
+            assert run(dp, prog, pkt) == (TC_ACT_NEXT, bytes(pkt))
     assert not ct_entries(dp)
 
 
@@ -182,7 +183,7 @@ def test_udp_checksum_zero_stays_zero_and_nonzero_is_fixed(dp):
     raw = bytearray(bytes(from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353) / Raw(b"query"))))
     raw[14 + 20 + 6: 14 + 20 + 8] = b"\0\0"   # UDP checksum 0: "not computed"
     verdict, out = run(dp, "from_workload", bytes(raw))
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_NEXT
     udp = Ether(out)[UDP]
     assert udp.chksum == 0 and Ether(out)[IP].dst == B and udp.dport == 5353
     verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5001, dport=5353) / Raw(b"query")))
@@ -201,7 +202,7 @@ def test_a_wrong_checksum_is_translated_keeping_its_error(dp, l4):
     raw[24] ^= 0x01   # and the IP checksum
     tot = len(raw) - 14
     verdict, out = run(dp, "from_workload", bytes(raw))
-    assert verdict == TC_ACT_OK and Ether(out)[IP].dst == B and Ether(out).dport == (8080 if TCP in l4 else 5353)
+    assert verdict == TC_ACT_NEXT and Ether(out)[IP].dst == B and Ether(out).dport == (8080 if TCP in l4 else 5353)
     assert ones_sum(out[14:34]) == ones_sum(bytes(raw[14:34])) != 0
     assert l4_sum(out, 34, tot, raw[23]) == l4_sum(bytes(raw), 34, tot, raw[23]) != 0
 
@@ -210,7 +211,7 @@ def test_ip_options_are_kept_and_the_header_length_respected(dp):
     program(dp, (VIP, 8080, 6, [B], 0))
     opts = [IPOption_RR(routers=["1.2.3.4"])]
     verdict, out = run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP, options=opts) / TCP(**SYN)))
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_NEXT
     assert out == with_checksums(from_pod(IP(src=C_POD, dst=B, options=opts) / TCP(**SYN)))
     assert Ether(out)[IP].ihl > 5
 
@@ -220,7 +221,7 @@ def test_truncated_packets_pass_untouched(dp, cut):
     program(dp, (VIP, 8080, 6, [B], 0))
     pkt = bytes(from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))[:cut]
     for prog in ("from_workload", "to_workload"):
-        assert run(dp, prog, pkt) == (TC_ACT_OK, pkt)
+        assert run(dp, prog, pkt) == (TC_ACT_NEXT, pkt)
     assert not ct_entries(dp)
 
 
@@ -230,14 +231,14 @@ def test_ip_header_longer_than_the_packet_passes_untouched(dp):
     pkt[14] = 0x4F   # IHL 15: 60 bytes of header claimed, 40 bytes of packet present
     pkt = bytes(pkt)
     for prog in ("from_workload", "to_workload"):
-        assert run(dp, prog, pkt) == (TC_ACT_OK, pkt)
+        assert run(dp, prog, pkt) == (TC_ACT_NEXT, pkt)
     assert not ct_entries(dp)
 
 
 def test_lying_ip_length_passes_untouched(dp):
     program(dp, (VIP, 8080, 6, [B], 0))
     pkt = bytes(from_pod(IP(src=C_POD, dst=VIP, len=400) / TCP(**SYN)))
-    assert run(dp, "from_workload", pkt) == (TC_ACT_OK, pkt)
+    assert run(dp, "from_workload", pkt) == (TC_ACT_NEXT, pkt)
 
 
 @pytest.mark.parametrize("frag", [dict(flags="MF", frag=0), dict(flags=0, frag=10)], ids=["first", "later"])
@@ -248,7 +249,7 @@ def test_fragments_to_a_service_are_dropped_others_untouched(dp, frag):
     assert run(dp, "from_workload", to_vip)[0] == TC_ACT_SHOT
     assert dropped_since(dp, before) == {"fragment-to-service": 1}
     other = from_pod(IP(src=C_POD, dst=B, **frag) / Raw(b"\0" * 40))
-    assert run(dp, "from_workload", other) == (TC_ACT_OK, bytes(other))
+    assert run(dp, "from_workload", other) == (TC_ACT_NEXT, bytes(other))
 
 
 def test_hairpin_is_snated_and_sent_straight_back_both_ways(dp):
@@ -316,10 +317,10 @@ def test_sweep_expires_by_state(dp):
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
     now = max(v.last_seen_ns for v in ct_entries(dp).values())
     t = Timeouts()
-    assert sweep(dp.maps, t, now + int(59e9)) == 0
-    assert sweep(dp.maps, t, now + int(61e9)) == 2          # UDP idle 61 s; TCP established stays
+    assert sweep(dp.maps, t, now + int(59e9)).deleted == 0
+    assert sweep(dp.maps, t, now + int(61e9)).deleted == 2          # UDP idle 61 s; TCP established stays
     assert {k[4] for k in ct_entries(dp)} == {6}
-    assert sweep(dp.maps, t, now + int(3601e9)) == 2
+    assert sweep(dp.maps, t, now + int(3601e9)).deleted == 2
 
 
 def deleter(dp, where):
@@ -339,7 +340,7 @@ def test_sweep_spares_a_flow_reopened_after_it_was_judged(dp, where):
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**fin)))
     now = max(v.last_seen_ns for v in ct_entries(dp).values())
     judged = expired(dp.maps.ct.items(), Timeouts(), now + int(31e9))
-    assert len(judged) == 2                                   # closed, idle past tcp_fin
+    assert entries_of(judged) == 2                            # closed, idle past tcp_fin
 
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))   # the port reused
     assert delete(dp.maps.ct, judged) == 0
@@ -357,13 +358,13 @@ def test_sweep_in_kernel_takes_many_batches_and_skips_only_what_changed(dp):
         run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=sport, dport=5353)))
     now = max(v.last_seen_ns for v in ct_entries(dp).values())
     judged = expired(dp.maps.ct.items(), Timeouts(), now + int(61e9))
-    assert len(judged) == 2 * flows
-    key, value = judged[-1]
+    assert len(judged) == flows and entries_of(judged) == 2 * flows
+    key, value, _ = judged[-1]
     touched = ffi.new("struct ct_value *", value[0])
     touched.last_seen_ns += 1                     # a packet came in after the sweep read it
     dp.maps.ct.update(key, touched)
-    assert deleter(dp, "kernel")(dp.maps.ct, judged) == 2 * flows - 1
-    assert len(ct_entries(dp)) == 1
+    assert deleter(dp, "kernel")(dp.maps.ct, judged) == 2 * flows - 2
+    assert len(ct_entries(dp)) == 2               # that flow keeps both halves
 
 
 def test_timeouts_parse():
@@ -396,7 +397,7 @@ def test_a_direct_connection_reusing_a_closed_vip_flows_port_is_left_alone(dp):
     direct = [to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA", seq=99)),
               to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="A", seq=100) / Raw(b"data"))]
     for pkt in direct:
-        assert run(dp, "to_workload", pkt) == (TC_ACT_OK, bytes(pkt))
+        assert run(dp, "to_workload", pkt) == (TC_ACT_NEXT, bytes(pkt))
     assert (B, 8080, C_POD, 40000, 6) not in ct_entries(dp)   # the stale pair is gone
 
 
@@ -421,7 +422,7 @@ def test_a_stale_pair_is_forgotten_without_its_twin_when_the_twin_moved_on(dp):
                                             "src_port": port_be(8080), "dst_port": port_be(40000), "proto": 6})
     dp.maps.ct.update(stale_key, stale)     # an old pair's reply half, naming the client's tuple
     verdict, _ = run(dp, "to_workload", to_pod(IP(src=A0, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_NEXT
     entries = ct_entries(dp)
     assert (A0, 8080, C_POD, 40000, 6) not in entries           # the stale half is gone
     assert fwd_key in entries and (B, 8080, C_POD, 40000, 6) in entries   # the live flow is whole

@@ -9,7 +9,7 @@ from tests.conftest import NODE_ADDR
 from tests.fuzz_cluster import (CLIENT, EXTERNAL_IP, GUARDED_LB_IP, LOCAL_CLIENT_POD, OTHER_CLIENT, flow_packet,
                                 program_cluster, uplink_namespace)
 from tests.lab import in_netns
-from tests.test_datapath_packets import LO, TC_ACT_OK, TC_ACT_SHOT, ct_entries, dropped_since, drops, run
+from tests.test_datapath_packets import LO, TC_ACT_NEXT, TC_ACT_SHOT, ct_entries, dropped_since, drops, run
 
 WEB_VIP, GUARDED_VIP = "10.96.0.10", "10.96.0.30"
 
@@ -49,7 +49,7 @@ def test_from_workload_leaves_an_outside_clients_flow_to_the_uplink(dp, cluster)
     cluster("from_uplink", flow_packet(CLIENT, 42003, NODE_ADDR, 30053, 17))   # takes SNAT port 42003
     cluster("from_uplink", packet)                                             # so this flow gets another
     before = flows(dp)
-    assert cluster("from_workload", packet) == (TC_ACT_OK, packet)
+    assert cluster("from_workload", packet) == (TC_ACT_NEXT, packet)
     assert flows(dp) == before
 
 
@@ -61,7 +61,7 @@ def test_to_workload_leaves_a_node_snated_reply_to_the_uplink(dp, cluster):
                            "0000000050042000db190000")
     cluster("from_uplink", flow_packet(OTHER_CLIENT, 42002, NODE_ADDR, 30081, 6, "S"))
     before = flows(dp)
-    assert cluster("to_workload", packet) == (TC_ACT_OK, packet)
+    assert cluster("to_workload", packet) == (TC_ACT_NEXT, packet)
     assert flows(dp) == before
     rev = ct_entries(dp)[("10.200.1.6", 80, NODE_ADDR, 42002, 6)]
     assert not rev.tcp_seen & C.CT_TCP_RST
@@ -73,9 +73,9 @@ def test_from_uplink_leaves_a_pods_flow_alone(dp, cluster):
     a flow that no longer pointed back (the fuzzer's "NAT_REV whose NAT_FWD belongs to another
     flow", e.g. 10.200.2.9:8080->10.200.0.9:43065/17)."""
     packet = bytes(flow_packet(LOCAL_CLIENT_POD, 43065, EXTERNAL_IP, 8080, 17, payload=b"q"))
-    assert cluster("from_workload", packet)[0] == TC_ACT_OK
+    assert cluster("from_workload", packet)[0] == TC_ACT_NEXT
     before = flows(dp)
-    assert cluster("from_uplink", packet) == (TC_ACT_OK, packet)
+    assert cluster("from_uplink", packet) == (TC_ACT_NEXT, packet)
     assert flows(dp) == before
 
 
@@ -111,7 +111,7 @@ def test_a_reopened_flow_takes_its_old_reply_entry_with_it(dp, cluster):
     entries = ct_entries(dp)
     assert (*first, LOCAL_CLIENT_POD, 41005, 6) not in entries
     stale_syn_ack = flow_packet(*first, LOCAL_CLIENT_POD, 41005, 6, "SA")
-    assert cluster("to_workload", stale_syn_ack) == (TC_ACT_OK, bytes(stale_syn_ack))
+    assert cluster("to_workload", stale_syn_ack) == (TC_ACT_NEXT, bytes(stale_syn_ack))
     assert backend() == second
 
 
@@ -123,13 +123,13 @@ def test_a_new_flow_never_takes_the_reply_entry_of_a_live_one(dp, cluster):
     client's retry picks again; with one backend it waits until the first flow is gone)."""
     first = flow_packet(LOCAL_CLIENT_POD, 44000, GUARDED_VIP, 53, 17, payload=b"q")
     second = flow_packet(LOCAL_CLIENT_POD, 44000, GUARDED_LB_IP, 53, 17, payload=b"q")
-    assert cluster("from_workload", first)[0] == TC_ACT_OK
+    assert cluster("from_workload", first)[0] == TC_ACT_NEXT
     before = drops(dp)
     assert cluster("from_workload", second)[0] == TC_ACT_SHOT
     assert dropped_since(dp, before) == {"ct-clash": 1}
     answer = flow_packet("10.200.1.6", 53, LOCAL_CLIENT_POD, 44000, 17, payload=b"a")
     verdict, out = cluster("to_workload", answer)
-    assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[UDP].sport) == (GUARDED_VIP, 53)
+    assert verdict == TC_ACT_NEXT and (Ether(out)[IP].src, Ether(out)[UDP].sport) == (GUARDED_VIP, 53)
 
 
 # --- ICMP errors only to one host

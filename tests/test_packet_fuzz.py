@@ -74,7 +74,8 @@ class Runner:
             ctx = self.skb_ctx[self.uplink_ifindex if "uplink" in prog else 1]
             opts.ctx_in, opts.ctx_size_in = ctx, 192
         check(lib.bpf_prog_test_run_opts(self.fds[prog], opts), f"test run of {prog}")
-        return opts.retval, bpf_ffi.buffer(self.out, opts.data_size_out)[:]
+        retval = opts.retval - (1 << 32) if opts.retval >= 1 << 31 else opts.retval   # TC_ACT_UNSPEC is -1
+        return retval, bpf_ffi.buffer(self.out, opts.data_size_out)[:]
 
 
 @pytest.fixture(scope="module")

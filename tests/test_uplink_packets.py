@@ -10,7 +10,7 @@ from ebpflb.datapath.structs import C, ffi, ip_be, ip_str, new, port_int
 from ebpflb.sync.writer import MapWriter
 from tests.conftest import NODE_ADDR, loaded_both_ways
 from tests.lab import in_netns, routed_uplink
-from tests.test_datapath_packets import (TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, dropped_since,
+from tests.test_datapath_packets import (TC_ACT_NEXT, TC_ACT_REDIRECT, TC_ACT_SHOT, VIP, ct_entries, dropped_since,
                                          drops, from_pod, run, with_checksums)
 
 # Every test under both ways of fixing L4 checksums (conftest.CSUM_MODES).
@@ -125,10 +125,10 @@ def test_local_policy_keeps_the_client_address_and_to_uplink_translates_the_repl
     program(dp, [(NODE_ADDR, NODEPORT, EXT | EXT_LOCAL)], [A0, B], local=1)
     for sport in range(40000, 40020):   # always the local one
         verdict, out = run(dp, "from_uplink", syn(CLIENT, NODE_ADDR, sport=sport))
-        assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[IP].dst) == (CLIENT, A0)
+        assert verdict == TC_ACT_NEXT and (Ether(out)[IP].src, Ether(out)[IP].dst) == (CLIENT, A0)
     reply = Ether() / IP(src=A0, dst=CLIENT) / TCP(sport=8080, dport=40000, flags="SA")
     verdict, out = run(dp, "to_uplink", reply)
-    assert verdict == TC_ACT_OK
+    assert verdict == TC_ACT_NEXT
     assert out == with_checksums(Ether() / IP(src=NODE_ADDR, dst=CLIENT) / TCP(sport=NODEPORT, dport=40000, flags="SA"))
 
 
@@ -157,7 +157,7 @@ def test_cluster_policy_without_endpoints_gets_port_unreachable(dp):
 def test_cluster_ips_are_not_served_from_outside(dp):
     program(dp, [(VIP, 8080, 0)], [B])
     pkt = syn(CLIENT, VIP, dport=8080)
-    assert run(dp, "from_uplink", pkt) == (TC_ACT_OK, bytes(pkt))
+    assert run(dp, "from_uplink", pkt) == (TC_ACT_NEXT, bytes(pkt))
     assert not ct_entries(dp)
 
 
@@ -185,16 +185,16 @@ def test_other_traffic_on_the_uplink_passes_untouched(dp):
     for pkt in (syn(CLIENT, NODE_ADDR, dport=22), inbound(IP(src=CLIENT, dst=A0) / UDP(sport=1, dport=2)),
                 inbound(IP(src=CLIENT, dst=NODE_ADDR) / Raw(b"\0" * 8))):
         for prog in ("from_uplink", "to_uplink"):
-            assert run(dp, prog, pkt) == (TC_ACT_OK, bytes(pkt))
+            assert run(dp, prog, pkt) == (TC_ACT_NEXT, bytes(pkt))
 
 
 def test_a_pod_flows_reply_passes_the_uplink_for_its_veth_to_translate(dp):
     program(dp, [(VIP, 8080, 0)], [B])
     run(dp, "from_workload", from_pod(IP(src="10.200.2.2", dst=VIP) / TCP(sport=40000, dport=8080, flags="S")))
     reply = inbound(IP(src=B, dst="10.200.2.2") / TCP(sport=8080, dport=40000, flags="SA"))
-    assert run(dp, "from_uplink", reply) == (TC_ACT_OK, bytes(reply))
+    assert run(dp, "from_uplink", reply) == (TC_ACT_NEXT, bytes(reply))
     verdict, out = run(dp, "to_workload", reply)
-    assert verdict == TC_ACT_OK and (Ether(out)[IP].src, Ether(out)[TCP].sport) == (VIP, 8080)
+    assert verdict == TC_ACT_NEXT and (Ether(out)[IP].src, Ether(out)[TCP].sport) == (VIP, 8080)
 
 
 def test_no_route_to_the_backend_drops_instead_of_sending_it_astray(dp, routed):

@@ -184,7 +184,7 @@ def test_drops_sum_the_cpus_name_every_reason_and_keep_an_unknown_one_that_count
     totals = drop_totals(entries)
     assert totals["source-range"] == (3, 180) and totals["no-route"] == (0, 0) and totals["reason-14"] == (1, 90)
     assert "reason-15" not in totals and list(totals)[:2] == ["no-local-endpoint", "no-endpoints"]
-    assert len(totals) == 12                            # the eleven reasons, and the unknown one
+    assert len(totals) == 13                            # the twelve reasons, and the unknown one
     lines = drop_lines(totals)
     assert lines[4] == "source-range                    3 packets             180 bytes"
     assert drop_records(totals)[4] == {"reason": "source-range", "packets": 3, "bytes": 180}

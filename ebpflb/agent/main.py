@@ -229,12 +229,13 @@ class Agent:
         delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
         while not self.stopped.wait(self.config.sweep_interval):
             try:
-                deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
+                swept = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue
-            if deleted:
-                log.info("conntrack: %d expired entries removed", deleted)
+            if swept.deleted or swept.spared:
+                log.info("conntrack: %d expired entries removed, %d spared (the flow woke or its keys were "
+                         "reused since it was judged)", swept.deleted, swept.spared)
             ct = self.datapath.maps.ct
             self.pressure.check("conntrack", ct.count(), ct.max_entries)
 

@@ -68,37 +68,62 @@ def twin_of(value, index: dict[bytes, tuple]):
 
 
 def expired(entries, timeouts: Timeouts, now_ns: int) -> list[tuple]:
-    """(key, value) of every entry whose flow has been idle past its state's timeout: both halves
-    of a flow together, judged by the later last-seen of the two."""
+    """One (key, value, twin value or None) per flow idle past its state's timeout, judged by the
+    later last-seen of its two halves: the reply half's key first when it has one (that is the half
+    the programs claim before they delete). A half whose twin is missing is a flow of its own."""
     index = by_key(entries)
-    doomed = []
-    for key, value in index.values():
+    doomed, seen = [], set()
+    for raw, (key, value) in index.items():
+        if raw in seen:
+            continue
         twin = twin_of(value, index)
-        rev = value if value.type == C.CT_TYPE_NAT_REV else (twin[1] if twin else None)
+        if twin is not None and to_bytes(ffi.addressof(twin[1], "twin")) != raw:
+            twin = None   # the entry there belongs to another flow
+        if twin is not None:
+            seen.add(to_bytes(twin[0]))
+            if value.type != C.CT_TYPE_NAT_REV and twin[1].type == C.CT_TYPE_NAT_REV:
+                key, value, twin = twin[0], twin[1], (key, value)
+        rev = value if value.type == C.CT_TYPE_NAT_REV else None
         tcp_seen = rev.tcp_seen if rev else 0
         last_seen = max(value.last_seen_ns, twin[1].last_seen_ns if twin else 0)
+        if value.last_seen_ns == C.CT_CLAIMED or (twin and twin[1].last_seen_ns == C.CT_CLAIMED):
+            continue   # being deleted right now
         if now_ns - last_seen > timeout_for(key.proto, tcp_seen, timeouts) * 1e9:
-            doomed.append((key, value))
+            doomed.append((key, value, twin[1] if twin else None))
     return doomed
 
 
+def entries_of(judged) -> int:
+    """How many map entries the judged flows hold."""
+    return sum(1 + (twin is not None) for _, _, twin in judged)
+
+
 def delete_unchanged(ct, judged) -> int:
-    """Delete each (key, value) whose entry still holds exactly that value: between reading the
-    map and deleting, a SYN on a reused port may have put a new flow at the same key, and deleting
-    it would leave its SYN-ACK untranslated (the client resets it and retries a second later).
-    Here the re-read and the delete are two syscalls apart; the agent uses in_kernel(), where they
-    are a few instructions apart. Returns entries deleted."""
+    """Delete each judged flow, both halves together, only while both still hold exactly what was
+    judged (and a missing twin is still missing): between reading the map and deleting, a SYN on
+    a reused port may have put a new flow at the same keys, or a packet woken the flow. Here the
+    re-read and the deletes are syscalls apart; the agent uses in_kernel(), where they are a few
+    instructions apart and the programs' claims guard them. Returns entries deleted."""
     deleted = 0
-    for key, value in judged:
-        current = ct.lookup(key)
-        if current is not None and to_bytes(current) == to_bytes(value):
-            deleted += ct.delete(key)
+    for key, value, twin_value in judged:
+        twin_key = ffi.new("struct ct_key *", value.twin)
+        current, current_twin = ct.lookup(key), ct.lookup(twin_key)
+        if current is None or to_bytes(current) != to_bytes(value):
+            continue
+        if twin_value is None:
+            if current_twin is not None and to_bytes(ffi.addressof(current_twin, "twin")) == to_bytes(key):
+                continue
+        elif current_twin is None or to_bytes(current_twin) != to_bytes(twin_value):
+            continue
+        deleted += ct.delete(key)
+        if twin_value is not None:
+            deleted += ct.delete(twin_key)
     return deleted
 
 
 def in_kernel(prog_fd: int):
     """delete_unchanged() done by bpf/ct_sweep.c (prog_fd: its ct_delete_unchanged), a batch of
-    CT_SWEEP_BATCH entries per test run."""
+    CT_SWEEP_BATCH flows per test run."""
     padding = bytes(C.CT_SWEEP_PADDING)
     record_size = ffi.sizeof("struct ct_sweep_record")
 
@@ -107,18 +132,28 @@ def in_kernel(prog_fd: int):
         for start in range(0, len(judged), C.CT_SWEEP_BATCH):
             batch = judged[start:start + C.CT_SWEEP_BATCH]
             records = ffi.new("struct ct_sweep_record[]", len(batch))
-            for record, (key, value) in zip(records, batch):
+            for record, (key, value, twin_value) in zip(records, batch):
                 record.key, record.value = key[0], value[0]
+                if twin_value is not None:
+                    record.twin_value = twin_value[0]
             deleted += prog_test_run(prog_fd, padding + ffi.buffer(records, record_size * len(batch))[:])[0]
         return deleted
     return delete
 
 
-def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged) -> int:
+@dataclass(frozen=True)
+class SweepResult:
+    deleted: int   # entries
+    spared: int    # entries judged expired that woke (or were reused) before they could go
+
+
+def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged) -> SweepResult:
     """Delete flows idle past their timeout, unless they came back to life meanwhile (`delete`:
-    delete_unchanged, or in_kernel(fd)). Returns entries deleted."""
+    delete_unchanged, or in_kernel(fd))."""
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
-    return delete(maps.ct, expired(maps.ct.items(), timeouts, now_ns))
+    judged = expired(maps.ct.items(), timeouts, now_ns)
+    deleted = delete(maps.ct, judged)
+    return SweepResult(deleted, entries_of(judged) - deleted)
 
 
 def remove_between(maps: Maps, proto: int, addr1: str, addr2: str) -> int:

@@ -131,11 +131,21 @@ def _xdp_md(packet: bytes, ingress_ifindex: int):
     return ffi.new("__u32[6]", [0, len(packet), 0, ingress_ifindex, 0, 0])
 
 
-def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0, xdp: bool = False):
+# struct __sk_buff, as __u32 words: where the fields a test run may set sit (uapi/linux/bpf.h).
+SKB_IFINDEX_WORD = 10        # ifindex, offset 40
+SKB_GSO_SEGS_WORD = 41       # gso_segs, offset 164
+SKB_GSO_SIZE_WORD = 44       # gso_size, offset 176
+SKB_WORDS = 48               # sizeof(struct __sk_buff) = 192
+
+
+def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0, xdp: bool = False,
+                  gso_size: int = 0, gso_segs: int = 0):
     """Run a tc (or, with xdp=True, an XDP) program on `packet` with BPF_PROG_TEST_RUN.
 
-    Returns (retval, packet_out, avg_ns_per_run). `ifindex` sets skb->ifindex, or the XDP
-    ingress_ifindex (a device of the calling thread's namespace; 0: the kernel's default).
+    Returns (retval, packet_out, avg_ns_per_run); retval signed (tc's TC_ACT_UNSPEC is -1).
+    `ifindex` sets skb->ifindex, or the XDP ingress_ifindex (a device of the calling thread's
+    namespace; 0: the kernel's default). gso_size/gso_segs make the skb a GSO one, as TSO senders
+    and GRO hand them to tc (the test-run API takes no gso_type nor checksum state).
     """
     out = ffi.new("char[]", max(len(packet) + 512, 256))
     opts, data_in = _test_run_opts(packet, repeat)
@@ -146,14 +156,16 @@ def prog_test_run(prog_fd: int, packet: bytes, repeat: int = 1, ifindex: int = 0
         ctx = _xdp_md(packet, ifindex)
         opts.ctx_in = ctx
         opts.ctx_size_in = ffi.sizeof(ctx)
-    elif ifindex:
-        # struct __sk_buff: ifindex is the 10th __u32 (offset 40); the kernel takes the rest as 0.
-        ctx = ffi.new("__u32[48]")
-        ctx[10] = ifindex
+    elif ifindex or gso_size:
+        ctx = ffi.new(f"__u32[{SKB_WORDS}]")   # the kernel takes what is not set as 0
+        ctx[SKB_IFINDEX_WORD] = ifindex
+        ctx[SKB_GSO_SEGS_WORD] = gso_segs
+        ctx[SKB_GSO_SIZE_WORD] = gso_size
         opts.ctx_in = ctx
         opts.ctx_size_in = ffi.sizeof(ctx)
     check(lib.bpf_prog_test_run_opts(prog_fd, opts), "bpf_prog_test_run_opts")
-    return opts.retval, ffi.buffer(out, opts.data_size_out)[:], opts.duration
+    retval = opts.retval - (1 << 32) if opts.retval >= 1 << 31 else opts.retval
+    return retval, ffi.buffer(out, opts.data_size_out)[:], opts.duration
 
 
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
