@@ -7,7 +7,9 @@
  *  - a reply tuple is only ever taken by inserting it where it is absent (BPF_NOEXIST), so two
  *    flows never share one; a taken one is given up only by a flow that closed or moved on;
  *  - an existing reply half is deleted or replaced only by whoever claimed it first: swapped its
- *    last_seen_ns, atomically, from the value read to CT_CLAIMED. The sweep claims the same way;
+ *    last_seen_ns, atomically, from the value read to CT_CLAIMED, then checked to still be the
+ *    entry decided on (the LRU recycles a deleted element at once, under other CPUs' pointers).
+ *    The sweep claims both halves the same way;
  *  - a pair that lost a half (LRU eviction) gets it back whole from the other: the forward half
  *    by the client's next packet (the flow's hash picks the same backend, snat.h's candidate order
  *    finds the same SNAT port, ct_reserve_reply() adopts the reply half as it is, TCP state and
@@ -65,31 +67,45 @@ static __always_inline int ct_tcp_closed(const struct ct_value *rev)
 	       (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)) == (CT_TCP_FIN_FWD | CT_TCP_FIN_REV);
 }
 
-/* The right to delete or replace an entry: last_seen swapped to CT_CLAIMED from what was read.
- * Only one CPU wins; a touch never moves a claimed entry (ct_touch_time()), so a claim fails
- * only when a packet touched the entry in between (tried twice) or another CPU claimed it. */
-static __always_inline int ct_claim(struct ct_value *entry)
+/* What an entry must still be for its claimer to delete it (ct_forget()). */
+enum ct_forget_if {
+	CT_IF_NAMED,    /* still names the same twin */
+	CT_IF_ENDING,   /* and has seen a FIN or RST */
+	CT_IF_CLOSED,   /* and is closed (ct_tcp_closed()) */
+};
+
+static __always_inline int ct_still(const struct ct_value *entry, const struct ct_key *twin, enum ct_forget_if cond)
 {
-#pragma unroll
-	for (int i = 0; i < 2; i++) {
-		__u64 seen = entry->last_seen_ns;
-		if (seen == CT_CLAIMED)
-			return 0;
-		if (__sync_val_compare_and_swap(&entry->last_seen_ns, seen, CT_CLAIMED) == seen)
-			return 1;
-	}
-	return 0;
+	if (!ct_key_equal(&entry->twin, twin))
+		return 0;
+	if (cond == CT_IF_CLOSED)
+		return ct_tcp_closed(entry);
+	if (cond == CT_IF_ENDING)
+		return (entry->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST)) != 0;
+	return 1;
 }
 
-/* Forget the reply half at rev_key, once claimed, and with with_fwd its forward twin while that
- * still names it (a client that reopened its tuple already has a newer pair). -1: someone else
- * holds the claim (the sweep, another CPU forgetting it): it goes, but not by us. */
-static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_value *rev, int with_fwd)
+/* Forget the reply half at rev_key (entry: what its lookup gave) and, with with_fwd, its forward
+ * twin while that still names it (a client that reopened its tuple already has a newer pair).
+ *
+ * Only its claimer deletes an entry: last_seen swapped to CT_CLAIMED from what was read, so one
+ * CPU wins, and a touch never moves a claimed entry (ct_touch_time()). The LRU map recycles a
+ * deleted element at once, so the pointer may meanwhile hold another flow's entry, at this key or
+ * another: after the claim, the element must still be the one at rev_key and still be what the
+ * decision was made on (cond, naming twin), or the claim is given back. -1 when it was not ours
+ * to forget (claimed by someone else, or changed). */
+static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_value *rev, const struct ct_key *twin,
+				     enum ct_forget_if cond, int with_fwd)
 {
-	if (!ct_claim(rev))
+	__u64 seen = rev->last_seen_ns;
+	if (seen == CT_CLAIMED || __sync_val_compare_and_swap(&rev->last_seen_ns, seen, CT_CLAIMED) != seen)
 		return -1;
+	if (ct.lookup((struct ct_key *)rev_key) != rev || rev->type != CT_TYPE_NAT_REV || !ct_still(rev, twin, cond)) {
+		rev->last_seen_ns = seen;   /* ours to give back: nobody else writes a claimed entry */
+		return -1;
+	}
 	if (with_fwd) {
-		struct ct_key fwd_key = rev->twin;
+		struct ct_key fwd_key = *twin;
 		struct ct_value *fwd = ct.lookup(&fwd_key);
 		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key))
 			ct.delete(&fwd_key);
@@ -175,6 +191,8 @@ static __always_inline int ct_check_reply_half(const struct ct_key *fwd_key, con
 	struct ct_value *rev = ct.lookup(&rev_key);
 
 	if (!rev) {
+		if (fwd->last_seen_ns == CT_CLAIMED)
+			return 0;   /* the sweep claimed the pair and is deleting it: no mending */
 		struct ct_value lost = {};
 		ct_reply_half_of(fwd_key, fwd, &lost, now);
 		if (ct.insert(&rev_key, &lost) == 0)
@@ -207,7 +225,8 @@ enum ct_reservation {
 /* Take the reply tuple rev_key for the flow fwd_key (rev: its new NAT_REV). Another flow's reply
  * half is given up only when that flow closed (TCP) or moved on (its forward half names another
  * reply tuple); one whose forward half is missing is live: another CPU may be writing it (the
- * reply half goes first), or the flow lost it and gets it back. */
+ * reply half goes first), or the flow lost it and gets it back. This flow's own reply half is
+ * adopted as it is (with this packet's FIN or RST). */
 static __always_inline enum ct_reservation ct_reserve_reply(const struct packet *p, struct ct_key *rev_key,
 							    const struct ct_key *fwd_key, struct ct_value *rev)
 {
@@ -218,17 +237,24 @@ static __always_inline enum ct_reservation ct_reserve_reply(const struct packet 
 		return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
 	if (held->last_seen_ns == CT_CLAIMED || held->type != CT_TYPE_NAT_REV)
 		return CT_TAKEN;
+	struct ct_key holder = held->twin;
 	int closed = p->proto == IPPROTO_TCP && ct_tcp_closed(held);
-	if (ct_key_equal(&held->twin, fwd_key)) {
-		if (!closed)
+	if (ct_key_equal(&holder, fwd_key)) {
+		if (!closed) {
+			ct_add_tcp_bits(held, ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST));
 			return CT_ADOPTED;
+		}
 	} else if (!closed) {
-		struct ct_value *owner = ct.lookup(&held->twin);
-		if (!owner || (owner->type == CT_TYPE_NAT_FWD && ct_key_equal(&owner->twin, rev_key)))
+		/* Moved on: its forward half names another reply tuple, and was written after this
+		 * one. A reply half newer than its forward half is a flow being made (or reopened) on
+		 * another CPU right now: it writes the reply half first. */
+		struct ct_value *owner = ct.lookup(&holder);
+		if (!owner || owner->type != CT_TYPE_NAT_FWD || ct_key_equal(&owner->twin, rev_key) ||
+		    held->created_ns >= owner->created_ns)
 			return CT_TAKEN;
 	}
 	/* A closed flow's pair goes whole; a moved-on flow's leftover goes alone. */
-	if (ct_forget(rev_key, held, closed) < 0)
+	if (ct_forget(rev_key, held, &holder, closed ? CT_IF_CLOSED : CT_IF_NAMED, closed) < 0)
 		return CT_TAKEN;
 	return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
 }
@@ -276,8 +302,8 @@ static __always_inline int ct_commit_flow(const struct ct_key *fwd_key, const st
 	fwd->twin = *rev_key;
 	if (old_rev_key && !ct_key_equal(old_rev_key, rev_key)) {
 		struct ct_value *old_rev = ct.lookup((struct ct_key *)old_rev_key);
-		if (old_rev && old_rev->type == CT_TYPE_NAT_REV && ct_key_equal(&old_rev->twin, fwd_key))
-			ct_forget(old_rev_key, old_rev, 0);
+		if (old_rev && old_rev->type == CT_TYPE_NAT_REV)
+			ct_forget(old_rev_key, old_rev, fwd_key, CT_IF_NAMED, 0);
 	}
 	return ct.update((struct ct_key *)fwd_key, fwd);
 }
@@ -303,18 +329,34 @@ static __always_inline int ct_forget_if_stale(const struct packet *p, struct ct_
 	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK) ||
 	    !(rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST)))
 		return 0;
-	ct_forget(key, rev, 1);   /* its twin only while that still names it */
+	struct ct_key twin = rev->twin;
+	ct_forget(key, rev, &twin, CT_IF_ENDING, 1);   /* its twin only while that still names it */
 	return 1;
 }
 
-static __always_inline int ct_value_equal(const struct ct_value *a, const struct ct_value *b)
+/* The same value, last_seen aside (skip: that word's index, or -1 for none). */
+static __always_inline int ct_value_equal(const struct ct_value *a, const struct ct_value *b, int skip)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 #pragma unroll
 	for (int i = 0; i < sizeof(*a) / sizeof(__u64); i++)
-		if (x[i] != y[i])
+		if (i != skip && x[i] != y[i])
 			return 0;
 	return 1;
+}
+
+#define CT_LAST_SEEN_WORD 1   /* struct ct_value's last_seen_ns, in __u64 words */
+
+/* The sweep's claim of an entry it judged: swapped from the last_seen it judged, then checked to
+ * still be that very entry at that key (an LRU element can be recycled under a pointer). */
+static __always_inline int ct_claim_judged(struct ct_key *key, struct ct_value *entry, const struct ct_value *judged)
+{
+	if (__sync_val_compare_and_swap(&entry->last_seen_ns, judged->last_seen_ns, CT_CLAIMED) != judged->last_seen_ns)
+		return 0;
+	if (ct.lookup(key) == entry && ct_value_equal(entry, judged, CT_LAST_SEEN_WORD))
+		return 1;
+	entry->last_seen_ns = judged->last_seen_ns;   /* not what was judged: given back */
+	return 0;
 }
 
 /* The sweep's delete of one flow it judged expired (bpf/ct_sweep.c): key and judged are one half
@@ -326,27 +368,29 @@ static __always_inline int ct_sweep_flow(struct ct_key *key, const struct ct_val
 					 const struct ct_value *judged_twin)
 {
 	struct ct_value *entry = ct.lookup(key);
-	if (!entry || !ct_value_equal(entry, judged))
+	if (!entry || !ct_value_equal(entry, judged, -1))
 		return 0;
 	struct ct_key twin_key = judged->twin;
 	struct ct_value *twin = ct.lookup(&twin_key);
 	if (judged_twin->type) {
-		if (!twin || !ct_value_equal(twin, judged_twin))
+		if (!twin || !ct_value_equal(twin, judged_twin, -1))
 			return 0;
 	} else {
 		if (twin && ct_key_equal(&twin->twin, key))
 			return 0;   /* the lost half is back */
 		twin = NULL;
 	}
-	if (__sync_val_compare_and_swap(&entry->last_seen_ns, judged->last_seen_ns, CT_CLAIMED) != judged->last_seen_ns)
+	if (!ct_claim_judged(key, entry, judged))
 		return 0;
-	if (twin &&
-	    __sync_val_compare_and_swap(&twin->last_seen_ns, judged_twin->last_seen_ns, CT_CLAIMED) != judged_twin->last_seen_ns) {
+	if (twin && !ct_claim_judged(&twin_key, twin, judged_twin)) {
 		entry->last_seen_ns = bpf_ktime_get_ns();   /* ours to give back: the flow just woke */
 		return 0;
 	}
-	int deleted = ct.delete(key) == 0;
+	/* The forward half first: a packet that finds only the claimed reply half meanwhile leaves
+	 * it alone, one that finds only the forward half would put the reply half back. */
+	int deleted = 0;
 	if (twin)
 		deleted += ct.delete(&twin_key) == 0;
+	deleted += ct.delete(key) == 0;
 	return deleted;
 }
