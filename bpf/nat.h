@@ -119,7 +119,33 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct packe
 	return rewrite_tuple((void *)(long)skb->data, (void *)(long)skb->data_end, p, saddr, sport, daddr, dport, fix);
 }
 
-/* XDP: frames carry whole checksums (no skb, no offload state). */
+/* A frame whose L4 checksum field holds only its pseudo-header sum is a CHECKSUM_PARTIAL skb's,
+ * its checksum left to offload: a veth uplink carries what its peer's stack sends that way (a
+ * NIC's wire never does). XDP cannot see the skb's state and would fix the field as a whole
+ * checksum, which the receiver then refuses: such a frame is tc's, which knows. (A whole checksum
+ * equal to the pseudo-header sum, 1 in 65536, only takes the slower path too.) */
+static __always_inline int xdp_csum_partial(struct xdp_md *ctx, const struct packet *p)
+{
+	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
+	struct iphdr *iph = data + ETH_HLEN_;
+	__u32 off = p->l4_csum_off;
+
+	if ((void *)(iph + 1) > data_end || off < ETH_HLEN_ + 20 || off > ETH_HLEN_ + 60 + 16)
+		return 0;
+	__u16 *check = data + off;
+	if ((void *)(check + 1) > data_end)
+		return 0;
+	__u32 l4_len = bpf_ntohs(iph->tot_len) - (p->l4_off - ETH_HLEN_);
+	/* The pseudo-header's words as they lie in the packet, like the field itself (csum.h). */
+	__u64 sum = (iph->saddr & 0xffff) + (iph->saddr >> 16) + (iph->daddr & 0xffff) + (iph->daddr >> 16) +
+		    bpf_htons((__u16)p->proto) + bpf_htons((__u16)l4_len);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return *check == (__u16)sum;
+}
+
+/* XDP: frames carry whole checksums (no skb, no offload state; xdp_csum_partial() keeps the others
+ * out). */
 static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct packet *p,
 				       __u32 saddr, __u16 sport, __u32 daddr, __u16 dport)
 {

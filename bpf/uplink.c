@@ -193,6 +193,9 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	__u8 macs[12];
 	__u32 ifindex;
 
+	if (xdp_csum_partial(ctx, p))
+		return XDP_PASS;
+
 	/* Only back out of the interface it came in on: the agent put XDP here because this interface
 	 * delivers what XDP sends (ebpflb/datapath/attach.py); another may not, and would drop it. */
 	if (fib_next_hop(ctx, saddr, daddr, p->proto, &ifindex, macs) < 0 || ifindex != ctx->ingress_ifindex)

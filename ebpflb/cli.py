@@ -34,7 +34,7 @@ def cmd_agent(args) -> None:
                          min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None,
                          uplinks=tuple(filter(None, args.uplinks.split(","))) if args.uplinks is not None else None,
                          nodeport_addresses=tuple(filter(None, args.nodeport_addresses.split(","))),
-                         xdp=args.xdp == "native",
+                         xdp=args.xdp,
                          datapath=DatapathOptions(ct_map_max=args.ct_map_max, frontend_map_max=args.frontend_map_max,
                                                   backend_map_max=args.backend_map_max,
                                                   reject_no_endpoints=args.no_endpoints == "reject",
@@ -167,8 +167,10 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--metrics-addr", default="127.0.0.1:10249", help="HOST:PORT for /metrics, /healthz, /readyz ('' to disable)")
     agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     agent.add_argument("--uplinks", help="IF[,IF]: the node's uplinks for NodePort/externalIP/LB traffic (default: the default route's)")
-    agent.add_argument("--xdp", choices=("native", "off"), default="native",
-                       help="XDP fast path on the uplinks (native where the driver supports it)")
+    agent.add_argument("--xdp", choices=("auto", "native", "off"), default="auto",
+                       help="XDP fast path on the uplinks: auto (only where what XDP sends is delivered: not on a "
+                            "veth whose peer takes no XDP frames; back to tc if XDP transmit errors grow), "
+                            "native (forced), off")
     agent.add_argument("--nodeport-addresses", default="", help="CIDR[,CIDR]: NodePorts only on node addresses inside these")
     agent.add_argument("--workload-ifaces", default=DEFAULT_WORKLOAD_IFACES, help="regex of pod veth host-side names")
     agent.add_argument("--proxy-name", help="serve services labelled service.kubernetes.io/service-proxy-name=NAME")

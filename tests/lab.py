@@ -11,6 +11,11 @@ Topology (every name below lives in a namespace called <prefix><name>, prefix = 
 Nodes forward (ip_forward=1, rp_filter=0) and route the other nodes' pod /24s via their node IPs
 (static routing, as in the seed). Nothing is created in the root network namespace.
 
+As hard as a real node: pods and outside clients keep a veth's default offloads (checksums left to
+offload, TSO/GSO super-packets), the nodes' uplinks have GRO on, and their peers on the underlay
+are plain veths (no XDP program, no GRO), as kind's are: a node's XDP_TX is not delivered there.
+Lab(uplink_peers="xdp" or "gro") models a peer that takes XDP frames (a NIC's wire), on purpose.
+
     with Lab() as lab:
         lab.start_pod_servers()
         lab.http_get("C", "10.200.0.2")            # -> "A0"  (HttpError .code 7 refused, 28 timeout)
@@ -63,6 +68,8 @@ NODE_SUBNETS = {"node-0": "10.200.0.0/24", "node-1": "10.200.1.0/24", "node-2": 
 NODE_GATEWAYS = {"node-0": "10.200.0.1", "node-1": "10.200.1.1", "node-2": "10.200.2.1"}
 NODE_BRIDGES = {"node-0": "br0", "node-1": "br1", "node-2": "br2"}
 UNDERLAY_BRIDGE = "ul"
+# What the nodes' uplink veths are connected to (Lab.set_uplink_peers).
+UPLINK_PEERS = ("plain", "xdp", "gro")
 CONTROL_PLANE_IP = "192.168.64.1"
 TCP_ECHO_PORT = 9000
 UNDERLAY_PREFIXLEN = 24
@@ -282,7 +289,10 @@ class Lab:
     HTTP_PORT = HTTP_PORT
     UDP_PORT = UDP_PORT
 
-    def __init__(self, name: str | None = None):
+    def __init__(self, name: str | None = None, uplink_peers: str = "plain"):
+        if uplink_peers not in UPLINK_PEERS:
+            raise ValueError(f"uplink_peers {uplink_peers!r}: one of {', '.join(UPLINK_PEERS)}")
+        self.uplink_peers = uplink_peers
         self.name = name or "elb" + os.urandom(2).hex()         # e.g. elb3fa2
         self.prefix = self.name + "-"                            # namespace prefix
         self.apiserver = None
@@ -412,20 +422,38 @@ class Lab:
             cmds += [f"link add {port} type veth peer name eth0 netns {self.node_ns[node]}",
                      f"link set {port} master {UNDERLAY_BRIDGE}", f"link set {port} up"]
         self._ip_batch(self.underlay_ns, cmds)
-        self._receive_xdp_frames([node.replace("-", "") for node in NODES])
+        self.set_uplink_peers(self.uplink_peers)
 
-    def _receive_xdp_frames(self, ports: list[str]) -> None:
-        """A veth takes the frames its peer sends with XDP_TX only when it runs an XDP program
-        itself; a switch port has no such condition. These ports stand in for one: a pass-through
-        program on them lets the nodes' XDP send back out of eth0, as on a physical NIC."""
-        from bcc import BPF
+    def node_ports(self) -> list[str]:
+        """The underlay's ends of the nodes' uplinks (the peers of each node's eth0)."""
+        return [node.replace("-", "") for node in NODES]
+
+    def set_uplink_peers(self, kind: str) -> None:
+        """What the nodes' uplinks (veths) are connected to (UPLINK_PEERS). A veth delivers what
+        its peer sends by XDP (XDP_TX) only while it runs an XDP program or GRO (NAPI): "plain"
+        is neither, as kind's, k3d's and many VMs' veth uplinks; "xdp" and "gro" model a peer that
+        takes XDP frames as a physical NIC's wire does, on purpose."""
+        ports = self.node_ports()
+        for port in ports:
+            self.run(self.underlay_ns, "ethtool", "-K", port, "gro", "on" if kind == "gro" else "off")
+        if kind == "xdp":
+            self._passthrough_xdp(ports, attach=True)
+        elif self.uplink_peers == "xdp":
+            self._passthrough_xdp(ports, attach=False)
+        self.uplink_peers = kind
+
+    def _passthrough_xdp(self, ports: list[str], attach: bool) -> None:
         from pyroute2 import IPRoute
-        passthrough = BPF(text=b"int pass(struct xdp_md *ctx) { return XDP_PASS; }")
-        fd = passthrough.load_func(b"pass", BPF.XDP).fd
+        fd = -1
+        if attach:
+            from bcc import BPF
+            passthrough = BPF(text=b"int pass(struct xdp_md *ctx) { return XDP_PASS; }")
+            fd = passthrough.load_func(b"pass", BPF.XDP).fd
         with in_netns(self.underlay_ns), IPRoute() as ipr:
             for port in ports:
                 ipr.link("set", index=ipr.link_lookup(ifname=port)[0], xdp_fd=fd, xdp_flags=1 << 2)
-        passthrough.cleanup()   # the links hold the program now
+        if attach:
+            passthrough.cleanup()   # the links hold the program now
 
     def _build_node(self, node: str) -> None:
         br = NODE_BRIDGES[node]
@@ -445,6 +473,8 @@ class Lab:
         ifaces = ["eth0", br] + [POD_VETHS[p] for p in PODS if POD_NODES[p] == node]
         self.run(self.node_ns[node], "sysctl", "-q", "-w",
                  *[f"net.ipv4.conf.{i}.rp_filter=0" for i in ifaces])
+        # GRO on the uplink, as a NIC's: the uplink programs get merged super-packets.
+        self.run(self.node_ns[node], "ethtool", "-K", "eth0", "gro", "on")
 
     def _build_outside(self, client: str) -> None:
         """A client outside the cluster on the underlay: it reaches node addresses directly and
@@ -457,20 +487,22 @@ class Lab:
             "link set lo up", f"addr add {OUTSIDE[client]}/{UNDERLAY_PREFIXLEN} dev eth0", "link set eth0 up",
             f"route add {LB_IP}/32 via {NODE_IPS['node-0']}",
             f"route add 10.96.0.0/12 via {NODE_IPS['node-0']}"])   # to show ClusterIPs are not served
-        self._checksum_in_software(self.outside_ns[client])
 
     def _build_pod(self, pod: str) -> None:
+        """Pods and outside clients keep the veth's default offloads: TCP/UDP checksums left to
+        "offload" (CHECKSUM_PARTIAL, only skb metadata says so) and TSO/GSO super-packets, as real
+        pods send."""
         node = POD_NODES[pod]
         self._ip_batch(self.pod_ns[pod], [
             "link set lo up", f"addr add {POD_IPS[pod]}/{POD_PREFIXLEN} dev eth0",
             "link set eth0 up", f"route add default via {NODE_GATEWAYS[node]}"])
-        self._checksum_in_software(self.pod_ns[pod])
 
-    def _checksum_in_software(self, ns: str) -> None:
-        """Senders fill in their checksums, as frames on a wire carry them. Over veth a stack
-        otherwise leaves TCP/UDP checksums to "offload" (partial) and only skb metadata says so;
-        XDP sees the bytes, not the metadata (a NIC's XDP never meets such frames)."""
-        self.run(ns, "ethtool", "-K", "eth0", "tx", "off")
+    def send_as_a_wire_carries(self, what: str, on: bool = True) -> None:
+        """A sender (pod or outside client) that fills in its checksums and sends MTU-sized
+        segments, as frames on a wire come (tx checksum offload off, which turns TSO off too); off
+        again with on=False. For a test that needs wire frames on purpose; the lab's default is a
+        real pod's offloads."""
+        self.run(what, "ethtool", "-K", "eth0", "tx", "off" if on else "on")
 
     # ------------------------------------------------------------------ processes
     def _argv(self, ns: str, argv) -> list[str]:
@@ -555,6 +587,14 @@ class Lab:
         r = self.run(pod, sys.executable, str(PODSERVER), "http-many", ip, port, count, timeout,
                      path, timeout=count * (timeout + 1) + 15)
         return [l[3:] if l.startswith("ok ") else l for l in r.stdout.splitlines()]
+
+    def echo(self, client: str, ip: str, port: int, size: int, timeout: float = 10) -> tuple[bool, str]:
+        """POST size random bytes from client to http://ip:port/echo, which sends them back (the
+        pod servers): (True, "SECONDS") when the same bytes came back, else (False, what went wrong)."""
+        r = self.run(client, sys.executable, str(PODSERVER), "echo", ip, port, size, timeout,
+                     timeout=timeout + 15, check=False)
+        out = r.stdout.strip()
+        return out.startswith("ok "), out.removeprefix("ok ") or r.stderr.strip()
 
     def udp_session(self, pod: str, ip: str, port: int = UDP_PORT) -> UdpSession:
         return UdpSession(self, self.pod(pod), ip, port)

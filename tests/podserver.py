@@ -18,6 +18,10 @@ Standard library only (it runs with the lab's interpreter under `ip netns exec`)
         ICMP echo over a raw socket (this machine has no ping binary). Prints one line per echo
         ("reply from IP seq N time MS" or "timeout seq N"); exit 0 if any reply came back.
 
+    podserver.py echo IP PORT SIZE [TIMEOUT]
+        POSTs SIZE random bytes to the HTTP server's /echo, which sends them back; prints "ok
+        SECONDS" when the same bytes came back, else "error TEXT" (exit 1).
+
     podserver.py http-many IP PORT COUNT [TIMEOUT] [PATH]
         COUNT sequential HTTP GETs, each on a new TCP connection; prints one line per request:
         "ok BODY" or "error TEXT".
@@ -57,10 +61,13 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
 
         def do_POST(self):   # "name length sha256" of what was sent: large requests
             data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.path == "/echo":   # what was sent, back: large both ways
+                self._answer(data)
+                return
             self._answer(f"{name} {len(data)} {hashlib.sha256(data).hexdigest()}")
 
-        def _answer(self, body: str):
-            data = body.encode()
+        def _answer(self, body):
+            data = body.encode() if isinstance(body, str) else body
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
@@ -214,6 +221,36 @@ def http_many(ip: str, port: int, count: int, timeout: float = 2.0, path: str = 
             print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
 
 
+def echo(ip: str, port: int, size: int, timeout: float) -> int:
+    """POST size random bytes to /echo and check the same come back: "ok SECONDS", or "error TEXT"."""
+    import os
+    import time
+    data = os.urandom(size)
+    request = (f"POST /echo HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Length: {size}\r\n\r\n").encode() + data
+    started, chunks = time.monotonic(), []
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.sendall(request)
+            while True:
+                s.settimeout(max(0.1, timeout - (time.monotonic() - started)))
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except socket.timeout:
+        print(f"error timeout, {sum(map(len, chunks))} bytes back", flush=True)
+        return 1
+    except OSError as e:
+        print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
+        return 1
+    body = b"".join(chunks).partition(b"\r\n\r\n")[2]
+    if body != data:
+        print(f"error {len(body)} bytes back, {'not ' if len(body) == size else ''}the ones sent", flush=True)
+        return 1
+    print(f"ok {time.monotonic() - started:.3f}", flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     if not argv:
         print(__doc__, file=sys.stderr)
@@ -239,6 +276,8 @@ def main(argv: list[str]) -> int:
     elif cmd == "ping":
         return ping(args[0], int(args[1]) if len(args) > 1 else 1,
                     float(args[2]) if len(args) > 2 else 2.0)
+    elif cmd == "echo":
+        return echo(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10.0)
     elif cmd == "http-many":
         http_many(args[0], int(args[1]), int(args[2]),
                   float(args[3]) if len(args) > 3 else 2.0, args[4] if len(args) > 4 else "/")

@@ -29,10 +29,10 @@ def describe(key) -> str:
     return f"{ip_str(key.src_addr)}:{port_int(key.src_port)}->{ip_str(key.dst_addr)}:{port_int(key.dst_port)}"
 
 
-def pair_problems(dp) -> list[str]:
+def pair_problems(maps) -> list[str]:
     """Every forward half has its reply half, which names it back, and the other way round; an
     uplink SNAT pair's halves agree on the client and the port (so no two flows share a reply)."""
-    entries = {to_bytes(k): (k, v) for k, v in dp.maps.ct.items()}
+    entries = {to_bytes(k): (k, v) for k, v in maps.ct.items()}
     problems = []
     for raw, (key, value) in entries.items():
         twin = entries.get(to_bytes(ffi.addressof(value, "twin")))
@@ -100,7 +100,7 @@ def test_two_cpus_taking_snat_ports_for_two_clients_never_cross_wire_them(dp, ro
     crossed = [c for r, _ in results for c in r]
     assert not crossed, f"{len(crossed)} answers cross-wired, e.g. {crossed[:5]}"
     assert all(refused == 0 for _, refused in results), results
-    assert not pair_problems(dp), pair_problems(dp)[:5]
+    assert not pair_problems(dp.maps), pair_problems(dp.maps)[:5]
 
 
 def established_pod_flows(dp, ports):
@@ -166,7 +166,7 @@ def test_the_sweep_on_one_cpu_never_splits_a_pair_the_other_cpu_wakes(dp, woken)
                     judged = expired(dp.maps.ct.items(), Timeouts(), time.monotonic_ns() + int(3601e9))
                     gone = delete(dp.maps.ct, judged)
                     deleted, spared = deleted + gone, spared + entries_of(judged) - gone
-                    split += pair_problems(dp)   # the packets add no entry, and remove none: only the sweep does
+                    split += pair_problems(dp.maps)   # the packets add no entry, and remove none: only the sweep does
                 return deleted, spared, split
             finally:
                 swept.set()
@@ -179,7 +179,7 @@ def test_the_sweep_on_one_cpu_never_splits_a_pair_the_other_cpu_wakes(dp, woken)
 
     (deleted, spared, split), rounds = on_all_cpus(work)
     assert deleted >= len(ports) and spared > 0 and rounds > 0, (deleted, spared, rounds)   # the race was run
-    split += pair_problems(dp)
+    split += pair_problems(dp.maps)
     assert not split, f"{len(split)} split pairs, e.g. {split[:3]}"
 
 
@@ -219,7 +219,7 @@ def test_a_snat_flow_that_lost_its_forward_half_gets_it_back_with_the_same_port_
     assert (Ether(out)[IP].src, Ether(out)[TCP].sport, Ether(out)[IP].dst) == (NODE_ADDR, snat_port, B)
     rev = ct_entries(dp)[(B, 8080, NODE_ADDR, snat_port, 6)]
     assert tcp_state(rev.tcp_seen) == "ESTABLISHED"
-    assert not pair_problems(dp)
+    assert not pair_problems(dp.maps)
 
 
 def test_a_pod_flow_that_lost_its_forward_half_keeps_its_tcp_state(dp):
@@ -230,7 +230,7 @@ def test_a_pod_flow_that_lost_its_forward_half_keeps_its_tcp_state(dp):
     assert verdict == TC_ACT_NEXT and Ether(out)[IP].dst == B
     rev = ct_entries(dp)[(B, 8080, C_POD, 40000, 6)]
     assert tcp_state(rev.tcp_seen) == "ESTABLISHED"    # not SYN-SENT: it would expire in 20 s
-    assert not pair_problems(dp)
+    assert not pair_problems(dp.maps)
 
 
 def next_tick():
@@ -246,7 +246,7 @@ def test_a_snat_flow_that_lost_its_reply_half_gets_it_back_and_its_answers_trans
     verdict, out = reply_to(dp, routed, snat_port)
     assert verdict == TC_ACT_REDIRECT
     assert (Ether(out)[IP].src, Ether(out)[IP].dst, Ether(out)[TCP].dport) == (NODE_ADDR, CLIENT, 40000)
-    assert not pair_problems(dp)
+    assert not pair_problems(dp.maps)
 
 
 def test_a_flow_whose_snat_port_went_to_another_is_started_again_never_shares_it(dp, routed):
@@ -263,4 +263,4 @@ def test_a_flow_whose_snat_port_went_to_another_is_started_again_never_shares_it
     rev = ct_entries(dp)[(B, 8080, NODE_ADDR, snat_port, 6)]
     assert (ip_str(rev.snat_addr), port_int(rev.snat_port)) == (OTHER_CLIENT, 40000)
     assert reply_to(dp, routed, snat_port)[1][30:34] == bytes(map(int, OTHER_CLIENT.split(".")))
-    assert not pair_problems(dp)
+    assert not pair_problems(dp.maps)

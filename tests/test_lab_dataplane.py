@@ -156,20 +156,17 @@ def received_checksum_partial(lab, node: str, dev: str, dst: str, send) -> bool:
 
 @pytest.fixture
 def pods_with_checksum_offload(lab):
-    """A0 and A1 send as pods usually do on a veth: TCP/UDP checksums left to "offload"
-    (CHECKSUM_PARTIAL, the field holding only the pseudo-header sum, and TSO). node-0's devices
-    compute them in software as packets leave (tx off), after the programs translated them, so
-    each receiver checks a real checksum: a wrong translation of a partial one is a lost packet."""
+    """A0 and A1 send as pods do on a veth (the lab's default): TCP/UDP checksums left to
+    "offload" (CHECKSUM_PARTIAL, the field holding only the pseudo-header sum, and TSO). node-0's
+    devices compute them in software as packets leave (tx off), after the programs translated
+    them, so each receiver checks a real checksum: a wrong translation of a partial one is a lost
+    packet."""
     devices = ("eth0", "veth-a0", "veth-a1")
     try:
-        for pod in ("A0", "A1"):
-            lab.run(pod, "ethtool", "-K", "eth0", "tx", "on")
         for dev in devices:
             lab.run("node-0", "ethtool", "-K", dev, "tx", "off")
         yield
     finally:
-        for pod in ("A0", "A1"):
-            lab.run(pod, "ethtool", "-K", "eth0", "tx", "off", check=False)
         for dev in devices:
             lab.run("node-0", "ethtool", "-K", dev, "tx", "on", check=False)
 

@@ -24,13 +24,14 @@ from ebpflb.core.services import Usage
 from ebpflb.core.tracker import ServiceTracker
 from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
-from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
+from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, UplinkCollector, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
 from ebpflb.sync.writer import MapWriter
 
 log = logging.getLogger("ebpflb.agent")
 
 LOOP_TICK_S = 0.25
+XDP_WATCH_S = 1.0          # how often the uplinks' XDP transmit errors are read (--xdp auto falls back on them)
 FREEZE_AFTER_IDS = 1000   # manifests are polled this often; the loop's heartbeat
 
 
@@ -49,7 +50,7 @@ class AgentConfig:
     metrics_addr: str | None = None
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
-    xdp: bool = True                             # native XDP on the uplinks where the driver has it
+    xdp: str = "auto"                            # XDP on the uplinks: auto | native | off (attach.py)
     datapath: DatapathOptions = DatapathOptions()
 
 
@@ -117,9 +118,10 @@ class Agent:
                                       capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
                                                                                maps.svc_ips, maps.src_ranges))))
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
+        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
+        self.metrics.registry.register(UplinkCollector(attacher))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
-        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
         self.source = source = make_source(cfg, self.metrics)
         log.info("node %s: programs loaded, maps pinned in %s; uplinks %s (%s)", cfg.node_name, cfg.pin_dir,
                  ", ".join(self.uplinks) or "none", ", ".join(self.uplink_addrs) or "no address")
@@ -132,11 +134,15 @@ class Agent:
             source.start(self.tracker, self.lock, self.wake)
             self.wake()   # the first turn polls the source (reads the manifests) at once, not a tick later
             sweeper.start()
+            xdp_watched = time.monotonic()
             while not self.stopping:
                 self.health.beat()
                 readable, _, _ = select.select([attacher, self.wake_r], [], [], self._wait_time())
                 if attacher in readable:
                     attacher.handle_events()
+                if time.monotonic() - xdp_watched >= XDP_WATCH_S:
+                    xdp_watched = time.monotonic()
+                    attacher.watch_xdp()
                 if self.wake_r in readable:
                     self._drain_wake()
                 source.poll()

@@ -120,6 +120,25 @@ class DataplaneCollector:
         yield dropped_bytes
 
 
+class UplinkCollector:
+    """Read at scrape time: what each uplink runs (--xdp), and how often XDP fell back to tc."""
+
+    def __init__(self, attacher):
+        self.attacher = attacher
+
+    def collect(self):
+        mode = GaugeMetricFamily("ebpflb_uplink_xdp", "What an uplink runs: mode xdp (XDP in front of tc) or tc "
+                                 "(tc alone); 1 for the current mode", labels=["uplink", "mode"])
+        fallbacks = CounterMetricFamily("ebpflb_uplink_xdp_fallbacks", "Times XDP was taken off an uplink because "
+                                        "its XDP transmit errors grew (--xdp auto)", labels=["uplink"])
+        for name, state in sorted(dict(self.attacher.uplink_xdp).items()):
+            for m in ("xdp", "tc"):
+                mode.add_metric([name, m], 1 if state.mode == m else 0)
+            fallbacks.add_metric([name], state.fallbacks)
+        yield mode
+        yield fallbacks
+
+
 class Health:
     """alive: the main loop turns and the last sync did not fail; ready: the first full sync is done."""
 

@@ -1,6 +1,8 @@
-"""Attach the workload programs at tc (clsact, direct-action) on pod veths, with pyroute2."""
+"""Attach the programs with pyroute2: tc (clsact, direct-action) on pod veths and uplinks, and XDP
+on the uplinks where what it sends is delivered (--xdp auto, netdev.py)."""
 import logging
 import re
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -111,12 +113,29 @@ def detach_all(ipr: IPRoute) -> list[str]:
     return sorted(set(touched))
 
 
+XDP_MODES = ("auto", "native", "off")
+
+
+@dataclass
+class UplinkXdp:
+    """What an uplink runs: "xdp" (xdp_uplink in front of tc) or "tc" (tc alone), and why."""
+    mode: str
+    reason: str
+    errors: int | None = None      # the driver's XDP transmit errors when last read
+    fallbacks: int = 0
+
+
 class LinkAttacher:
     """Keeps the uplink programs on the uplinks and the workload programs on every link whose
-    name matches the pattern, existing and future ones."""
+    name matches the pattern, existing and future ones.
+
+    xdp: "auto" (native XDP only on uplinks that deliver what it sends, netdev.auto_choice(); back
+    to tc when their XDP transmit errors grow), "native" (forced), or "off"."""
 
     def __init__(self, fds: dict[str, int], pattern: str = DEFAULT_WORKLOAD_IFACES,
-                 uplinks: list[str] = (), xdp: bool = True):
+                 uplinks: list[str] = (), xdp: str = "auto"):
+        if xdp not in XDP_MODES:
+            raise ValueError(f"--xdp {xdp!r}: one of {', '.join(XDP_MODES)}")
         self.fds = fds
         self.pattern = re.compile(pattern)
         self.uplinks = set(uplinks)
@@ -125,6 +144,7 @@ class LinkAttacher:
         self.events = IPRoute()
         self.events.bind()
         self.attached: dict[int, str] = {}
+        self.uplink_xdp: dict[str, UplinkXdp] = {}   # by uplink name: read by the metrics
 
     def fileno(self) -> int:
         return self.events.fileno()
@@ -145,17 +165,72 @@ class LinkAttacher:
         if programs == UPLINK:
             self._xdp(ifindex, name)
 
+    def _link_kind(self, ifindex: int) -> str:
+        for link in self.ipr.get_links(ifindex):
+            return link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or ""
+        return ""
+
     def _xdp(self, ifindex: int, name: str) -> None:
-        """XDP in front of the uplink's tc programs, where the driver can run it natively."""
-        try:
-            if self.xdp:
-                attach_xdp(self.ipr, ifindex, self.fds[XDP_PROGRAM])
-                log.info("attached %s (native) to %s", XDP_PROGRAM, name)
-            elif any(i == ifindex for i, _ in our_xdp_links(self.ipr)):
+        """XDP in front of the uplink's tc programs, as --xdp says."""
+        from ebpflb.datapath.netdev import auto_choice, veth_peer_runs_xdp, xdp_features, xdp_tx_errors
+        ours = any(i == ifindex for i, _ in our_xdp_links(self.ipr))
+        if self.xdp == "off":
+            if ours:
                 detach_xdp(self.ipr, ifindex)
-                log.info("detached %s from %s (--xdp off)", XDP_PROGRAM, name)
+            self._set_mode(name, "tc", "--xdp off")
+            return
+        if self.xdp == "auto":
+            kind = self._link_kind(ifindex)
+            choice = auto_choice(kind, xdp_features(ifindex),
+                                 veth_peer_runs_xdp(self.ipr, ifindex) if kind == "veth" else None)
+            if not choice.native:
+                if ours:
+                    detach_xdp(self.ipr, ifindex)
+                self._set_mode(name, "tc", choice.reason)
+                return
+            reason = choice.reason
+        else:
+            reason = "--xdp native"
+        try:
+            attach_xdp(self.ipr, ifindex, self.fds[XDP_PROGRAM])
         except NetlinkError as err:
-            log.warning("no native XDP on %s (%s): tc alone serves it", name, err)
+            self._set_mode(name, "tc", f"no native XDP ({err})")
+            return
+        log.info("attached %s (native) to %s", XDP_PROGRAM, name)
+        self._set_mode(name, "xdp", reason, errors=xdp_tx_errors(name))
+
+    def _set_mode(self, name: str, mode: str, reason: str, errors: int | None = None) -> None:
+        state = self.uplink_xdp.setdefault(name, UplinkXdp(mode, reason))
+        state.mode, state.reason, state.errors = mode, reason, errors
+        log.info("uplink %s: %s (%s)", name, "XDP in front of tc" if mode == "xdp" else "tc alone", reason)
+
+    def watch_xdp(self) -> None:
+        """Call now and then: an uplink whose driver counts more XDP transmit errors than when
+        last asked drops what XDP sends (a veth whose peer lost its XDP program or GRO, a NIC's
+        full or missing XDP queues). Under --xdp auto it goes back to tc alone; under native it
+        is said, and kept."""
+        from ebpflb.datapath.netdev import xdp_tx_errors
+        for ifindex, name in list(self.attached.items()):
+            state = self.uplink_xdp.get(name)
+            if state is None or state.mode != "xdp":
+                continue
+            errors = xdp_tx_errors(name)
+            if errors is None or state.errors is None or errors <= state.errors:
+                state.errors = errors if errors is not None else state.errors
+                continue
+            grown, state.errors = errors - state.errors, errors
+            if self.xdp != "auto":
+                log.warning("uplink %s: %d more XDP transmit errors: what XDP sends is dropped (--xdp native "
+                            "keeps it; --xdp auto would fall back to tc)", name, grown)
+                continue
+            try:
+                detach_xdp(self.ipr, ifindex)
+            except NetlinkError as err:
+                log.error("uplink %s: XDP transmit errors grow, but detaching XDP failed: %s", name, err)
+                continue
+            state.fallbacks += 1
+            log.warning("uplink %s: %d more XDP transmit errors: falling back to tc", name, grown)
+            self._set_mode(name, "tc", "fell back: its XDP transmit errors grew")
 
     def reconcile(self) -> None:
         """Attach to every matching link not yet attached; forget links that are gone."""
