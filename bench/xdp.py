@@ -489,7 +489,11 @@ def run_lab(rounds: int = 5) -> dict:
     ensure_apt_tool("iperf3", "iperf3")
     modes = ("native", "off")
     data = {m: {"gbps": [], "udp_pps": [], "udp_loss": [], "xdp_tx": [], "xdp_packets": []} for m in modes}
-    with Lab() as lab:
+    # XDP's XDP_TX needs an uplink peer that takes XDP frames (a NIC's wire), and frames with whole
+    # checksums (what XDP finishes itself; offloaded ones are tc's): both on purpose here.
+    with Lab(uplink_peers="xdp") as lab:
+        for sender in ("X", "B"):
+            lab.send_as_a_wire_carries(sender)
         lab.start_pod_servers()
         lab.spawn("B", "iperf3", "-s", "-p", IPERF_PORT)
         bench = LabBench(lab, lab_manifests(lab.tmpdir / "bench-xdp"))

@@ -74,10 +74,13 @@ def agents(lab):
         lab.set_uplink_peers("plain")
 
 
-def metric(lab, node: str, name: str) -> dict[str, float]:
-    """{labels text: value} of one metric of the node's agent."""
+def metric(lab, node: str, name: str, **labels) -> float | None:
+    """The value of one series of the node's agent's metric name (None: no such series)."""
     text = lab.run(node, "curl", "-s", "-m", "2", "http://127.0.0.1:10249/metrics").stdout
-    return {m.group(1): float(m.group(2)) for m in re.finditer(rf"^{name}{{(.*)}} (\S+)$", text, re.M)}
+    for m in re.finditer(rf"^{name}{{(.*)}} (\S+)$", text, re.M):
+        if dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))) == labels:
+            return float(m.group(2))
+    return None
 
 
 def xdp_on(lab, node: str) -> bool:
@@ -108,7 +111,8 @@ def test_the_default_on_a_veth_uplink_whose_peer_takes_no_xdp_frames_is_tc_alone
     for node in NODES:
         assert "uplink eth0: tc alone (veth whose peer takes no XDP frames" in lab.agent_log(node)
         assert not xdp_on(lab, node)
-        assert metric(lab, node, "ebpflb_uplink_xdp") == {'uplink="eth0",mode="xdp"': 0, 'uplink="eth0",mode="tc"': 1}
+        assert metric(lab, node, "ebpflb_uplink_xdp", uplink="eth0", mode="tc") == 1
+        assert metric(lab, node, "ebpflb_uplink_xdp", uplink="eth0", mode="xdp") == 0
     # The issue's case: 4 of 20 answered with --xdp native (all by the local backend), here 20 of 20,
     # from a client with offloads and from one sending wire frames.
     assert lab.http_get_many("X", NODE2, 20, port=ECHO_NODEPORT) == ["B"] * 20
@@ -160,17 +164,17 @@ def test_auto_takes_xdp_on_a_peer_that_runs_xdp_and_falls_back_to_tc_when_its_xd
     agents.run("xdp", "auto")
     assert "uplink eth0: XDP in front of tc (veth whose peer runs XDP)" in lab.agent_log("node-2")
     assert xdp_on(lab, "node-2")
-    assert metric(lab, "node-2", "ebpflb_uplink_xdp")['uplink="eth0",mode="xdp"'] == 1
+    assert metric(lab, "node-2", "ebpflb_uplink_xdp", uplink="eth0", mode="xdp") == 1
     with wire_frames(lab):
         assert lab.http_get_many("X", NODE2, 20, port=ECHO_NODEPORT) == ["B"] * 20
         lab.set_uplink_peers("plain")   # the peer loses its XDP program: XDP_TX is dropped from now
-        agents.running = None           # (what the agents run is no longer what they were started on)
+        agents.running = ("changed", "auto")   # not what they were started on: restarted next time
         lost = lab.http_get_many("X", NODE2, 20, port=ECHO_NODEPORT, timeout=1)
         wait_for(lambda: "more XDP transmit errors: falling back to tc" in lab.agent_log("node-2"), timeout=10,
                  what="node-2 to fall back to tc")
         assert not xdp_on(lab, "node-2")
-        assert metric(lab, "node-2", "ebpflb_uplink_xdp")['uplink="eth0",mode="tc"'] == 1
-        assert metric(lab, "node-2", "ebpflb_uplink_xdp_fallbacks_total") == {'uplink="eth0"': 1}
+        assert metric(lab, "node-2", "ebpflb_uplink_xdp", uplink="eth0", mode="tc") == 1
+        assert metric(lab, "node-2", "ebpflb_uplink_xdp_fallbacks_total", uplink="eth0") == 1
         assert lab.http_get_many("X", NODE2, 20, port=ECHO_NODEPORT) == ["B"] * 20, lost
 
 
@@ -214,7 +218,7 @@ def test_a_tc_filter_behind_ebpflbs_sees_what_ebpflb_lets_go_on(lab, agents):
             assert set(lab.http_get_many("C", VIP, 20)) == {"A0", "B"}        # translated on veth-c
             assert lab.http_get("C", POD_IPS["A0"]).strip() == "A0"            # pod to pod: untouched
             lab.run("X", "curl", "-s", "-m", "1", f"http://{NODE2}:22/", check=False)   # for the node itself
-            seen = {socket_ntoa(k.value): v.value for k, v in counter["seen"].items()}
+            seen = {socket_ntoa(k.value): v.value for k, v in counter[b"seen"].items()}
         finally:
             for dev, parent in hooks:
                 ipr.tc("del-filter", "bpf", ipr.link_lookup(ifname=dev)[0], parent=parent, prio=0xEC)
