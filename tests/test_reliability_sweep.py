@@ -32,20 +32,25 @@ def racing_sweep(lab):
         lab.run("C", "sysctl", "-qw", f"net.ipv4.ip_local_port_range={' '.join(default_range)}")
 
 
-def swept_entries(lab, node: str) -> int:
-    return sum(int(n) for n in re.findall(r"conntrack: (\d+) expired entries removed", lab.agent_log(node)))
+def swept_entries(lab, node: str) -> tuple[int, int]:
+    """(removed, spared) entries, summed over the sweeps node's agent logged."""
+    counts = re.findall(r"conntrack: (\d+) expired entries removed, (\d+) spared", lab.agent_log(node))
+    return sum(int(r) for r, _ in counts), sum(int(s) for _, s in counts)
 
 
 def test_sweep_never_deletes_a_connection_that_reused_a_swept_port(lab, racing_sweep, figure):
-    swept_before = swept_entries(lab, "node-2")
+    swept_before, spared_before = swept_entries(lab, "node-2")
     load = Load(lab, "C", VIP, "--long-lived", 2, "--udp-flows", 2)
     try:
         time.sleep(LOAD_S)
     finally:
         report = load.stop()
-    swept = swept_entries(lab, "node-2") - swept_before
+    swept, spared = (n - before for n, before in zip(swept_entries(lab, "node-2"), (swept_before, spared_before)))
     figure(f"sweep racing port reuse ({PORT_RANGE.replace(' ', '-')}, sweep every 20 ms, closed flows "
-           f"expire after 50 ms): {report.summary()}; {swept} entries swept on node-2")
-    # the race was run: most closed flows were swept between two uses of their port
-    assert swept > report.requests // 2, (swept, report.requests)
+           f"expire after 50 ms): {report.summary()}; on node-2 {swept} entries swept, {spared} judged expired "
+           f"and spared (woken or reused before their delete)")
+    # The race was run: the sweep deleted closed flows, and judged some whose keys a new connection
+    # took before the delete. (How many are swept depends on the request rate, not a fixed share of
+    # the requests: a port reused within the 50 ms timeout reopens its flow, which is never swept.)
+    assert swept > 0 and spared > 0, (swept, spared, report.requests)
     report.assert_nothing_lost()
