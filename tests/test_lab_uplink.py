@@ -2,6 +2,7 @@
 the underlay reach NodePorts, a LoadBalancer IP and externalTrafficPolicy Local services, through
 the uplink programs on each node's eth0."""
 import json
+import re
 import time
 
 import pytest
@@ -35,24 +36,47 @@ def manifests() -> list[dict]:
     ]
 
 
-@pytest.fixture(scope="module", params=["native", "off"], ids=["xdp-native", "xdp-off"])
+@pytest.fixture(scope="module", params=["auto", "native", "off"], ids=["xdp-auto", "xdp-native", "xdp-off"])
 def agents(lab, request):
-    """The whole set runs twice: with XDP in front of tc on the uplinks, and with tc alone."""
+    """The whole set runs three times: the default (--xdp auto, on the lab's plain veth uplinks:
+    tc alone), with XDP in front of tc, and with tc alone. XDP's own path runs on purpose: uplink
+    peers that take XDP frames (a NIC's wire) and clients sending frames as a wire carries them
+    (whole checksums: what XDP finishes itself)."""
     path = lab.tmpdir / "uplink-manifests"
     path.mkdir(exist_ok=True)
     (path / "cluster.yaml").write_text(yaml.safe_dump_all(manifests()))
-    for node in NODES:
-        lab.start_agent(node, path, "--uplinks", "eth0", "--xdp", request.param)
-    for node in NODES:
-        wait_for(lambda: f"{NODE_IPS[node]} port {NODEPORT} proto 6" in lab.agent_cli(node, "nat", "dump", check=False),
-                 what=f"NodePorts on {node}")
+    senders = ("X", "Y", "A0", "B")
     if request.param == "native":
+        lab.set_uplink_peers("xdp")
+        for sender in senders:
+            lab.send_as_a_wire_carries(sender)
+    try:
         for node in NODES:
-            wait_for(lambda: "xdp_uplink (native)" in lab.agent_log(node), timeout=10, what=f"XDP on {node}")
-    yield request.param
-    for node in NODES:
-        lab.stop_agent(node)
-        lab.agent_cli(node, "cleanup")   # programs and maps afresh for the next mode
+            lab.start_agent(node, path, "--uplinks", "eth0", "--xdp", request.param)
+        for node in NODES:
+            wait_for(lambda: f"{NODE_IPS[node]} port {NODEPORT} proto 6" in lab.agent_cli(node, "nat", "dump", check=False),
+                     what=f"NodePorts on {node}")
+        if request.param == "native":
+            for node in NODES:
+                wait_for(lambda: "xdp_uplink (native)" in lab.agent_log(node), timeout=10, what=f"XDP on {node}")
+        yield request.param
+    finally:
+        for node in NODES:
+            lab.stop_agent(node)
+            lab.agent_cli(node, "cleanup")   # programs and maps afresh for the next mode
+        if request.param == "native":
+            lab.set_uplink_peers("plain")
+            for sender in senders:
+                lab.send_as_a_wire_carries(sender, on=False)
+
+
+def test_xdp_did_the_work_where_it_runs(lab, agents):
+    """Established SNATed flows finished in XDP (XDP_TX counted on the uplink) when XDP runs."""
+    def sent_by_xdp():
+        return sum(int(n) for n in re.findall(r"xdp_tx: (\d+)", lab.run("node-2", "ethtool", "-S", "eth0").stdout))
+    before = sent_by_xdp()
+    assert lab.echo("X", NODE_IPS["node-2"], NODEPORT, 1 << 20)[0]
+    assert (sent_by_xdp() > before) == (agents == "native")
 
 
 def answers(lab, client, ip, port, n=20, path="/"):
