@@ -62,6 +62,9 @@ lab      tests/lab.py: outside client X (192.168.64.100) on the underlay -> node
          64-byte datagrams, unlimited rate, 3 s after 1 s omitted: datagrams received per
          second). node-0 eth0's veth counters (ethtool -S, xdp_tx) show how many packets
          XDP sent. The first packet of every flow goes through tc either way.
+         The lab is built with uplink peers that run XDP (Lab(uplink_peers="xdp"): without, a
+         veth drops XDP_TX frames) and X and B send frames with whole checksums (offloaded ones
+         are left to tc by XDP): on purpose, to measure XDP's own path.
          Honest label: eth0 is a veth in a namespace, not a NIC. With XDP attached a veth runs
          NAPI and copies each skb its peer sends into an XDP buffer, and XDP_TX hands a frame
          to the peer, which builds an skb again; with XDP off the frame stays one skb. Sender,
