@@ -7,6 +7,7 @@
  *   sock_sendmsg4   sendto() a frontend (unconnected UDP)   -> the datagram goes to a backend
  *   sock_recvmsg4   recvfrom() a backend's answer (UDP)     -> its source reads as the frontend
  *   sock_peername4  getpeername() of such a socket          -> the frontend
+ *   sock_*6         the same for IPv6 sockets reaching IPv4 services (::ffff:a.b.c.d)
  *
  * The decision is lb.h's, as for pods: the same frontends and backends, traffic policies, and a
  * service without endpoints refused at once (connect() and sendto() fail with ECONNREFUSED, as
@@ -89,9 +90,9 @@ static __always_inline int sock_remember(__u64 cookie, const struct nat_be_value
 	return 0;
 }
 
-/* A socket about to connect to, or send to, ctx's address: point it at a backend, refuse it, or
- * leave it alone. */
-static __always_inline int sock_forward(struct bpf_sock_addr *ctx)
+/* A socket about to connect to, or send to, (*addr, *port): point it at a backend (both are
+ * rewritten), refuse it, or leave it alone. */
+static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 *addr_io, __u16 *port_io)
 {
 	__u32 proto = ctx->protocol;
 
@@ -101,8 +102,8 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx)
 	if (!cfg)
 		return SOCK_PROCEED;
 
-	__u32 addr = ctx->user_ip4, fe_addr = addr;
-	__u16 port = (__u16)ctx->user_port;
+	__u32 addr = *addr_io, fe_addr = addr;
+	__u16 port = *port_io;
 	if (is_loopback(addr)) {
 		/* 127.0.0.1:NodePort, as kube-proxy's iptables mode allows (route_localnet) */
 		if (!(cfg->flags & CFG_FLG_LOCALHOST_NODEPORTS) || !cfg->node_addr)
@@ -148,51 +149,139 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx)
 	if (sock_remember(cookie, be, &rev) < 0)
 		return sock_refuse(SOCK_ENOMEM, 0);   /* its answers could not be translated */
 	TRACE("service %d: host socket -> backend %pI4", fe->id, &be->addr);
-	ctx->user_ip4 = be->addr;
-	ctx->user_port = be->port;
+	*addr_io = be->addr;
+	*port_io = be->port;
 	return SOCK_PROCEED;
 }
 
-/* An address the socket sees as its peer (an answer's source, getpeername()): the frontend it
- * asked for when the socket was pointed at this backend, while that frontend still leads there. */
-static __always_inline int sock_reverse(struct bpf_sock_addr *ctx)
+/* An address the socket sees as its peer, (*addr, *port) (an answer's source, getpeername()):
+ * the frontend it asked for when it was pointed at this backend, while that frontend still leads
+ * there. */
+static __always_inline void sock_reverse(struct bpf_sock_addr *ctx, __u32 *addr, __u16 *port)
 {
 	if (!sock_in_host_netns(ctx))
-		return SOCK_PROCEED;
+		return;
 	struct sock_rev_key key = {
 		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = ctx->user_ip4,
-		.port = (__u16)ctx->user_port,
+		.addr = *addr,
+		.port = *port,
 	};
 	struct sock_rev_value *rev = sock_rev.lookup(&key);
 	if (!rev)
-		return SOCK_PROCEED;
+		return;
 	struct nat_fe_value *fe = lb_lookup(rev->fe_addr, rev->port, rev->proto);
 	if (!fe || fe->id != rev->svc_id) {
 		sock_rev.delete(&key);   /* the service went: its backend is just an address again */
-		return SOCK_PROCEED;
+		return;
 	}
-	ctx->user_ip4 = rev->addr;
-	ctx->user_port = rev->port;
+	*addr = rev->addr;
+	*port = rev->port;
+}
+
+static __always_inline int forward4(struct bpf_sock_addr *ctx)
+{
+	__u32 addr = ctx->user_ip4;
+	__u16 port = (__u16)ctx->user_port;
+	int verdict = sock_forward(ctx, &addr, &port);
+
+	if (addr != ctx->user_ip4) {
+		ctx->user_ip4 = addr;
+		ctx->user_port = port;
+	}
+	return verdict;
+}
+
+static __always_inline int reverse4(struct bpf_sock_addr *ctx)
+{
+	__u32 addr = ctx->user_ip4;
+	__u16 port = (__u16)ctx->user_port;
+
+	sock_reverse(ctx, &addr, &port);
+	if (addr != ctx->user_ip4) {
+		ctx->user_ip4 = addr;
+		ctx->user_port = port;
+	}
+	return SOCK_PROCEED;
+}
+
+/* An IPv6 socket's address that is an IPv4 one (::ffff:a.b.c.d: dual-stack sockets, as Java's,
+ * reaching IPv4 services): its IPv4 part in *addr. */
+static __always_inline int v4_mapped(struct bpf_sock_addr *ctx, __u32 *addr)
+{
+	if (ctx->user_ip6[0] != 0 || ctx->user_ip6[1] != 0 || ctx->user_ip6[2] != bpf_htonl(0xffff))
+		return 0;
+	*addr = ctx->user_ip6[3];
+	return 1;
+}
+
+static __always_inline int forward6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr, before;
+	__u16 port = (__u16)ctx->user_port;
+
+	if (!v4_mapped(ctx, &addr))
+		return SOCK_PROCEED;
+	before = addr;
+	int verdict = sock_forward(ctx, &addr, &port);
+	if (addr != before) {
+		ctx->user_ip6[3] = addr;
+		ctx->user_port = port;
+	}
+	return verdict;
+}
+
+static __always_inline int reverse6(struct bpf_sock_addr *ctx)
+{
+	__u32 addr, before;
+	__u16 port = (__u16)ctx->user_port;
+
+	if (!v4_mapped(ctx, &addr))
+		return SOCK_PROCEED;
+	before = addr;
+	sock_reverse(ctx, &addr, &port);
+	if (addr != before) {
+		ctx->user_ip6[3] = addr;
+		ctx->user_port = port;
+	}
 	return SOCK_PROCEED;
 }
 
 int sock_connect4(struct bpf_sock_addr *ctx)
 {
-	return sock_forward(ctx);
+	return forward4(ctx);
 }
 
 int sock_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_forward(ctx);
+	return forward4(ctx);
 }
 
 int sock_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	return sock_reverse(ctx);
+	return reverse4(ctx);
 }
 
 int sock_peername4(struct bpf_sock_addr *ctx)
 {
-	return sock_reverse(ctx);
+	return reverse4(ctx);
+}
+
+int sock_connect6(struct bpf_sock_addr *ctx)
+{
+	return forward6(ctx);
+}
+
+int sock_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return forward6(ctx);
+}
+
+int sock_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	return reverse6(ctx);
+}
+
+int sock_peername6(struct bpf_sock_addr *ctx)
+{
+	return reverse6(ctx);
 }

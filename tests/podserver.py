@@ -164,26 +164,34 @@ def client(kind: int, ip: str, port: int, reconnect: bool = False) -> None:
 
 
 def kernel_peer(sock, proto: str) -> str | None:
-    """The socket's peer as the kernel holds it (/proc/net/udp or tcp: no BPF hook rewrites it)."""
+    """The socket's peer as the kernel holds it (/proc/net/udp, tcp, udp6, tcp6: no BPF hook
+    rewrites it)."""
     import os
     import struct
     inode = os.fstat(sock.fileno()).st_ino
-    with open(f"/proc/net/{proto}") as table:
+    v6 = sock.family == socket.AF_INET6
+    with open(f"/proc/net/{proto}{'6' if v6 else ''}") as table:
         for row in list(table)[1:]:
             fields = row.split()
             if int(fields[9]) == inode:
                 addr, port = fields[2].split(":")
-                return f"{socket.inet_ntoa(struct.pack('<I', int(addr, 16)))}:{int(port, 16)}"
+                raw = b"".join(struct.pack("<I", int(addr[i:i + 8], 16)) for i in range(0, len(addr), 8))
+                return f"{socket.inet_ntop(sock.family, raw)}:{int(port, 16)}"
     return None
 
 
+def _family(ip: str) -> int:
+    """An IPv6 socket for an IPv6 (or IPv4-mapped, ::ffff:a.b.c.d) address, as dual-stack programs use."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def _addr(pair) -> str | None:
-    return f"{pair[0]}:{pair[1]}" if pair else None
+    return f"{pair[0]}:{pair[1]}" if pair else None   # (an IPv6 pair's flow info and scope left out)
 
 
 def udp_ask(ip: str, port: int, mode: str, count: int = 1, timeout: float = 1.0) -> None:
     import json
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
     sock.settimeout(timeout)
     connected = mode == "connected"
     for _ in range(count):
@@ -209,7 +217,7 @@ def tcp_ask(ip: str, port: int, timeout: float = 2.0) -> None:
     import json
     import time
     out = {"body": None, "peer": None, "kernel_peer": None, "error": None, "ms": None}
-    sock = socket.socket()
+    sock = socket.socket(_family(ip))
     sock.settimeout(timeout)
     started = time.monotonic()
     try:

@@ -153,6 +153,18 @@ def test_udp_answers_come_from_the_vip(svc, mode):
                    for a in answers), answers
 
 
+def test_ipv6_sockets_reach_ipv4_services_through_mapped_addresses(svc):
+    """Dual-stack programs (Java's sockets, for one) connect to ::ffff:10.96.0.2."""
+    mapped = f"::ffff:{VIP}"
+    tcp = svc.ask("tcp-ask", mapped, 8080)[0]
+    assert tcp["body"] in ("A0", "B") and tcp["peer"] == f"{mapped}:8080", tcp
+    assert tcp["kernel_peer"] == f"::ffff:{ {'A0': A0, 'B': B}[tcp['body']] }:8080".replace(" ", ""), tcp
+    for mode in ("connected", "unconnected"):
+        udp = svc.ask("udp-ask", mapped, 5353, mode)[0]
+        assert udp["reply"] in ("A0", "B") and udp["source"] == f"{mapped}:5353", (mode, udp)
+    assert svc.ask("tcp-ask", f"::ffff:{VIP_EMPTY}", 8080, 5)[0]["error"] == "ECONNREFUSED"
+
+
 def test_udp_sockets_spread_over_the_backends(svc):
     assert {svc.ask("udp-ask", VIP, 5353, "unconnected")[0]["reply"] for _ in range(20)} == {"A0", "B"}
 
@@ -304,7 +316,7 @@ def test_a_link_that_lost_its_pin_is_not_doubled(svc):
 
 def test_cleanup_leaves_no_attachment_and_the_host_untranslated(svc, foreign):
     try:
-        assert cgroups.detach(svc.pin_dir, str(svc.cgroup)) == 4
+        assert cgroups.detach(svc.pin_dir, str(svc.cgroup)) == len(cgroups.SOCK_HOOKS)
         assert ours_and_others(svc) == {hook: (["foreign4"] if hook == "sock_connect4" else [])
                                         for hook in cgroups.SOCK_HOOKS}
         assert not Path(svc.pin_dir, cgroups.LINK_DIR).exists()

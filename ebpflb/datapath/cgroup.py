@@ -29,6 +29,10 @@ SOCK_HOOKS = {
     "sock_sendmsg4": 14,    # BPF_CGROUP_UDP4_SENDMSG
     "sock_recvmsg4": 19,    # BPF_CGROUP_UDP4_RECVMSG
     "sock_peername4": 29,   # BPF_CGROUP_INET4_GETPEERNAME
+    "sock_connect6": 11,    # BPF_CGROUP_INET6_CONNECT     (IPv6 sockets reaching IPv4 services)
+    "sock_sendmsg6": 15,    # BPF_CGROUP_UDP6_SENDMSG
+    "sock_recvmsg6": 20,    # BPF_CGROUP_UDP6_RECVMSG
+    "sock_peername6": 30,   # BPF_CGROUP_INET6_GETPEERNAME
 }
 LINK_DIR = "cgroup_links"
 OWN_MOUNT = "/run/ebpflb/cgroupv2"

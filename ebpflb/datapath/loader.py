@@ -35,6 +35,10 @@ PROGRAMS = {
         "sock_sendmsg4": ("CGROUP_SOCK_ADDR", "CGROUP_UDP4_SENDMSG"),
         "sock_recvmsg4": ("CGROUP_SOCK_ADDR", "CGROUP_UDP4_RECVMSG"),
         "sock_peername4": ("CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME"),
+        "sock_connect6": ("CGROUP_SOCK_ADDR", "CGROUP_INET6_CONNECT"),
+        "sock_sendmsg6": ("CGROUP_SOCK_ADDR", "CGROUP_UDP6_SENDMSG"),
+        "sock_recvmsg6": ("CGROUP_SOCK_ADDR", "CGROUP_UDP6_RECVMSG"),
+        "sock_peername6": ("CGROUP_SOCK_ADDR", "CGROUP_INET6_GETPEERNAME"),
         "bpf_iter__udp": "TRACING",           # the socket reaper, run by the agent, never attached
     },
     ("uplink.c",): {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP"},
