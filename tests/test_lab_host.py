@@ -159,6 +159,8 @@ def test_a_backend_removed_under_a_connected_udp_socket(lab, agents):
                  what="the socket aborted")
         assert [udp.request() for _ in range(3)] == [staying] * 3     # its server still answers: only a move shows
         assert udp.reconnects() == 1
+        from tests.test_lab_api import metrics
+        assert re.search(r"^ebpflb_host_udp_sockets_aborted_total [1-9]", metrics(lab, HOST), re.M)
         assert on_tcp(tcps) == before                                  # TCP keeps its backend
     finally:
         for session in (udp, *tcps):

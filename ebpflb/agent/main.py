@@ -239,6 +239,7 @@ class Agent:
         aborted = self.reaper.abort_udp_sockets_to(gone) if self.reaper and gone else 0
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)
+        self.metrics.sockets_aborted.inc(aborted)
         if not self.health.ready:
             # The second figure includes the interpreter, the imports and bcc compiling the programs.
             log.info("first full sync done %.2f s after the source started, %.2f s after the process started",
