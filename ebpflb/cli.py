@@ -58,7 +58,7 @@ def cmd_cleanup(args) -> None:
         root = resolve_cgroup_root(args.cgroup_root) if args.cgroup_root else default_cgroup_root(mount=False)
     except CgroupError as err:
         sys.exit(f"ebpflb cleanup: {err}")
-    hooks = detach(args.pin_dir, root)
+    hooks = detach(args.pin_dir, root, by_name=args.cgroup_root is not None)
     print(f"detached {hooks} host-socket hooks" + (f" from cgroup {root}" if root else ""))
     if os.path.isdir(args.pin_dir):
         shutil.rmtree(args.pin_dir)

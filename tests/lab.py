@@ -307,7 +307,8 @@ class Lab:
         self.namespaces = [self.underlay_ns, *self.node_ns.values(), *self.pod_ns.values(),
                            *self.outside_ns.values()]
         self.bpf_dir = BPFFS / self.name
-        self.cgroup_dir: Path | None = None    # <cgroup v2 root>/<name>, made by build()
+        self.cgroup_dir: Path | None = None    # <cgroup v2 root>/<name>, once build() made it
+        self.reclaim_cgroups = False           # gc: remove the cgroups of a lab whose owner died
         self.tmpdir: Path | None = None
         self.agents: dict[str, subprocess.Popen] = {}
         self.servers: dict[str, subprocess.Popen] = {}
@@ -422,14 +423,18 @@ class Lab:
         return Path(root) if root else None
 
     def _build_cgroups(self) -> None:
-        self.cgroup_dir = self._cgroup_root() / self.name
-        self.cgroup_dir.mkdir()
+        path = self._cgroup_root() / self.name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise LabError(f"cgroup {path} already exists (another lab's?)") from None
+        self.cgroup_dir = path
         for node in NODES:
             self.cgroup(node).mkdir()
 
     def _remove_cgroups(self) -> None:
         """Kill what is left in the lab's cgroups and remove them (their programs go with them)."""
-        if self.cgroup_dir is None:
+        if self.cgroup_dir is None and self.reclaim_cgroups:
             root = self._cgroup_root(mount=False)
             self.cgroup_dir = root / self.name if root else None
         if self.cgroup_dir is None or not self.cgroup_dir.is_dir():
@@ -903,6 +908,7 @@ def gc_stale() -> list[str]:
             continue
         lab = Lab(name=f.stem)
         lab.tmpdir = Path(info["tmpdir"]) if info.get("tmpdir") else None
+        lab.reclaim_cgroups = True
         lab.teardown()
         cleaned.append(f.stem)
     return cleaned

@@ -179,8 +179,10 @@ def attach(fds: dict[str, int], pin_dir: str, cgroup: str) -> dict[str, str]:
     return done
 
 
-def detach(pin_dir: str, cgroup: str | None) -> int:
-    """Detach the pinned links, and any other link of ours on `cgroup`; how many were detached."""
+def detach(pin_dir: str, cgroup: str | None, by_name: bool = False) -> int:
+    """Detach the pinned links, and every other link of ours on `cgroup`: those using the pin dir's
+    maps, or, with `by_name` (a cgroup named on purpose) and no maps left to tell, every link whose
+    program has one of our names. How many were detached."""
     detached = 0
     links = Path(pin_dir, LINK_DIR)
     config_map = _config_map_id(pin_dir)
@@ -193,7 +195,7 @@ def detach(pin_dir: str, cgroup: str | None) -> int:
                 log.warning("%s: %s", pin, err)
             pin.unlink()
         links.rmdir()
-    if cgroup is not None and os.path.isdir(cgroup):
+    if cgroup is not None and os.path.isdir(cgroup) and (config_map is not None or by_name):
         for fd, _ in list(_links_on(cgroup_id(cgroup), config_map)):
             _detach(fd)
             detached += 1
