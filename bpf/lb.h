@@ -77,11 +77,13 @@ static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u3
 	return src_ranges.lookup(&key) != NULL;
 }
 
-/* Among the first `n` ordinals (all backends, or the local ones, which come first), by hash. */
-static __always_inline struct nat_be_value *lb_pick_among(__u32 id, __u32 n, __u32 hash, __u32 *ordinal)
+/* Among the first `n` ordinals of fe's backends (all of them, or the local ones, which come
+ * first), by hash. */
+static __always_inline struct nat_be_value *lb_pick_among(const struct nat_fe_value *fe, __u32 n, __u32 hash,
+							  __u32 *ordinal)
 {
 	struct nat_be_key key = {
-		.id = id,
+		.id = fe->id,
 		.ordinal = hash % n,
 	};
 	*ordinal = key.ordinal;
@@ -109,6 +111,6 @@ static __always_inline enum lb_verdict lb_decide(const struct nat_fe_value *fe, 
 
 	if (n == 0)
 		return local_only ? LB_NO_LOCAL_ENDPOINT : LB_NO_ENDPOINTS;
-	*be = lb_pick_among(fe->id, n, hash, ordinal);
+	*be = lb_pick_among(fe, n, hash, ordinal);
 	return *be ? LB_BACKEND : LB_NO_BACKEND;
 }
