@@ -16,6 +16,11 @@
 /* An ICMP error quotes the offending IP header (with options) and 8 bytes of payload. */
 #define ICMP_QUOTE_MAX (60 + 8)
 
+/* What a service port without endpoints answers (--no-endpoints; the loader always sets it). */
+#ifndef REJECT_NO_ENDPOINTS
+#define REJECT_NO_ENDPOINTS 1
+#endif
+
 /* What tc programs return for a packet they let go on (untouched, or translated in place): the
  * next filter on the hook still sees it (a CNI's policy, a monitoring tool), as cls_bpf in
  * direct-action mode moves on for TC_ACT_UNSPEC; after the last filter it counts as TC_ACT_OK.
