@@ -85,7 +85,7 @@ static __always_inline int ct_still(const struct ct_value *entry, const struct c
 	return 1;
 }
 
-/* Forget the reply half at rev_key (entry: what its lookup gave) and, with with_fwd, its forward
+/* Forget the reply half at rev_key (rev: what its lookup gave) and, with with_fwd, its forward
  * twin while that still names it (a client that reopened its tuple already has a newer pair).
  *
  * Only its claimer deletes an entry: last_seen swapped to CT_CLAIMED from what was read, so one
@@ -125,12 +125,14 @@ static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_
 }
 
 /* last_seen only moves forward, and is written only when the (per-jiffy, clock.h) clock moved:
- * a flow's packets mostly read its entry instead of dirtying its cache line each time. A
- * claimed entry (CT_CLAIMED) is never moved. */
+ * a flow's packets mostly read its entry instead of dirtying its cache line each time. That write
+ * is a compare-and-swap (once a tick, so it costs nothing), so it never undoes a claim made since
+ * the read, and a claimed entry (CT_CLAIMED, above any time) is never moved. */
 static __always_inline void ct_touch_time(struct ct_value *entry, __u64 now)
 {
-	if (now > entry->last_seen_ns)
-		entry->last_seen_ns = now;
+	__u64 seen = entry->last_seen_ns;
+	if (now > seen)
+		__sync_val_compare_and_swap(&entry->last_seen_ns, seen, now);
 }
 
 static __always_inline void ct_add_tcp_bits(struct ct_value *rev, __u64 bits)
@@ -222,17 +224,32 @@ enum ct_reservation {
 	CT_TAKEN,      /* another live flow's: try another port, or give up */
 };
 
-/* Take the reply tuple rev_key for the flow fwd_key (rev: its new NAT_REV). Another flow's reply
+/* An entry claimed by another CPU is deleted within a microsecond (ct_forget(), ct_sweep_flow()):
+ * rather than give up a tuple that is about to be free (a SYN reusing a port the sweep is deleting
+ * the closed flow of was dropped, its client retrying a second later), wait that long for it. The
+ * entry at key afterwards: NULL when gone, else what is there (still claimed, or a new one). */
+#define CT_CLAIM_WAIT 32   /* lookups, ~30 ns each */
+static __always_inline struct ct_value *ct_wait_unclaimed(struct ct_key *key, struct ct_value *entry)
+{
+	for (int i = 0; i < CT_CLAIM_WAIT && entry && entry->last_seen_ns == CT_CLAIMED; i++)
+		entry = ct.lookup(key);
+	return entry;
+}
+
+/* Take the reply tuple rev_key for the flow fwd_key (rev: its new NAT_REV); wait: for one that
+ * another CPU is deleting (a fixed tuple; a SNAT port search rather tries the next candidate). Another flow's reply
  * half is given up only when that flow closed (TCP) or moved on (its forward half names another
  * reply tuple); one whose forward half is missing is live: another CPU may be writing it (the
  * reply half goes first), or the flow lost it and gets it back. This flow's own reply half is
  * adopted as it is (with this packet's FIN or RST). */
 static __always_inline enum ct_reservation ct_reserve_reply(const struct packet *p, struct ct_key *rev_key,
-							    const struct ct_key *fwd_key, struct ct_value *rev)
+							    const struct ct_key *fwd_key, struct ct_value *rev, int wait)
 {
 	if (ct.insert(rev_key, rev) == 0)
 		return CT_RESERVED;
 	struct ct_value *held = ct.lookup(rev_key);
+	if (wait)
+		held = ct_wait_unclaimed(rev_key, held);
 	if (!held)
 		return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
 	if (held->last_seen_ns == CT_CLAIMED || held->type != CT_TYPE_NAT_REV)
@@ -254,7 +271,8 @@ static __always_inline enum ct_reservation ct_reserve_reply(const struct packet 
 			return CT_TAKEN;
 	}
 	/* A closed flow's pair goes whole; a moved-on flow's leftover goes alone. */
-	if (ct_forget(rev_key, held, &holder, closed ? CT_IF_CLOSED : CT_IF_NAMED, closed) < 0)
+	if (ct_forget(rev_key, held, &holder, closed ? CT_IF_CLOSED : CT_IF_NAMED, closed) < 0 &&
+	    (!wait || ct_wait_unclaimed(rev_key, ct.lookup(rev_key))))   /* another CPU forgetting it: gone yet? */
 		return CT_TAKEN;
 	return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
 }
@@ -315,7 +333,7 @@ static __always_inline int ct_create_flow(const struct packet *p, const struct c
 					  struct ct_key *rev_key, struct ct_value *fwd, struct ct_value *rev,
 					  const struct ct_key *old_rev_key)
 {
-	if (ct_reserve_reply(p, rev_key, fwd_key, rev) == CT_TAKEN)
+	if (ct_reserve_reply(p, rev_key, fwd_key, rev, 1) == CT_TAKEN)
 		return -1;
 	return ct_commit_flow(fwd_key, rev_key, fwd, old_rev_key);
 }

@@ -264,3 +264,4 @@ def test_a_flow_whose_snat_port_went_to_another_is_started_again_never_shares_it
     assert (ip_str(rev.snat_addr), port_int(rev.snat_port)) == (OTHER_CLIENT, 40000)
     assert reply_to(dp, routed, snat_port)[1][30:34] == bytes(map(int, OTHER_CLIENT.split(".")))
     assert not pair_problems(dp.maps)
+
