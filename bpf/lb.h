@@ -53,11 +53,12 @@ static __always_inline __u32 lb_flow_hash(const struct packet *p)
 	return (__u32)h;
 }
 
-/* Among the frontend's backends (ordinals 0..count-1). */
+/* Among the frontend's backends (ordinals 0..count-1 of its generation). */
 static __always_inline struct nat_be_value *lb_pick_backend(const struct nat_fe_value *fe, const struct packet *p)
 {
 	struct nat_be_key key = {
 		.id = fe->id,
+		.gen = fe->gen,
 		.ordinal = lb_flow_hash(p) % fe->count,
 	};
 	return nat_be.lookup(&key);
@@ -78,11 +79,12 @@ static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u3
 
 /* Among the first `n` ordinals: all backends (count), or the local ones (local); by the flow's
  * hash, as lb_pick_backend(). */
-static __always_inline struct nat_be_value *lb_pick_among(__u32 id, __u32 n, const struct packet *p,
-							  __u32 *ordinal)
+static __always_inline struct nat_be_value *lb_pick_among(const struct nat_fe_value *fe, __u32 n,
+							  const struct packet *p, __u32 *ordinal)
 {
 	struct nat_be_key key = {
-		.id = id,
+		.id = fe->id,
+		.gen = fe->gen,
 		.ordinal = lb_flow_hash(p) % n,
 	};
 	*ordinal = key.ordinal;

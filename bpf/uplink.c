@@ -83,7 +83,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	}
 
 	__u32 ordinal;
-	struct nat_be_value *be = lb_pick_among(fe->id, n, p, &ordinal);
+	struct nat_be_value *be = lb_pick_among(fe, n, p, &ordinal);
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 

@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
-from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
+from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, service_ids, sweep
 from ebpflb.core.services import Usage
 from ebpflb.core.tracker import ServiceTracker
 from ebpflb.gc_pause import gc_paused
@@ -110,13 +110,16 @@ class Agent:
                                                    node_addr=(self.uplink_addrs or [None])[0])
         self.writer = MapWriter(self.datapath.maps)
         maps = self.datapath.maps
-        # A restart takes back the ids the maps use, so nothing needs rewriting.
-        self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name,
-                                      id_hints={k: f.svc_id for k, f in self.writer.frontends.items()},
+        # A restart takes back the ids the maps use for the same service ports, so nothing needs
+        # rewriting; every other id the maps or conntrack name waits in quarantine, and the first
+        # sync deletes what the maps hold beyond the desired state.
+        self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name, id_hints=self.writer.id_hints(),
+                                      held_ids=self.writer.ids_in_maps() | service_ids(maps.ct),
                                       node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
                                       capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
                                                                                maps.svc_ips, maps.src_ranges))))
-        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
+        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.writer, self.tracker,
+                                                          self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
         attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
@@ -141,7 +144,7 @@ class Agent:
                     self._drain_wake()
                 source.poll()
                 self._follow_node_addresses()
-                if source.synced and self.tracker.dirty and self._sync_due():
+                if source.synced and self.tracker.needs_sync and self._sync_due():
                     self.sync()
         finally:
             self.stopped.set()
@@ -168,7 +171,7 @@ class Agent:
 
     def _wait_time(self) -> float:
         wait = LOOP_TICK_S
-        if self.tracker.dirty:
+        if self.tracker.needs_sync:
             wait = min(wait, max(0.0, self.last_sync + self.config.min_sync_period - time.monotonic()))
         return wait
 
@@ -187,6 +190,7 @@ class Agent:
                 changes = self.tracker.flush()
                 stats = self.writer.apply(self.tracker.state, changes)
                 programmed = time.monotonic()   # the maps hold it all now; what follows is housekeeping
+                self.tracker.quarantine.written(programmed)   # ids that left are out of the maps now
                 health_checks = dict(self.tracker.state.health_checks)
                 state, rejected = self.tracker.state, self.tracker.rejected
                 n_ports, n_frontends = len(state.ids), len(state.frontends)
@@ -195,7 +199,8 @@ class Agent:
             self.health.last_sync_failed = True
             log.exception("sync failed; will compare everything again at the next period")
             with self.lock:
-                self.writer = MapWriter(self.datapath.maps)     # what the maps really hold now
+                # What the maps really hold now, compared whole with the desired state at the next sync.
+                self.writer = MapWriter(self.datapath.maps)
                 self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
             return
         self.health.last_sync_failed = False
@@ -228,15 +233,33 @@ class Agent:
     def _sweep_loop(self) -> None:
         delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
         while not self.stopped.wait(self.config.sweep_interval):
+            started, seen = time.monotonic(), set()
             try:
-                deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
+                deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete, ids_seen=seen)
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue
+            with self.lock:
+                released = self.tracker.quarantine.release(seen, started)
+            if released:
+                log.info("service ids %s no longer named anywhere: free again", _ranges(released))
             if deleted:
                 log.info("conntrack: %d expired entries removed", deleted)
             ct = self.datapath.maps.ct
             self.pressure.check("conntrack", ct.count(), ct.max_entries)
+
+
+def _ranges(ids: set[int]) -> str:
+    """1-3,7 for {1, 2, 3, 7}."""
+    out, run = [], []
+    for i in sorted(ids):
+        if run and i != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def process_started() -> float:

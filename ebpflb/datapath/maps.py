@@ -62,14 +62,14 @@ class BpfMap:
 
     def update_many(self, keys, values) -> None:
         """Write keys[i] -> values[i] for two cffi arrays of the map's key and value types: one
-        batch syscall per BATCH entries instead of one each."""
-        if len(keys) != len(values):
+        batch syscall per BATCH entries instead of one each. Per-CPU maps take ncpus values a key."""
+        if len(keys) * self.ncpus != len(values):
             raise ValueError(f"{len(keys)} keys, {len(values)} values")
         opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
         count = bpf_ffi.new("__u32 *")
         for start in range(0, len(keys), BATCH):
             count[0] = min(BATCH, len(keys) - start)
-            libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start, count, opts),
+            libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start * self.ncpus, count, opts),
                          f"batch update of {self.path}")
 
     def delete(self, key) -> bool:
