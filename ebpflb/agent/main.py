@@ -19,14 +19,13 @@ from pyroute2 import IPRoute
 
 from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
-from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, service_ids, sweep
+from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.services import Usage
-from ebpflb.core.tracker import ServiceTracker
 from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
-from ebpflb.sync.writer import MapWriter
+from ebpflb.sync.session import SyncSession
 
 log = logging.getLogger("ebpflb.agent")
 
@@ -90,6 +89,10 @@ class Agent:
         self.logged_rejections: set = set()
         self.pressure = MapPressure()
 
+    @property
+    def tracker(self):
+        return self.session.tracker
+
     def stop(self, *_) -> None:
         self.stopping = True
         self.wake()
@@ -108,18 +111,16 @@ class Agent:
         threading.Thread(target=import_source_modules, args=(cfg,), name="import-source", daemon=True).start()
         self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr,
                                                    node_addr=(self.uplink_addrs or [None])[0])
-        self.writer = MapWriter(self.datapath.maps)
         maps = self.datapath.maps
-        # A restart takes back the ids the maps use for the same service ports, so nothing needs
-        # rewriting; every other id the maps or conntrack name waits in quarantine, and the first
-        # sync deletes what the maps hold beyond the desired state.
-        self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name, id_hints=self.writer.id_hints(),
-                                      held_ids=self.writer.ids_in_maps() | service_ids(maps.ct),
-                                      node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
-                                      capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
-                                                                               maps.svc_ips, maps.src_ranges))))
-        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.writer, self.tracker,
-                                                          self.lock))
+        # What the maps hold already: ids go back to their service ports, and the first sync deletes
+        # what the maps hold beyond the desired state (sync/session.py).
+        self.session = SyncSession(maps, cfg.node_name, proxy_name=cfg.proxy_name,
+                                   node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
+                                   capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
+                                                                            maps.svc_ips, maps.src_ranges))))
+        # The writer as it is at each scrape: a failed sync makes a new one.
+        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.session.writer,
+                                                          self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
         attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
@@ -187,10 +188,8 @@ class Agent:
         self.last_sync = time.monotonic()
         try:
             with self.lock, gc_paused():
-                changes = self.tracker.flush()
-                stats = self.writer.apply(self.tracker.state, changes)
+                changes, stats = self.session.sync()
                 programmed = time.monotonic()   # the maps hold it all now; what follows is housekeeping
-                self.tracker.quarantine.written(programmed)   # ids that left are out of the maps now
                 health_checks = dict(self.tracker.state.health_checks)
                 state, rejected = self.tracker.state, self.tracker.rejected
                 n_ports, n_frontends = len(state.ids), len(state.frontends)
@@ -198,10 +197,6 @@ class Agent:
         except Exception:
             self.health.last_sync_failed = True
             log.exception("sync failed; will compare everything again at the next period")
-            with self.lock:
-                # What the maps really hold now, compared whole with the desired state at the next sync.
-                self.writer = MapWriter(self.datapath.maps)
-                self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
             return
         self.health.last_sync_failed = False
         self.health_checks.update(health_checks)
@@ -240,7 +235,7 @@ class Agent:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue
             with self.lock:
-                released = self.tracker.quarantine.release(seen, started)
+                released = self.session.release(seen, started)
             if released:
                 log.info("service ids %s no longer named anywhere: free again", _ranges(released))
             if deleted:

@@ -341,8 +341,10 @@ class ServiceTracker:
                                 node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
                                 capacity=self.capacity)
         if old is None and self.id_hints:
+            # Not an id a sync has since removed from the maps: nothing of it is left to take back.
             in_use = set(self.state.ids.values())
-            hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items() if i not in in_use}
+            hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items()
+                      if i not in in_use and self.quarantine.held.get(i) is None}
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, hinted, reserved)
         self.rejected_by_service[key] = list(desired.rejected)
@@ -387,7 +389,7 @@ class ServiceTracker:
             # Restart: take back the ids the maps use, for names this process has not seen yet.
             held = set(previous.values())
             hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items()
-                      if n not in previous and i not in held}
+                      if n not in previous and i not in held and self.quarantine.held.get(i) is None}
             if any(desired.ids[n] != i for n, i in hinted.items()):
                 desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}},
                                     reserved)
