@@ -127,13 +127,14 @@ def expected(services: dict, slices: dict, ids: dict) -> dict:
 
 
 def by_name(frontends, backends, service_ips, src_ranges, name_of) -> dict:
+    """Keyed by pin name: one entry for every map sync/keepers.py says the desired state decides."""
     bits = {addr_bit(a) for a in [*(k.addr for k in frontends), *service_ips]}
-    return {"frontends": {k: (name_of[f.svc_id], f.count, f.local, f.flags) for k, f in frontends.items()},
-            "backends": {name_of[i]: tuple(b) for i, b in backends.items() if b},
-            "service_ips": set(service_ips),
+    return {"nat_fe": {k: (name_of[f.svc_id], f.count, f.local, f.flags) for k, f in frontends.items()},
+            "nat_be": {name_of[i]: tuple(b) for i, b in backends.items() if b},
+            "svc_ips": set(service_ips),
             "src_ranges": {name_of[i]: set(r) for i, r in src_ranges.items() if r},
-            "words": {w: sum(1 << (b % WORD_BITS) for b in bits if b // WORD_BITS == w)
-                      for w in {b // WORD_BITS for b in bits}}}
+            "svc_addr_bits": {w: sum(1 << (b % WORD_BITS) for b in bits if b // WORD_BITS == w)
+                              for w in {b // WORD_BITS for b in bits}}}
 
 
 def held(maps, session) -> dict:
@@ -153,7 +154,7 @@ def held(maps, session) -> dict:
     words = {key[0]: value[0] for key, value in maps.svc_addr_bits.items() if value[0]}
     return {**by_name(contents.frontends, {i: next(iter(g.values())) for i, g in slots.items()},
                       contents.service_ips, contents.src_ranges, name_of),
-            "words": words}
+            "svc_addr_bits": words}
 
 
 SVC_A, SVC_B = ("svc", "a", 80, "TCP", "NodePort", False, 0), ("svc", "b", 80, "TCP", "ClusterIP", False, 0)

@@ -25,6 +25,7 @@ from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
+from ebpflb.sync.keepers import ids_named_by_flows
 from ebpflb.sync.session import SyncSession
 
 log = logging.getLogger("ebpflb.agent")
@@ -231,6 +232,7 @@ class Agent:
             started, seen = time.monotonic(), set()
             try:
                 deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete, ids_seen=seen)
+                seen |= ids_named_by_flows(self.datapath.maps, skip=("ct",))
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue

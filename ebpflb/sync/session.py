@@ -15,6 +15,7 @@ import time
 from ebpflb.core.tracker import Changes, ServiceTracker
 from ebpflb.datapath.conntrack import service_ids
 from ebpflb.datapath.maps import Maps
+from ebpflb.sync.keepers import ids_named_by_flows
 from ebpflb.sync.writer import MapWriter, WriteStats
 
 
@@ -23,7 +24,8 @@ class SyncSession:
         self.maps = maps
         self.writer = MapWriter(maps)
         self.tracker = ServiceTracker(node_name, id_hints=self.writer.id_hints(),
-                                      held_ids=self.writer.ids_in_maps() | service_ids(maps.ct), **tracker_options)
+                                      held_ids=self.writer.ids_in_maps() | service_ids(maps.ct)
+                                      | ids_named_by_flows(maps, skip=("ct",)), **tracker_options)
 
     @property
     def needs_sync(self) -> bool:
