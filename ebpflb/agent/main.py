@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 
 from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
+from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.services import Usage
 from ebpflb.gc_pause import gc_paused
@@ -110,8 +111,8 @@ class Agent:
             self.uplinks = list(cfg.uplinks) if cfg.uplinks is not None else default_route_links(ipr)
             self.uplink_addrs = link_addresses(ipr, self.uplinks)
         threading.Thread(target=import_source_modules, args=(cfg,), name="import-source", daemon=True).start()
-        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr,
-                                                   node_addr=(self.uplink_addrs or [None])[0])
+        self.snat_addr = (self.uplink_addrs or [None])[0]
+        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr, node_addr=self.snat_addr)
         maps = self.datapath.maps
         # What the maps hold already: ids go back to their service ports, and the first sync deletes
         # what the maps hold beyond the desired state (sync/session.py).
@@ -124,7 +125,8 @@ class Agent:
                                                           self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
-        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
+        links = LinkKeeper(lambda: LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp),
+                           self._uplink_addresses_changed)
         self.source = source = make_source(cfg, self.metrics)
         log.info("node %s: programs loaded, maps pinned in %s; uplinks %s (%s)", cfg.node_name, cfg.pin_dir,
                  ", ".join(self.uplinks) or "none", ", ".join(self.uplink_addrs) or "no address")
@@ -132,16 +134,15 @@ class Agent:
         # holds back a sync (it delayed one by 0.7 s at 50k entries).
         sweeper = threading.Thread(target=self._sweep_loop, name="conntrack-sweep", daemon=True)
         try:
-            attacher.reconcile()
+            links.start()
+            self.uplink_addrs = links.addresses   # as they are now, after the programs' compile
             self.source_started = time.monotonic()
             source.start(self.tracker, self.lock, self.wake)
             self.wake()   # the first turn polls the source (reads the manifests) at once, not a tick later
             sweeper.start()
             while not self.stopping:
                 self.health.beat()
-                readable, _, _ = select.select([attacher, self.wake_r], [], [], self._wait_time())
-                if attacher in readable:
-                    attacher.handle_events()
+                readable, _, _ = select.select([self.wake_r], [], [], self._wait_time())
                 if self.wake_r in readable:
                     self._drain_wake()
                 source.poll()
@@ -153,17 +154,29 @@ class Agent:
             source.stop()
             if sweeper.is_alive():
                 sweeper.join(timeout=5)
-            attacher.close()
+            links.stop()
             self.health_checks.close()
             if server:
                 server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
 
+    def _uplink_addresses_changed(self, addresses: list[str]) -> None:
+        """From the links thread: the main loop follows at its next turn."""
+        self.uplink_addrs = addresses
+        self.wake()
+
     def _follow_node_addresses(self) -> None:
-        """NodePorts listen on the uplinks' addresses and on those the Node object lists."""
+        """NodePorts listen on the uplinks' addresses and on those the Node object lists; the SNAT
+        source is the uplinks' first address."""
+        uplink_addrs = self.uplink_addrs   # replaced whole by the links thread
+        snat = uplink_addrs[0] if uplink_addrs else None
+        if snat != self.snat_addr:
+            self.datapath.write_config(self.config.hairpin_addr, snat)
+            log.info("SNAT source (node address) now %s", snat or "none")
+            self.snat_addr = snat
         from_api = getattr(self.source, "node_addresses", lambda name: [])(self.config.node_name)
-        wanted = tuple(dict.fromkeys([*self.uplink_addrs, *from_api]))
+        wanted = tuple(dict.fromkeys([*uplink_addrs, *from_api]))
         if wanted != tuple(self.tracker.node_addresses):
             with self.lock:
                 self.tracker.set_node_addresses(wanted)

@@ -1,9 +1,11 @@
 """Attach the workload programs at tc (clsact, direct-action) on pod veths, with pyroute2."""
+import errno
 import logging
 import re
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +113,38 @@ def detach_all(ipr: IPRoute) -> list[str]:
     return sorted(set(touched))
 
 
+# Notifications the attacher listens to: links (new pod veths) and IPv4 addresses (the uplinks'); not
+# routes or neighbours, which change all the time on a busy node and would each mean a dump.
+EVENT_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+
+
 class LinkAttacher:
     """Keeps the uplink programs on the uplinks and the workload programs on every link whose
-    name matches the pattern, existing and future ones."""
+    name matches the pattern, existing and future ones; knows the uplinks' addresses."""
 
     def __init__(self, fds: dict[str, int], pattern: str = DEFAULT_WORKLOAD_IFACES,
                  uplinks: list[str] = (), xdp: bool = True):
         self.fds = fds
         self.pattern = re.compile(pattern)
         self.uplinks = set(uplinks)
+        self.uplink_order = list(uplinks)
         self.xdp = xdp
         self.ipr = IPRoute()
-        self.events = IPRoute()
-        self.events.bind()
+        self.events = self._subscribe()
         self.attached: dict[int, str] = {}
+
+    @staticmethod
+    def _subscribe() -> IPRoute:
+        events = IPRoute()
+        events.bind(groups=EVENT_GROUPS)
+        return events
 
     def fileno(self) -> int:
         return self.events.fileno()
+
+    def uplink_addresses(self) -> list[str]:
+        """The uplinks' IPv4 addresses now, in the order the uplinks were given."""
+        return link_addresses(self.ipr, self.uplink_order)
 
     def _consider(self, ifindex: int, name: str) -> None:
         programs = UPLINK if name in self.uplinks else WORKLOAD if self.pattern.search(name) else None
@@ -166,11 +183,32 @@ class LinkAttacher:
         for ifindex in self.attached.keys() - present.keys():
             del self.attached[ifindex]
 
-    def handle_events(self) -> None:
-        """Call when fileno() is readable. pyroute2 may read several notifications at once and
-        return only some, so a notification only says "links changed": reconcile with a dump."""
-        self.events.get()
+    def handle_events(self) -> bool:
+        """Call when fileno() is readable. A new link is attached from its notification at once; then,
+        as pyroute2 may read several notifications and return only some, a dump catches what was
+        missed. A netlink error (ENOBUFS: the kernel dropped notifications we were too slow for) is
+        not fatal: every link is read again. Returns whether an address may have changed."""
+        try:
+            messages = self.events.get()
+        except (NetlinkError, OSError) as err:
+            code = getattr(err, "code", None) or getattr(err, "errno", None)
+            log.warning("link notifications: %s; reading every link and address again", err)
+            if code != errno.ENOBUFS:   # the socket may be unusable: a new subscription
+                self.events.close()
+                self.events = self._subscribe()
+            self.reconcile()
+            return True
+        addresses = False
+        for msg in messages:
+            event = msg.get("event")
+            if event == "RTM_NEWLINK":
+                self._consider(msg["index"], _link_name(msg))
+            elif event == "RTM_DELLINK":
+                self.attached.pop(msg["index"], None)
+            elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
+                addresses = True
         self.reconcile()
+        return addresses
 
     def close(self) -> None:
         self.events.close()
