@@ -2,10 +2,12 @@
 import errno
 import logging
 import re
+import socket
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,8 @@ def detach_all(ipr: IPRoute) -> list[str]:
 # Notifications the attacher listens to: links (new pod veths) and IPv4 addresses (the uplinks'); not
 # routes or neighbours, which change all the time on a busy node and would each mean a dump.
 EVENT_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+NOTIFICATION_BUFFER = 1 << 20   # bytes: a few thousand link notifications between two reads
+SO_RCVBUFFORCE = 33             # linux/asm-generic/socket.h: past rmem_max (CAP_NET_ADMIN)
 
 
 class LinkAttacher:
@@ -131,12 +135,20 @@ class LinkAttacher:
         self.xdp = xdp
         self.ipr = IPRoute()
         self.events = self._subscribe()
+        self.marshal = MarshalRtnl()
         self.attached: dict[int, str] = {}
 
     @staticmethod
-    def _subscribe() -> IPRoute:
-        events = IPRoute()
-        events.bind(groups=EVENT_GROUPS)
+    def _subscribe() -> socket.socket:
+        """A plain netlink socket, its messages parsed by pyroute2: pyroute2's own socket fails for good
+        at the first ENOBUFS (every later read and even its close raise it again), where the kernel's
+        socket goes on."""
+        events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+        try:
+            events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, NOTIFICATION_BUFFER)
+        except OSError:   # without CAP_NET_ADMIN: what rmem_max allows
+            events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NOTIFICATION_BUFFER)
+        events.bind((0, EVENT_GROUPS))
         return events
 
     def fileno(self) -> int:
@@ -189,11 +201,11 @@ class LinkAttacher:
         missed. A netlink error (ENOBUFS: the kernel dropped notifications we were too slow for) is
         not fatal: every link is read again. Returns whether an address may have changed."""
         try:
-            messages = self.events.get()
-        except (NetlinkError, OSError) as err:
-            code = getattr(err, "code", None) or getattr(err, "errno", None)
-            log.warning("link notifications: %s; reading every link and address again", err)
-            if code != errno.ENOBUFS:   # the socket may be unusable: a new subscription
+            messages = [msg for data in self._pending() for msg in self.marshal.parse(data)]
+        except OSError as err:
+            why = "notifications came faster than read" if err.errno == errno.ENOBUFS else err
+            log.warning("link notifications lost (%s): reading every link and address again", why)
+            if err.errno != errno.ENOBUFS:   # the socket itself may be the trouble
                 self.events.close()
                 self.events = self._subscribe()
             self.reconcile()
@@ -209,6 +221,14 @@ class LinkAttacher:
                 addresses = True
         self.reconcile()
         return addresses
+
+    def _pending(self):
+        """Every datagram waiting on the notification socket."""
+        while True:
+            try:
+                yield self.events.recv(NOTIFICATION_BUFFER)
+            except BlockingIOError:
+                return
 
     def close(self) -> None:
         self.events.close()
