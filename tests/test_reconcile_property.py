@@ -111,6 +111,9 @@ class FailAfter:
         self._tick()
         return self.map.delete(key)
 
+    def delete_many(self, keys):
+        return sum(self.delete(keys + i) for i in range(len(keys)))
+
 
 def failing(maps, n: int):
     left = [n]

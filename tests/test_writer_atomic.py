@@ -69,6 +69,9 @@ class OneAtATime:
         self.between()
         return deleted
 
+    def delete_many(self, keys):
+        return sum(self.delete(keys + i) for i in range(len(keys)))
+
 
 def probes():
     """(name, program, packet): new flows from outside to the NodePort and from a pod to the ClusterIP."""

@@ -1,92 +1,147 @@
-"""The links of the agent's network namespace, kept on a thread of their own: a new pod veth gets the
+"""The links of the agent's network namespace, kept by a process of their own: a new pod veth gets the
 programs as its notification arrives (a new pod's first DNS query depends on it), never behind a
-sync of 10k services or a manifest reread on the main loop; and the uplinks' addresses are followed
-(NodePorts and the SNAT source move with them).
+sync of 10k services or a manifest reread. A thread was not enough: the agent's bulk work holds
+Python's GIL for hundreds of milliseconds at a time (a 10 MB JSON parse, the collection after a
+cold start), and an attach waited behind it.
 
-Nothing here stops the agent: a netlink error (ENOBUFS when notifications came faster than they were
-read) makes it read every link again; anything else is logged and tried again.
+The child gets the program fds, attaches to what is there, then follows link and address
+notifications (datapath/attach.py: LinkAttacher); it tells the agent the uplinks' addresses
+whenever they change, one JSON line each, so NodePorts and the SNAT source follow. It exits when
+the agent does (its end of a pipe closes; the kernel's parent-death signal besides), and the agent
+starts it again should it die.
+
+Nothing here stops the agent: netlink errors make the child read every link again (attach.py).
 """
+import json
 import logging
 import os
 import select
+import signal
+import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
-
-from ebpflb.datapath.attach import LinkAttacher
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# The main thread is busy in Python for seconds at a time during bulk work; this thread then waits
-# for the GIL up to the switch interval after each of its syscalls (an attach makes about ten).
-SWITCH_INTERVAL_S = 0.001
-RETRY_S = 1.0
+RESTART_S = 1.0
+_CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.agent.links import child_main; "
+          "sys.exit(child_main(sys.argv[2]))")
 
 
 class LinkKeeper:
-    def __init__(self, make_attacher: Callable[[], LinkAttacher], on_addresses: Callable[[list[str]], None]):
-        """`make_attacher()` is called on the thread (pyroute2's sockets belong to the thread that made
-        them); `on_addresses(addresses)`: the uplinks' IPv4 addresses changed (called from the thread)."""
-        self.make_attacher = make_attacher
-        self.on_addresses = on_addresses
-        self.attacher: LinkAttacher | None = None
+    def __init__(self, fds: dict[str, int], options: dict, on_addresses: Callable[[list[str]], None]):
+        """`options`: LinkAttacher's pattern, uplinks, xdp; `on_addresses(addresses)`: the uplinks' IPv4
+        addresses changed (called from a thread of the agent)."""
+        self.fds, self.options, self.on_addresses = fds, options, on_addresses
         self.addresses: list[str] = []
-        self.wake_r, self.wake_w = os.pipe()
         self.stopping = False
-        self.started = threading.Event()
-        self.failed: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="links", daemon=True)
+        self.child: subprocess.Popen | None = None
+        self.reader = threading.Thread(target=self._read, name="links", daemon=True)
 
     def start(self) -> None:
-        """Attach to what is there now (returns once done), then follow on the thread."""
-        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
-        self.thread.start()
-        self.started.wait()
-        if self.failed is not None:
-            raise self.failed
+        """Start the child; returns once it attached to the links there are now."""
+        self._spawn()
+        self.reader.start()
 
     def stop(self) -> None:
         self.stopping = True
-        os.write(self.wake_w, b"x")
-        if self.thread.is_alive():
-            self.thread.join(timeout=5)
-        os.close(self.wake_r)
-        os.close(self.wake_w)
-
-    def _run(self) -> None:
-        try:
-            self.attacher = self.make_attacher()
-            self.attacher.reconcile()
-            self.addresses = self.attacher.uplink_addresses()
-        except BaseException as err:   # start() raises it
-            self.failed = err
-            return
-        finally:
-            self.started.set()
-        try:
-            self._follow()
-        finally:
-            self.attacher.close()
-
-    def _follow(self) -> None:
-        while not self.stopping:
+        child = self.child
+        if child is not None and child.poll() is None:
+            os.close(self.life_w)   # the child exits at EOF
             try:
-                readable, _, _ = select.select([self.attacher, self.wake_r], [], [])
-                if self.attacher in readable and self.attacher.handle_events():
-                    self._check_addresses()
-            except Exception:   # the links keep being looked after whatever happened
-                log.exception("following the links failed; reading them again in %.0f s", RETRY_S)
-                select.select([self.wake_r], [], [], RETRY_S)
-                try:
-                    self.attacher.reconcile()
-                    self._check_addresses()
-                except Exception:
-                    log.exception("reading the links failed")
+                child.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                child.kill()
 
-    def _check_addresses(self) -> None:
-        addresses = self.attacher.uplink_addresses()
-        if addresses != self.addresses:
-            log.info("uplink addresses now %s (were %s)", ", ".join(addresses) or "none",
-                     ", ".join(self.addresses) or "none")
-            self.addresses = addresses
-            self.on_addresses(addresses)
+    def _spawn(self) -> None:
+        names = list(self.fds)
+        life_r, self.life_w = os.pipe()
+        report_r, report_w = os.pipe()
+        request = json.dumps({"fds": {n: self.fds[n] for n in names}, "life": life_r, "report": report_w,
+                              **self.options})
+        root = str(Path(__file__).resolve().parents[2])
+        self.child = subprocess.Popen([sys.executable, "-c", _CHILD, root, request],
+                                      pass_fds=(*self.fds.values(), life_r, report_w))
+        os.close(life_r)
+        os.close(report_w)
+        self.report = os.fdopen(report_r, "rb", buffering=0)
+        first = self._next_report()
+        if first is None:
+            raise RuntimeError(f"the links process exited with {self.child.wait()} before it attached")
+        self.addresses = first
+
+    def _next_report(self) -> list[str] | None:
+        line = self.report.readline()
+        return json.loads(line)["addresses"] if line else None
+
+    def _read(self) -> None:
+        while True:
+            addresses = self._next_report()
+            if addresses is not None:
+                if addresses != self.addresses:
+                    self.addresses = addresses
+                    self.on_addresses(addresses)
+                continue
+            if self.stopping:
+                return
+            log.error("the links process exited with %s; starting it again in %.0f s", self.child.wait(), RESTART_S)
+            while not self.stopping:
+                time.sleep(RESTART_S)
+                try:
+                    os.close(self.life_w)
+                    self._spawn()
+                    self.on_addresses(self.addresses)
+                    break
+                except Exception:
+                    log.exception("starting the links process failed")
+
+
+def child_main(request_json: str) -> int:
+    """In the child: attach, then follow until the agent goes."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C: the agent decides, and then closes the pipe
+    _die_with_parent()
+    from ebpflb.datapath.attach import LinkAttacher
+    request = json.loads(request_json)
+    life, report = request.pop("life"), os.fdopen(request.pop("report"), "wb", buffering=0)
+    attacher = LinkAttacher(request.pop("fds"), **request)
+
+    def tell(addresses: list[str]) -> None:
+        report.write(json.dumps({"addresses": addresses}).encode() + b"\n")
+
+    attacher.reconcile()
+    addresses = attacher.uplink_addresses()
+    tell(addresses)
+    while True:
+        try:
+            readable, _, _ = select.select([attacher, life], [], [])
+            if life in readable:
+                return 0   # the agent is gone (or stopping)
+            if attacher.handle_events() and (now := attacher.uplink_addresses()) != addresses:
+                log.info("uplink addresses now %s (were %s)", ", ".join(now) or "none", ", ".join(addresses) or "none")
+                addresses = now
+                tell(addresses)
+        except BrokenPipeError:
+            return 0
+        except Exception:   # the links keep being looked after whatever happened
+            log.exception("following the links failed; reading them again in %.0f s", RESTART_S)
+            time.sleep(RESTART_S)
+            try:
+                attacher.reconcile()
+            except Exception:
+                log.exception("reading the links failed")
+
+
+def _die_with_parent() -> None:
+    """SIGTERM when the agent dies, kill -9 included (prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        sys.exit(0)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
+from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
 from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
@@ -125,7 +125,7 @@ class Agent:
                                                           self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
-        links = LinkKeeper(lambda: LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp),
+        links = LinkKeeper(self.datapath.fds, {"pattern": cfg.workload_ifaces, "uplinks": self.uplinks, "xdp": cfg.xdp},
                            self._uplink_addresses_changed)
         self.source = source = make_source(cfg, self.metrics)
         log.info("node %s: programs loaded, maps pinned in %s; uplinks %s (%s)", cfg.node_name, cfg.pin_dir,
@@ -162,7 +162,7 @@ class Agent:
             log.info("stopped; programs and maps stay in place")
 
     def _uplink_addresses_changed(self, addresses: list[str]) -> None:
-        """From the links thread: the main loop follows at its next turn."""
+        """From the links process's reader thread: the main loop follows at its next turn."""
         self.uplink_addrs = addresses
         self.wake()
 

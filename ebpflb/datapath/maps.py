@@ -72,6 +72,23 @@ class BpfMap:
             libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start * self.ncpus, count, opts),
                          f"batch update of {self.path}")
 
+    def delete_many(self, keys) -> int:
+        """Delete keys[i] for a cffi array of the map's key type, one batch syscall per BATCH keys; a
+        key that is not there is passed over. Returns how many were deleted."""
+        opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
+        count = bpf_ffi.new("__u32 *")
+        deleted = start = 0
+        while start < len(keys):
+            count[0] = min(BATCH, len(keys) - start)
+            ret = lib.bpf_map_delete_batch(self.fd, keys + start, count, opts)
+            deleted += count[0]
+            if ret == -libbpf.ENOENT:   # keys[start + count] is not there: on past it
+                start += count[0] + 1
+                continue
+            libbpf.check(ret, f"batch delete in {self.path}")
+            start += count[0]
+        return deleted
+
     def delete(self, key) -> bool:
         ret = lib.bpf_map_delete_elem(self.fd, key)
         if ret == -libbpf.ENOENT:

@@ -411,14 +411,15 @@ class MapWriter:
 
     def _delete_slots(self, deletes: dict[tuple[int, int], int]) -> int:
         """Of each (id, generation), the slots from the given ordinal on."""
-        deleted = 0
+        doomed = [(svc_id, gen, ordinal) for (svc_id, gen), start in deletes.items()
+                  for have in (self.slots.get(svc_id, {}).get(gen),) if have is not None
+                  for ordinal in range(start, len(have)) if have[ordinal] is not None]
+        ids, gens, ordinals = _columns(doomed, 3)
+        deleted = self.maps.nat_be.delete_many(backend_keys(ids, ordinals, gens)) if doomed else 0
         for (svc_id, gen), start in deletes.items():
             have = self.slots.get(svc_id, {}).get(gen)
             if have is None:
                 continue
-            for ordinal in range(start, len(have)):
-                if have[ordinal] is not None:
-                    deleted += self.maps.nat_be.delete(be_key(svc_id, ordinal, gen))
             if start:
                 self.slots[svc_id][gen] = have[:start]
             else:
