@@ -88,6 +88,7 @@ class Agent:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.last_sync = float("-inf")
+        self.addresses_moved = False
         self.logged_rejections: set = set()
         self.pressure = MapPressure()
 
@@ -180,13 +181,16 @@ class Agent:
         if wanted != tuple(self.tracker.node_addresses):
             with self.lock:
                 self.tracker.set_node_addresses(wanted)
+            self.addresses_moved = True   # synced at once: NodePorts and SNAT must not wait a period
 
     def _sync_due(self) -> bool:
-        return time.monotonic() - self.last_sync >= self.config.min_sync_period
+        return self.addresses_moved or time.monotonic() - self.last_sync >= self.config.min_sync_period
 
     def _wait_time(self) -> float:
         wait = LOOP_TICK_S
-        if self.tracker.needs_sync:
+        if self.addresses_moved and self.source.synced:
+            wait = 0.0
+        elif self.tracker.needs_sync:
             wait = min(wait, max(0.0, self.last_sync + self.config.min_sync_period - time.monotonic()))
         return wait
 
@@ -200,6 +204,7 @@ class Agent:
     def sync(self) -> None:
         started = time.perf_counter()
         self.last_sync = time.monotonic()
+        self.addresses_moved = False
         try:
             with self.lock, gc_paused():
                 changes, stats = self.session.sync()
