@@ -73,7 +73,7 @@ def make_source(config: AgentConfig, metrics: AgentMetrics):
         from ebpflb.sources.manifests import ManifestSource
         return ManifestSource(config.manifests)
     from ebpflb.sources.kube import KubeSource
-    return KubeSource(config.kubeconfig, counters=metrics)
+    return KubeSource(config.kubeconfig, counters=metrics, node_name=config.node_name)
 
 
 class Agent:
