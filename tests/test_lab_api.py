@@ -80,9 +80,15 @@ def test_add_modify_delete_reach_the_maps_quickly(lab, api):
                                lambda: frontend(lab, "node-2", "10.96.0.5", 80) == (0, 0, 0), "slice deleted"))
     took.append(apply_and_wait(lambda: api.delete("Service", "default", "svc-2"),
                                lambda: frontend(lab, "node-2", "10.96.0.5", 80) is None, "service deleted"))
+    # Only its own Node is watched (a field selector on its name, as kube-proxy does): another node's
+    # coming is not even sent to it.
     api.put(node("node-3", "192.168.64.7"))
-    wait_for(lambda: 'ebpflb_watch_events_total{resource="nodes",type="ADDED"} 1.0' in metrics(lab, "node-2"),
-             timeout=5, what="node ADDED event counted")
+    own = node("node-2", NODE_IPS["node-2"])
+    own["metadata"]["labels"]["touched"] = "yes"
+    api.put(own)
+    wait_for(lambda: 'ebpflb_watch_events_total{resource="nodes",type="MODIFIED"} 1.0' in metrics(lab, "node-2"),
+             timeout=5, what="node MODIFIED event counted")
+    assert 'ebpflb_watch_events_total{resource="nodes",type="ADDED"}' not in metrics(lab, "node-2")
     api.delete("Node", "", "node-3")
     # A single change at rest reaches the maps in milliseconds; 0.25 s leaves room for a loaded
     # CI machine (the printed figures are what to look at).
