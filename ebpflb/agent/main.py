@@ -23,7 +23,10 @@ from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.services import Usage
 from ebpflb.gc_pause import gc_paused
-from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
+from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, SOCK_REAPER, Datapath, DatapathOptions
+from ebpflb.datapath.cgroup import attach as attach_cgroup, detach as detach_cgroup, resolve_cgroup_root
+from ebpflb.datapath.sockets import SocketReaper, netns_cookie
+from ebpflb.datapath.structs import C
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
 from ebpflb.sync.keepers import ids_named_by_flows
@@ -51,6 +54,9 @@ class AgentConfig:
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
     xdp: bool = True                             # native XDP on the uplinks where the driver has it
+    socket_lb: bool = True                       # Services for this namespace's own sockets (bpf/sock.c)
+    cgroup_root: str | None = None               # where those hooks go; None: the host's cgroup v2 root
+    localhost_nodeports: bool = False            # host sockets reach NodePorts on 127.0.0.0/8 too
     datapath: DatapathOptions = DatapathOptions()
 
 
@@ -113,7 +119,12 @@ class Agent:
             self.uplink_addrs = link_addresses(ipr, self.uplinks)
         threading.Thread(target=import_source_modules, args=(cfg,), name="import-source", daemon=True).start()
         self.snat_addr = (self.uplink_addrs or [None])[0]
-        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr, node_addr=self.snat_addr)
+        # What the config map says besides the node address (the SNAT source follows the uplink).
+        self.config_rest = dict(hairpin_addr=cfg.hairpin_addr, netns_cookie=netns_cookie() if cfg.socket_lb else 0,
+                                flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0)
+        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(node_addr=self.snat_addr, **self.config_rest)
+        self.reaper = None
+        self._host_sockets()
         maps = self.datapath.maps
         # What the maps hold already: ids go back to their service ports, and the first sync deletes
         # what the maps hold beyond the desired state (sync/session.py).
@@ -156,6 +167,8 @@ class Agent:
             if sweeper.is_alive():
                 sweeper.join(timeout=5)
             links.stop()
+            if self.reaper:
+                self.reaper.close()
             self.health_checks.close()
             if server:
                 server.shutdown()
@@ -167,13 +180,29 @@ class Agent:
         self.uplink_addrs = addresses
         self.wake()
 
+    def _host_sockets(self) -> None:
+        """The host-socket programs on the cgroup (pinned links: a restart replaces their programs
+        in place), or, with --socket-lb off, off it; the reaper where the kernel has one."""
+        cfg, fds = self.config, self.datapath.fds
+        if not cfg.socket_lb:
+            detached = detach_cgroup(cfg.pin_dir, resolve_cgroup_root(cfg.cgroup_root) if cfg.cgroup_root else None)
+            if detached:
+                log.info("host sockets: %d hooks detached (--socket-lb off)", detached)
+            return
+        root = resolve_cgroup_root(cfg.cgroup_root)
+        done = attach_cgroup(fds, cfg.pin_dir, root)
+        log.info("host sockets: %s on cgroup %s; only this network namespace's sockets are translated",
+                 ", ".join(f"{name} {how}" for name, how in done.items()), root)
+        if SOCK_REAPER in fds:
+            self.reaper = SocketReaper(self.datapath.maps, fds[SOCK_REAPER])
+
     def _follow_node_addresses(self) -> None:
         """NodePorts listen on the uplinks' addresses and on those the Node object lists; the SNAT
         source is the uplinks' first address."""
         uplink_addrs = self.uplink_addrs   # replaced whole by the links thread
         snat = uplink_addrs[0] if uplink_addrs else None
         if snat != self.snat_addr:
-            self.datapath.write_config(self.config.hairpin_addr, snat)
+            self.datapath.write_config(node_addr=snat, **self.config_rest)
             log.info("SNAT source (node address) now %s", snat or "none")
             self.snat_addr = snat
         from_api = getattr(self.source, "node_addresses", lambda name: [])(self.config.node_name)
@@ -227,8 +256,10 @@ class Agent:
             release_freed_memory()
         gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_udp_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
+        aborted = self.reaper.abort_udp_sockets_to(gone) if self.reaper and gone else 0
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)
+        self.metrics.sockets_aborted.inc(aborted)
         if not self.health.ready:
             # The second figure includes the interpreter, the imports and bcc compiling the programs.
             log.info("first full sync done %.2f s after the source started, %.2f s after the process started",
@@ -240,9 +271,9 @@ class Agent:
         self.pressure.check("frontends", n_frontends, self.datapath.maps.nat_fe.max_entries)
         self.pressure.check("backends", n_backends, self.datapath.maps.nat_be.max_entries)
         log.info("sync: %d service ports, %d frontends, %d backends, %d rejected; "
-                 "%d map writes, %d deletes, %d UDP flows moved off gone backends; %.1f ms",
-                 n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
-                 flushed, elapsed * 1e3)
+                 "%d map writes, %d deletes, %d UDP flows moved off gone backends, %d host UDP sockets "
+                 "aborted; %.1f ms", n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
+                 flushed, aborted, elapsed * 1e3)
 
     def _sweep_loop(self) -> None:
         delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])

@@ -147,6 +147,8 @@ MAP_LAYOUT = {
     "config": ("__u32", "struct config", False),
     "src_ranges": ("struct src_range_key", "__u32", False),
     "svc_addr_bits": ("__u32", "__u64", False),
+    "sock_rev": ("struct sock_rev_key", "struct sock_rev_value", False),
+    "sock_gone": ("struct sock_gone_key", "__u32", False),
 }
 
 
@@ -162,6 +164,8 @@ class Maps:
     config: BpfMap
     src_ranges: BpfMap
     svc_addr_bits: BpfMap
+    sock_rev: BpfMap
+    sock_gone: BpfMap
 
     @classmethod
     def open(cls, pin_dir: str, check_layout: bool = True) -> "Maps":

@@ -5,17 +5,19 @@ map added later is placed in the full reconcile by construction:
   DESIRED   its contents are computed from the desired state, and MapWriter makes them equal entry for
             entry (a full comparison at start, after a failed sync and after every relist deletes
             what is not desired); the property test compares each such map with the full computation
-  FLOWS     the programs write an entry per flow, naming a service id; entries outlive their service
-            (an open connection keeps its translation, as with kube-proxy) and expire on their own;
-            an id such an entry names stays in quarantine (core/ids.py) until no entry names it
+  FLOWS     the programs write an entry per flow (or host socket), naming a service id; entries
+            outlive their service (an open connection keeps its translation, as with kube-proxy) and
+            expire on their own; an id such an entry names stays in quarantine (core/ids.py) until no
+            entry names it
   COUNTERS  per-CPU counters; per service id ones (`per_id`) start from zero when an id is new to
             the maps (MapWriter)
   CONFIG    what the agent tells the programs (Datapath.write_config), written when it differs
+  WORK      the agent's scratch, written and emptied within one operation (the socket reaper's list)
 """
 from collections.abc import Callable
 from dataclasses import dataclass
 
-DESIRED, FLOWS, COUNTERS, CONFIG = "desired", "flows", "counters", "config"
+DESIRED, FLOWS, COUNTERS, CONFIG, WORK = "desired", "flows", "counters", "config", "work"
 
 
 @dataclass(frozen=True)
@@ -32,9 +34,11 @@ KEEPERS: dict[str, Keeper] = {
     "src_ranges": Keeper(DESIRED),
     "svc_addr_bits": Keeper(DESIRED),
     "ct": Keeper(FLOWS, service_id=lambda key, value: value.svc_id),
+    "sock_rev": Keeper(FLOWS, service_id=lambda key, value: value.svc_id),   # host sockets (bpf/sock.c)
     "svc_counters": Keeper(COUNTERS, per_id=True),
     "drops": Keeper(COUNTERS),
     "config": Keeper(CONFIG),
+    "sock_gone": Keeper(WORK),   # datapath/sockets.py: SocketReaper
 }
 
 

@@ -17,6 +17,12 @@
 {{- end }}
 {{- end }}
 
+{{/* The metrics Service's name: a Service name is a DNS label (63 characters at most), so the
+     fullname is cut to leave room for "-metrics". */}}
+{{- define "ebpflb.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "ebpflb.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "ebpflb.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "ebpflb.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
@@ -62,6 +68,9 @@ app.kubernetes.io/component: agent
 {{- if not (hasPrefix "/sys/fs/bpf/" $a.pinDir) }}
 {{- fail "agent.pinDir must be under /sys/fs/bpf/ (the host's bpffs, the only bpffs mounted)" }}
 {{- end }}
+{{- if not $a.cgroupRoot }}
+{{- fail "agent.cgroupRoot is required: the host's cgroup v2 root is mounted there (cgroup.hostRoot)" }}
+{{- end }}
 {{- if not .Values.metrics.port }}
 {{- fail "metrics.port is required: the probes use /healthz and /readyz" }}
 {{- end }}
@@ -82,6 +91,11 @@ app.kubernetes.io/component: agent
 - {{ printf "--nodeport-addresses=%s" . | quote }}
 {{- end }}
 - {{ printf "--xdp=%s" $a.xdp | quote }}
+- {{ printf "--socket-lb=%s" $a.socketLb | quote }}
+- {{ printf "--cgroup-root=%s" $a.cgroupRoot | quote }}
+{{- if $a.localhostNodeports }}
+- "--localhost-nodeports"
+{{- end }}
 {{- with $a.workloadIfaces }}
 - {{ printf "--workload-ifaces=%s" . | quote }}
 {{- end }}
