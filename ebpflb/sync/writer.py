@@ -33,8 +33,8 @@ with a warning.
 
 The writer mirrors what the maps hold (read when it starts, then kept as it writes), so a sync that
 changes nothing reads and writes nothing. Its first apply, and one given `Changes.full` (a relist),
-compares everything the maps hold with the desired state, re-read from the maps, and deletes what is
-not desired: what a Service deleted while no agent ran left behind, what a failed sync left half
+compares everything the maps hold with the desired state (read from the maps again for the relist),
+and deletes what is not desired: what a Service deleted while no agent ran left behind, what a failed sync left half
 done. Otherwise it looks at the ids, frontends and addresses the tracker's Changes name.
 """
 import errno
@@ -233,7 +233,7 @@ class MapWriter:
     # --- a sync ---------------------------------------------------------------------------------
     def apply(self, desired: DesiredState, changes: Changes | None = None) -> WriteStats:
         if changes is None or changes.full or not self.compared_whole:
-            if self.compared_whole:
+            if changes is not None and changes.full and self.compared_whole:
                 self._read()   # a full list: what the maps really hold now, not what we think they do
             changes = Changes(set(desired.backends.keys() | self.ids_in_maps()),
                               set(desired.frontends.keys() | self.frontends.keys()),
