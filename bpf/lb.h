@@ -78,12 +78,13 @@ static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u3
 }
 
 /* Among the first `n` ordinals of fe's backends (all of them, or the local ones, which come
- * first), by hash. */
+ * first), by hash, in the generation of slots fe reads. */
 static __always_inline struct nat_be_value *lb_pick_among(const struct nat_fe_value *fe, __u32 n, __u32 hash,
 							  __u32 *ordinal)
 {
 	struct nat_be_key key = {
 		.id = fe->id,
+		.gen = fe->gen,
 		.ordinal = hash % n,
 	};
 	*ordinal = key.ordinal;

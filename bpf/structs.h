@@ -9,7 +9,7 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 5
+#define EBPFLB_LAYOUT_VERSION 6
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
@@ -67,15 +67,23 @@ struct nat_fe_key {
 	__u8 pad;
 };
 
+/* A frontend names the generation of its backend slots: the agent writes a changed backend list
+ * into a generation no frontend reads, then switches each frontend over with one update (count,
+ * local and gen together), then deletes the old generation. A packet sees the old list or the new
+ * one, never slots of one with the count or local of the other. */
 struct nat_fe_value {
-	__u32 id;     /* service-port id: backends are (id, 0..count-1) */
+	__u32 id;     /* service-port id: backends are (id, gen, 0..count-1) */
 	__u32 count;  /* backends in use; 0 = reject (or drop when *_LOCAL) */
 	__u32 local;  /* backends on this node: ordinals 0..local-1 */
 	__u32 flags;  /* NAT_FLG_* */
+	__u32 gen;    /* the generation of slots this frontend reads */
+	__u32 owner;  /* the service port's name, hashed (the programs never read it): a restarted agent
+	               * gives the id back only to that name (ebpflb/core/ids.py: owner_tag) */
 };
 
 struct nat_be_key {
 	__u32 id;
+	__u32 gen;
 	__u32 ordinal;
 };
 

@@ -83,8 +83,9 @@ def cmd_nat_dump(args) -> None:
         sys.exit("ebpflb nat dump: give IP PORT PROTO together, or none of them")
     only = FrontendKey(*frontend) if args.ip else None
     contents = read_contents(_open_maps(args.pin_dir))
-    print_each(as_json(nat_dump_records(contents.frontends, contents.backends, only)) if args.json
-               else nat_dump_lines(contents.frontends, contents.backends, only))
+    reached = contents.reached()
+    print_each(as_json(nat_dump_records(contents.frontends, reached, only)) if args.json
+               else nat_dump_lines(contents.frontends, reached, only))
 
 
 def cmd_conntrack_dump(args) -> None:

@@ -11,11 +11,17 @@ informer-style client depends on:
 * `410 Gone` delivered the way the real server does it on a watch: HTTP 200, one ERROR
   event carrying a Status with code 410, then end of stream.
 
+* list semantics by resourceVersion, as the real server's: "0" from the watch cache (whole, `limit`
+  ignored, as servers before 1.33 do), N with resourceVersionMatch=NotOlderThan from the cache
+  (504 "Too large resource version" when N is newer than the cache, or while `cache_behind`
+  says the cache lags), "" consistent and in pages;
+* `fieldSelector=metadata.name=X` (and metadata.namespace) on lists and watches.
+
 With tls=(certfile, keyfile) it serves HTTPS, as a real API server does: what the client's in-cluster
 config (service-account token and CA) needs.
 
 Plus knobs for failure injection: stop/restart, compact, cut watches (optionally mid-line),
-answer every watch with 410, add latency.
+answer every watch with 410, add latency, a watch cache that lags (`cache_behind`).
 
     srv = FakeApiServer().start()
     srv.write_kubeconfig(tmp_path / "kubeconfig")
@@ -34,6 +40,7 @@ import itertools
 import json
 import socket
 import ssl
+import struct
 import threading
 import time
 import uuid
@@ -85,9 +92,10 @@ def _chunk(data: bytes) -> bytes:
 class _Watch:
     """One open watch stream. Events are queued under the server lock by writers."""
 
-    def __init__(self, server: "FakeApiServer", kind: str, namespace: str | None, sock):
+    def __init__(self, server: "FakeApiServer", kind: str, namespace: str | None, sock, name: str | None = None):
         self.kind = kind
         self.namespace = namespace
+        self.name = name   # a field selector on metadata.name
         self.sock = sock
         self.queue: collections.deque = collections.deque()
         self.cond = threading.Condition(server._lock)  # shares the store lock: no lost wakeups
@@ -95,8 +103,9 @@ class _Watch:
         self.closed = False
         self.cut_done = threading.Event()  # set once cut_watches() has finished with the socket
 
-    def wants(self, kind: str, namespace: str | None) -> bool:
-        return kind == self.kind and (self.namespace is None or self.namespace == namespace)
+    def wants(self, kind: str, namespace: str | None, obj: dict | None = None) -> bool:
+        return kind == self.kind and (self.namespace is None or self.namespace == namespace) and \
+            (self.name is None or obj is None or obj["metadata"]["name"] == self.name)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -132,11 +141,15 @@ class _HTTPServer(ThreadingHTTPServer):
             self.conns.discard(request)
         super().shutdown_request(request)
 
-    def kill_connections(self):
+    def kill_connections(self, forget: bool = False):
         with self.conns_lock:
             conns, self.conns = list(self.conns), set()
         for sock in conns:
+            if forget:   # a reset, then nothing: the kernel keeps no state to retransmit a FIN from
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             _abort(sock)
+            if forget:
+                sock.close()
 
 
 def _abort(sock) -> None:
@@ -157,6 +170,7 @@ class FakeApiServer:
         self.port = port
         self.delay = 0.0  # seconds every request waits before its answer (while it stays set)
         self.gone_on_every_watch = False  # every watch gets the 410 ERROR event at once
+        self.cache_behind = False  # lists at a resourceVersion get 504 "Too large resource version"
         self.requests: list[tuple[str, str]] = []  # (method, path+query) of every request
 
         self._lock = threading.RLock()
@@ -190,13 +204,17 @@ class FakeApiServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Close the listening socket and every open connection (watches included), abruptly."""
+    def stop(self, forget: bool = False) -> None:
+        """Close the listening socket and every open connection (watches included), abruptly. With
+        `forget`, as a host that restarts: each connection is reset and forgotten at once (with the path
+        to the client down, the client never hears of it: its connections are half-open)."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
         httpd.shutdown()
         httpd.server_close()
+        if forget:
+            httpd.kill_connections(forget=True)
         self.cut_watches()
         httpd.kill_connections()
         if self._thread:
@@ -327,7 +345,7 @@ class FakeApiServer:
         self._log_rvs.append(self._rv)
         self._log.append((kind, namespace, etype, obj))
         for w in self._watches:
-            if w.wants(kind, namespace):
+            if w.wants(kind, namespace, obj):
                 w.queue.append((etype, obj))
 
     def _notify(self) -> None:
@@ -371,7 +389,7 @@ class FakeApiServer:
                 w.cut_done.set()
         return len(watches)
 
-    def _open_watch(self, kind, namespace, since: int | None, sock):
+    def _open_watch(self, kind, namespace, since: int | None, sock, name: str | None = None):
         """Register a watch and collect its replay atomically (no event lost or duplicated).
 
         The replay is queued on the watch; returns None when `since` is compacted away.
@@ -379,11 +397,11 @@ class FakeApiServer:
         with self._lock:
             if since is not None and since < self._oldest_rv:
                 return None
-            w = _Watch(self, kind, namespace, sock)
+            w = _Watch(self, kind, namespace, sock, name)
             if since is not None:
                 start = bisect.bisect_right(self._log_rvs, since)
                 w.queue.extend((etype, obj) for (k, ns, etype, obj) in self._log[start:]
-                               if w.wants(k, ns))
+                               if w.wants(k, ns, obj))
             self._watches.append(w)
             return w
 
@@ -394,10 +412,25 @@ class FakeApiServer:
 
     # ---- list --------------------------------------------------------------------------
 
-    def _list(self, kind: str, namespace: str | None, limit: int, cont: str | None):
+    def _list(self, kind: str, namespace: str | None, limit: int, cont: str | None, rv: str | None = None,
+              match: str | None = None, name: str | None = None):
         """Returns (HTTP code, body dict). Pages come from a snapshot taken at the first page."""
         api_version, list_kind, _, _, _ = KINDS[kind]
         with self._lock:
+            if rv not in (None, "", "0") and not cont:
+                try:
+                    wanted = int(rv)
+                except ValueError:
+                    return 400, _status(400, "BadRequest", f"invalid resourceVersion {rv!r}")
+                if match == "NotOlderThan" or not limit:   # from the watch cache, whole
+                    if self.cache_behind or wanted > self._rv:
+                        return 504, _status(504, "Timeout", f"Too large resource version: {wanted}, "
+                                                            f"current: {self._rv}")
+                    limit = 0
+                elif wanted < self._oldest_rv:   # Exact, from etcd: compacted
+                    return 410, _status(410, "Expired", f"too old resource version: {wanted} ({self._oldest_rv})")
+            if rv == "0" and not cont:
+                limit = 0   # the watch cache answers whole
             if cont:
                 try:
                     tok = _loads(base64.urlsafe_b64decode(cont.encode()))
@@ -412,7 +445,7 @@ class FakeApiServer:
                 rv = self._rv
                 items = [o for k, o in sorted(self._objects[kind].items(),
                                               key=lambda kv: (kv[0][0] or "", kv[0][1]))
-                         if namespace is None or k[0] == namespace]
+                         if (namespace is None or k[0] == namespace) and (name is None or k[1] == name)]
                 offset = 0
                 tok = None
             meta = {"resourceVersion": str(rv)}
@@ -474,14 +507,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(404, _status(404, "NotFound",
                                                 f"the server could not find the requested resource ({url.path})"))
         kind, namespace = route
+        try:
+            name, namespace = _field_selector(q.get("fieldSelector", ""), namespace)
+        except ValueError as err:
+            return self._send_json(400, _status(400, "BadRequest", str(err)))
 
         if q.get("watch", "").lower() in ("true", "1"):
-            return self._watch(fake, kind, namespace, q)
+            return self._watch(fake, kind, namespace, q, name)
         try:
             limit = int(q.get("limit") or 0)
         except ValueError:
             return self._send_json(400, _status(400, "BadRequest", "invalid limit"))
-        code, body = fake._list(kind, namespace, limit, q.get("continue") or None)
+        code, body = fake._list(kind, namespace, limit, q.get("continue") or None, q.get("resourceVersion"),
+                                q.get("resourceVersionMatch"), name)
         self._send_json(code, body)
 
     def _authorized(self, token: str) -> bool:
@@ -515,7 +553,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return kind, rest[1]
         return None
 
-    def _watch(self, fake: FakeApiServer, kind: str, namespace, q: dict) -> None:
+    def _watch(self, fake: FakeApiServer, kind: str, namespace, q: dict, name: str | None = None) -> None:
         rv_arg = q.get("resourceVersion", "")
         if rv_arg in ("", "0"):
             since = None  # "start from now": the client has (or will) list first
@@ -534,7 +572,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True  # we may end the stream abruptly; never reuse
 
-        w = None if fake.gone_on_every_watch else fake._open_watch(kind, namespace, since, self.connection)
+        w = None if fake.gone_on_every_watch else fake._open_watch(kind, namespace, since, self.connection, name)
         if w is None:
             msg = f"too old resource version: {rv_arg} ({fake._oldest_rv})"
             self._write_events([("ERROR", _status(410, "Expired", msg))], None)
@@ -613,6 +651,22 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"0\r\n\r\n")
             except OSError:
                 pass
+
+
+def _field_selector(selector: str, namespace: str | None) -> tuple[str | None, str | None]:
+    """(name, namespace) a fieldSelector asks for: metadata.name and metadata.namespace equality only
+    (what every kind supports); anything else is refused, as the real server does for unknown fields."""
+    name = None
+    for term in filter(None, selector.split(",")):
+        field, op, value = term.partition("=")
+        if op != "=" or field.rstrip("=") not in ("metadata.name", "metadata.namespace"):
+            raise ValueError(f'field label not supported: {term}')
+        value = value.lstrip("=")
+        if field.rstrip("=") == "metadata.name":
+            name = value
+        else:
+            namespace = value
+    return name, namespace
 
 
 # ---- object builders ---------------------------------------------------------------------

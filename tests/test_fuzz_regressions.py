@@ -101,7 +101,7 @@ def test_a_reopened_flow_takes_its_old_reply_entry_with_it(dp, cluster):
     # The choice is the flow's hash: the reopened flow lands elsewhere once its backend has left
     # (here every slot of the service now names one of the others).
     fe = dp.maps.nat_fe.lookup(new("struct nat_fe_key", addr=ip_be(WEB_VIP), port=port_be(80), proto=6))
-    slots = [new("struct nat_be_key", id=fe.id, ordinal=i) for i in range(fe.count)]
+    slots = [new("struct nat_be_key", id=fe.id, gen=fe.gen, ordinal=i) for i in range(fe.count)]
     other = next(v for v in map(dp.maps.nat_be.lookup, slots) if (ip_str(v.addr), port_int(v.port)) != first)
     for slot in slots:
         dp.maps.nat_be.update(slot, other)

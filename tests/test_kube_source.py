@@ -1,7 +1,9 @@
 """KubeSource's reading of what the API gives beyond Services and EndpointSlices (the Node's addresses),
 and how it lists (in pages)."""
+import subprocess
 import threading
 import time
+import uuid
 
 import orjson
 import pytest
@@ -10,6 +12,7 @@ from ebpflb.core.tracker import ServiceTracker
 from ebpflb.sources import kube
 from ebpflb.sources.kube import KubeSource, node_addresses_of
 from tests.apiserver import FakeApiServer, endpoint_slice, node, service
+from tests.lab import in_netns
 
 
 def test_node_addresses_are_the_ipv4_internal_and_external_ones(tmp_path):
@@ -30,9 +33,29 @@ def test_node_addresses_are_the_ipv4_internal_and_external_ones(tmp_path):
     assert source.node_addresses("elsewhere") == []
 
 
-def test_lists_come_in_pages_and_the_tracker_hears_of_each_list_whole(tmp_path, monkeypatch):
-    """Pages keep a whole list response (≈ 100 MB at 10k services) from ever being in memory; the tracker
-    still gets one complete list (a list cut short must never delete what it did not reach)."""
+def started(api, tmp_path, tracker, node_name="node-0") -> KubeSource:
+    source = KubeSource(api.write_kubeconfig(tmp_path / "kubeconfig"), node_name=node_name)
+    source.start(tracker, threading.Lock(), lambda: None)
+    wait(lambda: source.synced, "the first lists")
+    return source
+
+
+def wait(predicate, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def lists_of(api, resource: str) -> list[str]:
+    return [path for _, path in api.requests if f"/{resource}?" in path and "watch=" not in path]
+
+
+def test_lists_come_from_the_watch_cache_and_consistent_ones_in_pages(tmp_path, monkeypatch):
+    """The first list asks for resourceVersion 0 (the API server's watch cache answers, whole); a list
+    from etcd (resourceVersion "") comes in pages, which keep a whole list response (≈ 100 MB at 10k
+    services) out of memory; either way the tracker hears of a list only whole (a list cut short must
+    never delete what it did not reach)."""
     monkeypatch.setattr(kube, "LIST_PAGE", 7)
     api = FakeApiServer().start()
     source = None
@@ -45,17 +68,66 @@ def test_lists_come_in_pages_and_the_tracker_hears_of_each_list_whole(tmp_path, 
         for name in ("replace_services", "replace_slices"):
             monkeypatch.setattr(tracker, name, lambda items, real=getattr(tracker, name): (lists.append(len(items)),
                                                                                             real(items)))
-        source = KubeSource(api.write_kubeconfig(tmp_path / "kubeconfig"))
-        source.start(tracker, threading.Lock(), lambda: None)
-        deadline = time.monotonic() + 10
-        while not source.synced and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert source.synced and lists == [20, 20]
-        assert len(tracker.services) == len(tracker.slices) == 20
+        source = started(api, tmp_path, tracker)
+        assert lists == [20, 20] and len(tracker.services) == len(tracker.slices) == 20
         assert source.node_addresses("node-0") == ["192.168.64.6"]
-        pages = [path for _, path in api.requests if "/services?" in path and "watch=" not in path]
-        assert len(pages) == 3 and all("limit=7" in p for p in pages)
-        assert [("continue=" in p) for p in pages] == [False, True, True]
+        assert lists_of(api, "services") == ["/api/v1/services?limit=7&resourceVersion=0"]
+        # The watch's resourceVersion expires and the cache lags: a consistent list, in pages.
+        api.cache_behind = True
+        api.put(service("default", "s20", "10.96.0.21"))
+        api.compact()
+        api.gone_on_every_watch = True
+        api.cut_watches()
+        wait(lambda: len(lists_of(api, "services")) >= 5, "the services' relist")
+        api.gone_on_every_watch = False
+        assert 21 in lists[2:] and len(tracker.services) == 21
+        pages = lists_of(api, "services")[1:5]
+        assert "resourceVersionMatch=NotOlderThan" in pages[0] and "limit" not in pages[0]   # from the cache
+        assert len(pages[1:]) == 3 and all("limit=7" in p for p in pages[1:])              # from etcd
+        assert [("continue=" in p) for p in pages[1:]] == [False, True, True]
+        assert "resourceVersion=&" in pages[1] or pages[1].endswith("resourceVersion=")
+    finally:
+        if source:
+            source.stop()
+        api.stop()
+
+
+def test_a_relist_after_410_is_served_by_the_cache_never_older_than_what_was_seen(tmp_path):
+    api = FakeApiServer().start()
+    source = None
+    try:
+        api.load([service("default", "a", "10.96.0.1"), node("node-0", "192.168.64.6")])
+        tracker = ServiceTracker("node-0")
+        source = started(api, tmp_path, tracker)
+        api.put(service("default", "b", "10.96.0.2"))
+        wait(lambda: len(tracker.services) == 2, "b")
+        seen = api.resource_version
+        api.compact()
+        api.gone_on_every_watch = True
+        api.cut_watches()
+        wait(lambda: len(lists_of(api, "services")) >= 2, "the relist")
+        api.gone_on_every_watch = False
+        relist = lists_of(api, "services")[1]
+        assert f"resourceVersion={seen}" in relist and "resourceVersionMatch=NotOlderThan" in relist
+        assert "limit=" not in relist   # client-go's reflector asks no pages of the cache
+    finally:
+        if source:
+            source.stop()
+        api.stop()
+
+
+def test_only_this_nodes_node_object_is_listed_and_watched(tmp_path):
+    api = FakeApiServer().start()
+    source = None
+    try:
+        api.load([node(f"node-{i}", f"192.168.64.{10 + i}") for i in range(5)])
+        source = started(api, tmp_path, ServiceTracker("node-3"), node_name="node-3")
+        api.put(node("node-1", "192.168.64.99"))
+        api.put(node("node-3", "192.168.64.33"))
+        wait(lambda: source.node_addresses("node-3") == ["192.168.64.33"], "node-3's new address")
+        assert set(source.nodes) == {"node-3"}   # the others never came
+        node_requests = [path for _, path in api.requests if "/nodes?" in path]
+        assert node_requests and all("fieldSelector=metadata.name%3Dnode-3" in p for p in node_requests)
     finally:
         if source:
             source.stop()
@@ -76,3 +148,43 @@ def test_requests_carry_the_kubeconfig_token_and_an_error_status_is_an_api_error
             kube.lister(bad.api, kube.PATHS["services"])(timeout=(5, 5))
     finally:
         api.stop()
+
+
+def test_a_half_open_watch_is_noticed_within_60_s(tmp_path):
+    """The API server's side of every watch vanishes without a word reaching the agent (its host
+    restarted while the path was down): only TCP keepalive can tell. A change made meanwhile arrives
+    within a minute (the read timeout alone would wait past the server's minute between bookmarks)."""
+    names = [f"elbho-{uuid.uuid4().hex[:5]}{side}" for side in ("a", "c")]
+    api_ns, client_ns = names
+    for ns in names:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    api = source = None
+    try:
+        subprocess.run(["ip", "-n", api_ns, "-batch", "-"], check=True, text=True, input=(
+            f"link add api0 type veth peer name cli0 netns {client_ns}\naddr add 10.77.0.1/24 dev api0\n"
+            "link set api0 up\nlink set lo up\n"))
+        subprocess.run(["ip", "-n", client_ns, "-batch", "-"], check=True, text=True,
+                       input="addr add 10.77.0.2/24 dev cli0\nlink set cli0 up\nlink set lo up\n")
+        with in_netns(api_ns):
+            api = FakeApiServer(host="10.77.0.1").start()
+        api.load([service("default", "a", "10.96.0.1"), node("node-0", "192.168.64.6")])
+        tracker = ServiceTracker("node-0")
+        with in_netns(client_ns):   # the reflectors' threads stay in it
+            source = started(api, tmp_path, tracker)
+        subprocess.run(["ip", "-n", api_ns, "link", "set", "api0", "down"], check=True)
+        cut = time.monotonic()
+        api.stop(forget=True)       # its resets are lost on the way
+        api.put(service("default", "b", "10.96.0.2"))
+        with in_netns(api_ns):
+            api.restart()
+        time.sleep(2)
+        subprocess.run(["ip", "-n", api_ns, "link", "set", "api0", "up"], check=True)
+        wait(lambda: len(tracker.services) == 2, "the change made while the watch was half-open", timeout=75)
+        assert time.monotonic() - cut < 60
+    finally:
+        if source:
+            source.stop()
+        if api:
+            api.stop()
+        for ns in names:
+            subprocess.run(["ip", "netns", "del", ns], check=False)

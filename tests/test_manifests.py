@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 
 import pytest
 
@@ -133,5 +134,41 @@ def test_fingerprint_ignores_other_files(manifest_dir):
 
 def test_fingerprint_of_a_file_and_of_nothing(manifest_dir):
     file = manifest_dir / "a.yaml"
-    assert fingerprint(file) == ((str(file), 1_000_000_000_000_000_000, file.stat().st_size),)
+    stat = file.stat()
+    assert fingerprint(file) == ((str(file), stat.st_dev, stat.st_ino, 1_000_000_000_000_000_000, stat.st_size),)
     assert fingerprint(manifest_dir / "gone.yaml") == ()
+
+
+def kubelet_configmap(root, files: dict[str, str], stamp: str) -> None:
+    """What the kubelet makes of a mounted ConfigMap: the files in a hidden timestamped folder, `..data`
+    pointing there (swapped by a rename), and each name a link through `..data`."""
+    folder = root / f"..{stamp}"
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(folder.name)
+    old = (root / "..data").resolve() if (root / "..data").exists() else None
+    os.replace(tmp, root / "..data")
+    for name in files:
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(f"..data/{name}")
+    if old is not None:
+        shutil.rmtree(old)
+
+
+CM_SERVICE = """apiVersion: v1
+kind: Service
+metadata: {name: %s, namespace: default}
+spec: {clusterIP: 10.96.0.9, ports: [{port: 80}]}
+"""
+
+
+def test_a_configmap_mount_is_read_once_and_followed_through_its_swap(tmp_path):
+    kubelet_configmap(tmp_path, {"svc.yaml": CM_SERVICE % "first"}, "2026_12_05_10_00_00.000000001")
+    services, _ = load_manifests(tmp_path)
+    assert [s["metadata"]["name"] for s in services] == ["first"]   # not once more from ..2026_.../
+    before = fingerprint(tmp_path)
+    kubelet_configmap(tmp_path, {"svc.yaml": CM_SERVICE % "second"}, "2026_12_05_10_01_00.000000002")
+    assert fingerprint(tmp_path) != before
+    assert [s["metadata"]["name"] for s in load_manifests(tmp_path)[0]] == ["second"]

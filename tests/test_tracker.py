@@ -2,6 +2,7 @@
 would give, reports only what a change touched, and keeps ids stable."""
 from hypothesis import given, settings, strategies as st
 
+from ebpflb.core.ids import owner_tag
 from ebpflb.core.model import Backend, Frontend, FrontendKey, HealthCheck, ServicePortName
 from ebpflb.core.services import Usage, desired_state
 from ebpflb.core.tracker import BULK_RECOMPUTE, ServiceTracker
@@ -109,7 +110,8 @@ def test_deleting_a_service_frees_its_frontends_and_address():
 
 def test_restart_takes_ids_back_from_the_maps():
     objects = ([service("a", "10.96.0.1"), service("b", "10.96.0.2")], [])
-    hints = {FrontendKey("10.96.0.1", 80, 6): 7, FrontendKey("10.96.0.2", 80, 6): 3}
+    hints = {FrontendKey("10.96.0.1", 80, 6): (7, owner_tag(ServicePortName("default", "a", "http", "TCP"))),
+             FrontendKey("10.96.0.2", 80, 6): (3, owner_tag(ServicePortName("default", "b", "http", "TCP")))}
     t = ServiceTracker(NODE, id_hints=hints)
     t.replace_all(*objects)
     t.flush()
@@ -358,7 +360,7 @@ def test_health_checks_reported_when_they_change():
 
 def test_restart_takes_ids_back_with_their_src_ranges():
     svc_a = external("a", "10.96.0.1", lb_ip="203.0.113.1", ranges=["10.0.0.0/8"])
-    hints = {FrontendKey("10.96.0.1", 80, 6): 9}
+    hints = {FrontendKey("10.96.0.1", 80, 6): (9, owner_tag(ServicePortName("default", "a", "http", "TCP")))}
     for bulk in (True, False):
         t = ServiceTracker(NODE, id_hints=hints, node_addresses=["192.168.64.10"])
         if bulk:

@@ -60,3 +60,13 @@ def test_a_sync_that_fits_completes_at_full_maps(small, before, after):
     assert_maps_hold(small, state(**after))
     writer.apply(state())
     assert_maps_hold(small, state())
+
+
+def test_a_batch_delete_passes_over_keys_that_are_not_there(small):
+    from ebpflb.sync.writer import backend_keys, backend_values
+    nat_be = small.maps.nat_be
+    for key, _ in nat_be.items():
+        nat_be.delete(key)
+    nat_be.update_many(backend_keys([7, 7, 7], [0, 1, 3]), backend_values([Backend("10.0.0.1", 80)] * 3))
+    assert nat_be.delete_many(backend_keys([7, 7, 7, 7, 7], [0, 1, 2, 3, 4])) == 3
+    assert nat_be.count() == 0

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
+from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
+from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.services import Usage
-from ebpflb.core.tracker import ServiceTracker
 from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, SOCK_REAPER, Datapath, DatapathOptions
 from ebpflb.datapath.cgroup import attach as attach_cgroup, detach as detach_cgroup, resolve_cgroup_root
@@ -29,12 +29,12 @@ from ebpflb.datapath.sockets import SocketReaper, netns_cookie
 from ebpflb.datapath.structs import C
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, UplinkCollector, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
-from ebpflb.sync.writer import MapWriter
+from ebpflb.sync.keepers import ids_named_by_flows
+from ebpflb.sync.session import SyncSession
 
 log = logging.getLogger("ebpflb.agent")
 
 LOOP_TICK_S = 0.25
-XDP_WATCH_S = 1.0          # how often the uplinks' XDP transmit errors are read (--xdp auto falls back on them)
 FREEZE_AFTER_IDS = 1000   # manifests are polled this often; the loop's heartbeat
 
 
@@ -79,7 +79,7 @@ def make_source(config: AgentConfig, metrics: AgentMetrics):
         from ebpflb.sources.manifests import ManifestSource
         return ManifestSource(config.manifests)
     from ebpflb.sources.kube import KubeSource
-    return KubeSource(config.kubeconfig, counters=metrics)
+    return KubeSource(config.kubeconfig, counters=metrics, node_name=config.node_name)
 
 
 class Agent:
@@ -94,8 +94,13 @@ class Agent:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.last_sync = float("-inf")
+        self.addresses_moved = False
         self.logged_rejections: set = set()
         self.pressure = MapPressure()
+
+    @property
+    def tracker(self):
+        return self.session.tracker
 
     def stop(self, *_) -> None:
         self.stopping = True
@@ -113,25 +118,28 @@ class Agent:
             self.uplinks = list(cfg.uplinks) if cfg.uplinks is not None else default_route_links(ipr)
             self.uplink_addrs = link_addresses(ipr, self.uplinks)
         threading.Thread(target=import_source_modules, args=(cfg,), name="import-source", daemon=True).start()
-        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(
-            hairpin_addr=cfg.hairpin_addr, node_addr=(self.uplink_addrs or [None])[0],
-            netns_cookie=netns_cookie() if cfg.socket_lb else 0,
-            flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0)
+        self.snat_addr = (self.uplink_addrs or [None])[0]
+        # What the config map says besides the node address (the SNAT source follows the uplink).
+        self.config_rest = dict(hairpin_addr=cfg.hairpin_addr, netns_cookie=netns_cookie() if cfg.socket_lb else 0,
+                                flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0)
+        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(node_addr=self.snat_addr, **self.config_rest)
         self.reaper = None
         self._host_sockets()
-        self.writer = MapWriter(self.datapath.maps)
         maps = self.datapath.maps
-        # A restart takes back the ids the maps use, so nothing needs rewriting.
-        self.tracker = ServiceTracker(cfg.node_name, cfg.proxy_name,
-                                      id_hints={k: f.svc_id for k, f in self.writer.frontends.items()},
-                                      node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
-                                      capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
-                                                                               maps.svc_ips, maps.src_ranges))))
-        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
-        attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
-        self.metrics.registry.register(UplinkCollector(attacher))
+        # What the maps hold already: ids go back to their service ports, and the first sync deletes
+        # what the maps hold beyond the desired state (sync/session.py).
+        self.session = SyncSession(maps, cfg.node_name, proxy_name=cfg.proxy_name,
+                                   node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
+                                   capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
+                                                                            maps.svc_ips, maps.src_ranges))))
+        # The writer as it is at each scrape: a failed sync makes a new one.
+        self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.session.writer,
+                                                          self.tracker, self.lock))
         server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
         self.health_checks = HealthCheckServers()
+        links = LinkKeeper(self.datapath.fds, {"pattern": cfg.workload_ifaces, "uplinks": self.uplinks, "xdp": cfg.xdp},
+                           self._uplink_addresses_changed)
+        self.metrics.registry.register(UplinkCollector(links))
         self.source = source = make_source(cfg, self.metrics)
         log.info("node %s: programs loaded, maps pinned in %s; uplinks %s (%s)", cfg.node_name, cfg.pin_dir,
                  ", ".join(self.uplinks) or "none", ", ".join(self.uplink_addrs) or "no address")
@@ -139,32 +147,27 @@ class Agent:
         # holds back a sync (it delayed one by 0.7 s at 50k entries).
         sweeper = threading.Thread(target=self._sweep_loop, name="conntrack-sweep", daemon=True)
         try:
-            attacher.reconcile()
+            links.start()
+            self.uplink_addrs = links.addresses   # as they are now, after the programs' compile
             self.source_started = time.monotonic()
             source.start(self.tracker, self.lock, self.wake)
             self.wake()   # the first turn polls the source (reads the manifests) at once, not a tick later
             sweeper.start()
-            xdp_watched = time.monotonic()
             while not self.stopping:
                 self.health.beat()
-                readable, _, _ = select.select([attacher, self.wake_r], [], [], self._wait_time())
-                if attacher in readable:
-                    attacher.handle_events()
-                if time.monotonic() - xdp_watched >= XDP_WATCH_S:
-                    xdp_watched = time.monotonic()
-                    attacher.watch_xdp()
+                readable, _, _ = select.select([self.wake_r], [], [], self._wait_time())
                 if self.wake_r in readable:
                     self._drain_wake()
                 source.poll()
                 self._follow_node_addresses()
-                if source.synced and self.tracker.dirty and self._sync_due():
+                if source.synced and self.tracker.needs_sync and self._sync_due():
                     self.sync()
         finally:
             self.stopped.set()
             source.stop()
             if sweeper.is_alive():
                 sweeper.join(timeout=5)
-            attacher.close()
+            links.stop()
             if self.reaper:
                 self.reaper.close()
             self.health_checks.close()
@@ -172,6 +175,11 @@ class Agent:
                 server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
+
+    def _uplink_addresses_changed(self, addresses: list[str]) -> None:
+        """From the links process's reader thread: the main loop follows at its next turn."""
+        self.uplink_addrs = addresses
+        self.wake()
 
     def _host_sockets(self) -> None:
         """The host-socket programs on the cgroup (pinned links: a restart replaces their programs
@@ -190,19 +198,29 @@ class Agent:
             self.reaper = SocketReaper(self.datapath.maps, fds[SOCK_REAPER])
 
     def _follow_node_addresses(self) -> None:
-        """NodePorts listen on the uplinks' addresses and on those the Node object lists."""
+        """NodePorts listen on the uplinks' addresses and on those the Node object lists; the SNAT
+        source is the uplinks' first address."""
+        uplink_addrs = self.uplink_addrs   # replaced whole by the links thread
+        snat = uplink_addrs[0] if uplink_addrs else None
+        if snat != self.snat_addr:
+            self.datapath.write_config(node_addr=snat, **self.config_rest)
+            log.info("SNAT source (node address) now %s", snat or "none")
+            self.snat_addr = snat
         from_api = getattr(self.source, "node_addresses", lambda name: [])(self.config.node_name)
-        wanted = tuple(dict.fromkeys([*self.uplink_addrs, *from_api]))
+        wanted = tuple(dict.fromkeys([*uplink_addrs, *from_api]))
         if wanted != tuple(self.tracker.node_addresses):
             with self.lock:
                 self.tracker.set_node_addresses(wanted)
+            self.addresses_moved = True   # synced at once: NodePorts and SNAT must not wait a period
 
     def _sync_due(self) -> bool:
-        return time.monotonic() - self.last_sync >= self.config.min_sync_period
+        return self.addresses_moved or time.monotonic() - self.last_sync >= self.config.min_sync_period
 
     def _wait_time(self) -> float:
         wait = LOOP_TICK_S
-        if self.tracker.dirty:
+        if self.addresses_moved and self.source.synced:
+            wait = 0.0
+        elif self.tracker.needs_sync:
             wait = min(wait, max(0.0, self.last_sync + self.config.min_sync_period - time.monotonic()))
         return wait
 
@@ -216,10 +234,10 @@ class Agent:
     def sync(self) -> None:
         started = time.perf_counter()
         self.last_sync = time.monotonic()
+        self.addresses_moved = False
         try:
             with self.lock, gc_paused():
-                changes = self.tracker.flush()
-                stats = self.writer.apply(self.tracker.state, changes)
+                changes, stats = self.session.sync()
                 programmed = time.monotonic()   # the maps hold it all now; what follows is housekeeping
                 health_checks = dict(self.tracker.state.health_checks)
                 state, rejected = self.tracker.state, self.tracker.rejected
@@ -228,9 +246,6 @@ class Agent:
         except Exception:
             self.health.last_sync_failed = True
             log.exception("sync failed; will compare everything again at the next period")
-            with self.lock:
-                self.writer = MapWriter(self.datapath.maps)     # what the maps really hold now
-                self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
             return
         self.health.last_sync_failed = False
         self.health_checks.update(health_checks)
@@ -264,16 +279,35 @@ class Agent:
     def _sweep_loop(self) -> None:
         delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
         while not self.stopped.wait(self.config.sweep_interval):
+            started, seen = time.monotonic(), set()
             try:
-                swept = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
+                swept = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete, ids_seen=seen)
+                seen |= ids_named_by_flows(self.datapath.maps, skip=("ct",))
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue
+            with self.lock:
+                released = self.session.release(seen, started)
+            if released:
+                log.info("service ids %s no longer named anywhere: free again", _ranges(released))
             if swept.deleted or swept.spared:
                 log.info("conntrack: %d expired entries removed, %d spared (the flow woke or its keys were "
                          "reused since it was judged)", swept.deleted, swept.spared)
             ct = self.datapath.maps.ct
             self.pressure.check("conntrack", ct.count(), ct.max_entries)
+
+
+def _ranges(ids: set[int]) -> str:
+    """1-3,7 for {1, 2, 3, 7}."""
+    out, run = [], []
+    for i in sorted(ids):
+        if run and i != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(i)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def process_started() -> float:

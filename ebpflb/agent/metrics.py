@@ -79,6 +79,7 @@ class DataplaneCollector:
     per-CPU maps."""
 
     def __init__(self, maps, writer, tracker, lock):
+        """`writer`: a callable giving the agent's writer now (a failed sync replaces it)."""
         self.maps, self.writer, self.tracker, self.lock = maps, writer, tracker, lock
 
     def collect(self):
@@ -86,9 +87,10 @@ class DataplaneCollector:
         capacity = GaugeMetricFamily("ebpflb_map_capacity", "Capacity of a BPF map (max entries)", labels=["map"])
         pressure = GaugeMetricFamily("ebpflb_map_pressure", "Fill of a BPF map: entries / capacity (1 = full)", labels=["map"])
         with self.lock:
+            writer = self.writer()
             names = dict(self.tracker.state.ids)
-            filled = {"frontends": len(self.writer.frontends),
-                      "backends": sum(map(len, self.writer.backends.values()))}
+            filled = {"frontends": len(writer.frontends),
+                      "backends": sum(len(slots) for gens in writer.slots.values() for slots in gens.values())}
         filled["conntrack"] = self.maps.ct.count()
         for name, bpf_map in (("frontends", self.maps.nat_fe), ("backends", self.maps.nat_be), ("conntrack", self.maps.ct)):
             entries.add_metric([name], filled[name])

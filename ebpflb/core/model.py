@@ -29,6 +29,10 @@ class Frontend:
     count: int      # backends to choose from: ordinals 0..count-1; 0 = reject (drop if *_LOCAL flag)
     local: int      # how many of the backends are on this node (they take the low ordinals)
     flags: int      # NAT_FLG_* from bpf/structs.h
+    # ids.owner_tag() of the service port holding the id (0: none given). What a restarted agent checks
+    # before it gives the id back; bookkeeping, not what a packet sees: left out of comparisons (the
+    # writer compares it itself).
+    owner: int = field(default=0, compare=False)
 
 
 class Backend(NamedTuple):   # a NamedTuple: a million of these are built at scale, quickly

@@ -24,6 +24,7 @@ from typing import NamedTuple
 
 from ebpflb.datapath.structs import C
 
+from ebpflb.core.ids import owner_tag
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
 
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
@@ -208,19 +209,21 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
         local = _by_address(e.backend for e in chosen if e.local)
         remote = _by_address(e.backend for e in chosen if not e.local)
         svc_id = ids[port.name]
+        owner = owner_tag(port.name)
         state.ids[port.name] = svc_id
         state.backends[svc_id] = local + remote
         if service.internal_local:
-            frontend = Frontend(svc_id, count=len(local), local=len(local), flags=C.NAT_FLG_INTERNAL_LOCAL)
+            frontend = Frontend(svc_id, count=len(local), local=len(local), flags=C.NAT_FLG_INTERNAL_LOCAL, owner=owner)
         else:
-            frontend = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=0)
+            frontend = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=0, owner=owner)
         for key in _frontend_keys(service, port):
             state.frontends[key] = frontend
         if external:
             by_flags: dict[int, Frontend] = {}
             for key, flags in external.items():
                 if flags not in by_flags:
-                    by_flags[flags] = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=flags)
+                    by_flags[flags] = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=flags,
+                                               owner=owner)
                 state.frontends[key] = by_flags[flags]
             if any(flags & C.NAT_FLG_SRC_RANGES for flags in by_flags):
                 state.src_ranges[svc_id] = service.src_ranges

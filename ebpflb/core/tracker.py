@@ -3,13 +3,18 @@ manifest); it keeps the desired map contents up to date by recomputing only the 
 touch, and says which ids, frontends, service addresses and source ranges changed (and whether a
 health check did) so the writer looks at those only. Of each object it keeps what the core read
 of it (parse_service, parse_slice), not the API object. Pure: no I/O, no clock.
+
+Its first flush, and the first after a full list (a relist, the manifests read again), says
+`full`: the writer then compares everything the maps hold with the desired state, not only what
+changed, and deletes the rest (what a Service deleted while no agent ran left behind). Ids that
+leave their service port wait in quarantine (core/ids.py) until nothing refers to them.
 """
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ebpflb.core.ids import recover_ids, remap_ids
+from ebpflb.core.ids import IdQuarantine, recover_ids, remap_ids
 from ebpflb.core.model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName
 from ebpflb.core.services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
                        parse_service, parse_slice)
@@ -30,8 +35,10 @@ class Changes:
     service_ips: set[str] = field(default_factory=set)
     src_range_ids: set[int] = field(default_factory=set)   # ids whose source ranges came, went or changed
     health_checks: bool = False                            # some health check came, went or changed
+    full: bool = False   # a full list came in (or this is the first flush): compare everything in the maps
 
     def __bool__(self) -> bool:
+        """Whether something changed (`full` asks for a comparison, it is no change itself)."""
         return bool(self.ids or self.frontends or self.service_ips or self.src_range_ids or self.health_checks)
 
     def add(self, part: "Contribution") -> None:
@@ -102,12 +109,16 @@ def owning_service(slice_obj) -> ObjectKey | None:
 
 class ServiceTracker:
     def __init__(self, node_name: str, proxy_name: str | None = None,
-                 id_hints: dict[FrontendKey, int] | None = None, node_addresses: Sequence[str] = (),
-                 nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY):
+                 id_hints: dict[FrontendKey, tuple[int, int]] | None = None, node_addresses: Sequence[str] = (),
+                 nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY, held_ids: Iterable[int] = ()):
+        """A restart passes what the maps hold: `id_hints`, frontend -> (id, owner tag), and `held_ids`,
+        every id the maps or conntrack name (those no service port takes back wait in quarantine)."""
         self.node_name = node_name
         self.capacity = capacity   # the maps' sizes: a service that does not fit is turned away whole
         self.proxy_name = proxy_name
-        self.id_hints = dict(id_hints or {})   # frontend -> id the maps already use (restart)
+        self.id_hints = dict(id_hints or {})   # frontend -> (id, owner) the maps already use (restart)
+        self.quarantine = IdQuarantine(held_ids)
+        self.full = True   # the next flush is the first, or follows a full list
         self.nodeport_cidrs = tuple(nodeport_cidrs)
         self.node_addresses = tuple(node_addresses)
         node_port_addresses(self.node_addresses, self.nodeport_cidrs)   # ValueError now, not at the first flush
@@ -193,6 +204,7 @@ class ServiceTracker:
 
     def replace_services(self, services) -> None:
         """Each an API object or prepare_service()'s result."""
+        self.full = True
         self.unkeyed["Service"] = []
         seen = set()
         for obj in services:
@@ -204,6 +216,7 @@ class ServiceTracker:
 
     def replace_slices(self, slices) -> None:
         """Each an API object or prepare_slice()'s result."""
+        self.full = True
         self.unkeyed["EndpointSlice"] = []
         seen = set()
         for obj in slices:
@@ -219,10 +232,16 @@ class ServiceTracker:
         return [*self.unkeyed["Service"], *self.unkeyed["EndpointSlice"],
                 *(r for rs in self.rejected_by_service.values() for r in rs)]
 
+    @property
+    def needs_sync(self) -> bool:
+        """Something changed, or a full list came in (which the maps are compared with whole)."""
+        return bool(self.dirty) or self.full
+
     def flush(self) -> Changes:
         """Recompute what the changes since the last flush touched."""
         dirty, self.dirty = self.dirty, set()
-        changes = Changes()
+        changes = Changes(full=self.full)
+        self.full = False
         if len(dirty) > BULK_RECOMPUTE:
             self._recompute_all(changes)
         else:
@@ -234,7 +253,13 @@ class ServiceTracker:
                 for key in sorted(self.turned_away):
                     self._recompute(key, changes)
         self.state.service_ips = frozenset(self.ip_refs)
+        # Ids that left their service ports: nobody gets them until nothing refers to them.
+        self.quarantine.hold(i for i in changes.ids if i not in self.state.backends)
         return changes
+
+    def _reserved(self) -> frozenset[int]:
+        """Ids a new service port may not take: held, or waiting in quarantine."""
+        return frozenset(self.state.ids.values()) | self.quarantine.held.keys()
 
     def _slices_for(self, key: ObjectKey) -> list:
         return [self.slices[s] for s in self.slices_of.get(key, ())]
@@ -309,16 +334,19 @@ class ServiceTracker:
                                                               known_ids={}).rejected
             changes.compare(old, None)
             return
+        reserved = self._reserved()
         desired = desired_state([service], self._slices_for(key), node_name=self.node_name,
                                 known_ids=old.ids if old else {}, proxy_name=self.proxy_name,
-                                reserved_ids=frozenset(self.state.ids.values()),
+                                reserved_ids=reserved,
                                 node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
                                 capacity=self.capacity)
         if old is None and self.id_hints:
+            # Not an id a sync has since removed from the maps: nothing of it is left to take back.
             in_use = set(self.state.ids.values())
-            hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items() if i not in in_use}
+            hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items()
+                      if i not in in_use and self.quarantine.held.get(i) is None}
             if any(desired.ids[n] != i for n, i in hinted.items()):
-                desired = remap_ids(desired, hinted)
+                desired = remap_ids(desired, hinted, reserved)
         self.rejected_by_service[key] = list(desired.rejected)
         part = split(desired).get(key) or Contribution()
         turned_away = self._cannot_join(key, part)
@@ -329,6 +357,8 @@ class ServiceTracker:
         if turned_away:
             changes.compare(old, None)
             return
+        for svc_id in part.ids.values():
+            self.quarantine.take_back(svc_id)   # a restart: its own service port took it back
         self._contribute(key, part, desired, changes)
         changes.compare(old, part)
 
@@ -350,17 +380,21 @@ class ServiceTracker:
         """Everything at once (start-up, relist): one pass of the core, then split per service."""
         previous = dict(self.state.ids)   # ids this process handed out stay put
         old_parts = {key: self._withdraw(key, changes) for key in list(self.contributions)}
+        reserved = frozenset(self.quarantine.held)
         desired = desired_state(self.services.values(), self.slices.values(), node_name=self.node_name,
-                                known_ids=previous, proxy_name=self.proxy_name,
+                                known_ids=previous, proxy_name=self.proxy_name, reserved_ids=reserved,
                                 node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
                                 capacity=self.capacity)
         if self.id_hints:
             # Restart: take back the ids the maps use, for names this process has not seen yet.
             held = set(previous.values())
             hinted = {n: i for n, i in recover_ids(desired, self.id_hints).items()
-                      if n not in previous and i not in held}
+                      if n not in previous and i not in held and self.quarantine.held.get(i) is None}
             if any(desired.ids[n] != i for n, i in hinted.items()):
-                desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}})
+                desired = remap_ids(desired, {**hinted, **{n: desired.ids[n] for n in previous if n in desired.ids}},
+                                    reserved)
+        for svc_id in desired.ids.values():
+            self.quarantine.take_back(svc_id)
         self.rejected_by_service = {}
         self.turned_away = set()
         for r in desired.rejected:

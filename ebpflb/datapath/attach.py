@@ -1,11 +1,15 @@
 """Attach the programs with pyroute2: tc (clsact, direct-action) on pod veths and uplinks, and XDP
 on the uplinks where what it sends is delivered (--xdp auto, netdev.py)."""
+import errno
 import logging
 import re
+import socket
 from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +129,16 @@ class UplinkXdp:
     fallbacks: int = 0
 
 
+# Notifications the attacher listens to: links (new pod veths) and IPv4 addresses (the uplinks'); not
+# routes or neighbours, which change all the time on a busy node and would each mean a dump.
+EVENT_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+NOTIFICATION_BUFFER = 1 << 20   # bytes: a few thousand link notifications between two reads
+SO_RCVBUFFORCE = 33             # linux/asm-generic/socket.h: past rmem_max (CAP_NET_ADMIN)
+
+
 class LinkAttacher:
     """Keeps the uplink programs on the uplinks and the workload programs on every link whose
-    name matches the pattern, existing and future ones.
+    name matches the pattern, existing and future ones; knows the uplinks' addresses.
 
     xdp: "auto" (native XDP only on uplinks that deliver what it sends, netdev.auto_choice(); back
     to tc when their XDP transmit errors grow), "native" (forced), or "off"."""
@@ -139,15 +150,33 @@ class LinkAttacher:
         self.fds = fds
         self.pattern = re.compile(pattern)
         self.uplinks = set(uplinks)
+        self.uplink_order = list(uplinks)
         self.xdp = xdp
         self.ipr = IPRoute()
-        self.events = IPRoute()
-        self.events.bind()
+        self.events = self._subscribe()
+        self.marshal = MarshalRtnl()
         self.attached: dict[int, str] = {}
         self.uplink_xdp: dict[str, UplinkXdp] = {}   # by uplink name: read by the metrics
 
+    @staticmethod
+    def _subscribe() -> socket.socket:
+        """A plain netlink socket, its messages parsed by pyroute2: pyroute2's own socket fails for good
+        at the first ENOBUFS (every later read and even its close raise it again), where the kernel's
+        socket goes on."""
+        events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+        try:
+            events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, NOTIFICATION_BUFFER)
+        except OSError:   # without CAP_NET_ADMIN: what rmem_max allows
+            events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, NOTIFICATION_BUFFER)
+        events.bind((0, EVENT_GROUPS))
+        return events
+
     def fileno(self) -> int:
         return self.events.fileno()
+
+    def uplink_addresses(self) -> list[str]:
+        """The uplinks' IPv4 addresses now, in the order the uplinks were given."""
+        return link_addresses(self.ipr, self.uplink_order)
 
     def _consider(self, ifindex: int, name: str) -> None:
         programs = UPLINK if name in self.uplinks else WORKLOAD if self.pattern.search(name) else None
@@ -241,11 +270,40 @@ class LinkAttacher:
         for ifindex in self.attached.keys() - present.keys():
             del self.attached[ifindex]
 
-    def handle_events(self) -> None:
-        """Call when fileno() is readable. pyroute2 may read several notifications at once and
-        return only some, so a notification only says "links changed": reconcile with a dump."""
-        self.events.get()
+    def handle_events(self) -> bool:
+        """Call when fileno() is readable. A new link is attached from its notification at once; then,
+        as pyroute2 may read several notifications and return only some, a dump catches what was
+        missed. A netlink error (ENOBUFS: the kernel dropped notifications we were too slow for) is
+        not fatal: every link is read again. Returns whether an address may have changed."""
+        try:
+            messages = [msg for data in self._pending() for msg in self.marshal.parse(data)]
+        except OSError as err:
+            why = "notifications came faster than read" if err.errno == errno.ENOBUFS else err
+            log.warning("link notifications lost (%s): reading every link and address again", why)
+            if err.errno != errno.ENOBUFS:   # the socket itself may be the trouble
+                self.events.close()
+                self.events = self._subscribe()
+            self.reconcile()
+            return True
+        addresses = False
+        for msg in messages:
+            event = msg.get("event")
+            if event == "RTM_NEWLINK":
+                self._consider(msg["index"], _link_name(msg))
+            elif event == "RTM_DELLINK":
+                self.attached.pop(msg["index"], None)
+            elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
+                addresses = True
         self.reconcile()
+        return addresses
+
+    def _pending(self):
+        """Every datagram waiting on the notification socket."""
+        while True:
+            try:
+                yield self.events.recv(NOTIFICATION_BUFFER)
+            except BlockingIOError:
+                return
 
     def close(self) -> None:
         self.events.close()

@@ -147,13 +147,27 @@ class SweepResult:
     spared: int    # entries judged expired that woke (or were reused) before they could go
 
 
-def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged) -> SweepResult:
+def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged,
+          ids_seen: set[int] | None = None) -> SweepResult:
     """Delete flows idle past their timeout, unless they came back to life meanwhile (`delete`:
-    delete_unchanged, or in_kernel(fd))."""
+    delete_unchanged, or in_kernel(fd)). `ids_seen` gets the service ids of the entries it read,
+    expired ones too (one may come back to life before its delete; ids in quarantine wait for
+    these: core/ids.py)."""
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
-    judged = expired(maps.ct.items(), timeouts, now_ns)
+    entries = maps.ct.items()
+    if ids_seen is not None:
+        ids_seen.update(value.svc_id for _, value in entries)
+    judged = expired(entries, timeouts, now_ns)
     deleted = delete(maps.ct, judged)
     return SweepResult(deleted, entries_of(judged) - deleted)
+
+
+def service_ids(ct) -> set[int]:
+    """The service ids conntrack's entries name, read without a Python object per entry."""
+    ids: set[int] = set()
+    for _, values, n in ct._batches():
+        ids.update(values[i].svc_id for i in range(n))
+    return ids
 
 
 def remove_between(maps: Maps, proto: int, addr1: str, addr2: str) -> int:

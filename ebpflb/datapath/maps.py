@@ -62,15 +62,32 @@ class BpfMap:
 
     def update_many(self, keys, values) -> None:
         """Write keys[i] -> values[i] for two cffi arrays of the map's key and value types: one
-        batch syscall per BATCH entries instead of one each."""
-        if len(keys) != len(values):
+        batch syscall per BATCH entries instead of one each. Per-CPU maps take ncpus values a key."""
+        if len(keys) * self.ncpus != len(values):
             raise ValueError(f"{len(keys)} keys, {len(values)} values")
         opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
         count = bpf_ffi.new("__u32 *")
         for start in range(0, len(keys), BATCH):
             count[0] = min(BATCH, len(keys) - start)
-            libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start, count, opts),
+            libbpf.check(lib.bpf_map_update_batch(self.fd, keys + start, values + start * self.ncpus, count, opts),
                          f"batch update of {self.path}")
+
+    def delete_many(self, keys) -> int:
+        """Delete keys[i] for a cffi array of the map's key type, one batch syscall per BATCH keys; a
+        key that is not there is passed over. Returns how many were deleted."""
+        opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
+        count = bpf_ffi.new("__u32 *")
+        deleted = start = 0
+        while start < len(keys):
+            count[0] = min(BATCH, len(keys) - start)
+            ret = lib.bpf_map_delete_batch(self.fd, keys + start, count, opts)
+            deleted += count[0]
+            if ret == -libbpf.ENOENT:   # keys[start + count] is not there: on past it
+                start += count[0] + 1
+                continue
+            libbpf.check(ret, f"batch delete in {self.path}")
+            start += count[0]
+        return deleted
 
     def delete(self, key) -> bool:
         ret = lib.bpf_map_delete_elem(self.fd, key)

@@ -3,6 +3,15 @@ resourceVersion, with bookmarks; on 410 Gone list again; on any error retry with
 tracker only ever hears of objects that exist or were deleted: an unreachable or slow API
 changes nothing in the maps.
 
+At 5,000 nodes the API server's load is what matters, so the lists go as client-go's reflector
+makes them: the first with resourceVersion "0" (served from the API server's watch cache, not
+etcd), a relist after 410 from the last resourceVersion seen ("NotOlderThan": never back in time,
+from the cache too), and only when the server says that resourceVersion is expired or too new (a
+lagging cache) a consistent list from etcd (resourceVersion "", in pages). Only this node's Node
+object is watched (a field selector on its name), as kube-proxy does. A half-open connection (the
+server gone without a word, a NAT that forgot us) is noticed by TCP keepalive within 45 s, and a
+server alive but silent by the read timeout, past the minute between the server's bookmarks.
+
 The client's model deserialization is far too slow at 10k services: responses are taken raw and
 parsed with orjson. The kubernetes package gives the connection (its configuration: kubeconfig or
 in-cluster, TLS, proxy, token refresh); the three GETs are made here (`lister`), not through its
@@ -28,14 +37,23 @@ from ebpflb.gc_pause import gc_paused
 
 log = logging.getLogger(__name__)
 
-WATCH_TIMEOUT_S = 300        # server-side end of each watch; we then watch again from the last RV
-READ_TIMEOUT_S = 330         # a silent connection beyond this is dead
+WATCH_TIMEOUT_S = (300, 600)  # server-side end of each watch, jittered as client-go's; then watched again from the last RV
+READ_TIMEOUT_S = 90           # a silent connection beyond this is dead: the server sends a bookmark a minute
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 1.0
-LIST_PAGE = 500              # objects per list request (client-go's pager default)
+LIST_PAGE = 500               # objects per list request (client-go's pager default)
+# TCP keepalive on every connection to the API: idle 15 s, then a probe every 5 s, dead after 6 unanswered
+# (45 s); data left unacknowledged as long also ends the connection (TCP_USER_TIMEOUT).
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_PROBES = 15, 5, 6
 
 
 class Gone(Exception):
     """410: our resourceVersion is too old for the server's history."""
+
+
+def unavailable_rv(err: "ApiError") -> bool:
+    """The server cannot list at the resourceVersion asked: expired (410), or newer than its watch
+    cache (504 "Too large resource version"): a consistent list is asked for instead."""
+    return err.status == 410 or (err.status == 504 and b"Too large resource version" in err.body)
 
 
 class ApiError(Exception):
@@ -43,15 +61,29 @@ class ApiError(Exception):
 
     def __init__(self, status: int, reason: str, body: bytes):
         super().__init__(f"HTTP {status} {reason}: {body[:200].decode(errors='replace')}")
-        self.status = status
+        self.status, self.body = status, body
 
 
 def api_client(kubeconfig: str | None):
     from kubernetes import client, config
+    configuration = client.Configuration()
     if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)
-    config.load_incluster_config()
-    return client.ApiClient()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    else:
+        config.load_incluster_config(client_configuration=configuration)
+    configuration.socket_options = keepalive_socket_options()
+    return client.ApiClient(configuration)
+
+
+def keepalive_socket_options() -> list[tuple[int, int, int]]:
+    """urllib3's own defaults (no Nagle) and TCP keepalive: a half-open connection is noticed in 45 s."""
+    return [*urllib3.connection.HTTPConnection.default_socket_options,
+            (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S),
+            (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES),
+            (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+             1000 * (KEEPALIVE_IDLE_S + KEEPALIVE_INTERVAL_S * KEEPALIVE_PROBES))]
 
 
 PATHS = {"services": "/api/v1/services", "endpointslices": "/apis/discovery.k8s.io/v1/endpointslices",
@@ -96,14 +128,17 @@ class Reflector(threading.Thread):
     """Keeps one resource kind current: list, then watch; calls back with what changed."""
 
     def __init__(self, resource: str, list_call, on_list, on_event, stopping: threading.Event,
-                 counters=None, prepare=lambda obj: obj):
+                 counters=None, prepare=lambda obj: obj, selector: dict | None = None):
         super().__init__(name=f"reflector-{resource}", daemon=True)
         self.resource, self.list_call = resource, list_call
         self.on_list, self.on_event = on_list, on_event
         self.prepare = prepare   # what on_list and on_event get of each object, made outside their lock
+        self.selector = selector or {}   # e.g. {"fieldSelector": "metadata.name=node-0"}, on lists and watches
         self.stopping = stopping
         self.counters = counters
-        self.resource_version: str | None = None
+        self.resource_version: str | None = None   # the last one seen
+        self.must_list = True
+        self.rv_unavailable = False   # the server cannot list at our resourceVersion: a consistent list
         self.listed = threading.Event()
         self.response = None
 
@@ -111,14 +146,14 @@ class Reflector(threading.Thread):
         backoff = BACKOFF_MIN_S
         while not self.stopping.is_set():
             try:
-                if self.resource_version is None:
+                if self.must_list:
                     self.relist()
                 self.watch()
                 backoff = BACKOFF_MIN_S
             except Gone:
                 log.info("%s: resourceVersion %s expired (410); listing again", self.resource,
                          self.resource_version)
-                self.resource_version = None
+                self.must_list = True
                 self._count_restart("gone")
             except Exception as err:   # the API being away must never stop the agent
                 if self.stopping.is_set():
@@ -128,12 +163,40 @@ class Reflector(threading.Thread):
                 self.stopping.wait(backoff * random.uniform(0.8, 1.2))
                 backoff = min(backoff * 2, BACKOFF_MAX_S)
 
+    def list_resource_version(self) -> str:
+        """What to list at (client-go's reflector): "0" at first (any state the watch cache has, the
+        watch brings it up to date), then the last one seen (never older than what we had), "" once
+        the server could not serve that (a consistent read)."""
+        if self.rv_unavailable:
+            return ""
+        return "0" if self.resource_version is None else self.resource_version
+
     def relist(self) -> None:
-        """The whole list, page by page; the tracker hears of it only once it is complete."""
+        rv = self.list_resource_version()
+        try:
+            self._list(rv)
+        except ApiError as err:
+            if rv == "" or not unavailable_rv(err):
+                raise
+            log.info("%s: the server cannot list at resourceVersion %s (HTTP %d); a consistent list",
+                     self.resource, rv, err.status)
+            self._count_restart("expired")
+            self.rv_unavailable = True
+            self._list("")
+        self.rv_unavailable = False
+        self.must_list = False
+
+    def _list(self, rv: str) -> None:
+        """The whole list, page by page; the tracker hears of it only once it is complete. At a given
+        resourceVersion the watch cache serves it, whole (client-go asks no pages then); at "0" the
+        server may cut pages or not; at "" it is read from etcd, in pages."""
+        match = {"resourceVersionMatch": "NotOlderThan"} if rv not in ("", "0") else {}
+        limit = None if match else LIST_PAGE
         with gc_paused():
             items, cont = [], None
             while True:
-                response = self.list_call(timeout=(10, 120), limit=LIST_PAGE, **{"continue": cont})
+                response = self.list_call(timeout=(10, 120), limit=limit, resourceVersion=None if cont else rv,
+                                          **(match if not cont else {}), **self.selector, **{"continue": cont})
                 body = orjson.loads(response.data)
                 del response   # the page's bytes
                 items += map(self.prepare, body.get("items") or [])
@@ -150,7 +213,7 @@ class Reflector(threading.Thread):
     def watch(self) -> None:
         self.response = self.list_call(timeout=(10, READ_TIMEOUT_S), watch=True,
                                        resourceVersion=self.resource_version, allowWatchBookmarks=True,
-                                       timeoutSeconds=WATCH_TIMEOUT_S)
+                                       timeoutSeconds=random.randint(*WATCH_TIMEOUT_S), **self.selector)
         try:
             for line in lines(self.response):
                 event = orjson.loads(line)
@@ -209,8 +272,10 @@ def _short(err: Exception) -> str:
 class KubeSource:
     """Feeds the tracker from the API. `synced` once every kind has been listed."""
 
-    def __init__(self, kubeconfig: str | None, counters=None):
+    def __init__(self, kubeconfig: str | None, counters=None, node_name: str | None = None):
+        """`node_name`: the only Node watched (None: every Node, as tools that look at all want)."""
         self.api = api_client(kubeconfig)
+        self.node_name = node_name
         self.counters = counters
         self.stopping = threading.Event()
         self.nodes: dict[str, tuple[str, ...]] = {}   # name -> its addresses, all we read of a Node
@@ -264,7 +329,8 @@ class KubeSource:
                       locked(tracker.replace_slices), locked(on_slice), self.stopping, self.counters,
                       prepare=tracker.prepare_slice),
             Reflector("nodes", lister(self.api, PATHS["nodes"]), locked(list_nodes), locked(on_node),
-                      self.stopping, self.counters, prepare=prepare_node),
+                      self.stopping, self.counters, prepare=prepare_node,
+                      selector={"fieldSelector": f"metadata.name={self.node_name}"} if self.node_name else None),
         ]
         for reflector in self.reflectors:
             reflector.start()

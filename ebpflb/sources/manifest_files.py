@@ -2,7 +2,13 @@
 
 Objects are returned as the API would give them (plain dicts); checking them is the core's job.
 Only a file that cannot be read or parsed is an error here, so the caller can keep its last good state.
+
+A directory is read the way the kubelet lays out a mounted ConfigMap: each file is a symlink
+`name -> ..data/name`, `..data` a symlink to a hidden timestamped folder that an update replaces
+whole (one rename of `..data`). Hidden entries (a leading dot) are passed over, and each file is
+read once whatever number of names reach it: the tree was read twice (the folder and the links).
 """
+import os
 from pathlib import Path
 
 import orjson
@@ -32,26 +38,36 @@ def load_manifests(path) -> tuple[list[dict], list[dict]]:
 
 
 def fingerprint(path) -> tuple:
-    """Changes when a manifest file is added, removed or rewritten; costs one stat per file."""
+    """Changes when a manifest file is added, removed or rewritten, or a link is pointed at another
+    file (the kubelet's swap: the same names, new files); costs one stat per file."""
     stats = []
     for file in manifest_files(path):
         try:
             stat = file.stat()
         except OSError:
             continue  # gone since the listing, or never there: load_manifests will say which
-        stats.append((str(file), stat.st_mtime_ns, stat.st_size))
+        stats.append((str(file), stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size))
     return tuple(stats)
 
 
 def manifest_files(path) -> list[Path]:
-    """`path` itself, or the manifest files below the directory `path`, sorted."""
+    """`path` itself, or the manifest files below the directory `path` (hidden ones left out, symlinked
+    folders not followed), sorted, each file once however many names reach it."""
     path = Path(path)
     if not path.is_dir():
         return [path]
-    try:
-        return sorted(f for f in path.rglob("*") if f.suffix.lower() in MANIFEST_SUFFIXES and f.is_file())
-    except OSError as error:
-        raise ManifestError(f"{path}: cannot list: {error}") from error
+    errors: list[OSError] = []
+    found: dict[str, Path] = {}   # real path -> the first name that reached it
+    for folder, dirs, names in os.walk(path, onerror=errors.append):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            file = Path(folder, name)
+            if name.startswith(".") or file.suffix.lower() not in MANIFEST_SUFFIXES or not file.is_file():
+                continue
+            found.setdefault(os.path.realpath(file), file)
+    if errors:
+        raise ManifestError(f"{path}: cannot list: {errors[0]}") from errors[0]
+    return sorted(found.values())
 
 
 def _documents(file: Path) -> list:

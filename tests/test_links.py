@@ -1,0 +1,71 @@
+"""Issue 15.6: the link notifications. An overflow of the notification socket (ENOBUFS: links came
+faster than they were read) makes the attacher read every link again; it never stops the agent."""
+import os
+import select
+import socket
+import subprocess
+import uuid
+
+import pytest
+
+from ebpflb.datapath.attach import EVENT_GROUPS, LinkAttacher, our_filters
+from tests.lab import in_netns
+
+
+@pytest.fixture
+def netns():
+    name = f"elblk-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def attached(attacher) -> set[str]:
+    return {ifname for _, ifname, parent, _ in our_filters(attacher.ipr)}
+
+
+def test_only_link_and_address_notifications_are_subscribed(loaded, netns):
+    with in_netns(netns):
+        attacher = LinkAttacher(loaded.fds, r"^vethp")
+        try:
+            groups = socket.socket(fileno=os.dup(attacher.events.fileno())).getsockname()[1]
+            assert groups == EVENT_GROUPS == 0x11   # RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+        finally:
+            attacher.close()
+
+
+def test_a_notification_overflow_reads_every_link_again(loaded, netns):
+    with in_netns(netns):
+        attacher = LinkAttacher(loaded.fds, r"^vethp")
+        try:
+            # The smallest receive buffer the kernel allows: a burst of new links overflows it.
+            socket.socket(fileno=os.dup(attacher.events.fileno())).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+            subprocess.run(["ip", "-batch", "-"], check=True, text=True,
+                           input="".join(f"link add vethp{i} type veth peer name peer{i}\n" for i in range(30)))
+            assert attacher.handle_events()          # no exception: every link read again
+            assert attached(attacher) == {f"vethp{i}" for i in range(30)}
+            # and it still hears of what comes next
+            subprocess.run(["ip", "link", "add", "vethp99", "type", "veth", "peer", "name", "peer99"], check=True)
+            assert select.select([attacher], [], [], 5)[0]
+            attacher.handle_events()
+            assert "vethp99" in attached(attacher)
+        finally:
+            attacher.close()
+
+
+def test_overflows_leak_no_file_descriptors(loaded, netns):
+    with in_netns(netns):
+        attacher = LinkAttacher(loaded.fds, r"^vethp")
+        try:
+            before = len(os.listdir("/proc/self/fd"))
+            for round_ in range(3):
+                socket.socket(fileno=os.dup(attacher.events.fileno())).setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+                subprocess.run(["ip", "-batch", "-"], check=True, text=True,
+                               input="".join(f"link add vethp{round_}x{i} type veth peer name p{round_}x{i}\n"
+                                             for i in range(30)))
+                attacher.handle_events()
+            assert len(os.listdir("/proc/self/fd")) <= before
+        finally:
+            attacher.close()
