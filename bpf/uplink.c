@@ -6,6 +6,8 @@
  *                             new flow to an external frontend:
  *                               source range check (LB IPs) -> drop when outside
  *                               externalTrafficPolicy Local -> a local backend, client address kept
+ *                               session affinity            -> the client's last backend, when
+ *                                                              still a candidate
  *                               Cluster, local backend      -> DNAT only (the reply passes here)
  *                               Cluster, remote backend     -> DNAT + SNAT to the node address
  *   to_uplink   (tc egress)   a local backend's reply to an outside client -> source back to the
@@ -13,7 +15,8 @@
  *   xdp_uplink  (XDP)         the fast path before the stack: established SNATed flows translated
  *                             and sent on (XDP_TX / redirect), sources outside a LoadBalancer's
  *                             ranges dropped; everything else passes to tc untouched, so results
- *                             are the same with XDP on or off
+ *                             are the same with XDP on or off (new flows, and so session affinity,
+ *                             are tc's)
  * ClusterIPs are not served from outside: only frontends flagged NAT_FLG_EXTERNAL are.
  */
 #include <uapi/linux/bpf.h>
@@ -32,6 +35,7 @@
 #include "nat.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "affinity.h"
 #include "snat.h"
 #include "fib.h"
 #include "counters.h"
@@ -83,7 +87,9 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	}
 
 	__u32 ordinal;
-	struct nat_be_value *be = lb_pick_among(fe->id, n, p, &ordinal);
+	struct nat_be_value sticky;
+	enum affinity_state affinity = affinity_pick(fe->id, p->saddr, n, now, &sticky, &ordinal);
+	struct nat_be_value *be = affinity == AFFINITY_HIT ? &sticky : lb_pick_among(fe->id, n, p, &ordinal);
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 
@@ -118,6 +124,8 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	}
 	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, reply_port, &fwd, &rev, now, entry) < 0)
 		return drop_skb(skb, DROP_CT_CLASH);
+	if (affinity != AFFINITY_OFF)
+		affinity_remember(fe->id, p->saddr, be, now);   /* the client's own address, before SNAT */
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);

@@ -1,7 +1,9 @@
 /* Entry programs on the host side of a pod's veth (tc, direct-action).
  *
  *   from_workload (tc ingress: the pod sends)   established flow -> same translation again
- *                                               service VIP:port  -> pick backend, DNAT, conntrack
+ *                                               service VIP:port  -> pick backend (the client's
+ *                                                                    own under session affinity),
+ *                                                                    DNAT, conntrack
  *                                               hairpin           -> also SNAT, send straight back
  *   to_workload   (tc egress: the pod receives) reply of a NATed flow -> source back to VIP:port
  *
@@ -23,6 +25,7 @@
 #include "nat.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "affinity.h"
 #include "counters.h"
 #include "icmp_reject.h"
 #include "trace.h"
@@ -60,7 +63,10 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
 			drop_skb(skb, DROP_NO_LOCAL_ENDPOINT) : answer_no_endpoints(skb, p);
 
-	struct nat_be_value *be = lb_pick_backend(fe, p);
+	struct nat_be_value sticky;
+	__u32 ordinal;
+	enum affinity_state affinity = affinity_pick(fe->id, p->saddr, fe->count, now, &sticky, &ordinal);
+	struct nat_be_value *be = affinity == AFFINITY_HIT ? &sticky : lb_pick_backend(fe, p);
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 
@@ -79,6 +85,8 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 	}
 	if (ct_create_flow(p, fe->id, be->addr, be->port, reply_dst, p->sport, &fwd, &rev, now, entry) < 0)
 		return drop_skb(skb, DROP_CT_CLASH);
+	if (affinity != AFFINITY_OFF)
+		affinity_remember(fe->id, p->saddr, be, now);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);

@@ -78,6 +78,16 @@ def cmd_nat_dump(args) -> None:
                else nat_dump_lines(contents.frontends, contents.backends, only))
 
 
+def cmd_affinity_dump(args) -> None:
+    from ebpflb.sync.writer import read_contents
+    from ebpflb.views.affinity import affinity_lines, affinity_records
+    maps = _open_maps(args.pin_dir)
+    contents = read_contents(maps)
+    records = affinity_records(maps.affinity.items(), contents.frontends, contents.affinity,
+                               contents.affinity_members, time.monotonic_ns())
+    print_each(as_json(records) if args.json else affinity_lines(records))
+
+
 def cmd_conntrack_dump(args) -> None:
     from ebpflb.views.conntrack import flow_lines, flow_records, raw_lines
     entries = _open_maps(args.pin_dir).ct.items()
@@ -199,6 +209,11 @@ def parser() -> argparse.ArgumentParser:
 
     with_json(with_pin_dir(verbs.add_parser("drops", help="packets the programs dropped, by reason"))) \
         .set_defaults(func=cmd_drops)
+
+    affinity = verbs.add_parser("affinity", help="session affinity map").add_subparsers(dest="what", required=True)
+    with_json(with_pin_dir(affinity.add_parser("dump", help="one line per (service port, client): its backend, "
+                                                            "when it last connected"))) \
+        .set_defaults(func=cmd_affinity_dump)
 
     ct = verbs.add_parser("conntrack", help="conntrack map").add_subparsers(dest="what", required=True)
     ct_dump = with_pin_dir(ct.add_parser("dump", help="one line per flow"))

@@ -19,6 +19,7 @@ from pyroute2 import IPRoute
 
 from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, LinkAttacher, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
+from ebpflb.datapath import affinity
 from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.services import Usage
 from ebpflb.core.tracker import ServiceTracker
@@ -191,6 +192,7 @@ class Agent:
                 state, rejected = self.tracker.state, self.tracker.rejected
                 n_ports, n_frontends = len(state.ids), len(state.frontends)
                 n_backends = sum(map(len, state.backends.values()))
+                sticky = self._affinity_snapshot() if stats.affinity_left else None
         except Exception:
             self.health.last_sync_failed = True
             log.exception("sync failed; will compare everything again at the next period")
@@ -208,6 +210,10 @@ class Agent:
             release_freed_memory()
         gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_udp_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
+        if sticky is not None:
+            # Clients of a backend that left (or of a port whose affinity went) pick anew; the
+            # programs ignore such entries already, this frees their room.
+            affinity.prune(self.datapath.maps, *sticky)
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)
         if not self.health.ready:
@@ -225,11 +231,20 @@ class Agent:
                  n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
                  flushed, elapsed * 1e3)
 
+    def _affinity_snapshot(self) -> tuple[dict[int, int], dict]:
+        """(id -> timeout, id -> backends) of the affinity service ports; call with the lock held."""
+        state = self.tracker.state
+        return dict(state.affinity), {svc_id: state.backends.get(svc_id, ()) for svc_id in state.affinity}
+
     def _sweep_loop(self) -> None:
         delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
         while not self.stopped.wait(self.config.sweep_interval):
             try:
                 deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
+                if self.datapath.maps.affinity.count():
+                    with self.lock:
+                        sticky = self._affinity_snapshot()
+                    affinity.prune(self.datapath.maps, *sticky)
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue

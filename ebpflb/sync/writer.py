@@ -12,6 +12,12 @@ lets a packet see a frontend whose slots are not all filled, and makes room befo
   8. service addresses that are gone
   9. address bits nothing needs any more
 
+Session affinity rides along: a service port's timeout (affinity_svc) is switched off at 1 and on
+or changed at 5, after its members (affinity_be: the backends an entry may name) are written at 3;
+members that go are deleted at 2, so no new connection follows an entry to a backend that is
+leaving. Entries naming what left are the agent's to forget (ebpflb.datapath.affinity), after the
+sync: WriteStats.affinity_left says which ids.
+
 The tracker admits only services that fit, so the final contents always fit; should the writes
 still meet a full map (one service shrinks while another grows), 7 goes before 3 and the sync
 completes rather than fail at every period.
@@ -41,6 +47,8 @@ class MapContents:
     backends: dict[tuple[int, int], Backend] = field(default_factory=dict)   # (id, ordinal)
     service_ips: set[str] = field(default_factory=set)
     src_ranges: dict[int, set[str]] = field(default_factory=dict)   # id -> CIDRs
+    affinity: dict[int, int] = field(default_factory=dict)          # id -> session affinity timeout (s)
+    affinity_members: dict[int, dict[Backend, int]] = field(default_factory=dict)   # id -> backend -> ordinal
 
     def backends_by_id(self) -> dict[int, tuple[Backend, ...]]:
         by_id: dict[int, list[Backend]] = {}
@@ -55,6 +63,7 @@ class WriteStats:
     deleted: int = 0
     removed_backends: set[tuple[int, Backend]] = field(default_factory=set)   # (id, backend)
     removed_udp_backends: set[tuple[int, Backend]] = field(default_factory=set)   # their UDP flows must move
+    affinity_left: set[int] = field(default_factory=set)   # ids whose affinity, or some of its members, went
 
     @property
     def changed(self) -> bool:
@@ -89,6 +98,14 @@ def src_range_keys(ranges: Sequence[tuple[int, str]]):
     addrs, _, bits = _columns([cidr.partition("/") for cidr in cidrs], 3)
     return struct_array("struct src_range_key", len(ranges), prefixlen=[32 + int(b) for b in bits], id=ids,
                         addr=ip_be_column(addrs))
+
+
+def affinity_member_keys(members: Sequence[tuple[int, Backend]]):
+    """Of (id, backend) pairs."""
+    ids, backends = _columns(members, 2)
+    addrs, ports = _columns(backends, 2)
+    return struct_array("struct affinity_be_key", len(members), svc_id=ids, addr=ip_be_column(addrs),
+                        port=port_be_column(ports))
 
 
 def service_ip_keys(addrs: Sequence[str]):
@@ -126,7 +143,18 @@ def read_contents(maps: Maps) -> MapContents:
     contents.service_ips = {ip_str(k[0]) for k, _ in maps.svc_ips.items()}
     for k, _ in maps.src_ranges.items():
         contents.src_ranges.setdefault(k.id, set()).add(f"{ip_str(k.addr)}/{k.prefixlen - 32}")
+    contents.affinity = maps.affinity_svc.nonzero_u32()
+    for k, v in maps.affinity_be.items():
+        contents.affinity_members.setdefault(k.svc_id, {})[Backend(ip_str(k.addr), port_int(k.port))] = v[0]
     return contents
+
+
+_NO_MEMBERS: dict = {}   # never written
+
+
+def _members(backends: tuple) -> dict[Backend, int]:
+    """Backend -> its ordinal in a service port's list."""
+    return {backend: ordinal for ordinal, backend in enumerate(backends)}
 
 
 def _changed_slots(have: tuple, want: tuple):
@@ -144,11 +172,14 @@ class MapWriter:
         self.backends = contents.backends_by_id()
         self.service_ips = contents.service_ips
         self.src_ranges = contents.src_ranges
+        self.affinity = contents.affinity
+        self.affinity_members = contents.affinity_members
         self.addr_bits = AddressBits(maps.svc_addr_bits, [*(key.addr for key in self.frontends), *self.service_ips])
 
     def apply(self, desired: DesiredState, changes: Changes | None = None) -> WriteStats:
         if changes is None:
-            changes = Changes(set(desired.backends.keys() | self.backends.keys()),
+            changes = Changes(set(desired.backends.keys() | self.backends.keys() | self.affinity.keys()
+                                  | self.affinity_members.keys()),
                               set(desired.frontends.keys() | self.frontends.keys()),
                               set(desired.service_ips | self.service_ips),
                               src_range_ids=set(desired.src_ranges.keys() | self.src_ranges.keys()))
@@ -160,6 +191,14 @@ class MapWriter:
         for key in gone_frontends:
             nat_fe.delete(fe_key(key))
             stats.deleted += 1
+        timeouts, members_gone, members_new = self._affinity_diff(desired, changes)
+        off = [(svc_id, 0) for svc_id, timeout in timeouts if not timeout]
+        self._write_timeouts(off)
+        for svc_id, backend in members_gone:
+            self.maps.affinity_be.delete(affinity_member_keys([(svc_id, backend)]))
+        stats.affinity_left = {svc_id for svc_id, _ in off} | {svc_id for svc_id, _ in members_gone}
+        stats.written += len(off)
+        stats.deleted += len(members_gone)
         shrunk = {}   # id -> (old length, new length) of slots to delete once the count shrank
         for svc_id in changes.ids:
             have, want = self.backends.get(svc_id, empty), desired.backends.get(svc_id, empty)
@@ -196,6 +235,11 @@ class MapWriter:
             stats.deleted += self._delete_slots(shrunk)
             shrunk = {}
             self._write_ranges_and_slots(ranges_added, slots)
+        self.maps.affinity_be.update_many(affinity_member_keys([(i, b) for i, b, _ in members_new]),
+                                          ffi.new("__u32[]", [ordinal for _, _, ordinal in members_new]))
+        on = [(svc_id, timeout) for svc_id, timeout in timeouts if timeout]
+        self._write_timeouts(on)
+        stats.written += len(members_new) + len(on)
         stats.written += self.addr_bits.add([*(key.addr for key in frontends if key not in self.frontends), *addresses])
         nat_fe.update_many(frontend_keys(frontends), frontend_values([desired.frontends[key] for key in frontends]))
         svc_ips.update_many(service_ip_keys(addresses), ffi.new("struct svc_ip_value[]", len(addresses)))   # flags 0
@@ -231,6 +275,26 @@ class MapWriter:
                 self.maps.nat_be.delete(be_key(svc_id, ordinal))
         return sum(old - new_len for old, new_len in spans.values())
 
+    def _affinity_diff(self, desired: DesiredState, changes: Changes):
+        """(timeouts to write: (id, seconds or 0 for off), members that go: (id, backend), members new or
+        moved: (id, backend, ordinal)) for the changed ids."""
+        timeouts, gone, new = [], [], []
+        for svc_id in changes.ids:
+            want = desired.affinity.get(svc_id, 0)
+            if want != self.affinity.get(svc_id, 0):
+                timeouts.append((svc_id, want))
+            have_members = self.affinity_members.get(svc_id, _NO_MEMBERS)
+            want_members = _members(desired.backends.get(svc_id, ())) if want else _NO_MEMBERS
+            gone += [(svc_id, backend) for backend in have_members if backend not in want_members]
+            new += [(svc_id, backend, ordinal) for backend, ordinal in want_members.items()
+                    if have_members.get(backend) != ordinal]
+        return timeouts, gone, new
+
+    def _write_timeouts(self, timeouts: list[tuple[int, int]]) -> None:
+        ids, seconds = _columns(timeouts, 2)
+        self.maps.affinity_svc.update_many(ffi.new("__u32[]", list(ids)),
+                                           struct_array("struct affinity_svc", len(timeouts), timeout_s=seconds))
+
     def _range_diff(self, desired: DesiredState, changes: Changes):
         added, gone = [], []
         for svc_id in changes.src_range_ids:
@@ -240,6 +304,13 @@ class MapWriter:
         return added, gone
 
     def _remember(self, desired: DesiredState, changes: Changes) -> None:
+        for svc_id in changes.ids:
+            if desired.affinity.get(svc_id):
+                self.affinity[svc_id] = desired.affinity[svc_id]
+                self.affinity_members[svc_id] = _members(desired.backends.get(svc_id, ()))
+            else:
+                self.affinity.pop(svc_id, None)
+                self.affinity_members.pop(svc_id, None)
         for svc_id in changes.src_range_ids:
             if desired.src_ranges.get(svc_id):
                 self.src_ranges[svc_id] = set(desired.src_ranges[svc_id])
