@@ -32,6 +32,7 @@ def cmd_agent(args) -> None:
                          proxy_name=args.proxy_name, hairpin_addr=args.hairpin_addr,
                          ct_timeouts=args.ct_timeouts, sweep_interval=args.ct_sweep_interval,
                          min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None,
+                         healthz_addr=args.healthz_addr or None, healthz_timeout=args.healthz_timeout,
                          uplinks=tuple(filter(None, args.uplinks.split(","))) if args.uplinks is not None else None,
                          nodeport_addresses=tuple(filter(None, args.nodeport_addresses.split(","))),
                          xdp=args.xdp == "native",
@@ -144,6 +145,17 @@ def ipv4(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def addresses(text: str) -> str:
+    """HOST:PORT[,HOST:PORT], checked; '' stays ''."""
+    from ebpflb.agent.http import split_address
+    try:
+        for address in filter(None, text.split(",")):
+            split_address(address)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def map_size(text: str) -> int:
     try:
         n = int(text)
@@ -174,7 +186,13 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--manifests", help="YAML/JSON file or directory of Services and EndpointSlices (instead of the API)")
     agent.add_argument("--kubeconfig", help="kubeconfig of the API server; in a pod with neither flag: in-cluster config")
     agent.add_argument("--min-sync-period", type=float, default=1.0, help="seconds: under a burst of changes, at most one sync per period")
-    agent.add_argument("--metrics-addr", default="127.0.0.1:10249", help="HOST:PORT for /metrics, /healthz, /readyz ('' to disable)")
+    agent.add_argument("--metrics-addr", type=addresses, default="127.0.0.1:10249",
+                       help="HOST:PORT[,HOST:PORT] for /metrics, /healthz, /readyz, /proxyMode ('' to disable); "
+                            "a port in use (kube-proxy's) is taken as soon as it is free")
+    agent.add_argument("--healthz-addr", type=addresses, default="",
+                       help="HOST:PORT for kube-proxy's /healthz and /livez (kube-proxy's is 0.0.0.0:10256; '' off)")
+    agent.add_argument("--healthz-timeout", type=float, default=60.0,
+                       help="seconds a change may wait for a sync before /healthz and /livez answer 503 (kube-proxy: 60)")
     agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     agent.add_argument("--uplinks", help="IF[,IF]: the node's uplinks for NodePort/externalIP/LB traffic (default: the default route's)")
     agent.add_argument("--xdp", choices=("native", "off"), default="native",

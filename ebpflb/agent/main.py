@@ -25,6 +25,7 @@ from ebpflb.core.services import Usage
 from ebpflb.core.tracker import ServiceTracker
 from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
+from ebpflb.agent import proxy_health
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
 from ebpflb.sync.writer import MapWriter
@@ -47,7 +48,9 @@ class AgentConfig:
     ct_timeouts: Timeouts = Timeouts()
     sweep_interval: float = 10.0
     min_sync_period: float = 1.0
-    metrics_addr: str | None = None
+    metrics_addr: str | None = None              # HOST:PORT[,HOST:PORT]
+    healthz_addr: str | None = None              # kube-proxy's /healthz and /livez (its 10256)
+    healthz_timeout: float = proxy_health.DEFAULT_TIMEOUT_S
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
     xdp: bool = True                             # native XDP on the uplinks where the driver has it
@@ -90,6 +93,7 @@ class Agent:
         self.last_sync = float("-inf")
         self.logged_rejections: set = set()
         self.pressure = MapPressure()
+        self.proxy_health = proxy_health.ProxyHealth(config.healthz_timeout, process_start=process_started())
 
     def stop(self, *_) -> None:
         self.stopping = True
@@ -118,7 +122,10 @@ class Agent:
                                       capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
                                                                                maps.svc_ips, maps.src_ranges))))
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, self.writer, self.tracker, self.lock))
-        server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
+        servers = [serve(address, self.metrics.registry, self.health)
+                   for address in filter(None, (cfg.metrics_addr or "").split(","))]
+        if cfg.healthz_addr:
+            servers.append(proxy_health.serve(cfg.healthz_addr, self.proxy_health))
         self.health_checks = HealthCheckServers()
         attacher = LinkAttacher(self.datapath.fds, cfg.workload_ifaces, self.uplinks, xdp=cfg.xdp)
         self.source = source = make_source(cfg, self.metrics)
@@ -141,7 +148,9 @@ class Agent:
                 if self.wake_r in readable:
                     self._drain_wake()
                 source.poll()
-                self._follow_node_addresses()
+                self._follow_node()
+                if self.tracker.dirty:
+                    self.proxy_health.queued()
                 if source.synced and self.tracker.dirty and self._sync_due():
                     self.sync()
         finally:
@@ -151,18 +160,23 @@ class Agent:
                 sweeper.join(timeout=5)
             attacher.close()
             self.health_checks.close()
-            if server:
+            for server in servers:
                 server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
 
-    def _follow_node_addresses(self) -> None:
-        """NodePorts listen on the uplinks' addresses and on those the Node object lists."""
-        from_api = getattr(self.source, "node_addresses", lambda name: [])(self.config.node_name)
-        wanted = tuple(dict.fromkeys([*self.uplink_addrs, *from_api]))
-        if wanted != tuple(self.tracker.node_addresses):
+    def _follow_node(self) -> None:
+        """What this node's Node object says, as it changes: NodePorts listen on the uplinks' addresses
+        and on those it lists; its zone label picks the topology hints; being deleted fails kube-proxy's
+        /healthz. Without the API (manifests) there is no Node: no zone, always eligible."""
+        node = self.source.node(self.config.node_name) if hasattr(self.source, "node") else None
+        wanted = tuple(dict.fromkeys([*self.uplink_addrs, *(node.addresses if node else ())]))
+        zone = node.zone if node else ""
+        if wanted != tuple(self.tracker.node_addresses) or zone != self.tracker.node_zone:
             with self.lock:
                 self.tracker.set_node_addresses(wanted)
+                self.tracker.set_node_zone(zone)
+        self.proxy_health.set_node_eligible(node.eligible if node else True)
 
     def _sync_due(self) -> bool:
         return time.monotonic() - self.last_sync >= self.config.min_sync_period
@@ -201,6 +215,7 @@ class Agent:
                 self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
             return
         self.health.last_sync_failed = False
+        self.proxy_health.updated()   # a change that came during the sync is queued again at the next turn
         self.health_checks.update(health_checks)
         if len(changes.ids) > FREEZE_AFTER_IDS:
             # Hundreds of thousands of long-lived objects now: keep them out of the cyclic GC's
