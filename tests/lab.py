@@ -556,6 +556,14 @@ class Lab:
                      path, timeout=count * (timeout + 1) + 15)
         return [l[3:] if l.startswith("ok ") else l for l in r.stdout.splitlines()]
 
+    def sctp_many(self, pod: str, ip: str, port: int, count: int, timeout: float = 2) -> list[str]:
+        """count SCTP packets over a raw socket (no SCTP in this kernel), each from a new port, to the
+        pod servers' SCTP stand-in (podserver.py): one entry per packet, the answering pod's name or
+        "error bad-crc" / "error timeout"."""
+        r = self.run(pod, sys.executable, str(PODSERVER), "sctp-many", ip, port, count, timeout,
+                     timeout=count * (timeout + 1) + 15)
+        return [l[3:] if l.startswith("ok ") else l for l in r.stdout.splitlines()]
+
     def udp_session(self, pod: str, ip: str, port: int = UDP_PORT) -> UdpSession:
         return UdpSession(self, self.pod(pod), ip, port)
 

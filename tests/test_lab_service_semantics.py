@@ -1,7 +1,8 @@
 """Issue 18's semantics in seed 004's lab, with the agents fed by the test API server: session affinity
 as the upstream conformance tests check it (ClusterIP and NodePort, switched off and on, its
-timeout), topology hints per node and zone (the zone followed live), and kube-proxy's health
-endpoints as a cloud load balancer asks them."""
+timeout), topology hints per node and zone (the zone followed live), SCTP to another port (its
+CRC32c checked by the receivers), and kube-proxy's health endpoints as a cloud load balancer asks
+them."""
 import json
 import re
 import time
@@ -19,6 +20,7 @@ STICKY_IP, STICKY_NODEPORT = "10.96.6.1", 30600
 SHORT_IP, SHORT_TIMEOUT = "10.96.6.2", 2
 ZONED_IP, PLAIN_IP = "10.96.5.1", "10.96.5.2"
 ZONES = {"node-0": "zone-a", "node-1": "zone-b", "node-2": "zone-b"}
+SCTP_IP, SCTP_PORT, SCTP_TARGET, SCTP_NODEPORT = "10.96.8.1", 9100, 9101, 30700   # podserver.SCTP_PORT
 HEALTHZ = 10256
 HOLD_S = 8
 REQUESTS = 15   # the conformance tests' count
@@ -43,6 +45,12 @@ def sticky_service(affinity: str | None = "ClientIP") -> dict:
 def short_service() -> dict:
     svc = service("default", "short", SHORT_IP, [("http", 8080, "TCP")], sessionAffinity="ClientIP",
                   sessionAffinityConfig={"clientIP": {"timeoutSeconds": SHORT_TIMEOUT}})
+    return svc
+
+
+def sctp_service() -> dict:
+    svc = service("default", "sctp", SCTP_IP, [("sctp", SCTP_PORT, "SCTP", SCTP_TARGET)], type="NodePort")
+    svc["spec"]["ports"][0]["nodePort"] = SCTP_NODEPORT
     return svc
 
 
@@ -72,7 +80,9 @@ def api(lab):
                  service("default", "plain", PLAIN_IP, [("http", 8080, "TCP")]),
                  endpoint_slice("default", "sticky-a", "sticky", THREE, ports=[("http", 8080, "TCP")]),
                  endpoint_slice("default", "short-a", "short", THREE, ports=[("http", 8080, "TCP")]),
-                 hinted_slice("zoned-a", "zoned", ZONES), hinted_slice("plain-a", "plain", None)])
+                 hinted_slice("zoned-a", "zoned", ZONES), hinted_slice("plain-a", "plain", None),
+                 sctp_service(), endpoint_slice("default", "sctp-a", "sctp", [(A0, "node-0", True), (B, "node-1", True)],
+                                                ports=[("sctp", SCTP_TARGET, "SCTP")])])
     for n in NODES:
         # node-1 holds back a change that follows another within HOLD_S, and calls a change unsynced
         # after 2 s a stall: kube-proxy's /healthz then fails (test_healthz_fails_while_a_change_waits)
@@ -135,6 +145,19 @@ def test_the_affinity_dump_shows_the_clients(lab, api):
     records = [json.loads(line) for line in lab.agent_cli("node-2", "affinity", "dump", "--json").splitlines()]
     mine = [r for r in records if r["client"] == "10.200.2.2" and r["service"] == STICKY_IP]
     assert len(mine) == 1 and mine[0]["state"] == "live" and mine[0]["backend"] in (A0, A1, B)
+
+
+# --- SCTP: no SCTP in this kernel, so raw sockets carry it and the receivers check its CRC32c
+
+def test_sctp_to_a_cluster_ip_and_back_with_its_port_changed(lab, api):
+    got = lab.sctp_many("C", SCTP_IP, SCTP_PORT, 20)
+    assert set(got) == {"A0", "B"}, got                 # every answer came back, CRC valid both ways
+
+
+def test_sctp_from_outside_to_a_node_port(lab, api):
+    for node_name in ("node-2", "node-0"):              # both backends remote (SNAT); one local, one remote
+        got = lab.sctp_many("X", NODE_IPS[node_name], SCTP_NODEPORT, 16)
+        assert set(got) == {"A0", "B"}, (node_name, got)
 
 
 # --- Topology hints
