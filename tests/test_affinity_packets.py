@@ -252,3 +252,24 @@ def test_without_affinity_nothing_is_remembered(dp, prog):
     pkt = syn(41000) if prog == "from_workload" else nodeport_syn(41000)
     run(dp, prog, pkt)
     assert not entries(dp)
+
+
+def test_pins_of_an_agent_before_affinity_get_its_maps_and_keep_the_others():
+    """The affinity maps are new maps, not a new layout of old ones (EBPFLB_LAYOUT_VERSION stays): an
+    agent starting over an older agent's pins creates them beside the maps it keeps."""
+    import os
+    from tests.conftest import loaded_datapath
+    with loaded_datapath() as first:
+        MapWriter(first.maps).apply(desired())
+        for name in ("affinity", "affinity_svc", "affinity_be"):
+            os.unlink(os.path.join(first.pin_dir, name))
+        from ebpflb.datapath.loader import Datapath
+        again = Datapath(first.pin_dir).load(node_addr=NODE_ADDR)
+        try:
+            assert MapWriter(again.maps).frontends == {FrontendKey(VIP, 8080, 6): Frontend(1, 4, 0, 0)}
+            assert again.maps.affinity_svc.nonzero_u32() == {}     # the writer puts it back at its next sync
+            MapWriter(again.maps).apply(desired())
+            verdict, out = run(again, "from_workload", syn(49000))
+            assert verdict == TC_ACT_OK and len(again.maps.affinity.items()) == 1
+        finally:
+            again.close()
