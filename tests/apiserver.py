@@ -11,6 +11,9 @@ informer-style client depends on:
 * `410 Gone` delivered the way the real server does it on a watch: HTTP 200, one ERROR
   event carrying a Status with code 410, then end of stream.
 
+With tls=(certfile, keyfile) it serves HTTPS, as a real API server does: what the client's in-cluster
+config (service-account token and CA) needs.
+
 Plus knobs for failure injection: stop/restart, compact, cut watches (optionally mid-line),
 answer every watch with 410, add latency.
 
@@ -30,6 +33,7 @@ import gc
 import itertools
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -105,6 +109,16 @@ class _HTTPServer(ThreadingHTTPServer):
         self.conns: set = set()
         self.conns_lock = threading.Lock()
         super().__init__(addr, handler)
+        self.tls: ssl.SSLContext | None = None
+        if fake.tls:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(*fake.tls)
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        if self.tls is not None:    # the handshake runs in the handler's thread (_Handler.setup)
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, addr
 
     # Track every accepted connection, so stop() can also kill idle keep-alive ones
     # (otherwise a "stopped" server would keep answering on pooled connections).
@@ -135,8 +149,9 @@ def _abort(sock) -> None:
 
 class FakeApiServer:
     def __init__(self, token: str | None = None, bookmark_interval: float = 1.0,
-                 host: str = "127.0.0.1", port: int = 0):
+                 host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str] | None = None):
         self.token = token
+        self.tls = tls
         self.bookmark_interval = bookmark_interval
         self.host = host
         self.port = port
@@ -164,7 +179,7 @@ class FakeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> "FakeApiServer":
         httpd = _HTTPServer((self.host, self.port), _Handler, self)
@@ -426,6 +441,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(10)          # a client that never completes its handshake
+            self.request.do_handshake()
+            self.request.settimeout(None)
         super().setup()
         # As Go's net/http (kube-apiserver) does: without it a watch event written in pieces
         # waits for the client's delayed ACK (tens of milliseconds).
@@ -445,7 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
         held_until = time.monotonic() + fake.delay
         while fake.delay and time.monotonic() < held_until:   # a server that recovers answers at once
             time.sleep(0.01)
-        if fake.token is not None and self.headers.get("Authorization") != f"Bearer {fake.token}":
+        if fake.token is not None and not self._authorized(fake.token):
             return self._send_json(401, _status(401, "Unauthorized", "Unauthorized"))
 
         url = urlsplit(self.path)
@@ -464,6 +483,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(400, _status(400, "BadRequest", "invalid limit"))
         code, body = fake._list(kind, namespace, limit, q.get("continue") or None)
         self._send_json(code, body)
+
+    def _authorized(self, token: str) -> bool:
+        """The bearer-token check: the scheme case-insensitively, as the real server's (the client's
+        in-cluster config sends "bearer <token>")."""
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and given == token
 
     def _other(self):
         fake = self.server.fake
@@ -560,7 +585,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _client_gone(self) -> bool:
         """A watch client never sends more bytes, so readable means EOF or reset."""
         try:
-            return self.connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            # the socket's own recv: TLS's refuses flags (any byte there is the client's, TLS or not)
+            return socket.socket.recv(self.connection, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
         except OSError:

@@ -1,10 +1,12 @@
 """The Helm chart (helm/ebpflb) and the Dockerfile: lint, render with default and non-default
-values, every rendered object is a valid object of the `kubernetes` client's models (no unknown or
-misspelled field), least-privilege RBAC, the DaemonSet's node-agent essentials, flags the agent's
-CLI accepts, and an image built by the same install script as `make setup`.
+values; every rendered object valid against the OpenAPI schemas of a current Kubernetes release
+(kubernetes-validate, strict: no unknown field), with names the API server accepts, accepted by
+`kubectl apply --dry-run=client`, and a valid object of the `kubernetes` client's models;
+least-privilege RBAC, the DaemonSet's node-agent essentials, flags the agent's CLI accepts, and an
+image built by the same install script as `make setup`.
 
-helm comes from scripts/install-helm.sh (`make tools`, which `make test` runs first); without it
-these tests fail rather than skip."""
+helm and kubectl come from scripts/install-helm.sh (`make tools`, which `make test` runs first);
+without them these tests fail rather than skip."""
 import copy
 import json
 import re
@@ -13,15 +15,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import kubernetes_validate
 import pytest
 import yaml
 from kubernetes import client as k8s
+from packaging.version import Version
 
 from ebpflb import cli
+from tests.kubectl_api import KubectlApi
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "ebpflb"
 HELM = ROOT / ".tools" / "bin" / "helm"
+KUBECTL = ROOT / ".tools" / "bin" / "kubectl"
+# The newest release kubernetes-validate has schemas for (1.37 with kubernetes-validate 1.37.0).
+K8S_RELEASE = kubernetes_validate.utils.latest_version()
 DOCKERFILE = ROOT / "Dockerfile"
 ENTRYPOINT = ["/opt/ebpflb/.venv/bin/ebpflb", "agent"]
 
@@ -60,6 +68,8 @@ VARIANTS = {
     "no-host-headers": {"kernelHeaders": {"fromHost": False}},
     "cleanup": {"cleanup": {"enabled": True}},
     "external-sa": {"serviceAccount": {"create": False, "name": "existing"}},
+    # the longest names: fullname at its 63-character limit, with the metrics Service
+    "long-names": {"fullnameOverride": "ebpflb-" + "x" * 56, "serviceMonitor": {"enabled": True}},
     "kube-proxy-ports": {"kubeProxyPorts": {"enabled": True}, "agent": {"healthzTimeout": 90}},
 }
 
@@ -78,12 +88,15 @@ def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.Completed
     return proc
 
 
-def render(helm: Path, tmp_path: Path, values: dict, chart: Path = CHART, extra=()) -> list[dict]:
+def render_text(helm: Path, tmp_path: Path, values: dict, chart: Path = CHART, extra=()) -> str:
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
-    out = run_helm(helm, "template", "ebpflb", str(chart), "--namespace", "kube-system",
-                   "-f", str(values_file), *extra).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
+    return run_helm(helm, "template", "ebpflb", str(chart), "--namespace", "kube-system",
+                    "-f", str(values_file), *extra).stdout
+
+
+def render(helm: Path, tmp_path: Path, values: dict, chart: Path = CHART, extra=()) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(render_text(helm, tmp_path, values, chart, extra)) if doc]
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -195,6 +208,151 @@ def test_every_object_deserializes_without_unknown_fields(rendered):
             continue
         assert model, f"{obj['apiVersion']} {obj['kind']}: no model in the kubernetes client"
         assert roundtrip_unknown(obj, model) == [], f"{name}: {obj['kind']} has unknown fields"
+
+
+# -- every object is valid against a current release's OpenAPI schemas --------------------
+
+def schema_errors(obj: dict) -> list[str]:
+    """Where obj breaks the schema of its kind in K8S_RELEASE (strict: unknown fields too)."""
+    try:
+        kubernetes_validate.validate(obj, K8S_RELEASE, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"]
+    return []
+
+
+def test_schemas_are_of_a_current_release():
+    assert Version(K8S_RELEASE) >= Version("1.33"), f"kubernetes-validate's newest schemas are {K8S_RELEASE}"
+
+
+def test_schema_check_catches_misspellings_and_wrong_types():
+    ds = {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "x"},
+          "spec": {"selector": {"matchLabels": {"a": "b"}},
+                   "template": {"metadata": {"labels": {"a": "b"}},
+                                "spec": {"containers": [{"name": "c", "image": "i"}]}}}}
+    assert schema_errors(ds) == []
+    misspelt = copy.deepcopy(ds)
+    misspelt["spec"]["template"]["spec"]["hostNetwrok"] = True
+    assert "hostNetwrok" in schema_errors(misspelt)[0]
+    wrong_type = copy.deepcopy(ds)
+    wrong_type["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": "9949"}]
+    assert "containers.0.ports.0.containerPort" in schema_errors(wrong_type)[0]
+
+
+def test_every_object_is_valid_against_the_kubernetes_openapi_schemas(rendered):
+    name, values, docs = rendered
+    for obj in docs:
+        if obj["kind"] == "ServiceMonitor":
+            continue            # a CRD's (the Prometheus Operator's): checked by hand above
+        assert schema_errors(obj) == [], f"{name}: {obj['kind']} {obj['metadata']['name']}"
+
+
+# The API server's name rules (apimachinery's validation), which no schema carries.
+DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+DNS1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+
+
+def name_problems(obj: dict) -> list[str]:
+    problems = []
+
+    def check(what: str, value: str, pattern: re.Pattern, limit: int) -> None:
+        if len(value) > limit or not pattern.fullmatch(value):
+            problems.append(f"{what} {value!r} ({len(value)} characters)")
+
+    name = obj["metadata"]["name"]
+    if obj["kind"] == "Service":
+        check("Service name", name, DNS1035_LABEL, 63)
+    elif obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):      # these: any path segment
+        check(f"{obj['kind']} name", name, DNS1123_SUBDOMAIN, 253)
+    template = obj.get("spec", {}).get("template", {})
+    for labels in (obj["metadata"].get("labels", {}), template.get("metadata", {}).get("labels", {})):
+        for key, value in labels.items():
+            check(f"label {key}", str(value), LABEL_VALUE, 63)
+    pod = template.get("spec", {})
+    for c in pod.get("initContainers", []) + pod.get("containers", []):
+        check("container name", c["name"], DNS1123_LABEL, 63)
+        for port in c.get("ports", []):
+            check("port name", port["name"], DNS1123_LABEL, 15)
+    for volume in pod.get("volumes", []):
+        check("volume name", volume["name"], DNS1123_LABEL, 63)
+    return problems
+
+
+def test_names_and_labels_are_ones_the_api_server_accepts(rendered):
+    name, values, docs = rendered
+    for obj in docs:
+        assert name_problems(obj) == [], f"{name}: {obj['kind']}"
+
+
+# -- kubectl apply --dry-run=client -----------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def kubectl() -> Path:
+    assert KUBECTL.is_file() and KUBECTL.stat().st_mode & 0o111, \
+        f"{KUBECTL} is missing: run scripts/install-helm.sh (`make tools`; `make test` does it)"
+    return KUBECTL
+
+
+def served_by_a_current_release(docs: list[dict], crds: bool) -> dict[str, list[str]]:
+    """The group-versions and kinds the API server serves: those of K8S_RELEASE (a schema in
+    kubernetes-validate), and ServiceMonitor when the Prometheus Operator's CRDs are installed."""
+    served: dict[str, list[str]] = {}
+    for obj in docs:
+        if obj["kind"] == "ServiceMonitor" and not crds:
+            continue
+        if obj["kind"] != "ServiceMonitor":
+            try:
+                kubernetes_validate.validate({**obj, "metadata": {}}, K8S_RELEASE, strict=False)
+            except kubernetes_validate.utils.SchemaNotFoundError:
+                continue
+            except kubernetes_validate.ValidationError:
+                pass
+        kinds = served.setdefault(obj["apiVersion"], [])
+        if obj["kind"] not in kinds:
+            kinds.append(obj["kind"])
+    return served
+
+
+def kubectl_apply_dry_run(kubectl: Path, tmp_path: Path, manifest: str, served: dict) -> tuple[subprocess.CompletedProcess, list[str]]:
+    (tmp_path / "chart.yaml").write_text(manifest)
+    with KubectlApi(served) as api:
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+        # --validate=false: kubectl's own schema check needs the server's protobuf OpenAPI document;
+        # the schemas are checked above
+        proc = subprocess.run([str(kubectl), "--kubeconfig", kubeconfig, "apply", "--dry-run=client",
+                               "--validate=false", "-f", str(tmp_path / "chart.yaml")],
+                              capture_output=True, text=True, timeout=60)
+    return proc, api.requests
+
+
+def test_kubectl_apply_dry_run_client(rendered, helm, kubectl, tmp_path):
+    name, values, docs = rendered
+    manifest = render_text(helm, tmp_path, values)          # helm's own text, as a user pipes it
+    proc, requests = kubectl_apply_dry_run(kubectl, tmp_path, manifest, served_by_a_current_release(docs, crds=True))
+    assert proc.returncode == 0, f"{name}: {proc.stderr}"
+    expected = set()
+    for obj in docs:
+        group = obj["apiVersion"].rpartition("/")[0]
+        expected.add(f"{obj['kind'].lower()}{'.' + group if group else ''}/{obj['metadata']['name']} created (dry run)")
+        # kubectl looked for each object where it lives: the release's namespace, or the cluster
+        base = f"/api/{obj['apiVersion']}" if not group else f"/apis/{obj['apiVersion']}"
+        scoped = obj["kind"] not in ("ClusterRole", "ClusterRoleBinding")
+        plural = KubectlApi.plural(obj["kind"])
+        path = f"{base}/namespaces/kube-system/{plural}/{obj['metadata']['name']}" if scoped \
+            else f"{base}/{plural}/{obj['metadata']['name']}"
+        assert f"GET {path}" in requests, (name, path, requests)
+    assert set(proc.stdout.splitlines()) == expected, f"{name}: {proc.stdout}"
+
+
+def test_kubectl_refuses_the_service_monitor_without_its_crds(rendered, helm, kubectl, tmp_path):
+    name, values, docs = rendered
+    if not setting(values, "serviceMonitor", "enabled"):
+        return
+    proc, _ = kubectl_apply_dry_run(kubectl, tmp_path, render_text(helm, tmp_path, values),
+                                    served_by_a_current_release(docs, crds=False))
+    assert proc.returncode != 0 and 'no matches for kind "ServiceMonitor"' in proc.stderr, proc.stderr
 
 
 # -- RBAC -------------------------------------------------------------------------------------
@@ -472,24 +630,57 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
 
 
+def stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage (ARGs before the first FROM: stage 0's prelude)."""
+    found = [[]]
+    for op, arg in dockerfile_instructions():
+        if op == "FROM" and found[-1] and any(o == "FROM" for o, _ in found[-1]):
+            found.append([])
+        found[-1].append((op, arg))
+    return found
+
+
 def test_dockerfile_builds_with_the_same_install_script_as_make_setup():
-    steps = dockerfile_instructions()
-    assert steps[0][0] == "FROM" and re.fullmatch(r"debian:bookworm(-slim)?(@sha256:[0-9a-f]{64})?", steps[0][1])
-    runs = [arg for op, arg in steps if op == "RUN"]
-    assert runs, "no RUN step"
+    build, final = stages()
+    (base,) = [arg for op, arg in build if op == "ARG"]
+    assert re.fullmatch(r"BASE=debian:bookworm(-slim)?(@sha256:[0-9a-f]{64})?", base)
+    assert [arg for op, arg in build + final if op == "FROM"] == ["${BASE} AS build", "${BASE}"]
+    runs = [arg for op, arg in build + final if op == "RUN"]
     for run in runs:
         commands = [c.strip() for c in re.split(r"&&|;|\|\|", run)]
-        assert commands[0] == "scripts/install.sh --image", run
+        assert re.fullmatch(r"(/opt/ebpflb/)?scripts/install\.sh --image(-build)?", commands[0]), run
         # nothing installed beside the script, so image and dev machine cannot drift
         assert not re.search(r"apt-get install|apt install|pip install|pip3 install|curl |wget ", run), run
+    assert [r.split()[1] for r in runs] == ["--image-build", "--image"]
     setup = re.search(r"^setup:.*\n\t(.*)$", (ROOT / "Makefile").read_text(), re.M).group(1)
     assert setup.split()[0] == "scripts/install.sh"                     # `make setup`: the same script
-    copied = {arg.split()[0].rstrip("/") for op, arg in steps if op == "COPY"}
-    assert {"scripts", "pyproject.toml", "bpf", "ebpflb"} <= copied
-    (entrypoint,) = [arg for op, arg in steps if op == "ENTRYPOINT"]
+    copied = {arg.split()[0].rstrip("/") for op, arg in build if op == "COPY"}
+    assert {"scripts", "pyproject.toml", "bpf", "ebpflb", ".wheelhouse"} <= copied
+    # the image takes the venv and sources, and the headers, from the build stage; no wheelhouse
+    assert {arg for op, arg in final if op == "COPY" and arg.startswith("--from=")} == {
+        "--from=build /opt/ebpflb /opt/ebpflb", "--from=build /usr/src/ /usr/src/"}
+    assert "rm -rf .wheelhouse" in [r for r in runs if "--image-build" in r][0]
+    (entrypoint,) = [arg for op, arg in final if op == "ENTRYPOINT"]
     assert json.loads(entrypoint) == ENTRYPOINT
-    workdir = [arg for op, arg in steps if op == "WORKDIR"]
+    workdir = [arg for op, arg in final if op == "WORKDIR"]
     assert workdir == ["/opt/ebpflb"] and ENTRYPOINT[0].startswith(workdir[0] + "/.venv/")
+
+
+def test_image_runtime_packages_carry_no_compiler():
+    """What the image runs on: bcc (and the LLVM it links), libbpf, python3; the kernel headers'
+    package (it drags gcc in) stays in the build stage."""
+    text = (ROOT / "scripts" / "install.sh").read_text()
+    runtime = re.search(r"^RUNTIME_PACKAGES=\((.*?)\)", text, re.M | re.S).group(1).split()
+    assert runtime == ["python3", "python3-bpfcc", "libbpfcc", "libbpf1"]
+
+
+def test_dockerignore_keeps_the_dev_tree_out_of_the_context():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    assert {".venv", ".tools", ".git", "tests"} <= ignored
+    copied = {arg.split()[0].rstrip("/") for stage in stages() for op, arg in stage
+              if op == "COPY" and not arg.startswith("--from")}
+    assert not copied & ignored
 
 
 def test_install_script_modes():

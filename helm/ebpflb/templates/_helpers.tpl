@@ -17,6 +17,12 @@
 {{- end }}
 {{- end }}
 
+{{/* The metrics Service's name: a Service name is a DNS label (63 characters at most), so the
+     fullname is cut to leave room for "-metrics". */}}
+{{- define "ebpflb.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "ebpflb.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
 {{- define "ebpflb.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "ebpflb.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
