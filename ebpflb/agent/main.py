@@ -256,7 +256,9 @@ class Agent:
         while not self.stopped.wait(self.config.sweep_interval):
             try:
                 deleted = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete)
-                if self.datapath.maps.affinity.count():
+                # entries exist only while some port has affinity; prune() also forgets those of a
+                # port whose affinity went, which the sync after that change did already
+                if self.tracker.state.affinity and self.datapath.maps.affinity.count():
                     with self.lock:
                         sticky = self._affinity_snapshot()
                     affinity.prune(self.datapath.maps, *sticky)
