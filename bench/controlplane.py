@@ -21,6 +21,7 @@ import yaml
 
 from bench.objects import cluster, endpoint_slice, service_ip
 from ebpflb.core.model import FrontendKey
+from ebpflb.datapath.cgroup import default_cgroup_root
 from ebpflb.datapath.maps import Maps
 from ebpflb.sync.writer import fe_key
 from tests.apiserver import FakeApiServer
@@ -35,15 +36,20 @@ FIRST_SYNC = re.compile(r"first full sync done ([0-9.]+) s after the source star
 
 
 class BenchNamespace:
+    """A network namespace and a cgroup of its own (the agents' host-socket hooks go there, never
+    on the machine's root cgroup)."""
+
     def __init__(self):
         self.name = f"elbbench-{uuid.uuid4().hex[:6]}"
         self.pin_root = Path("/sys/fs/bpf") / self.name
         self.tmp = Path(tempfile.mkdtemp(prefix=self.name))
+        self.cgroup = Path(default_cgroup_root()) / self.name
         self.agents: list[subprocess.Popen] = []
 
     def __enter__(self):
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         subprocess.run(["ip", "-n", self.name, "link", "set", "lo", "up"], check=True)
+        self.cgroup.mkdir()
         return self
 
     def __exit__(self, *exc):
@@ -55,13 +61,16 @@ class BenchNamespace:
                 except subprocess.TimeoutExpired:
                     agent.kill()
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+        if self.cgroup.is_dir():
+            self.cgroup.rmdir()   # its programs go with it
         shutil.rmtree(self.pin_root, ignore_errors=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start_agent(self, run: str, *source) -> tuple[subprocess.Popen, Path]:
         log = self.tmp / f"agent-{run}.log"
         cmd = ["nsenter", f"--net=/run/netns/{self.name}", EBPFLB, "agent", *source, "--node-name", "node-0",
-               "--pin-dir", str(self.pin_root / run), "--metrics-addr", "", "--min-sync-period", "0"]
+               "--pin-dir", str(self.pin_root / run), "--cgroup-root", str(self.cgroup), "--metrics-addr", "",
+               "--min-sync-period", "0"]
         agent = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
         self.agents.append(agent)
         return agent, log

@@ -5,7 +5,9 @@
             TCP throughput (iperf3, 4 s, first second omitted), request latency with a new
             connection per request (the lab's pod server on 8080: connect, GET, read to EOF,
             close; sequential), TCP connect latency and new connections per second (2 client
-            processes, against bench/netclient.py's accept-and-close server on 8081).
+            processes, against bench/netclient.py's accept-and-close server on 8081). Also TCP
+            connect latency from node-2's own namespace (a host process in node-2's cgroup):
+            host -> VIP (translated at connect() by the cgroup hooks) against host -> B direct.
   iptables  kube-proxy's iptables mode against ebpflb holding the same 1k and 10k services x 10
             endpoints (bench.objects.cluster; the last-listed service's endpoints are the lab's
             A0 and B, on the accept-and-close server). iptables: the nat ruleset as kube-proxy
@@ -95,10 +97,10 @@ class Bench:
                          timeout=seconds + omit + 30)
         return json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
 
-    def connect(self, ip: str, port: int, count: int) -> list[float]:
-        out = self.nc("C", "connect", ip, port, count)
+    def connect(self, ip: str, port: int, count: int, client: str = "C") -> list[float]:
+        out = self.nc(client, "connect", ip, port, count)
         if out["errors"]:
-            raise RuntimeError(f"C -> {ip}:{port}: {out['errors']} of {count} connections failed "
+            raise RuntimeError(f"{client} -> {ip}:{port}: {out['errors']} of {count} connections failed "
                                f"({out['first_error']})")
         return out["connect_us"]
 
@@ -148,7 +150,8 @@ class Bench:
             raise RuntimeError("the VIP does not lead to B")
         paths = {"direct": POD_B, "vip": VIP}
         data = {p: {"gbps": [], "request_us": [], "request_p50_rounds": [], "connect_us": [],
-                    "connect_p50_rounds": [], "conn_per_s": []} for p in paths}
+                    "connect_p50_rounds": [], "conn_per_s": [], "host_connect_us": [],
+                    "host_connect_p50_rounds": []} for p in paths}
         for round_ in range(self.rounds + 1):        # round 0: warm-up, dropped
             warm = round_ == 0
             order = list(paths) if round_ % 2 else list(paths)[::-1]
@@ -158,8 +161,11 @@ class Bench:
                 req = self.requests(ip, 200 if warm else 1000)
                 con = self.connect(ip, CLOSE, 200 if warm else 1000)
                 cps = self.rate(ip, CLOSE, 0.5 if warm else 2)
+                host = self.connect(ip, CLOSE, 200 if warm else 1000, client=CLIENT_NODE)   # node-2's own namespace
                 if warm:
                     continue
+                d["host_connect_us"] += host
+                d["host_connect_p50_rounds"].append(percentile(host, 50))
                 d["gbps"].append(gbps)
                 d["request_us"] += req
                 d["request_p50_rounds"].append(percentile(req, 50))

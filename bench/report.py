@@ -110,7 +110,11 @@ def e2e_rows(e: dict) -> list[Row]:
         Row("e2e", "new connections per second (2 clients)", v["conn_per_s"]["median"], "conn/s",
             d["conn_per_s"]["median"], "pod→pod direct", "≥ 0.90×", lambda r: r >= 0.90,
             f"{mm(v['conn_per_s'], 'conn/s')}; direct {mm(d['conn_per_s'], 'conn/s')}"),
-    ]
+    ] + ([
+        Row("e2e", "TCP connect latency p50 from the node's own namespace, host→VIP (connect-time LB)",
+            v["host_connect_us"]["p50"], "us", d["host_connect_us"]["p50"], "host→pod direct", "", None,
+            f"round p50s {mm(v['host_connect_p50_rounds'], 'us')}; direct {mm(d['host_connect_p50_rounds'], 'us')}"),
+    ] if "host_connect_us" in v else [])
 
 
 def iptables_rows(t: dict) -> list[Row]:

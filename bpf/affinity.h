@@ -1,9 +1,9 @@
 /* Session affinity (sessionAffinity: ClientIP), kube-proxy's way: per service port and client
  * address, each new connection within the timeout goes to the backend the client's last new
  * connection went to, and that connection renews the timeout (iptables' `recent --set` on new
- * connections, `--rcheck --seconds` before the random pick). Any entry point that picks a backend
- * for a new flow asks affinity_pick() first and calls affinity_remember() once the flow exists;
- * nothing here knows an skb from an XDP frame.
+ * connections, `--rcheck --seconds` before the random pick). Every entry point that decides a new
+ * flow calls affinity_decide() in place of lb_decide(), and affinity_remember() once the flow (or
+ * the socket's translation) exists; nothing here knows an skb, an XDP frame or a socket.
  *
  * An entry is followed only while its backend is among the frontend's candidates (affinity_be
  * holds the affinity services' backends with their ordinals, written by the agent): a backend that
@@ -13,6 +13,7 @@
 #pragma once
 #include "maps.h"
 #include "parse.h"
+#include "lb.h"
 
 #define AFFINITY_NS_PER_S 1000000000ULL
 
@@ -67,4 +68,19 @@ static __always_inline void affinity_remember(__u32 svc_id, __u32 client, const 
 		.backend_port = be->port,
 	};
 	affinity.update(&key, &value);
+}
+
+/* lb_decide(), the client's own backend first: *state says whether affinity is on for fe (then
+ * remember the flow's backend once it exists) and whether *be came from it (then *be is `sticky`). */
+static __always_inline enum lb_verdict affinity_decide(const struct nat_fe_value *fe, int from_outside, __u32 hash,
+						       __u32 client, __u64 now, struct nat_be_value *sticky,
+						       struct nat_be_value **be, __u32 *ordinal,
+						       enum affinity_state *state)
+{
+	*state = affinity_pick(fe->id, client, lb_candidates(fe, from_outside), now, sticky, ordinal);
+	if (*state == AFFINITY_HIT) {
+		*be = sticky;
+		return LB_BACKEND;
+	}
+	return lb_decide(fe, from_outside, hash, be, ordinal);
 }

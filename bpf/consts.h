@@ -15,3 +15,8 @@
 #define ICMP_PORT_UNREACH_ 3
 /* An ICMP error quotes the offending IP header (with options) and 8 bytes of payload. */
 #define ICMP_QUOTE_MAX (60 + 8)
+
+/* What a service port without endpoints answers (--no-endpoints; the loader always sets it). */
+#ifndef REJECT_NO_ENDPOINTS
+#define REJECT_NO_ENDPOINTS 1
+#endif

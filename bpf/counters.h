@@ -17,3 +17,12 @@ static __always_inline void count_packet(struct __sk_buff *skb, __u32 svc_id, in
 {
 	count_bytes(svc_id, skb->len, new_conn);
 }
+
+/* A host socket pointed at a backend (bpf/sock.c): a connection, no packet seen. */
+static __always_inline void count_connection(__u32 svc_id)
+{
+	struct svc_counters *c = svc_counters.lookup(&svc_id);
+
+	if (c)
+		c->connections++;
+}

@@ -1,6 +1,7 @@
 /* Turn a packet into the ICMP port-unreachable its sender would get from a closed port, and send
  * it back to the pod: what kube-proxy's REJECT does for a service without endpoints. */
 #pragma once
+#include "consts.h"
 #include "nat.h"
 #include "csum.h"
 #include "trace.h"
@@ -56,10 +57,6 @@ static __always_inline int reject_port_unreachable(struct __sk_buff *skb, const 
 		return drop_skb(skb, DROP_REWRITE_FAILED);
 	return redirect_back(skb);
 }
-
-#ifndef REJECT_NO_ENDPOINTS
-#define REJECT_NO_ENDPOINTS 1
-#endif
 
 /* A service port without endpoints, or a port no service has on a service address: kube-proxy's
  * answer (ICMP port unreachable), or with --no-endpoints=drop none at all. */

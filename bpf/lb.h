@@ -1,16 +1,24 @@
-/* Service lookup and backend choice. */
+/* The service decision, one place for every hook that makes it: a packet at a pod veth or an
+ * uplink (tc), a host socket at connect() or sendto() (bpf/sock.c). Frontend lookup, which backends
+ * a client may get (traffic policies), what it gets when there are none, and the backend choice. */
 #pragma once
+#include "consts.h"
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline struct nat_fe_value *lb_lookup_frontend(const struct packet *p)
+static __always_inline struct nat_fe_value *lb_lookup(__u32 addr, __u16 port, __u8 proto)
 {
 	struct nat_fe_key key = {
-		.addr = p->daddr,
-		.port = p->dport,
-		.proto = p->proto,
+		.addr = addr,
+		.port = port,
+		.proto = proto,
 	};
 	return nat_fe.lookup(&key);
+}
+
+static __always_inline struct nat_fe_value *lb_lookup_frontend(const struct packet *p)
+{
+	return lb_lookup(p->daddr, p->dport, p->proto);
 }
 
 /* Might a service frontend be at addr (a ClusterIP, externalIP, LB or node address)? No: nothing
@@ -36,15 +44,9 @@ static __always_inline int lb_is_cluster_ip(__u32 addr)
 	return lb_maybe_frontend_addr(addr) && lb_is_service_ip(addr);
 }
 
-/* The backend choice is the flow's own hash, not a random number: a flow whose conntrack entries
- * the full LRU evicted mid-connection comes back to the backend it had (while the service's
- * backends stay the same), instead of being sent to another that answers with a reset. Katran
- * and Maglev choose by hash for the same reason. Uniform over a client's source ports. */
-static __always_inline __u32 lb_flow_hash(const struct packet *p)
+/* splitmix64's finalizer: every input bit moves every output bit. */
+static __always_inline __u32 lb_mix(__u64 h)
 {
-	__u64 h = ((__u64)p->saddr << 32 | p->daddr) ^ ((__u64)p->sport << 48 | (__u64)p->dport << 32 | p->proto);
-
-	/* splitmix64's finalizer: every input bit moves every output bit */
 	h ^= h >> 30;
 	h *= 0xbf58476d1ce4e5b9ULL;
 	h ^= h >> 27;
@@ -53,14 +55,13 @@ static __always_inline __u32 lb_flow_hash(const struct packet *p)
 	return (__u32)h;
 }
 
-/* Among the frontend's backends (ordinals 0..count-1). */
-static __always_inline struct nat_be_value *lb_pick_backend(const struct nat_fe_value *fe, const struct packet *p)
+/* The backend choice is the flow's own hash, not a random number: a flow whose conntrack entries
+ * the full LRU evicted mid-connection comes back to the backend it had (while the service's
+ * backends stay the same), instead of being sent to another that answers with a reset. Katran
+ * and Maglev choose by hash for the same reason. Uniform over a client's source ports. */
+static __always_inline __u32 lb_flow_hash(const struct packet *p)
 {
-	struct nat_be_key key = {
-		.id = fe->id,
-		.ordinal = lb_flow_hash(p) % fe->count,
-	};
-	return nat_be.lookup(&key);
+	return lb_mix(((__u64)p->saddr << 32 | p->daddr) ^ ((__u64)p->sport << 48 | (__u64)p->dport << 32 | p->proto));
 }
 
 /* loadBalancerSourceRanges: may this client reach this frontend from outside? */
@@ -76,15 +77,51 @@ static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u3
 	return src_ranges.lookup(&key) != NULL;
 }
 
-/* Among the first `n` ordinals: all backends (count), or the local ones (local); by the flow's
- * hash, as lb_pick_backend(). */
-static __always_inline struct nat_be_value *lb_pick_among(__u32 id, __u32 n, const struct packet *p,
+/* Among the first `n` ordinals of fe's backends (all of them, or the local ones, which come
+ * first), by hash. */
+static __always_inline struct nat_be_value *lb_pick_among(const struct nat_fe_value *fe, __u32 n, __u32 hash,
 							  __u32 *ordinal)
 {
 	struct nat_be_key key = {
-		.id = id,
-		.ordinal = lb_flow_hash(p) % n,
+		.id = fe->id,
+		.ordinal = hash % n,
 	};
 	*ordinal = key.ordinal;
 	return nat_be.lookup(&key);
+}
+
+enum lb_verdict {
+	LB_BACKEND,            /* *be is the backend */
+	LB_NO_ENDPOINTS,       /* none at all: refused like kube-proxy (REJECT_NO_ENDPOINTS), or dropped */
+	LB_NO_LOCAL_ENDPOINT,  /* a Local traffic policy and none on this node: dropped, as kube-proxy does */
+	LB_NO_BACKEND,         /* an empty slot: the writer's order forbids it */
+};
+
+/* A new connection to frontend fe. From inside the cluster (a pod, a host process) the backends
+ * are fe->count: internalTrafficPolicy Local made those the local ones already, and a NodePort or
+ * LB address reached from inside uses the cluster set, as kube-proxy does for pods and local
+ * processes. From outside (the uplink) externalTrafficPolicy Local narrows them to the local
+ * ordinals. `*ordinal` tells the uplink whether the backend is local (ordinal < fe->local). */
+static __always_inline int lb_local_only(const struct nat_fe_value *fe, int from_outside)
+{
+	return from_outside ? fe->flags & NAT_FLG_EXTERNAL_LOCAL :
+			      fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL);
+}
+
+/* How many of fe's backends (ordinals 0..n-1) such a client may get. */
+static __always_inline __u32 lb_candidates(const struct nat_fe_value *fe, int from_outside)
+{
+	return from_outside && lb_local_only(fe, from_outside) ? fe->local : fe->count;
+}
+
+static __always_inline enum lb_verdict lb_decide(const struct nat_fe_value *fe, int from_outside, __u32 hash,
+						 struct nat_be_value **be, __u32 *ordinal)
+{
+	int local_only = lb_local_only(fe, from_outside);
+	__u32 n = lb_candidates(fe, from_outside);
+
+	if (n == 0)
+		return local_only ? LB_NO_LOCAL_ENDPOINT : LB_NO_ENDPOINTS;
+	*be = lb_pick_among(fe, n, hash, ordinal);
+	return *be ? LB_BACKEND : LB_NO_BACKEND;
 }

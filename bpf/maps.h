@@ -36,3 +36,7 @@ BPF_TABLE_PINNED("hash", struct affinity_be_key, __u32, affinity_be, NAT_BE_MAP_
 BPF_TABLE_PINNED("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFINITY_MAX, PINNED(affinity));
 /* An array: its lookups are inlined, a few instructions, where a hash lookup is a call. */
 BPF_TABLE_PINNED("array", __u32, __u64, svc_addr_bits, SVC_ADDR_WORDS, PINNED(svc_addr_bits));
+/* Host sockets pointed at a backend (bpf/sock.c); least recently used forgotten first. */
+BPF_TABLE_PINNED("lru_hash", struct sock_rev_key, struct sock_rev_value, sock_rev, SOCK_REV_MAX, PINNED(sock_rev));
+BPF_TABLE_PINNED("hash", struct sock_gone_key, __u32, sock_gone, SOCK_GONE_MAX, PINNED(sock_gone),
+		 BPF_F_NO_PREALLOC);

@@ -9,7 +9,7 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 3
+#define EBPFLB_LAYOUT_VERSION 4
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
@@ -19,6 +19,8 @@
 #define SVC_COUNTERS_MAX 131072   /* one per service port: as many as frontends can be */
 #define SRC_RANGES_MAX 65536
 #define AFFINITY_MAX 65536        /* (service port, client) pairs remembered; least recently used evicted */
+#define SOCK_REV_MAX 262144       /* host sockets pointed at a backend (LRU), as Cilium's lb4_reverse_nat_sk */
+#define SOCK_GONE_MAX 4096        /* backends one reaper run looks for */
 
 /* svc_addr_bits: one bit per hash of an address, set when a service frontend (or a ClusterIP) may
  * be there. bit = (addr_be * SVC_ADDR_HASH_MUL mod 2^32) >> (32 - SVC_ADDR_BITS_LOG2), in word
@@ -51,6 +53,7 @@
 
 /* config.flags */
 #define CFG_FLG_NONE 0
+#define CFG_FLG_LOCALHOST_NODEPORTS 1   /* host sockets reach NodePorts on 127.0.0.0/8 too (bpf/sock.c) */
 
 /* A service frontend: (address, port, IP protocol). */
 struct nat_fe_key {
@@ -199,4 +202,35 @@ struct config {
 	__u32 flags;           /* CFG_FLG_* */
 	__u32 hairpin_addr;    /* be: source for a pod reaching itself through its service */
 	__u32 node_addr;       /* be: this node's uplink address, the SNAT source towards remote backends */
+	__u64 netns_cookie;    /* the agent's network namespace: the only one whose sockets bpf/sock.c
+				* translates (0: none) */
+};
+
+/* Host sockets (bpf/sock.c): a socket that connect() or sendto() pointed at a backend instead of
+ * the frontend it asked for. recvmsg() and getpeername() report the frontend again (resolvers
+ * check the answer's source), and the reaper finds connected UDP sockets on a backend that left.
+ * Keyed by the socket's cookie and the backend. */
+struct sock_rev_key {
+	__u64 cookie;
+	__u32 addr;     /* be: the backend */
+	__u16 port;     /* be */
+	__u16 pad;
+};
+
+struct sock_rev_value {
+	__u32 addr;     /* be: what the socket asked for (a frontend, or 127.x for a localhost NodePort) */
+	__u32 fe_addr;  /* be: the frontend found for it (= addr, or the node address for 127.x) */
+	__u16 port;     /* be */
+	__u8 proto;
+	__u8 pad;
+	__u32 svc_id;   /* the answer is translated only while the frontend still has this id */
+};
+
+/* A backend that left a service port: the reaper (bpf/sock_reaper.c) aborts connected UDP
+ * sockets of this namespace that bpf/sock.c pointed at it for that port; the value counts them. */
+struct sock_gone_key {
+	__u32 svc_id;
+	__u32 addr;     /* be */
+	__u16 port;     /* be */
+	__u16 pad;
 };

@@ -77,19 +77,21 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
 		return drop_skb(skb, DROP_SOURCE_RANGE);
 	}
-	int local_only = fe->flags & NAT_FLG_EXTERNAL_LOCAL;
-	__u32 n = local_only ? fe->local : fe->count;
-	if (n == 0) {
-		if (!local_only)
-			return answer_no_endpoints(skb, p);
+	struct nat_be_value *be = NULL, sticky;
+	__u32 ordinal = 0;
+	enum affinity_state affinity;
+
+	switch (affinity_decide(fe, 1, lb_flow_hash(p), p->saddr, now, &sticky, &be, &ordinal, &affinity)) {
+	case LB_NO_LOCAL_ENDPOINT:
 		TRACE("service %d: %pI4: no local endpoint (externalTrafficPolicy Local), dropped", fe->id, &p->saddr);
 		return drop_skb(skb, DROP_NO_LOCAL_ENDPOINT);
+	case LB_NO_ENDPOINTS:
+		return answer_no_endpoints(skb, p);
+	case LB_NO_BACKEND:
+		return drop_skb(skb, DROP_NO_BACKEND);
+	case LB_BACKEND:
+		break;
 	}
-
-	__u32 ordinal;
-	struct nat_be_value sticky;
-	enum affinity_state affinity = affinity_pick(fe->id, p->saddr, n, now, &sticky, &ordinal);
-	struct nat_be_value *be = affinity == AFFINITY_HIT ? &sticky : lb_pick_among(fe->id, n, p, &ordinal);
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 

@@ -59,14 +59,20 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 					    const struct nat_fe_value *fe, const struct ct_value *entry,
 					    __u64 now)
 {
-	if (fe->count == 0)
-		return fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL) ?
-			drop_skb(skb, DROP_NO_LOCAL_ENDPOINT) : answer_no_endpoints(skb, p);
-
-	struct nat_be_value sticky;
+	struct nat_be_value *be = NULL, sticky;
 	__u32 ordinal;
-	enum affinity_state affinity = affinity_pick(fe->id, p->saddr, fe->count, now, &sticky, &ordinal);
-	struct nat_be_value *be = affinity == AFFINITY_HIT ? &sticky : lb_pick_backend(fe, p);
+	enum affinity_state affinity;
+
+	switch (affinity_decide(fe, 0, lb_flow_hash(p), p->saddr, now, &sticky, &be, &ordinal, &affinity)) {
+	case LB_NO_LOCAL_ENDPOINT:
+		return drop_skb(skb, DROP_NO_LOCAL_ENDPOINT);
+	case LB_NO_ENDPOINTS:
+		return answer_no_endpoints(skb, p);
+	case LB_NO_BACKEND:
+		return drop_skb(skb, DROP_NO_BACKEND);
+	case LB_BACKEND:
+		break;
+	}
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 

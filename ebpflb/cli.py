@@ -23,6 +23,7 @@ def cmd_agent(args) -> None:
     from ebpflb.agent.main import AgentConfig, run_agent
     from ebpflb.datapath.loader import DatapathOptions, MapSizeMismatch
     from ebpflb.datapath.maps import LayoutMismatch
+    from ebpflb.datapath.cgroup import CgroupError
     if not args.node_name:
         sys.exit("ebpflb agent: --node-name (or $NODE_NAME) is required")
     if args.manifests and args.kubeconfig:
@@ -35,23 +36,31 @@ def cmd_agent(args) -> None:
                          healthz_addr=args.healthz_addr or None, healthz_timeout=args.healthz_timeout,
                          uplinks=tuple(filter(None, args.uplinks.split(","))) if args.uplinks is not None else None,
                          nodeport_addresses=tuple(filter(None, args.nodeport_addresses.split(","))),
-                         xdp=args.xdp == "native",
+                         xdp=args.xdp == "native", socket_lb=args.socket_lb == "on",
+                         cgroup_root=args.cgroup_root, localhost_nodeports=args.localhost_nodeports,
                          datapath=DatapathOptions(ct_map_max=args.ct_map_max, frontend_map_max=args.frontend_map_max,
                                                   backend_map_max=args.backend_map_max,
                                                   reject_no_endpoints=args.no_endpoints == "reject",
                                                   trace=args.bpf_trace))
     try:
         run_agent(config)
-    except (LayoutMismatch, MapSizeMismatch) as err:
+    except (LayoutMismatch, MapSizeMismatch, CgroupError) as err:
         sys.exit(f"ebpflb agent: {err}")
 
 
 def cmd_cleanup(args) -> None:
     from pyroute2 import IPRoute
     from ebpflb.datapath.attach import detach_all
+    from ebpflb.datapath.cgroup import CgroupError, default_cgroup_root, detach, resolve_cgroup_root
     with IPRoute() as ipr:
         touched = detach_all(ipr)
     print(f"detached from {len(touched)} interfaces" + (f": {', '.join(touched)}" if touched else ""))
+    try:
+        root = resolve_cgroup_root(args.cgroup_root) if args.cgroup_root else default_cgroup_root(mount=False)
+    except CgroupError as err:
+        sys.exit(f"ebpflb cleanup: {err}")
+    hooks = detach(args.pin_dir, root, by_name=args.cgroup_root is not None)
+    print(f"detached {hooks} host-socket hooks" + (f" from cgroup {root}" if root else ""))
     if os.path.isdir(args.pin_dir):
         shutil.rmtree(args.pin_dir)
         print(f"removed pins in {args.pin_dir}")
@@ -197,6 +206,13 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--uplinks", help="IF[,IF]: the node's uplinks for NodePort/externalIP/LB traffic (default: the default route's)")
     agent.add_argument("--xdp", choices=("native", "off"), default="native",
                        help="XDP fast path on the uplinks (native where the driver supports it)")
+    agent.add_argument("--socket-lb", choices=("on", "off"), default="on",
+                       help="Services for this network namespace's own sockets (host processes, hostNetwork pods) "
+                            "at connect()/sendto(), by cgroup hooks")
+    agent.add_argument("--cgroup-root", help="cgroup v2 directory for those hooks (default: the host's cgroup v2 root "
+                                             "from /proc/mounts; one is mounted under /run/ebpflb when none is)")
+    agent.add_argument("--localhost-nodeports", action="store_true",
+                       help="host sockets also reach NodePorts on 127.0.0.0/8 (kube-proxy's iptables mode does)")
     agent.add_argument("--nodeport-addresses", default="", help="CIDR[,CIDR]: NodePorts only on node addresses inside these")
     agent.add_argument("--workload-ifaces", default=DEFAULT_WORKLOAD_IFACES, help="regex of pod veth host-side names")
     agent.add_argument("--proxy-name", help="serve services labelled service.kubernetes.io/service-proxy-name=NAME")
@@ -215,7 +231,10 @@ def parser() -> argparse.ArgumentParser:
                        help="the programs log each decision to /sys/kernel/tracing/trace_pipe (slow; for debugging)")
     agent.set_defaults(func=cmd_agent)
 
-    cleanup = with_pin_dir(verbs.add_parser("cleanup", help="detach ebpflb's programs in this network namespace and remove its pins"))
+    cleanup = with_pin_dir(verbs.add_parser("cleanup", help="detach ebpflb's programs in this network namespace "
+                                                           "and from the cgroup, and remove its pins"))
+    cleanup.add_argument("--cgroup-root", help="the cgroup the agent's host-socket hooks are on (default: the host's "
+                                               "cgroup v2 root)")
     cleanup.set_defaults(func=cmd_cleanup)
 
     nat = verbs.add_parser("nat", help="NAT maps").add_subparsers(dest="what", required=True)

@@ -9,6 +9,8 @@ the image some other way.
 What stands for what, the lab node being the Kubernetes node:
   hostNetwork: true          --network ns:/run/netns/<the lab node's namespace> (never the machine's)
   hostPath /sys/fs/bpf       the lab node's own directory in the machine's bpffs
+  hostPath /sys/fs/cgroup... the lab node's own cgroup (its agent attaches its host-socket hooks
+                             there, never on the machine's root cgroup)
   other hostPaths            the machine's path, read-only mounts only
   securityContext            --privileged, or --cap-drop/--cap-add, --user; seccomp: no profile in
                              the chart runs under podman's default one, the stricter of the two a
@@ -31,6 +33,7 @@ ULIMITS = ["--ulimit", "nofile=1024:4096", "--ulimit", "nproc=1024:1024"]
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 BPFFS = "/sys/fs/bpf"
+CGROUP = "/sys/fs/cgroup"
 PROPAGATION = {None: "rprivate", "None": "rprivate", "HostToContainer": "rslave", "Bidirectional": "rshared"}
 SECURITY_KEYS = {"privileged", "runAsUser", "capabilities", "readOnlyRootFilesystem",
                  "allowPrivilegeEscalation", "seccompProfile"}
@@ -91,7 +94,8 @@ def security_args(container: dict) -> list[str]:
     return args
 
 
-def mount_args(pod: dict, container: dict, node_bpffs: Path, volume_dirs: dict[str, Path]) -> list[str]:
+def mount_args(pod: dict, container: dict, node_bpffs: Path, node_cgroup: Path,
+               volume_dirs: dict[str, Path]) -> list[str]:
     """-v per volumeMount. volume_dirs: what the test provides for a non-hostPath volume, by name."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     args = []
@@ -104,6 +108,8 @@ def mount_args(pod: dict, container: dict, node_bpffs: Path, volume_dirs: dict[s
             host = volume["hostPath"]
             if host["path"] == BPFFS:
                 source = node_bpffs
+            elif host["path"] == CGROUP or host["path"].startswith(CGROUP + "/"):
+                source = node_cgroup
             elif read_only:
                 source = Path(host["path"])
             else:
@@ -126,7 +132,7 @@ def mount_args(pod: dict, container: dict, node_bpffs: Path, volume_dirs: dict[s
 
 
 def run_args(ds: dict, container_name: str, *, name: str, netns: str, node_name: str, node_bpffs: Path,
-             sa_dir: Path, volume_dirs: dict[str, Path] | None = None) -> list[str]:
+             node_cgroup: Path, sa_dir: Path, volume_dirs: dict[str, Path] | None = None) -> list[str]:
     """`podman run` arguments (after `run`) for one container of the rendered DaemonSet: options,
     the image, then its arguments."""
     pod = ds["spec"]["template"]["spec"]
@@ -141,7 +147,7 @@ def run_args(ds: dict, container_name: str, *, name: str, netns: str, node_name:
     env = container_env(container, node_name)
     args = [*ULIMITS, "--name", name, "--pull=never", "--network", f"ns:/run/netns/{netns}",
             f"--stop-timeout={pod.get('terminationGracePeriodSeconds', 30)}",
-            *security_args(container), *mount_args(pod, container, node_bpffs, volume_dirs or {})]
+            *security_args(container), *mount_args(pod, container, node_bpffs, node_cgroup, volume_dirs or {})]
     if pod.get("automountServiceAccountToken", True):
         args += ["--volume", f"{sa_dir}:{SA_MOUNT}:ro,rprivate"]
     for key, value in env.items():

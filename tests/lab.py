@@ -26,8 +26,12 @@ Nodes forward (ip_forward=1, rp_filter=0) and route the other nodes' pod /24s vi
 
 Processes: run(ns, *argv) / spawn(ns, *argv) use `ip netns exec`; agents and the CLI use
 `nsenter --net` (ip netns exec hides /sys/fs/bpf). Pins: /sys/fs/bpf/<lab name>/node-N.
+Each node has its own cgroup, <cgroup v2 root>/<lab name>/node-N: every process started in a
+node's namespace (its host processes, its agent) runs in it, and the node's agent attaches its
+host-socket programs there (--cgroup-root), never to the machine's root cgroup.
 Teardown (also on SIGTERM/SIGHUP, which become KeyboardInterrupt, and at exit) stops agents,
-runs `ebpflb cleanup`, kills everything in the namespaces and deletes them, pins and temp dir.
+runs `ebpflb cleanup`, kills everything in the namespaces and cgroups and deletes them, pins and
+temp dir.
 
 Command line (from the repo root): python -m tests.lab demo | shell [--agents] | gc
 """
@@ -133,10 +137,11 @@ class UdpSession:
     """One connected UDP socket in a pod (one source port for its whole life); with
     kind="tcp" one TCP connection to the pod servers' line echo instead."""
 
-    def __init__(self, lab: "Lab", pod: str, ip: str, port: int, kind: str = "udp"):
+    def __init__(self, lab: "Lab", pod: str, ip: str, port: int, kind: str = "udp", reconnect: bool = False):
         self.pod, self.ip, self.port = pod, ip, port
         self.last_error: str | None = None
         self.proc = lab.spawn(pod, sys.executable, str(PODSERVER), f"{kind}-client", ip, str(port),
+                              *(["--reconnect"] if reconnect else []),
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
         self._out = _LineReader(self.proc.stdout.fileno())
         first = self._out.readline(10)
@@ -159,6 +164,15 @@ class UdpSession:
             return line[len("reply "):]
         self.last_error = line  # "timeout" or "error ECONNREFUSED" ...
         return None
+
+    def reconnects(self) -> int:
+        """How often the client connected again after its socket was aborted (reconnect=True)."""
+        self.proc.stdin.write(b"reconnects\n")
+        self.proc.stdin.flush()
+        line = self._out.readline(5)
+        if not line or not line.startswith("reconnects "):
+            raise LabError(f"udp-client in {self.pod} answered {line!r}")
+        return int(line.split()[1])
 
     def close(self) -> None:
         try:
@@ -293,6 +307,8 @@ class Lab:
         self.namespaces = [self.underlay_ns, *self.node_ns.values(), *self.pod_ns.values(),
                            *self.outside_ns.values()]
         self.bpf_dir = BPFFS / self.name
+        self.cgroup_dir: Path | None = None    # <cgroup v2 root>/<name>, once build() made it
+        self.reclaim_cgroups = False           # gc: remove the cgroups of a lab whose owner died
         self.tmpdir: Path | None = None
         self.agents: dict[str, subprocess.Popen] = {}
         self.servers: dict[str, subprocess.Popen] = {}
@@ -340,6 +356,15 @@ class Lab:
     def pin_dir(self, node: str) -> Path:
         return self.bpf_dir / self.node(node)
 
+    def cgroup(self, node: str) -> Path:
+        """The node's own cgroup: its host processes run in it, its agent attaches there."""
+        if self.cgroup_dir is None:
+            raise LabError("lab not built")
+        return self.cgroup_dir / self.node(node)
+
+    def _node_of_ns(self, ns: str) -> str | None:
+        return next((node for node, name in self.node_ns.items() if name == ns), None)
+
     # ------------------------------------------------------------------ build
     def __enter__(self) -> "Lab":
         return self.build()
@@ -361,6 +386,7 @@ class Lab:
             try:
                 self.tmpdir = Path(tempfile.mkdtemp(prefix=self.prefix))
                 self._write_owner()
+                self._build_cgroups()
                 self._build_namespaces()
                 self._build_underlay()
                 for node in NODES:
@@ -389,6 +415,37 @@ class Lab:
         if r.returncode != 0:
             raise LabError(f"ip -n {ns} -batch failed: {r.stderr.strip()}\ncommands:\n"
                            + "\n".join(commands))
+
+    @staticmethod
+    def _cgroup_root(mount: bool = True) -> Path | None:
+        from ebpflb.datapath.cgroup import default_cgroup_root
+        root = default_cgroup_root(mount=mount)
+        return Path(root) if root else None
+
+    def _build_cgroups(self) -> None:
+        path = self._cgroup_root() / self.name
+        try:
+            path.mkdir()
+        except FileExistsError:
+            raise LabError(f"cgroup {path} already exists (another lab's?)") from None
+        self.cgroup_dir = path
+        for node in NODES:
+            self.cgroup(node).mkdir()
+
+    def _remove_cgroups(self) -> None:
+        """Kill what is left in the lab's cgroups and remove them (their programs go with them)."""
+        if self.cgroup_dir is None and self.reclaim_cgroups:
+            root = self._cgroup_root(mount=False)
+            self.cgroup_dir = root / self.name if root else None
+        if self.cgroup_dir is None or not self.cgroup_dir.is_dir():
+            return
+        for cg in [*sorted(p for p in self.cgroup_dir.iterdir() if p.is_dir()), self.cgroup_dir]:
+            if (cg / "cgroup.kill").exists():
+                (cg / "cgroup.kill").write_text("1")
+            deadline = time.monotonic() + 5
+            while (cg / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            cg.rmdir()
 
     def _build_namespaces(self) -> None:
         existing = set(_list_netns())
@@ -474,7 +531,14 @@ class Lab:
 
     # ------------------------------------------------------------------ processes
     def _argv(self, ns: str, argv) -> list[str]:
-        return ["ip", "netns", "exec", self.ns(ns), *map(str, argv)]
+        ns = self.ns(ns)
+        return self._in_node_cgroup(self._node_of_ns(ns), ["ip", "netns", "exec", ns, *map(str, argv)])
+
+    def _in_node_cgroup(self, node: str | None, argv: list[str]) -> list[str]:
+        """argv run in the node's cgroup (a node's host process); unchanged for other namespaces."""
+        if node is None:
+            return argv
+        return ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.cgroup(node)), *argv]
 
     def run(self, ns: str, *argv, timeout: float = 10, check: bool = True,
             input: str | None = None) -> subprocess.CompletedProcess:
@@ -564,12 +628,21 @@ class Lab:
                      timeout=count * (timeout + 1) + 15)
         return [l[3:] if l.startswith("ok ") else l for l in r.stdout.splitlines()]
 
-    def udp_session(self, pod: str, ip: str, port: int = UDP_PORT) -> UdpSession:
-        return UdpSession(self, self.pod(pod), ip, port)
+    def udp_session(self, pod: str, ip: str, port: int = UDP_PORT, reconnect: bool = False) -> UdpSession:
+        """A connected UDP socket in a pod, or in a node's host namespace ("node-2"). reconnect: the
+        client connects again when its socket is aborted (ECONNABORTED), as resolvers do."""
+        return UdpSession(self, self._client(pod), ip, port, reconnect=reconnect)
 
     def tcp_session(self, pod: str, ip: str, port: int = TCP_ECHO_PORT) -> UdpSession:
         """One long-lived TCP connection from pod; .request() -> the answering pod's name."""
-        return UdpSession(self, self.pod(pod), ip, port, kind="tcp")
+        return UdpSession(self, self._client(pod), ip, port, kind="tcp")
+
+    def _client(self, where: str) -> str:
+        """A pod's or outside client's canonical name, or a node's ("node-2")."""
+        try:
+            return self.pod(where)
+        except KeyError:
+            return self.node(where)
 
     # ------------------------------------------------------------------ agent
     @staticmethod
@@ -584,8 +657,9 @@ class Lab:
         exe = self.ebpflb_bin()
         if exe is None:
             raise LabError("ebpflb is not installed (no .venv/bin/ebpflb); run scripts/install.sh")
-        return ["nsenter", f"--net=/run/netns/{self.node_ns[self.node(node)]}", exe,
-                *map(str, args)]
+        node = self.node(node)
+        return self._in_node_cgroup(node, ["nsenter", f"--net=/run/netns/{self.node_ns[node]}", exe,
+                                           *map(str, args)])
 
     def _ensure_bpffs(self) -> None:
         if not _bpffs_mounted():
@@ -614,8 +688,9 @@ class Lab:
             raise LabError(f"agent on {node} is already running (pid {old.pid})")
         self._ensure_bpffs()
         source = ["--kubeconfig", kubeconfig] if kubeconfig else ["--manifests", manifests_dir]
+        cgroup = [] if "--cgroup-root" in extra_args else ["--cgroup-root", self.cgroup(node)]
         cmd = self._node_cmd(node, ["agent", *source, "--node-name", node,
-                                    "--pin-dir", self.pin_dir(node), *extra_args])
+                                    "--pin-dir", self.pin_dir(node), *cgroup, *extra_args])
         log = self._open_log(f"agent-{node}")
         log.write(f"### {' '.join(cmd)}\n".encode())
         log.flush()
@@ -678,8 +753,10 @@ class Lab:
             time.sleep(interval)
 
     def agent_cli(self, node: str, *args, timeout: float = 30, check: bool = True) -> str:
-        """`ebpflb ARGS --pin-dir <node's pin dir>` in the node's network namespace; stdout."""
-        cmd = self._node_cmd(node, [*args, "--pin-dir", self.pin_dir(node)])
+        """`ebpflb ARGS --pin-dir <node's pin dir>` in the node's network namespace (and for
+        cleanup `--cgroup-root <node's cgroup>`); stdout."""
+        cgroup = ["--cgroup-root", self.cgroup(node)] if args[:1] == ("cleanup",) else []
+        cmd = self._node_cmd(node, [*args, "--pin-dir", self.pin_dir(node), *cgroup])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if check and r.returncode != 0:
             raise CommandError(r.returncode, cmd, r.stdout, r.stderr)
@@ -771,6 +848,7 @@ class Lab:
             step(self._kill_ns_pids, n)
         for n in ours:
             step(self._del_ns, n)
+        step(self._remove_cgroups)
         for f in self._logs:
             step(f.close)
         self._logs.clear()
@@ -791,6 +869,8 @@ class Lab:
         live = set(_list_netns())
         for node in NODES:
             cmd = [exe, "cleanup", "--pin-dir", str(self.pin_dir(node))]
+            if self.cgroup_dir is not None and self.cgroup(node).is_dir():
+                cmd += ["--cgroup-root", str(self.cgroup(node))]
             if self.node_ns[node] in live:
                 cmd = ["nsenter", f"--net=/run/netns/{self.node_ns[node]}", *cmd]
             try:
@@ -836,6 +916,7 @@ def gc_stale() -> list[str]:
             continue
         lab = Lab(name=f.stem)
         lab.tmpdir = Path(info["tmpdir"]) if info.get("tmpdir") else None
+        lab.reclaim_cgroups = True
         lab.teardown()
         cleaned.append(f.stem)
     return cleaned

@@ -2,17 +2,28 @@
 
 Standard library only (it runs with the lab's interpreter under `ip netns exec`).
 
-    podserver.py serve NAME [--http-port 8080] [--udp-port 5353]
+    podserver.py serve NAME [--http-port 8080] [--udp-port 5353] [--addr 0.0.0.0]
         HTTP on TCP: GET / -> body NAME; GET /client -> "ip:port" of the peer;
         GET /udp-peers -> one line "ip:port count" per UDP peer seen so far.
         UDP: every datagram is answered with NAME.
         Prints "ready" on stdout once both sockets listen.
 
-    podserver.py udp-client IP PORT      (and tcp-client IP PORT)
+    podserver.py udp-client IP PORT [--reconnect]     (and tcp-client IP PORT)
         One connected UDP socket (or one TCP connection) for the whole run (one source port).
         Prints "port N" (its local port) first, then for every stdin line "go [TIMEOUT]" sends one
         message and prints "reply TEXT", "timeout" or "error ERRNO_NAME".
         The server side of TCP is a line echo on 9000 that answers every message with NAME.
+        --reconnect: a socket aborted under it (ECONNABORTED, then EDESTADDRREQ: the kernel
+        disconnected it) is connected again to IP PORT and the message sent again, as resolvers
+        do; stdin "reconnects" prints "reconnects N".
+
+    podserver.py udp-ask IP PORT connected|unconnected [COUNT] [TIMEOUT]
+        COUNT queries from one UDP socket (connect() + send(), or sendto() each time); one JSON
+        line each: {"reply", "source" (recvfrom's address), "peer" (getpeername(), connected only),
+        "kernel_peer" (the socket's peer in /proc/net/udp, which no BPF hook rewrites), "error"}.
+
+    podserver.py tcp-ask IP PORT [TIMEOUT]
+        One TCP connection, GET /; one JSON line: {"body", "peer", "kernel_peer", "error", "ms"}.
 
     podserver.py ping IP [COUNT] [TIMEOUT]
         ICMP echo over a raw socket (this machine has no ping binary). Prints one line per echo
@@ -103,7 +114,7 @@ def sctp_responder(name: str) -> None:
             pass
 
 
-def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
+def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0.0.0.0") -> None:
     udp_peers: Counter = Counter()
     lock = threading.Lock()
 
@@ -142,11 +153,11 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
         allow_reuse_address = True
         request_queue_size = 256
 
-    httpd = Server(("0.0.0.0", http_port), Handler)
+    httpd = Server((addr, http_port), Handler)
 
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    udp.bind(("0.0.0.0", udp_port))
+    udp.bind((addr, udp_port))
 
     def udp_loop():
         reply = name.encode()
@@ -171,7 +182,7 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
         daemon_threads = True
         allow_reuse_address = True
 
-    tcp = TcpServer(("0.0.0.0", TCP_ECHO_PORT), EchoName)
+    tcp = TcpServer((addr, TCP_ECHO_PORT), EchoName)
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
     threading.Thread(target=udp_loop, daemon=True).start()
     threading.Thread(target=sctp_responder, args=(name,), daemon=True).start()
@@ -179,12 +190,16 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353) -> None:
     httpd.serve_forever()
 
 
-def client(kind: int, ip: str, port: int) -> None:
+def client(kind: int, ip: str, port: int, reconnect: bool = False) -> None:
     sock = socket.socket(socket.AF_INET, kind)
     sock.connect((ip, port))
     print(f"port {sock.getsockname()[1]}", flush=True)
+    reconnects = 0
     for line in sys.stdin:
         words = line.split()
+        if words == ["reconnects"]:
+            print(f"reconnects {reconnects}", flush=True)
+            continue
         if not words or words[0] != "go":
             continue
         timeout = float(words[1]) if len(words) > 1 else 1.0
@@ -195,7 +210,14 @@ def client(kind: int, ip: str, port: int) -> None:
             except OSError:
                 break
         try:
-            sock.send(b"ping")
+            try:
+                sock.send(b"ping")
+            except OSError as e:
+                if not reconnect or e.errno not in (errno.ECONNABORTED, errno.EDESTADDRREQ):
+                    raise
+                sock.connect((ip, port))
+                reconnects += 1
+                sock.send(b"ping")
             ready = select.select([sock], [], [], timeout)[0]
             if not ready:
                 print("timeout", flush=True)
@@ -207,6 +229,81 @@ def client(kind: int, ip: str, port: int) -> None:
             print("reply " + data.decode(errors="replace").replace("\n", " "), flush=True)
         except OSError as e:
             print("error " + errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+
+
+def kernel_peer(sock, proto: str) -> str | None:
+    """The socket's peer as the kernel holds it (/proc/net/udp, tcp, udp6, tcp6: no BPF hook
+    rewrites it)."""
+    import os
+    import struct
+    inode = os.fstat(sock.fileno()).st_ino
+    v6 = sock.family == socket.AF_INET6
+    with open(f"/proc/net/{proto}{'6' if v6 else ''}") as table:
+        for row in list(table)[1:]:
+            fields = row.split()
+            if int(fields[9]) == inode:
+                addr, port = fields[2].split(":")
+                raw = b"".join(struct.pack("<I", int(addr[i:i + 8], 16)) for i in range(0, len(addr), 8))
+                return f"{socket.inet_ntop(sock.family, raw)}:{int(port, 16)}"
+    return None
+
+
+def _family(ip: str) -> int:
+    """An IPv6 socket for an IPv6 (or IPv4-mapped, ::ffff:a.b.c.d) address, as dual-stack programs use."""
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def _addr(pair) -> str | None:
+    return f"{pair[0]}:{pair[1]}" if pair else None   # (an IPv6 pair's flow info and scope left out)
+
+
+def udp_ask(ip: str, port: int, mode: str, count: int = 1, timeout: float = 1.0) -> None:
+    import json
+    sock = socket.socket(_family(ip), socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    connected = mode == "connected"
+    for _ in range(count):
+        out = {"reply": None, "source": None, "peer": None, "kernel_peer": None, "error": None}
+        try:
+            if connected:
+                sock.connect((ip, port))
+                out["peer"] = _addr(sock.getpeername())
+                out["kernel_peer"] = kernel_peer(sock, "udp")
+                sock.send(b"ping")
+            else:
+                sock.sendto(b"ping", (ip, port))
+            data, source = sock.recvfrom(65535)
+            out["reply"], out["source"] = data.decode(errors="replace"), _addr(source)
+        except socket.timeout:
+            out["error"] = "timeout"
+        except OSError as e:
+            out["error"] = errno.errorcode.get(e.errno, str(e))
+        print(json.dumps(out), flush=True)
+
+
+def tcp_ask(ip: str, port: int, timeout: float = 2.0) -> None:
+    import json
+    import time
+    out = {"body": None, "peer": None, "kernel_peer": None, "error": None, "ms": None}
+    sock = socket.socket(_family(ip))
+    sock.settimeout(timeout)
+    started = time.monotonic()
+    try:
+        sock.connect((ip, port))
+        out["peer"], out["kernel_peer"] = _addr(sock.getpeername()), kernel_peer(sock, "tcp")
+        sock.sendall(f"GET / HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(65535):
+            chunks.append(chunk)
+        out["body"] = b"".join(chunks).partition(b"\r\n\r\n")[2].decode(errors="replace")
+    except socket.timeout:
+        out["error"] = "timeout"
+    except OSError as e:
+        out["error"] = errno.errorcode.get(e.errno, str(e))
+    finally:
+        out["ms"] = (time.monotonic() - started) * 1e3
+        sock.close()
+    print(json.dumps(out), flush=True)
 
 
 def _checksum(data: bytes) -> int:
@@ -312,7 +409,7 @@ def main(argv: list[str]) -> int:
     cmd, args = argv[0], argv[1:]
     if cmd == "serve":
         name = args[0]
-        http_port, udp_port = 8080, 5353
+        http_port, udp_port, addr = 8080, 5353, "0.0.0.0"
         rest = args[1:]
         while rest:
             opt, val, rest = rest[0], rest[1], rest[2:]
@@ -320,11 +417,18 @@ def main(argv: list[str]) -> int:
                 http_port = int(val)
             elif opt == "--udp-port":
                 udp_port = int(val)
+            elif opt == "--addr":
+                addr = val
             else:
                 raise SystemExit(f"unknown option {opt}")
-        serve(name, http_port, udp_port)
+        serve(name, http_port, udp_port, addr)
     elif cmd == "udp-client":
-        client(socket.SOCK_DGRAM, args[0], int(args[1]))
+        client(socket.SOCK_DGRAM, args[0], int(args[1]), reconnect="--reconnect" in args[2:])
+    elif cmd == "udp-ask":
+        udp_ask(args[0], int(args[1]), args[2], int(args[3]) if len(args) > 3 else 1,
+                float(args[4]) if len(args) > 4 else 1.0)
+    elif cmd == "tcp-ask":
+        tcp_ask(args[0], int(args[1]), float(args[2]) if len(args) > 2 else 2.0)
     elif cmd == "tcp-client":
         client(socket.SOCK_STREAM, args[0], int(args[1]))
     elif cmd == "ping":

@@ -15,8 +15,9 @@ BPFFS = Path("/sys/fs/bpf/elbtest/node-2")
 
 
 def args_of(ds, container="agent", tmp=Path("/tmp")):
+    (tmp / "cgroup").mkdir(exist_ok=True)     # stands for the lab node's cgroup
     return chart_pod.run_args(ds, container, name="c", netns=NETNS, node_name="node-2", node_bpffs=tmp / "bpffs",
-                              sa_dir=Path("/sa"))
+                              node_cgroup=tmp / "cgroup", sa_dir=Path("/sa"))
 
 
 def options(args: list[str], flag: str) -> list[str]:
@@ -37,8 +38,8 @@ def test_agent_gets_the_charts_capabilities_mounts_and_the_nodes_network(default
     assert "--user=0" in args
     assert options(args, "--network") == [f"ns:/run/netns/{NETNS}"]
     assert options(args, "--volume") == [
-        f"{tmp_path / 'bpffs'}:/sys/fs/bpf:rw,rslave", "/lib/modules:/lib/modules:ro,rprivate",
-        "/usr/src:/usr/src:ro,rprivate", f"/sa:{chart_pod.SA_MOUNT}:ro,rprivate"]
+        f"{tmp_path / 'bpffs'}:/sys/fs/bpf:rw,rslave", f"{tmp_path / 'cgroup'}:/run/ebpflb/cgroupv2:ro,rprivate",
+        "/lib/modules:/lib/modules:ro,rprivate", "/usr/src:/usr/src:ro,rprivate", f"/sa:{chart_pod.SA_MOUNT}:ro,rprivate"]
     assert (tmp_path / "bpffs").is_dir()                  # hostPath type DirectoryOrCreate
     assert "NODE_NAME=node-2" in options(args, "--env")
     image = args.index("ebpflb:0.1.0")
@@ -57,7 +58,8 @@ def test_init_container_is_privileged_with_bidirectional_bpffs(default_ds, tmp_p
 def test_headers_fallback_runs_the_link_script_first(helm, tmp_path):
     (ds,) = [d for d in render(helm, tmp_path, {"kernelHeaders": {"fromHost": False}}) if d["kind"] == "DaemonSet"]
     args = args_of(ds, tmp=tmp_path)
-    assert [v.split(":")[1] for v in options(args, "--volume")] == ["/sys/fs/bpf", chart_pod.SA_MOUNT]
+    assert [v.split(":")[1] for v in options(args, "--volume")] == ["/sys/fs/bpf", "/run/ebpflb/cgroupv2",
+                                                                     chart_pod.SA_MOUNT]
     (entrypoint,) = [a for a in args if a.startswith("--entrypoint=")]
     assert "install.sh --link-headers" in json.loads(entrypoint.split("=", 1)[1])[2]
 

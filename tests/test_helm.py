@@ -455,6 +455,24 @@ def test_kernel_headers_from_the_host_read_only(rendered):
         assert "scripts/install.sh --link-headers" in agent(ds)["command"][2]
 
 
+def test_the_hosts_cgroup_v2_root_is_where_the_agent_attaches(rendered):
+    """--cgroup-root is the host's cgroup v2 root, mounted read-only (a container's own
+    /sys/fs/cgroup is only its own cgroup), and cleanup detaches from the same place."""
+    name, values, docs = rendered
+    ds = the(docs, "DaemonSet")
+    (volume,) = [v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "cgroup"]
+    assert volume["hostPath"]["path"] == setting(values, "cgroup", "hostRoot", default="/sys/fs/cgroup")
+    (mount,) = [m for m in agent(ds)["volumeMounts"] if m["name"] == "cgroup"]
+    root = setting(values, "agent", "cgroupRoot", default="/run/ebpflb/cgroupv2")
+    assert mount["mountPath"] == root and mount["readOnly"] is True
+    if setting(values, "cleanup", "enabled"):
+        argv = shlex.split(agent(ds)["command"][2].split("&&")[0])
+        assert cli.parser().parse_args(argv[1:]).cgroup_root == root
+    else:
+        args = cli.parser().parse_args(agent_argv(ds))
+        assert args.cgroup_root == root and args.socket_lb == setting(values, "agent", "socketLb", default="on")
+
+
 def test_node_name_from_the_downward_api(rendered):
     _, _, docs = rendered
     env = {e["name"]: e for e in agent(the(docs, "DaemonSet"))["env"]}

@@ -112,7 +112,7 @@ class Agent:
 
     def args(self, container: str, name: str) -> list[str]:
         return chart_pod.run_args(self.ds, container, name=name, netns=self.lab.node_ns[NODE], node_name=NODE,
-                                  node_bpffs=self.bpffs, sa_dir=self.sa)
+                                  node_bpffs=self.bpffs, node_cgroup=self.lab.cgroup(NODE), sa_dir=self.sa)
 
     def start(self) -> None:
         for init in self.pod.get("initContainers", []):

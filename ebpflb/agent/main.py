@@ -24,7 +24,10 @@ from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, 
 from ebpflb.core.services import Usage
 from ebpflb.core.tracker import ServiceTracker
 from ebpflb.gc_pause import gc_paused
-from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, Datapath, DatapathOptions
+from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, SOCK_REAPER, Datapath, DatapathOptions
+from ebpflb.datapath.cgroup import attach as attach_cgroup, detach as detach_cgroup, resolve_cgroup_root
+from ebpflb.datapath.sockets import SocketReaper, netns_cookie
+from ebpflb.datapath.structs import C
 from ebpflb.agent import proxy_health
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
@@ -54,6 +57,9 @@ class AgentConfig:
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
     xdp: bool = True                             # native XDP on the uplinks where the driver has it
+    socket_lb: bool = True                       # Services for this namespace's own sockets (bpf/sock.c)
+    cgroup_root: str | None = None               # where those hooks go; None: the host's cgroup v2 root
+    localhost_nodeports: bool = False            # host sockets reach NodePorts on 127.0.0.0/8 too
     datapath: DatapathOptions = DatapathOptions()
 
 
@@ -111,8 +117,12 @@ class Agent:
             self.uplinks = list(cfg.uplinks) if cfg.uplinks is not None else default_route_links(ipr)
             self.uplink_addrs = link_addresses(ipr, self.uplinks)
         threading.Thread(target=import_source_modules, args=(cfg,), name="import-source", daemon=True).start()
-        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(hairpin_addr=cfg.hairpin_addr,
-                                                   node_addr=(self.uplink_addrs or [None])[0])
+        self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(
+            hairpin_addr=cfg.hairpin_addr, node_addr=(self.uplink_addrs or [None])[0],
+            netns_cookie=netns_cookie() if cfg.socket_lb else 0,
+            flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0)
+        self.reaper = None
+        self._host_sockets()
         self.writer = MapWriter(self.datapath.maps)
         maps = self.datapath.maps
         # A restart takes back the ids the maps use, so nothing needs rewriting.
@@ -159,11 +169,29 @@ class Agent:
             if sweeper.is_alive():
                 sweeper.join(timeout=5)
             attacher.close()
+            if self.reaper:
+                self.reaper.close()
             self.health_checks.close()
             for server in servers:
                 server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
+
+    def _host_sockets(self) -> None:
+        """The host-socket programs on the cgroup (pinned links: a restart replaces their programs
+        in place), or, with --socket-lb off, off it; the reaper where the kernel has one."""
+        cfg, fds = self.config, self.datapath.fds
+        if not cfg.socket_lb:
+            detached = detach_cgroup(cfg.pin_dir, resolve_cgroup_root(cfg.cgroup_root) if cfg.cgroup_root else None)
+            if detached:
+                log.info("host sockets: %d hooks detached (--socket-lb off)", detached)
+            return
+        root = resolve_cgroup_root(cfg.cgroup_root)
+        done = attach_cgroup(fds, cfg.pin_dir, root)
+        log.info("host sockets: %s on cgroup %s; only this network namespace's sockets are translated",
+                 ", ".join(f"{name} {how}" for name, how in done.items()), root)
+        if SOCK_REAPER in fds:
+            self.reaper = SocketReaper(self.datapath.maps, fds[SOCK_REAPER])
 
     def _follow_node(self) -> None:
         """What this node's Node object says, as it changes: NodePorts listen on the uplinks' addresses
@@ -225,12 +253,14 @@ class Agent:
             release_freed_memory()
         gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_udp_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
+        aborted = self.reaper.abort_udp_sockets_to(gone) if self.reaper and gone else 0
         if sticky is not None:
             # Clients of a backend that left (or of a port whose affinity went) pick anew; the
             # programs ignore such entries already, this frees their room.
             affinity.prune(self.datapath.maps, *sticky)
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)
+        self.metrics.sockets_aborted.inc(aborted)
         if not self.health.ready:
             # The second figure includes the interpreter, the imports and bcc compiling the programs.
             log.info("first full sync done %.2f s after the source started, %.2f s after the process started",
@@ -242,9 +272,9 @@ class Agent:
         self.pressure.check("frontends", n_frontends, self.datapath.maps.nat_fe.max_entries)
         self.pressure.check("backends", n_backends, self.datapath.maps.nat_be.max_entries)
         log.info("sync: %d service ports, %d frontends, %d backends, %d rejected; "
-                 "%d map writes, %d deletes, %d UDP flows moved off gone backends; %.1f ms",
-                 n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
-                 flushed, elapsed * 1e3)
+                 "%d map writes, %d deletes, %d UDP flows moved off gone backends, %d host UDP sockets "
+                 "aborted; %.1f ms", n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
+                 flushed, aborted, elapsed * 1e3)
 
     def _affinity_snapshot(self) -> tuple[dict[int, int], dict]:
         """(id -> timeout, id -> backends) of the affinity service ports; call with the lock held."""

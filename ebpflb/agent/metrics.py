@@ -30,6 +30,9 @@ class AgentMetrics:
         self.watch_events = Counter("ebpflb_watch_events_total", "Watch events received", ["resource", "type"], registry=r)
         self.watch_restarts = Counter("ebpflb_watch_restarts_total", "Watches restarted", ["resource", "reason"], registry=r)
         self.rejected = Gauge("ebpflb_objects_rejected", "Objects skipped as malformed, by reason", ["kind", "reason"], registry=r)
+        self.sockets_aborted = Counter("ebpflb_host_udp_sockets_aborted_total",
+                                       "Connected UDP sockets of the node's namespace aborted because their backend left",
+                                       registry=r)
 
     def watch_event(self, resource: str, kind: str) -> None:
         self.watch_events.labels(resource, kind).inc()

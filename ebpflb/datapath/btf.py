@@ -67,3 +67,32 @@ def skb_csum_facts() -> SkbCsumFacts | None:
         return SkbCsumFacts(kfunc, field[0] // 8, field[0] % 8)
     finally:
         lib.btf__free(btf)
+
+
+@dataclass(frozen=True)
+class SockReaperFacts:
+    sock_destroy_id: int   # BTF id of the kfunc bpf_sock_destroy() in vmlinux
+    daddr: int             # byte offsets in struct sock_common of skc_daddr, skc_dport, skc_state
+    dport: int
+    state: int
+
+
+def sock_reaper_facts() -> SockReaperFacts | None:
+    """What bpf/sock_reaper.c needs, or None (and why, logged) when this kernel cannot give it: no
+    BTF, or a kernel before 6.5 (no bpf_sock_destroy)."""
+    btf = lib.btf__load_vmlinux_btf()
+    if btf == ffi.NULL:
+        log.info("no kernel BTF: connected host UDP sockets stay on a backend that leaves")
+        return None
+    try:
+        kfunc = lib.btf__find_by_name_kind(btf, b"bpf_sock_destroy", BTF_KIND_FUNC)
+        common = lib.btf__find_by_name_kind(btf, b"sock_common", BTF_KIND_STRUCT)
+        fields = [_member_bits(btf, common, name) if common > 0 else None
+                  for name in ("skc_daddr", "skc_dport", "skc_state")]
+        if kfunc <= 0 or not all(f and f[1] == 0 and f[0] % 8 == 0 for f in fields):
+            log.info("this kernel has no bpf_sock_destroy (Linux >= 6.5): connected host UDP sockets stay "
+                     "on a backend that leaves")
+            return None
+        return SockReaperFacts(kfunc, *(f[0] // 8 for f in fields))
+    finally:
+        lib.btf__free(btf)

@@ -47,6 +47,19 @@ struct bpf_prog_info_head {
     __u64 run_cnt; __u64 recursion_misses; __u32 verified_insns;
 };
 int libbpf_num_possible_cpus(void);
+/* bpf links (cgroup hooks, iterators) */
+int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts);
+int bpf_link_update(int link_fd, int new_prog_fd, const void *opts);
+int bpf_link_detach(int link_fd);
+int bpf_link_get_next_id(__u32 start_id, __u32 *next_id);
+int bpf_link_get_fd_by_id(__u32 id);
+int bpf_iter_create(int link_fd);
+int bpf_prog_query(int target_fd, int type, __u32 query_flags, __u32 *attach_flags, __u32 *prog_ids,
+                   __u32 *prog_cnt);
+/* The leading fields of the kernel's struct bpf_link_info, with its union as a cgroup link's. */
+struct bpf_link_info_cgroup {
+    __u32 type; __u32 id; __u32 prog_id; __u32 pad; __u64 cgroup_id; __u32 attach_type; __u32 pad2;
+};
 /* BTF of the running kernel (ebpflb/datapath/btf.py reads a few facts from it). */
 struct btf;
 struct btf_type { __u32 name_off; __u32 info; __u32 size_or_type; };
@@ -105,6 +118,66 @@ def prog_name(prog_id: int) -> str:
         return ffi.string(prog_info(fd).name).decode()
     finally:
         os.close(fd)
+
+
+def prog_map_ids(fd: int) -> list[int]:
+    """Ids of the maps a loaded program uses."""
+    count = prog_info(fd).nr_map_ids
+    ids = ffi.new("__u32[]", max(count, 1))
+    info = ffi.new("struct bpf_prog_info_head *", {"nr_map_ids": count, "map_ids": int(ffi.cast("uintptr_t", ids))})
+    size = ffi.new("__u32 *", ffi.sizeof(info[0]))
+    check(lib.bpf_obj_get_info_by_fd(fd, info, size), "bpf_obj_get_info_by_fd")
+    return list(ids[0:min(count, info.nr_map_ids)])
+
+
+BPF_LINK_TYPE_CGROUP = 3
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    return check(lib.bpf_link_create(prog_fd, target_fd, attach_type, ffi.NULL), "bpf_link_create")
+
+
+def link_update(link_fd: int, prog_fd: int) -> None:
+    check(lib.bpf_link_update(link_fd, prog_fd, ffi.NULL), "bpf_link_update")
+
+
+def link_detach(link_fd: int) -> None:
+    check(lib.bpf_link_detach(link_fd), "bpf_link_detach")
+
+
+def link_info(fd: int):
+    """type, id, prog_id, and for a cgroup link cgroup_id and attach_type."""
+    info = ffi.new("struct bpf_link_info_cgroup *")
+    size = ffi.new("__u32 *", ffi.sizeof(info[0]))
+    check(lib.bpf_obj_get_info_by_fd(fd, info, size), "bpf_obj_get_info_by_fd (link)")
+    return info
+
+
+def link_ids():
+    """Ids of every bpf link in the system."""
+    current, following = 0, ffi.new("__u32 *")
+    while lib.bpf_link_get_next_id(current, following) == 0:
+        current = following[0]
+        yield current
+
+
+def link_fd_by_id(link_id: int) -> int:
+    return check(lib.bpf_link_get_fd_by_id(link_id), f"bpf_link_get_fd_by_id({link_id})")
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    return check(lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
+
+
+def iter_create(link_fd: int) -> int:
+    return check(lib.bpf_iter_create(link_fd), "bpf_iter_create")
+
+
+def prog_query(target_fd: int, attach_type: int, most: int = 64) -> list[int]:
+    """Ids of the programs attached to target_fd (a cgroup) at attach_type, links' included."""
+    ids, count = ffi.new("__u32[]", most), ffi.new("__u32 *", most)
+    check(lib.bpf_prog_query(target_fd, attach_type, 0, ffi.NULL, ids, count), "bpf_prog_query")
+    return list(ids[0:count[0]])
 
 
 def possible_cpus() -> int:

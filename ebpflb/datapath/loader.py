@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ebpflb.datapath.btf import SkbCsumFacts, skb_csum_facts
+from ebpflb.datapath.btf import SkbCsumFacts, SockReaperFacts, skb_csum_facts, sock_reaper_facts
 from ebpflb.datapath.maps import LayoutMismatch, Maps, read_layout_version
 from ebpflb.paths import BPF_DIR
 from ebpflb.datapath.structs import C, LAYOUT_VERSION, ffi, ip_be, to_bytes
@@ -24,13 +24,28 @@ log = logging.getLogger(__name__)
 
 BPFFS = "/sys/fs/bpf"
 # Compile units (entry files compiled together, one bcc object each, all sharing the pinned maps)
-# and the programs each holds. The sweep's program rides with workload.c: alone, its compile's
+# and the programs each holds: bcc's program type, or (type, the attach type the kernel checks at
+# load). The sweep's program and the host-socket ones ride with workload.c: alone, a compile's
 # fixed cost added 1.4 s to start-up; together, nothing measurable.
 PROGRAMS = {
-    ("workload.c", "ct_sweep.c"): {"from_workload": "SCHED_CLS", "to_workload": "SCHED_CLS",
-                                   "ct_delete_unchanged": "SCHED_CLS"},   # run by the sweep, never attached
+    ("workload.c", "ct_sweep.c", "sock.c", "sock_reaper.c"): {
+        "from_workload": "SCHED_CLS", "to_workload": "SCHED_CLS",
+        "ct_delete_unchanged": "SCHED_CLS",   # run by the sweep, never attached
+        "sock_connect4": ("CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT"),
+        "sock_sendmsg4": ("CGROUP_SOCK_ADDR", "CGROUP_UDP4_SENDMSG"),
+        "sock_recvmsg4": ("CGROUP_SOCK_ADDR", "CGROUP_UDP4_RECVMSG"),
+        "sock_peername4": ("CGROUP_SOCK_ADDR", "CGROUP_INET4_GETPEERNAME"),
+        "sock_connect6": ("CGROUP_SOCK_ADDR", "CGROUP_INET6_CONNECT"),
+        "sock_sendmsg6": ("CGROUP_SOCK_ADDR", "CGROUP_UDP6_SENDMSG"),
+        "sock_recvmsg6": ("CGROUP_SOCK_ADDR", "CGROUP_UDP6_RECVMSG"),
+        "sock_peername6": ("CGROUP_SOCK_ADDR", "CGROUP_INET6_GETPEERNAME"),
+        "bpf_iter__udp": "TRACING",           # the socket reaper, run by the agent, never attached
+    },
     ("uplink.c",): {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP"},
 }
+SOCK_REAPER = "bpf_iter__udp"
+# Programs only some kernels can load: built only when the loader gives their -D flag.
+OPTIONAL = {SOCK_REAPER: "-DKFUNC_SOCK_DESTROY="}
 DEFAULT_HAIRPIN_ADDR = "169.254.42.1"   # Cilium's choice: link-local, never a pod's address
 
 
@@ -69,10 +84,11 @@ class MapSizeMismatch(RuntimeError):
             f"(services are rewritten at once, open connections lose their conntrack)")
 
 
-# A helper number no kernel has: bpf/kernel.h calls it where it means the kfunc
-# bpf_cast_to_kern_ctx(), and the loader turns each such call into the kfunc call (bcc 0.26
-# cannot emit one).
+# Helper numbers no kernel has: bpf/kernel.h calls one where it means the kfunc
+# bpf_cast_to_kern_ctx(), bpf/sock_reaper.c another for bpf_sock_destroy(), and the loader turns
+# each such call into the kfunc call (bcc 0.26 cannot emit one).
 KFUNC_MARKER_CAST_TO_KERN_CTX = 0x7ffe
+KFUNC_MARKER_SOCK_DESTROY = 0x7ffd
 BPF_CALL = 0x85                # BPF_JMP | BPF_CALL
 BPF_PSEUDO_KFUNC_CALL = 2      # src_reg of a call whose imm is a kernel function's BTF id
 
@@ -83,6 +99,14 @@ def kernel_cflags(facts: SkbCsumFacts | None) -> list[str]:
         return []
     return [f"-DKFUNC_CAST_TO_KERN_CTX={KFUNC_MARKER_CAST_TO_KERN_CTX}",
             f"-DSKB_IP_SUMMED_BYTE={facts.ip_summed_byte}", f"-DSKB_IP_SUMMED_SHIFT={facts.ip_summed_shift}"]
+
+
+def sock_reaper_cflags(facts: SockReaperFacts | None) -> list[str]:
+    """The -D flags for bpf/sock_reaper.c: the kfunc's marker and struct sock_common's offsets."""
+    if facts is None:
+        return []
+    return [f"-DKFUNC_SOCK_DESTROY={KFUNC_MARKER_SOCK_DESTROY}", f"-DSKC_DADDR={facts.daddr}",
+            f"-DSKC_DPORT={facts.dport}", f"-DSKC_STATE={facts.state}"]
 
 
 def patch_kfunc_calls(insns, kfuncs: dict[int, int]) -> int:
@@ -139,7 +163,10 @@ class Datapath:
         self.fds: dict[str, int] = {}   # program name -> fd; ours, closed by close()
         self.maps: Maps | None = None
 
-    def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None) -> "Datapath":
+    def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None,
+             netns_cookie: int = 0, flags: int = 0) -> "Datapath":
+        """Compile and load the programs; `netns_cookie`: the network namespace whose sockets the
+        host-socket programs translate (0: none; sockets.netns_cookie()), `flags`: CFG_FLG_*."""
         if not self.pin_dir.startswith(BPFFS + "/"):
             raise ValueError(f"pin dir {self.pin_dir} is not under {BPFFS}")
         ensure_bpffs()
@@ -151,10 +178,13 @@ class Datapath:
         self._check_pinned_sizes()
         facts = skb_csum_facts() if self.options.skb_csum_btf else None
         kfuncs = {KFUNC_MARKER_CAST_TO_KERN_CTX: facts.cast_to_kern_ctx_id} if facts else {}
-        self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags(), *kernel_cflags(facts)],
-                                    kfuncs)
+        reaper = sock_reaper_facts()
+        if reaper:
+            kfuncs[KFUNC_MARKER_SOCK_DESTROY] = reaper.sock_destroy_id
+        self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags(), *kernel_cflags(facts),
+                                     *sock_reaper_cflags(reaper)], kfuncs)
         self.maps = Maps.open(self.pin_dir)
-        self.write_config(hairpin_addr, node_addr)
+        self.write_config(hairpin_addr, node_addr, netns_cookie, flags)
         return self
 
     def _check_pinned_sizes(self) -> None:
@@ -172,11 +202,13 @@ class Datapath:
             if pinned != wanted:
                 raise MapSizeMismatch(name, pinned, wanted, self.pin_dir)
 
-    def write_config(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None) -> None:
+    def write_config(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None,
+                     netns_cookie: int = 0, flags: int = 0) -> None:
         """What the programs need to know; written only when it differs."""
-        want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION,
+        want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION, "flags": flags,
                                            "hairpin_addr": ip_be(hairpin_addr),
-                                           "node_addr": ip_be(node_addr) if node_addr else 0})
+                                           "node_addr": ip_be(node_addr) if node_addr else 0,
+                                           "netns_cookie": netns_cookie})
         have = self.maps.read_config()
         if to_bytes(have) != to_bytes(want):
             self.maps.config.update(ffi.new("__u32 *", 0), want)
@@ -195,17 +227,19 @@ _CHILD = ("import sys; sys.path.insert(0, sys.argv[1]); from ebpflb.datapath.loa
 
 
 def compile_in_child(cflags: list[str], kfuncs: dict[int, int] | None = None) -> dict[str, int]:
-    """Every program of PROGRAMS compiled and loaded by bcc in a child process (which pins the maps):
-    program name -> fd, received over a unix socket. `kfuncs`: marker helper number -> kfunc BTF id."""
+    """Every program of PROGRAMS (an OPTIONAL one only with its flag in cflags) compiled and loaded
+    by bcc in a child process (which pins the maps): program name -> fd, received over a unix
+    socket. `kfuncs`: marker helper number -> kfunc BTF id."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    names = [name for programs in PROGRAMS.values() for name in programs]
+    skip = {name for name, flag in OPTIONAL.items() if not any(f.startswith(flag) for f in cflags)}
+    units = [[list(files), {name: kind for name, kind in programs.items() if name not in skip}]
+             for files, programs in PROGRAMS.items()]
+    names = [name for _, programs in units for name in programs]
     root = str(Path(__file__).resolve().parents[2])
     try:
         with theirs:
             child = subprocess.Popen([sys.executable, "-c", _CHILD, root, str(theirs.fileno()),
-                                      json.dumps({"cflags": cflags, "kfuncs": kfuncs or {},
-                                                  "units": [[list(files), programs] for files, programs
-                                                            in PROGRAMS.items()]})],
+                                      json.dumps({"cflags": cflags, "kfuncs": kfuncs or {}, "units": units})],
                                      pass_fds=(theirs.fileno(),))
         try:
             # EOF (b"") if the child dies before it answers: our copy of its end is closed.
@@ -230,7 +264,7 @@ def _child_main(sock_fd: int, request_json: str) -> int:
     kfuncs = {int(marker): btf_id for marker, btf_id in request["kfuncs"].items()}
     with socket.socket(fileno=sock_fd) as sock:
         try:
-            from bcc import BPF   # only ever imported here
+            from bcc import BPF, BPFAttachType   # only ever imported here
             fds = {}
             for files, programs in request["units"]:
                 obj = BPF(text=program_text(*(BPF_DIR / f for f in files)).encode(), cflags=request["cflags"])
@@ -238,7 +272,9 @@ def _child_main(sock_fd: int, request_json: str) -> int:
                 for name, kind in programs.items():
                     if kfuncs:
                         patch_kfunc_calls(_bcc_instructions(obj, name.encode()), kfuncs)
-                    fds[name] = obj.load_func(name.encode(), getattr(BPF, kind)).fd
+                    kind, attach = (kind, None) if isinstance(kind, str) else kind
+                    extra = {"attach_type": getattr(BPFAttachType, attach)} if attach else {}
+                    fds[name] = obj.load_func(name.encode(), getattr(BPF, kind), **extra).fd
         except Exception as err:   # compile errors, verifier rejections: the parent raises LoadError
             sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
             return 1

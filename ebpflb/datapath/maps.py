@@ -145,6 +145,8 @@ MAP_LAYOUT = {
     "affinity_svc": ("__u32", "struct affinity_svc", False),
     "affinity_be": ("struct affinity_be_key", "__u32", False),
     "affinity": ("struct affinity_key", "struct affinity_value", False),
+    "sock_rev": ("struct sock_rev_key", "struct sock_rev_value", False),
+    "sock_gone": ("struct sock_gone_key", "__u32", False),
 }
 
 
@@ -163,6 +165,8 @@ class Maps:
     affinity_svc: BpfMap
     affinity_be: BpfMap
     affinity: BpfMap
+    sock_rev: BpfMap
+    sock_gone: BpfMap
 
     @classmethod
     def open(cls, pin_dir: str, check_layout: bool = True) -> "Maps":

@@ -68,6 +68,9 @@ app.kubernetes.io/component: agent
 {{- if not (hasPrefix "/sys/fs/bpf/" $a.pinDir) }}
 {{- fail "agent.pinDir must be under /sys/fs/bpf/ (the host's bpffs, the only bpffs mounted)" }}
 {{- end }}
+{{- if not $a.cgroupRoot }}
+{{- fail "agent.cgroupRoot is required: the host's cgroup v2 root is mounted there (cgroup.hostRoot)" }}
+{{- end }}
 {{- if not .Values.metrics.port }}
 {{- fail "metrics.port is required: the probes use /healthz and /readyz" }}
 {{- end }}
@@ -94,6 +97,11 @@ app.kubernetes.io/component: agent
 - {{ printf "--nodeport-addresses=%s" . | quote }}
 {{- end }}
 - {{ printf "--xdp=%s" $a.xdp | quote }}
+- {{ printf "--socket-lb=%s" $a.socketLb | quote }}
+- {{ printf "--cgroup-root=%s" $a.cgroupRoot | quote }}
+{{- if $a.localhostNodeports }}
+- "--localhost-nodeports"
+{{- end }}
 {{- with $a.workloadIfaces }}
 - {{ printf "--workload-ifaces=%s" . | quote }}
 {{- end }}
