@@ -103,12 +103,23 @@ enum lb_verdict {
  * LB address reached from inside uses the cluster set, as kube-proxy does for pods and local
  * processes. From outside (the uplink) externalTrafficPolicy Local narrows them to the local
  * ordinals. `*ordinal` tells the uplink whether the backend is local (ordinal < fe->local). */
+static __always_inline int lb_local_only(const struct nat_fe_value *fe, int from_outside)
+{
+	return from_outside ? fe->flags & NAT_FLG_EXTERNAL_LOCAL :
+			      fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL);
+}
+
+/* How many of fe's backends (ordinals 0..n-1) such a client may get. */
+static __always_inline __u32 lb_candidates(const struct nat_fe_value *fe, int from_outside)
+{
+	return from_outside && lb_local_only(fe, from_outside) ? fe->local : fe->count;
+}
+
 static __always_inline enum lb_verdict lb_decide(const struct nat_fe_value *fe, int from_outside, __u32 hash,
 						 struct nat_be_value **be, __u32 *ordinal)
 {
-	int local_only = from_outside ? fe->flags & NAT_FLG_EXTERNAL_LOCAL :
-					fe->flags & (NAT_FLG_INTERNAL_LOCAL | NAT_FLG_EXTERNAL_LOCAL);
-	__u32 n = from_outside && local_only ? fe->local : fe->count;
+	int local_only = lb_local_only(fe, from_outside);
+	__u32 n = lb_candidates(fe, from_outside);
 
 	if (n == 0)
 		return local_only ? LB_NO_LOCAL_ENDPOINT : LB_NO_ENDPOINTS;

@@ -29,6 +29,11 @@ BPF_TABLE_PINNED("percpu_array", __u32, struct drop_counters, drops, DROPS_MAX, 
 BPF_TABLE_PINNED("array", __u32, struct config, config, 1, PINNED(config));
 BPF_TABLE_PINNED("lpm_trie", struct src_range_key, __u32, src_ranges, SRC_RANGES_MAX,
 		 PINNED(src_ranges), BPF_F_NO_PREALLOC);
+/* Session affinity (structs.h). affinity_be is as large as nat_be: it holds a subset of it. */
+BPF_TABLE_PINNED("array", __u32, struct affinity_svc, affinity_svc, SVC_COUNTERS_MAX, PINNED(affinity_svc));
+BPF_TABLE_PINNED("hash", struct affinity_be_key, __u32, affinity_be, NAT_BE_MAP_MAX, PINNED(affinity_be),
+		 BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lru_hash", struct affinity_key, struct affinity_value, affinity, AFFINITY_MAX, PINNED(affinity));
 /* An array: its lookups are inlined, a few instructions, where a hash lookup is a call. */
 BPF_TABLE_PINNED("array", __u32, __u64, svc_addr_bits, SVC_ADDR_WORDS, PINNED(svc_addr_bits));
 /* Host sockets pointed at a backend (bpf/sock.c); least recently used forgotten first. */

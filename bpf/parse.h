@@ -2,6 +2,18 @@
 #pragma once
 #include "consts.h"
 
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+
+/* SCTP's common header (RFC 9260 3.1): ports, verification tag, CRC32c (little-endian). */
+struct sctp_common {
+	__u16 source;
+	__u16 dest;
+	__u32 vtag;
+	__u32 checksum;
+};
+
 enum parse_result {
 	PARSE_OK,
 	PARSE_NOT_IPV4,   /* not ours: pass */
@@ -21,6 +33,8 @@ struct packet {
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 pad;
+	__u16 l4_len;       /* the IP packet's bytes after its header (SCTP's CRC covers them) */
+	__u16 pad2;
 };
 
 /* The headers between data and data_end; len is the packet's whole length (tc: skb->len). */
@@ -53,6 +67,7 @@ static __always_inline enum parse_result parse_headers(void *data, void *data_en
 	p->dport = 0;
 	p->tcp_flags = 0;
 	p->icmp_type = 0;
+	p->l4_len = tot_len - ip_len;
 	if (iph->frag_off & IP_MF_OFFSET_MASK)
 		return PARSE_FRAGMENT;
 
@@ -78,6 +93,14 @@ static __always_inline enum parse_result parse_headers(void *data, void *data_en
 		p->l4_csum_flags = BPF_F_MARK_MANGLED_0;
 		break;
 	}
+	case IPPROTO_SCTP: {
+		struct sctp_common *sctp = l4;
+		if ((void *)(sctp + 1) > data_end || ip_len + sizeof(*sctp) > tot_len)
+			return PARSE_MALFORMED;
+		p->sport = sctp->source;
+		p->dport = sctp->dest;
+		break;   /* no inet checksum: l4_csum_off stays 0 (sctp.h) */
+	}
 	case IPPROTO_ICMP: {
 		struct icmphdr *icmp = l4;
 		if ((void *)(icmp + 1) > data_end || ip_len + sizeof(*icmp) > tot_len)
@@ -102,5 +125,5 @@ static __always_inline enum parse_result parse_xdp(struct xdp_md *ctx, struct pa
 
 static __always_inline int is_l4_with_ports(const struct packet *p)
 {
-	return p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP;
+	return p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == IPPROTO_SCTP;
 }

@@ -23,6 +23,8 @@
 #include "consts.h"
 #include "maps.h"
 #include "lb.h"
+#include "clock.h"
+#include "affinity.h"
 #include "counters.h"
 #include "drops.h"
 #include "trace.h"
@@ -121,10 +123,14 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 *addr_i
 
 	/* By the socket's cookie: one socket keeps its backend (an unconnected UDP socket's datagrams
 	 * go where its first went, as conntrack keeps a pod's), sockets spread over the backends. */
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct nat_be_value *be = NULL;
+	__u64 cookie = bpf_get_socket_cookie(ctx), now = clock_now();
+	struct nat_be_value *be = NULL, sticky;
 	__u32 ordinal;
-	switch (lb_decide(fe, 0, lb_mix(cookie ^ ((__u64)addr << 32 | (__u64)port << 16 | proto)), &be, &ordinal)) {
+	enum affinity_state affinity;
+	/* Session affinity by the node's address, the source kube-proxy's rules see on the node's own
+	 * connections: every host process is one client. */
+	switch (affinity_decide(fe, 0, lb_mix(cookie ^ ((__u64)addr << 32 | (__u64)port << 16 | proto)), cfg->node_addr,
+				now, &sticky, &be, &ordinal, &affinity)) {
 	case LB_NO_LOCAL_ENDPOINT:
 		TRACE("host socket -> %pI4: no local endpoint, refused", &addr);
 		return sock_refuse(SOCK_EHOSTUNREACH, DROP_NO_LOCAL_ENDPOINT);
@@ -148,6 +154,8 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 *addr_i
 	};
 	if (sock_remember(cookie, be, &rev) < 0)
 		return sock_refuse(SOCK_ENOMEM, 0);   /* its answers could not be translated */
+	if (affinity != AFFINITY_OFF)
+		affinity_remember(fe->id, cfg->node_addr, be, now);
 	TRACE("service %d: host socket -> backend %pI4", fe->id, &be->addr);
 	*addr_io = be->addr;
 	*port_io = be->port;

@@ -18,6 +18,7 @@
 #define CT_MAX 524288
 #define SVC_COUNTERS_MAX 131072   /* one per service port: as many as frontends can be */
 #define SRC_RANGES_MAX 65536
+#define AFFINITY_MAX 65536        /* (service port, client) pairs remembered; least recently used evicted */
 #define SOCK_REV_MAX 262144       /* host sockets pointed at a backend (LRU), as Cilium's lb4_reverse_nat_sk */
 #define SOCK_GONE_MAX 4096        /* backends one reaper run looks for */
 
@@ -178,6 +179,39 @@ struct drop_counters {
 	__u64 packets;
 	__u64 bytes;
 };
+
+/* Session affinity (sessionAffinity: ClientIP), per service port and client address, as kube-proxy
+ * keeps it: each new connection within the timeout goes to the backend the client's last new
+ * connection went to, and renews it. Three maps:
+ *   affinity_svc  array by service-port id: the timeout; 0 = no affinity (the core's)
+ *   affinity_be   the backends of the affinity service ports, with their ordinals (the core's):
+ *                 an entry naming a backend not (or no longer) among the frontend's is ignored
+ *   affinity      LRU hash (id, client) -> backend and when its last new connection came (the
+ *                 programs'); the agent forgets the entries of backends and services that left */
+struct affinity_svc {
+	__u32 timeout_s;   /* 1..86400; 0 = off */
+};
+
+struct affinity_key {
+	__u32 svc_id;
+	__u32 client_addr;   /* be */
+};
+
+struct affinity_value {
+	__u64 last_used_ns;  /* CLOCK_MONOTONIC, as ct_value's: the client's last new connection */
+	__u32 backend_addr;  /* be */
+	__u16 backend_port;  /* be */
+	__u16 pad;
+};
+
+struct affinity_be_key {
+	__u32 svc_id;
+	__u32 addr;   /* be */
+	__u16 port;   /* be */
+	__u16 pad;
+};
+/* affinity_be's value: the backend's ordinal (__u32), so a frontend that picks among the first n
+ * (all, or the local ones) follows only an entry whose ordinal is below n. */
 
 /* Single-entry array: what the agent tells the programs, and the layout version of the maps. */
 struct config {

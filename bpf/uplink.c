@@ -6,6 +6,8 @@
  *                             new flow to an external frontend:
  *                               source range check (LB IPs) -> drop when outside
  *                               externalTrafficPolicy Local -> a local backend, client address kept
+ *                               session affinity            -> the client's last backend, when
+ *                                                              still a candidate
  *                               Cluster, local backend      -> DNAT only (the reply passes here)
  *                               Cluster, remote backend     -> DNAT + SNAT to the node address
  *   to_uplink   (tc egress)   a local backend's reply to an outside client -> source back to the
@@ -13,7 +15,8 @@
  *   xdp_uplink  (XDP)         the fast path before the stack: established SNATed flows translated
  *                             and sent back out (XDP_TX), sources outside a LoadBalancer's
  *                             ranges dropped; everything else passes to tc untouched, so results
- *                             are the same with XDP on or off
+ *                             are the same with XDP on or off (new flows, and so session affinity,
+ *                             are tc's)
  * ClusterIPs are not served from outside: only frontends flagged NAT_FLG_EXTERNAL are.
  */
 #include <uapi/linux/bpf.h>
@@ -32,6 +35,7 @@
 #include "nat.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "affinity.h"
 #include "snat.h"
 #include "fib.h"
 #include "counters.h"
@@ -74,10 +78,11 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
 		return drop_skb(skb, DROP_SOURCE_RANGE);
 	}
-	struct nat_be_value *be = NULL;
+	struct nat_be_value *be = NULL, sticky;
 	__u32 ordinal = 0;
+	enum affinity_state affinity;
 
-	switch (lb_decide(fe, 1, lb_flow_hash(p), &be, &ordinal)) {
+	switch (affinity_decide(fe, 1, lb_flow_hash(p), p->saddr, now, &sticky, &be, &ordinal, &affinity)) {
 	case LB_NO_LOCAL_ENDPOINT:
 		TRACE("service %d: %pI4: no local endpoint (externalTrafficPolicy Local), dropped", fe->id, &p->saddr);
 		return drop_skb(skb, DROP_NO_LOCAL_ENDPOINT);
@@ -120,6 +125,8 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		if (ct_commit_flow(fwd_key, &rev_key, &fwd, old_rev_key) < 0)
 			return drop_skb(skb, DROP_CT_CLASH);
 	}
+	if (affinity != AFFINITY_OFF)
+		affinity_remember(fe->id, p->saddr, be, now);   /* the client's own address, before SNAT */
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);

@@ -1,7 +1,9 @@
 /* Entry programs on the host side of a pod's veth (tc, direct-action).
  *
  *   from_workload (tc ingress: the pod sends)   established flow -> same translation again
- *                                               service VIP:port  -> pick backend, DNAT, conntrack
+ *                                               service VIP:port  -> pick backend (the client's
+ *                                                                    own under session affinity),
+ *                                                                    DNAT, conntrack
  *                                               hairpin           -> also SNAT, send straight back
  *   to_workload   (tc egress: the pod receives) reply of a NATed flow -> source back to VIP:port
  *
@@ -23,6 +25,7 @@
 #include "nat.h"
 #include "conntrack.h"
 #include "lb.h"
+#include "affinity.h"
 #include "counters.h"
 #include "icmp_reject.h"
 #include "trace.h"
@@ -56,10 +59,11 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 					    const struct nat_fe_value *fe, const struct ct_key *fwd_key,
 					    const struct ct_key *old_rev_key, __u64 now)
 {
-	struct nat_be_value *be = NULL;
+	struct nat_be_value *be = NULL, sticky;
 	__u32 ordinal;
+	enum affinity_state affinity;
 
-	switch (lb_decide(fe, 0, lb_flow_hash(p), &be, &ordinal)) {
+	switch (affinity_decide(fe, 0, lb_flow_hash(p), p->saddr, now, &sticky, &be, &ordinal, &affinity)) {
 	case LB_NO_LOCAL_ENDPOINT:
 		return drop_skb(skb, DROP_NO_LOCAL_ENDPOINT);
 	case LB_NO_ENDPOINTS:
@@ -90,6 +94,8 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 	ct_reply_key(p, be->addr, be->port, reply_dst, p->sport, &rev_key);
 	if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key) < 0)
 		return drop_skb(skb, DROP_CT_CLASH);
+	if (affinity != AFFINITY_OFF)
+		affinity_remember(fe->id, p->saddr, be, now);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);

@@ -33,6 +33,7 @@ def cmd_agent(args) -> None:
                          proxy_name=args.proxy_name, hairpin_addr=args.hairpin_addr,
                          ct_timeouts=args.ct_timeouts, sweep_interval=args.ct_sweep_interval,
                          min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None,
+                         healthz_addr=args.healthz_addr or None, healthz_timeout=args.healthz_timeout,
                          uplinks=tuple(filter(None, args.uplinks.split(","))) if args.uplinks is not None else None,
                          nodeport_addresses=tuple(filter(None, args.nodeport_addresses.split(","))),
                          xdp=args.xdp, socket_lb=args.socket_lb == "on",
@@ -86,6 +87,16 @@ def cmd_nat_dump(args) -> None:
     reached = contents.reached()
     print_each(as_json(nat_dump_records(contents.frontends, reached, only)) if args.json
                else nat_dump_lines(contents.frontends, reached, only))
+
+
+def cmd_affinity_dump(args) -> None:
+    from ebpflb.sync.writer import read_contents
+    from ebpflb.views.affinity import affinity_lines, affinity_records
+    maps = _open_maps(args.pin_dir)
+    contents = read_contents(maps)
+    records = affinity_records(maps.affinity.items(), contents.frontends, contents.affinity,
+                               contents.affinity_members, time.monotonic_ns())
+    print_each(as_json(records) if args.json else affinity_lines(records))
 
 
 def cmd_conntrack_dump(args) -> None:
@@ -144,6 +155,17 @@ def ipv4(text: str) -> str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def addresses(text: str) -> str:
+    """HOST:PORT[,HOST:PORT], checked; '' stays ''."""
+    from ebpflb.agent.http import split_address
+    try:
+        for address in filter(None, text.split(",")):
+            split_address(address)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
 def map_size(text: str) -> int:
     try:
         n = int(text)
@@ -174,7 +196,13 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--manifests", help="YAML/JSON file or directory of Services and EndpointSlices (instead of the API)")
     agent.add_argument("--kubeconfig", help="kubeconfig of the API server; in a pod with neither flag: in-cluster config")
     agent.add_argument("--min-sync-period", type=float, default=1.0, help="seconds: under a burst of changes, at most one sync per period")
-    agent.add_argument("--metrics-addr", default="127.0.0.1:10249", help="HOST:PORT for /metrics, /healthz, /readyz ('' to disable)")
+    agent.add_argument("--metrics-addr", type=addresses, default="127.0.0.1:10249",
+                       help="HOST:PORT[,HOST:PORT] for /metrics, /healthz, /readyz, /proxyMode ('' to disable); "
+                            "a port in use (kube-proxy's) is taken as soon as it is free")
+    agent.add_argument("--healthz-addr", type=addresses, default="",
+                       help="HOST:PORT for kube-proxy's /healthz and /livez (kube-proxy's is 0.0.0.0:10256; '' off)")
+    agent.add_argument("--healthz-timeout", type=float, default=60.0,
+                       help="seconds a change may wait for a sync before /healthz and /livez answer 503 (kube-proxy: 60)")
     agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     agent.add_argument("--uplinks", help="IF[,IF]: the node's uplinks for NodePort/externalIP/LB traffic (default: the default route's)")
     agent.add_argument("--xdp", choices=("auto", "native", "off"), default="auto",
@@ -221,6 +249,11 @@ def parser() -> argparse.ArgumentParser:
 
     with_json(with_pin_dir(verbs.add_parser("drops", help="packets the programs dropped, by reason"))) \
         .set_defaults(func=cmd_drops)
+
+    affinity = verbs.add_parser("affinity", help="session affinity map").add_subparsers(dest="what", required=True)
+    with_json(with_pin_dir(affinity.add_parser("dump", help="one line per (service port, client): its backend, "
+                                                            "when it last connected"))) \
+        .set_defaults(func=cmd_affinity_dump)
 
     ct = verbs.add_parser("conntrack", help="conntrack map").add_subparsers(dest="what", required=True)
     ct_dump = with_pin_dir(ct.add_parser("dump", help="one line per flow"))

@@ -84,12 +84,14 @@ def loaded_both_ways(request):
 def dp(loaded):
     """The loaded programs with empty maps (compiling once per module keeps the suite quick)."""
     maps = loaded.maps
-    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct, maps.src_ranges):
+    for m in (maps.nat_fe, maps.nat_be, maps.svc_ips, maps.ct, maps.src_ranges, maps.affinity, maps.affinity_be):
         for key, _ in m.items():
             m.delete(key)
     for key, word in maps.svc_addr_bits.items():   # an array: its entries are zeroed, not deleted
         if word[0]:
             maps.svc_addr_bits.update(key, ffi.new("__u64 *", 0))
+    for svc_id in maps.affinity_svc.nonzero_u32():
+        maps.affinity_svc.update(ffi.new("__u32 *", svc_id), ffi.new("struct affinity_svc *"))
     zeros = ffi.new(f"struct svc_counters[{maps.svc_counters.ncpus}]")
     for svc_id in range(1, 8):
         maps.svc_counters.update(ffi.new("__u32 *", svc_id), zeros)

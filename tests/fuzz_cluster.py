@@ -70,9 +70,10 @@ SERVICES = [
     _service("web", "10.96.0.10", [_port("http", 80, targetPort=8080, nodePort=30080)], type="NodePort"),
     # UDP and TCP on one address; UDP DNS is where a zero checksum happens.
     _service("dns", "10.96.0.53", [_port("dns", 53, "UDP"), _port("dns-tcp", 53, "TCP")]),
-    # LoadBalancer with externalTrafficPolicy Local: one local backend, one remote.
+    # LoadBalancer with externalTrafficPolicy Local: one local backend, one remote; session affinity,
+    # whose entries from pods (any backend) meet outside clients (local ones only).
     _service("shop", "10.96.0.20", [_port("https", 443, targetPort=8443, nodePort=30443)], type="LoadBalancer",
-             externalTrafficPolicy="Local", healthCheckNodePort=32000, lb_ip=LB_IP),
+             externalTrafficPolicy="Local", healthCheckNodePort=32000, lb_ip=LB_IP, sessionAffinity="ClientIP"),
     # LoadBalancer with source ranges, backends only elsewhere: SNAT from outside.
     _service("guarded", "10.96.0.30", [_port("http", 80, nodePort=30081), _port("dns", 53, "UDP", nodePort=30053)],
              type="LoadBalancer", loadBalancerSourceRanges=["192.168.64.96/28"], lb_ip=GUARDED_LB_IP),
@@ -83,8 +84,8 @@ SERVICES = [
     # externalTrafficPolicy Local without a local endpoint: dropped from outside.
     _service("remote-only", "10.96.0.51", [_port("http", 80, nodePort=30091)], type="NodePort",
              externalTrafficPolicy="Local"),
-    # SCTP: in the maps, but the programs carry only TCP and UDP.
-    _service("sctp", "10.96.0.60", [_port("sctp", 9000, "SCTP")]),
+    # SCTP, to another port: the programs fold the port into its CRC32c.
+    _service("sctp", "10.96.0.60", [_port("sctp", 9000, "SCTP", targetPort=9001)]),
     # externalIPs, UDP, the backend on a node the uplink cannot route to.
     _service("far", "10.96.0.70", [_port("udp", 8080, "UDP")], externalIPs=[EXTERNAL_IP]),
     # One backend, local: its own connections through the service are hairpinned.
@@ -101,7 +102,7 @@ SLICES = [
     _slice("empty", [_port("http", 80), _port("udp", 80, "UDP")], []),
     _slice("internal-local", [_port("http", 80)], [("10.200.1.8", OTHER_NODE)]),
     _slice("remote-only", [_port("http", 80)], [("10.200.1.9", OTHER_NODE)]),
-    _slice("sctp", [_port("sctp", 9000, "SCTP")], [("10.200.1.7", OTHER_NODE)]),
+    _slice("sctp", [_port("sctp", 9001, "SCTP")], [("10.200.1.7", OTHER_NODE)]),
     _slice("far", [_port("udp", 8080, "UDP")], [("10.200.2.9", FAR_NODE)]),
     _slice("self", [_port("http", 8080)], [("10.200.0.2", NODE)]),
 ]

@@ -1,16 +1,16 @@
 """What the packet fuzzer accepts from a program, packet by packet, and from the maps afterwards.
 
 Parsing follows bpf/parse.h: a packet is *whole* when it is Ethernet + IPv4 with version 4, IHL
->= 5, IHL*4 <= total length, 14 + total length <= frame, and for TCP/UDP/ICMP the L4 header inside
-both the frame and the total length. A whole packet without fragment bits (MF, offset) and with
-protocol TCP or UDP is a *flow packet*: the only kind a program may translate.
+>= 5, IHL*4 <= total length, 14 + total length <= frame, and for TCP/UDP/SCTP/ICMP the L4 header
+inside both the frame and the total length. A whole packet without fragment bits (MF, offset) and
+with protocol TCP, UDP or SCTP is a *flow packet*: the only kind a program may translate.
 
 Every run gets exactly one of these outcomes, else it is a violation:
 
 untouched  verdict OK (tc) / PASS (XDP), output identical to the input. Required for packets that
            are not IPv4 or not whole. Fragments and other protocols are untouched too, except that
            from_workload drops them, and only them, when they go to a service address (it must:
-           a ClusterIP carries only its TCP/UDP ports). A flow packet to a frontend the program
+           a ClusterIP carries only its TCP/UDP/SCTP ports). A flow packet to a frontend the program
            serves (from_workload: any frontend and any service address; from_uplink: external
            frontends) is left untouched only when conntrack held its tuple before the run as a
            NAT_REV (a backend's answer, translated elsewhere, or a stale pair forgotten) or as the
@@ -26,7 +26,8 @@ translated a flow packet, same length, verdict OK/REDIRECT (tc) or TX/REDIRECT (
            (TTL, IP id, options, flags, payload, trailing bytes unchanged). Checksums are updated
            incrementally, so each sum's error is unchanged: valid stays valid, wrong stays wrong
            by the same amount (an input with a bad checksum is not the program's to fix); a UDP
-           checksum of 0 ("none") stays 0, a non-zero one never becomes 0. After the run conntrack
+           checksum of 0 ("none") stays 0, a non-zero one never becomes 0; SCTP's CRC32c keeps its
+           error too (XOR), and a CRC of 0 (not computed yet) stays 0. After the run conntrack
            holds an entry keyed by the input's tuple that says exactly this translation:
              NAT_FWD  destination := (nat_addr, nat_port); with CT_FLAG_SNAT source := (snat_addr,
                       snat_port, or the packet's port when 0); else the source is kept.
@@ -63,7 +64,8 @@ from dataclasses import dataclass, field
 from ebpflb.core.model import DesiredState
 from ebpflb.datapath.libbpf import ffi as bpf_ffi, lib
 from ebpflb.datapath.structs import C, ffi, ip_str, to_bytes
-from tests.fuzz_packets import ETH_HLEN, TCP_PROTO, UDP_PROTO, l4_sum, ones_sum
+from ebpflb.datapath.sctp_crc import crc32c
+from tests.fuzz_packets import ETH_HLEN, SCTP_PROTO, TCP_PROTO, UDP_PROTO, l4_sum, ones_sum
 
 TC_ACT_NEXT, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 2, 7   # TC_ACT_NEXT: TC_ACT_UNSPEC, the next filter sees it (bpf/consts.h)
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
@@ -74,7 +76,16 @@ NOT_IPV4, MALFORMED, FRAGMENT, WHOLE = "not-ipv4", "malformed", "fragment", "who
 FWD, REV = C.CT_TYPE_NAT_FWD, C.CT_TYPE_NAT_REV
 SNAT, UPLINK = C.CT_FLAG_SNAT, C.CT_FLAG_UPLINK
 CT_VALUE = struct.Struct("=QQQBBHI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
+FLOW_PROTOS = (TCP_PROTO, UDP_PROTO, SCTP_PROTO)
 NOT_ONE_HOST = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")]
+
+
+def sctp_crc_error(frame: bytes, l4: int, tot: int) -> int:
+    """The SCTP packet's CRC32c field XOR the CRC its bytes call for: 0 when it checks out."""
+    sctp = bytearray(frame[l4:ETH_HLEN + tot])
+    field = int.from_bytes(sctp[8:12], "little")
+    sctp[8:12] = bytes(4)
+    return field ^ crc32c(bytes(sctp))
 
 
 def addr(text: str) -> bytes:
@@ -96,7 +107,7 @@ def parse(frame: bytes):
     proto = frame[23]
     if frame[20] & 0x3f or frame[21]:
         return FRAGMENT, ihl, tot, proto
-    need = {TCP_PROTO: 20, UDP_PROTO: 8, 1: 8}.get(proto, 0)
+    need = {TCP_PROTO: 20, UDP_PROTO: 8, SCTP_PROTO: 12, 1: 8}.get(proto, 0)
     if need and (ETH_HLEN + ihl + need > n or ihl + need > tot):
         return MALFORMED, 0, 0, 0
     return WHOLE, ihl, tot, proto
@@ -115,7 +126,7 @@ class Run:
 
     @property
     def flow(self) -> bool:
-        return self.cls == WHOLE and self.proto in (TCP_PROTO, UDP_PROTO)
+        return self.cls == WHOLE and self.proto in FLOW_PROTOS
 
     @property
     def l4(self) -> int:
@@ -293,14 +304,21 @@ class Oracle:
             raise Violation(f"translation changed the length {len(pkt)} -> {len(out)}")
         if xdp and verdict not in (XDP_TX, XDP_REDIRECT):
             raise Violation(f"XDP changed a packet and returned {verdict}")
-        csum_off = l4 + (16 if proto == TCP_PROTO else 6)
+        csum_off, csum_len = {TCP_PROTO: (l4 + 16, 2), UDP_PROTO: (l4 + 6, 2), SCTP_PROTO: (l4 + 8, 4)}[proto]
         if out[12:24] != pkt[12:24] or out[34:l4] != pkt[34:l4] or out[l4 + 4:csum_off] != pkt[l4 + 4:csum_off] \
-                or out[csum_off + 2:] != pkt[csum_off + 2:]:
+                or out[csum_off + csum_len:] != pkt[csum_off + csum_len:]:
             raise Violation("translation changed bytes other than MACs, addresses, ports and checksums")
         ip_error = ones_sum(pkt[ETH_HLEN:l4])
         if ones_sum(out[ETH_HLEN:l4]) != ip_error:
             raise Violation("IP checksum not updated incrementally (its error changed)")
-        if proto == UDP_PROTO and pkt[csum_off:csum_off + 2] == b"\0\0":
+        if proto == SCTP_PROTO:
+            l4_error = sctp_crc_error(pkt, l4, run.tot)
+            if pkt[csum_off:csum_off + 4] == bytes(4):
+                if out[csum_off:csum_off + 4] != bytes(4):
+                    raise Violation("SCTP CRC 0 (not computed yet) did not stay 0")
+            elif sctp_crc_error(out, l4, run.tot) != l4_error:
+                raise Violation("SCTP CRC32c not kept in step with the ports (its error changed)")
+        elif proto == UDP_PROTO and pkt[csum_off:csum_off + 2] == b"\0\0":
             if out[csum_off:csum_off + 2] != b"\0\0":
                 raise Violation("UDP checksum 0 (none) did not stay 0")
             self.tally.zero_udp_checksum_kept += 1
@@ -311,6 +329,8 @@ class Oracle:
             l4_error = l4_sum(pkt, l4, run.tot, proto)
             if l4_sum(out, l4, run.tot, proto) != l4_error:
                 raise Violation("L4 checksum not updated incrementally (its error changed)")
+        if proto == SCTP_PROTO and pkt[csum_off:csum_off + 4] == bytes(4):
+            l4_error = 0
         self.tally.wrong_checksum_kept += bool(ip_error or l4_error)
 
         entry = self.ct_entry(pkt, l4, proto)
@@ -445,7 +465,7 @@ def check_counters(before: dict, after: dict, tally: Tally, ids: set[int]) -> li
 def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
     """Problems with conntrack entries (at most a few per kind), and entry counts by kind.
 
-    Each entry: key padding zero, TCP or UDP, type NAT_FWD or NAT_REV, known flags, a service id
+    Each entry: key padding zero, TCP, UDP or SCTP, type NAT_FWD or NAT_REV, known flags, a service id
     with frontends, created <= last seen, no stray bits. NAT_FWD: keyed to a frontend of its id,
     translating to a backend of that id; no SNAT fields without CT_FLAG_SNAT, hairpin SNAT from the
     backend itself to the hairpin address, uplink SNAT to the node's address with a port; its twin
@@ -468,7 +488,7 @@ def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
         nat = (struct.pack("=I", v.nat_addr), struct.pack("=H", v.nat_port))
         snat_addr, snat_port = struct.pack("=I", v.snat_addr), struct.pack("=H", v.snat_port)
         kinds[(v.type, v.flags)] += 1
-        if key[13:16] != b"\0\0\0" or twin[13:16] != b"\0\0\0" or proto not in (TCP_PROTO, UDP_PROTO) or \
+        if key[13:16] != b"\0\0\0" or twin[13:16] != b"\0\0\0" or proto not in FLOW_PROTOS or \
                 twin[12] != proto or v.pad0 or v.pad2 or v.tcp_seen & ~0x3f or v.flags & ~(SNAT | UPLINK) or \
                 v.svc_id not in oracle.ids or not 0 < v.created_ns <= v.last_seen_ns:
             bad("malformed entry", key, v)

@@ -26,7 +26,7 @@ from tests.fuzz_cluster import (CLIENT, FAR_CLIENT, GW_MAC, HAIRPIN, LOCAL_CLIEN
                                 ROUTER_MAC, Opened)
 
 ETH_HLEN = 14
-TCP_PROTO, UDP_PROTO = 6, 17
+TCP_PROTO, UDP_PROTO, SCTP_PROTO = 6, 17, 132
 
 
 # --- Checksums: the one's complement sum of 16-bit words is the big integer modulo 0xffff

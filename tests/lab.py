@@ -660,6 +660,14 @@ class Lab:
         out = r.stdout.strip()
         return out.startswith("ok "), out.removeprefix("ok ") or r.stderr.strip()
 
+    def sctp_many(self, pod: str, ip: str, port: int, count: int, timeout: float = 2) -> list[str]:
+        """count SCTP packets over a raw socket (no SCTP in this kernel), each from a new port, to the
+        pod servers' SCTP stand-in (podserver.py): one entry per packet, the answering pod's name or
+        "error bad-crc" / "error timeout"."""
+        r = self.run(pod, sys.executable, str(PODSERVER), "sctp-many", ip, port, count, timeout,
+                     timeout=count * (timeout + 1) + 15)
+        return [l[3:] if l.startswith("ok ") else l for l in r.stdout.splitlines()]
+
     def udp_session(self, pod: str, ip: str, port: int = UDP_PORT, reconnect: bool = False) -> UdpSession:
         """A connected UDP socket in a pod, or in a node's host namespace ("node-2"). reconnect: the
         client connects again when its socket is aborted (ECONNABORTED), as resolvers do."""

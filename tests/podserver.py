@@ -36,6 +36,17 @@ Standard library only (it runs with the lab's interpreter under `ip netns exec`)
     podserver.py http-many IP PORT COUNT [TIMEOUT] [PATH]
         COUNT sequential HTTP GETs, each on a new TCP connection; prints one line per request:
         "ok BODY" or "error TEXT".
+
+    podserver.py sctp-many IP PORT COUNT [TIMEOUT]
+        COUNT SCTP packets (common header and a DATA chunk, a valid CRC32c) over a raw socket, each
+        from a new source port, each answered by `serve`'s SCTP stand-in; prints one line per packet:
+        "ok NAME" when the answer came from IP:PORT to that port with a valid CRC32c, else
+        "error bad-crc", "error timeout".
+        (The machine's kernel has no SCTP: raw sockets carry it, and its CRC32c is checked here.)
+
+`serve` also answers SCTP to SCTP_PORT over a raw socket: each packet whose CRC32c checks out gets a
+DATA chunk holding NAME back (ports swapped, its verification tag); a packet whose CRC is wrong gets
+nothing, as an SCTP stack would drop it.
 """
 import errno
 import hashlib
@@ -49,6 +60,62 @@ from collections import Counter
 
 
 TCP_ECHO_PORT = 9000
+SCTP_PORT = 9101
+IPPROTO_SCTP = 132
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def sctp_packet(sport: int, dport: int, vtag: int, payload: bytes) -> bytes:
+    """Common header and one DATA chunk (unordered, whole message) holding `payload`, CRC32c filled in."""
+    chunk = bytes((0, 7)) + (16 + len(payload)).to_bytes(2, "big") + (1).to_bytes(4, "big") + bytes(4) + \
+        bytes(4) + payload
+    chunk += bytes(-len(chunk) % 4)
+    packet = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + vtag.to_bytes(4, "big") + bytes(4) + chunk
+    return packet[:8] + crc32c(packet).to_bytes(4, "little") + packet[12:]
+
+
+def sctp_valid(packet: bytes) -> bool:
+    return len(packet) >= 12 and crc32c(packet[:8] + bytes(4) + packet[12:]) == int.from_bytes(packet[8:12], "little")
+
+
+def sctp_data(packet: bytes) -> bytes:
+    """The first DATA chunk's payload."""
+    length = int.from_bytes(packet[14:16], "big")
+    return packet[12 + 16:12 + length] if len(packet) >= 28 and packet[12] == 0 else b""
+
+
+def sctp_responder(name: str) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_SCTP)
+    while True:
+        data, peer = sock.recvfrom(65535)
+        packet = data[(data[0] & 0x0F) * 4:]
+        if len(packet) < 12 or int.from_bytes(packet[2:4], "big") != SCTP_PORT or not sctp_valid(packet):
+            continue
+        answer = sctp_packet(SCTP_PORT, int.from_bytes(packet[0:2], "big"), int.from_bytes(packet[4:8], "big"),
+                             name.encode())
+        try:
+            sock.sendto(answer, (peer[0], 0))
+        except OSError:
+            pass
 
 
 def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0.0.0.0") -> None:
@@ -125,6 +192,7 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0
     tcp = TcpServer((addr, TCP_ECHO_PORT), EchoName)
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
     threading.Thread(target=udp_loop, daemon=True).start()
+    threading.Thread(target=sctp_responder, args=(name,), daemon=True).start()
     print("ready", flush=True)
     httpd.serve_forever()
 
@@ -347,6 +415,28 @@ def echo(ip: str, port: int, size: int, timeout: float) -> int:
     print(f"ok {time.monotonic() - started:.3f}", flush=True)
     return 0
 
+def sctp_many(ip: str, port: int, count: int, timeout: float = 2.0) -> None:
+    import os
+    import time
+    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, IPPROTO_SCTP)
+    for i in range(count):
+        sport = 20000 + (os.getpid() * 7 + i * 13) % 30000
+        vtag = int.from_bytes(os.urandom(4), "big") | 1
+        sock.sendto(sctp_packet(sport, port, vtag, b"hello"), (ip, 0))
+        deadline = time.monotonic() + timeout
+        outcome = "error timeout"
+        while time.monotonic() < deadline:
+            if not select.select([sock], [], [], deadline - time.monotonic())[0]:
+                break
+            data, peer = sock.recvfrom(65535)
+            packet = data[(data[0] & 0x0F) * 4:]
+            if peer[0] != ip or len(packet) < 12 or int.from_bytes(packet[0:2], "big") != port or \
+                    int.from_bytes(packet[2:4], "big") != sport:
+                continue
+            outcome = "ok " + sctp_data(packet).decode(errors="replace") if sctp_valid(packet) else "error bad-crc"
+            break
+        print(outcome, flush=True)
+
 
 def main(argv: list[str]) -> int:
     if not argv:
@@ -382,6 +472,8 @@ def main(argv: list[str]) -> int:
                     float(args[2]) if len(args) > 2 else 2.0)
     elif cmd == "echo":
         return echo(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10.0)
+    elif cmd == "sctp-many":
+        sctp_many(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 2.0)
     elif cmd == "http-many":
         http_many(args[0], int(args[1]), int(args[2]),
                   float(args[3]) if len(args) > 3 else 2.0, args[4] if len(args) > 4 else "/")

@@ -187,3 +187,27 @@ def test_maps_of_another_layout_version_are_refused_naming_both(dp):
                 in result.stderr, result.stderr
     finally:
         dp.maps.config.update(key, config)
+
+
+def test_affinity_dump(dp):
+    """Entries the programs made, one line per (service port, client), with what a new connection does."""
+    desired = DesiredState(frontends={FrontendKey(VIP, 8080, 6): Frontend(1, 2, 0, 0),
+                                      FrontendKey("192.168.64.6", 30080, 6): Frontend(1, 2, 0, C.NAT_FLG_EXTERNAL)},
+                           backends={1: (Backend(A0, 8080), Backend(B, 8080))}, service_ips=frozenset([VIP]),
+                           affinity={1: 60})
+    writer = MapWriter(dp.maps)
+    writer.apply(desired)
+    for client in (C_POD, "10.200.2.3"):
+        run(dp, "from_workload", from_pod(IP(src=client, dst=VIP) / TCP(**SYN)))
+    lines = out(dp, "affinity", "dump")
+    assert len(lines) == 2
+    for line, client in zip(lines, (C_POD, "10.200.2.3")):
+        assert re.fullmatch(rf"client {client} svc proto 6 {VIP}:8080 -> 10\.200\.[01]\.2:8080 ts \d+  "
+                            r"last connection \d+(\.\d+)?(ms|s) ago, timeout 60s, live", line), line
+    records = [json.loads(line) for line in out(dp, "affinity", "dump", "--json")]
+    assert [(r["client"], r["id"], r["service"], r["service_port"], r["proto"], r["timeout_s"], r["state"])
+            for r in records] == [(C_POD, 1, VIP, 8080, 6, 60, "live"), ("10.200.2.3", 1, VIP, 8080, 6, 60, "live")]
+    assert {r["backend"] for r in records} <= {A0, B} and all(r["last_connection_ago_s"] < 30 for r in records)
+    writer.apply(DesiredState(frontends=desired.frontends, backends=desired.backends,
+                              service_ips=desired.service_ips))   # affinity switched off
+    assert {json.loads(line)["state"] for line in out(dp, "affinity", "dump", "--json")} == {"affinity off"}

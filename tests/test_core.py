@@ -549,9 +549,11 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=6)
 FULL_SERVICE = svc(ips=[WEB_IP, "fd00::10"], ports=[port(80, "http", targetPort="web", nodePort=30080)],
-                   labels={"app": "web"}, internalTrafficPolicy="Local", publishNotReadyAddresses=False)
+                   labels={"app": "web"}, internalTrafficPolicy="Local", publishNotReadyAddresses=False,
+                   sessionAffinity="ClientIP", sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}})
 FULL_SLICE = eps(ports=[port(8080, "http", "TCP")],
-                 endpoints=[ep("10.1.0.1", node=NODE, ready=True, serving=True, terminating=False)])
+                 endpoints=[{**ep("10.1.0.1", node=NODE, ready=True, serving=True, terminating=False),
+                             "hints": {"forZones": [{"name": "zone-a"}], "forNodes": [{"name": NODE}]}}])
 REASONS = {"bad_type", "missing_field", "bad_ip", "bad_port", "bad_protocol", "duplicate_port", "bad_value"}
 
 
@@ -589,14 +591,18 @@ def test_any_field_replaced_by_anything_never_raises(service_path, service_value
 
 ENDPOINT = st.tuples(st.sampled_from([None, *(f"10.1.0.{i}" for i in range(1, 13))]),
                      st.sampled_from([NODE, OTHER_NODE, None]), st.sampled_from([None, True, False]),
-                     st.sampled_from([None, True, False]), st.sampled_from([None, True, False]))
+                     st.sampled_from([None, True, False]), st.sampled_from([None, True, False]),
+                     st.sampled_from([None, "zone-a", "zone-b"]))
 ENDPOINTS = st.lists(ENDPOINT, max_size=6, unique_by=lambda e: e[0]) | st.lists(ENDPOINT, max_size=6)
 
 
-def endpoint_of(address, node, ready, serving, terminating):
+def endpoint_of(address, node, ready, serving, terminating, zone=None):
     conditions = {k: v for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating))
                   if v is not None}
-    return ep(*([address] if address else []), node=node, **conditions)
+    endpoint = ep(*([address] if address else []), node=node, **conditions)
+    if zone:
+        endpoint["hints"] = {"forZones": [{"name": zone}]}
+    return endpoint
 
 
 @settings(max_examples=300, deadline=None)
@@ -612,6 +618,6 @@ def test_one_slice_gives_what_the_merge_of_slices_gives(endpoints, slice_ports, 
                   internalTrafficPolicy=policy, externalTrafficPolicy=external_policy, healthCheckNodePort=30999)
     one = eps(name="web-a", ports=slice_ports, endpoints=[endpoint_of(*e) for e in endpoints])
     empty = eps(name="web-b", ports=slice_ports)
-    quick = run([service], [one], node_addresses=("192.0.2.1",))
+    quick = run([service], [one], node_addresses=("192.0.2.1",), node_zone="zone-a")
     assert not quick.rejected
-    assert quick == run([service], [one, empty], node_addresses=("192.0.2.1",))
+    assert quick == run([service], [one, empty], node_addresses=("192.0.2.1",), node_zone="zone-a")

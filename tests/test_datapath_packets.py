@@ -1,5 +1,6 @@
 """Packets through the real programs with BPF_PROG_TEST_RUN: build a packet, fill the maps, run
 the entry point, check the bytes that come out, the verdict and the conntrack entries."""
+import time
 from collections import Counter
 
 import pytest

@@ -70,6 +70,7 @@ VARIANTS = {
     "external-sa": {"serviceAccount": {"create": False, "name": "existing"}},
     # the longest names: fullname at its 63-character limit, with the metrics Service
     "long-names": {"fullnameOverride": "ebpflb-" + "x" * 56, "serviceMonitor": {"enabled": True}},
+    "kube-proxy-ports": {"kubeProxyPorts": {"enabled": True}, "agent": {"healthzTimeout": 90}},
 }
 
 
@@ -522,8 +523,12 @@ def test_agent_flags_parse_with_the_real_cli(rendered):
     a = values.get("agent", {})
     assert args.verb == "agent" and args.node_name == "node-0"
     assert args.pin_dir == a.get("pinDir", "/sys/fs/bpf/ebpflb")
-    assert args.metrics_addr == (f"{setting(values, 'metrics', 'bindAddress', default='0.0.0.0')}:"
-                                 f"{setting(values, 'metrics', 'port', default=9949)}")
+    own = f"{setting(values, 'metrics', 'bindAddress', default='0.0.0.0')}:{setting(values, 'metrics', 'port', default=9949)}"
+    if setting(values, "kubeProxyPorts", "enabled"):   # kube-proxy's ports beside the probes' own
+        assert (args.metrics_addr, args.healthz_addr) == (f"{own},127.0.0.1:10249", "0.0.0.0:10256")
+    else:
+        assert (args.metrics_addr, args.healthz_addr) == (own, "")
+    assert args.healthz_timeout == a.get("healthzTimeout", 60)
     assert args.min_sync_period == a.get("minSyncPeriod", 1.0)
     defaults = cli.parser().parse_args(["agent"])
     assert args.workload_ifaces == a.get("workloadIfaces", defaults.workload_ifaces)
@@ -619,7 +624,7 @@ def test_values_give_every_agent_flag():
     flags = {opt for action in agent_parser._actions for opt in action.option_strings
              if opt.startswith("--") and opt != "--help"}
     camel = {flag: re.sub(r"-(\w)", lambda m: m.group(1).upper(), flag[2:]) for flag in flags}
-    by_value = {**values["agent"], "metricsAddr": values["metrics"]}
+    by_value = {**values["agent"], "metricsAddr": values["metrics"], "healthzAddr": values["kubeProxyPorts"]}
     missing = [flag for flag, key in camel.items() if key not in by_value and flag != "--node-name"]
     assert missing == []
 

@@ -323,3 +323,23 @@ def test_cleanup_leaves_no_attachment_and_the_host_untranslated(svc, foreign):
         assert svc.ask("udp-ask", VIP, 5353, "connected", 1, 0.2)[0]["kernel_peer"] == f"{VIP}:5353"
     finally:
         svc.attached = cgroups.attach(svc.datapath.fds, svc.pin_dir, str(svc.cgroup))
+
+
+def test_session_affinity_holds_for_the_nodes_own_connections(svc):
+    """kube-proxy's rules see the node's own connections from the node's address: with ClientIP
+    affinity every host socket gets the backend the last one got (bpf/affinity.h, keyed by it)."""
+    spread = {svc.ask("tcp-ask", VIP, 8080)[0]["body"] for _ in range(20)}
+    assert spread == {"A0", "B"}
+    writer = MapWriter(svc.datapath.maps)   # what the maps hold (an earlier test may have reloaded them)
+    desired = DesiredState(frontends=dict(writer.frontends), service_ips=frozenset(writer.service_ips),
+                           backends=dict(writer.backends), affinity={1: 60})
+    writer.apply(desired)
+    try:
+        assert len({svc.ask("tcp-ask", VIP, 8080)[0]["body"] for _ in range(20)}) == 1
+        entries = {(k.svc_id, k.client_addr): v.backend_addr for k, v in svc.datapath.maps.affinity.items()}
+        assert list(entries) == [(1, int.from_bytes(bytes(map(int, NODE_ADDR.split("."))), "little"))]
+    finally:
+        writer.apply(DesiredState(frontends=desired.frontends, service_ips=desired.service_ips,
+                                  backends=desired.backends))
+        for key, _ in svc.datapath.maps.affinity.items():
+            svc.datapath.maps.affinity.delete(key)

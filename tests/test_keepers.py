@@ -10,4 +10,4 @@ def test_every_pinned_map_has_a_keeper():
 
 
 def test_the_property_test_compares_every_map_the_desired_state_decides():
-    assert set(by_name({}, {}, (), {}, {})) == {name for name, keeper in KEEPERS.items() if keeper.kind == DESIRED}
+    assert set(by_name({}, {}, (), {}, {}, {}, {})) == {name for name, keeper in KEEPERS.items() if keeper.kind == DESIRED}

@@ -10,7 +10,7 @@ import pytest
 
 from ebpflb.core.tracker import ServiceTracker
 from ebpflb.sources import kube
-from ebpflb.sources.kube import KubeSource, node_addresses_of
+from ebpflb.sources.kube import KubeSource, NodeInfo, node_info_of
 from tests.apiserver import FakeApiServer, endpoint_slice, node, service
 from tests.lab import in_netns
 
@@ -27,7 +27,7 @@ def test_node_addresses_are_the_ipv4_internal_and_external_ones(tmp_path):
                                    {"type": "InternalIP", "address": "10.0.0.6\x00"},
                                    {"type": "InternalDNS", "address": "10.0.0.7"}, "10.0.0.8"]
     objects = {"node-2": odd, "no-status": {"status": ["Ready"]}, "no-addresses": {"status": {"addresses": {}}}}
-    source.nodes = {name: node_addresses_of(obj) for name, obj in objects.items()}   # what the reflector keeps
+    source.nodes = {name: node_info_of(obj) for name, obj in objects.items()}   # what the reflector keeps
     assert source.node_addresses("node-2") == ["192.168.64.6", "203.0.113.6"]
     assert source.node_addresses("no-status") == source.node_addresses("no-addresses") == []
     assert source.node_addresses("elsewhere") == []
@@ -188,3 +188,20 @@ def test_a_half_open_watch_is_noticed_within_60_s(tmp_path):
             api.stop()
         for ns in names:
             subprocess.run(["ip", "netns", "del", ns], check=False)
+
+def test_a_nodes_zone_and_whether_it_is_being_deleted():
+    """The zone label for the topology hints; deletion (the autoscaler's taint, a deletionTimestamp) for
+    kube-proxy's /healthz. Malformed parts read as absent: a Node is never rejected."""
+    plain = node("node-0", "192.168.64.4")
+    assert node_info_of(plain) == NodeInfo(("192.168.64.4",), "", True)
+    zoned = {**plain, "metadata": {"name": "node-0", "labels": {"topology.kubernetes.io/zone": "zone-a"}}}
+    assert node_info_of(zoned).zone == "zone-a"
+    tainted = {**plain, "spec": {"taints": [{"key": "other", "effect": "NoSchedule"},
+                                            {"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}}
+    assert node_info_of(tainted).eligible is False
+    deleted = {**plain, "metadata": {"name": "node-0", "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    assert node_info_of(deleted).eligible is False
+    odd = {"metadata": {"name": "n", "labels": {"topology.kubernetes.io/zone": 7}}, "spec": {"taints": "x"},
+           "status": None}
+    assert node_info_of(odd) == NodeInfo((), "", True)
+    assert node_info_of("garbage") == NodeInfo()

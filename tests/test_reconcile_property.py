@@ -26,11 +26,14 @@ NAMES = "abcd"
 ADDRS = [f"10.1.0.{i}" for i in range(1, 7)]
 
 
-def service(name: str, number: int, proto: str, kind: str, local: bool, vip_shift: int) -> dict:
+def service(name: str, number: int, proto: str, kind: str, local: bool, vip_shift: int, sticky: int = 0) -> dict:
     i = NAMES.index(name)
     vip = f"10.96.{vip_shift}.{i + 1}"   # a deleted service's address may come back with another name
     spec = {"type": kind, "clusterIP": vip, "clusterIPs": [vip],
             "ports": [{"name": "p", "port": number, "protocol": proto, "targetPort": 8080}]}
+    if sticky:   # session affinity, with its timeout
+        spec["sessionAffinity"] = "ClientIP"
+        spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": sticky}}
     if kind != "ClusterIP":
         spec["ports"][0]["nodePort"] = 30000 + i
         spec["externalTrafficPolicy"] = "Local" if local else "Cluster"
@@ -51,7 +54,8 @@ def slice_(name: str, endpoints) -> dict:
 name = st.sampled_from(NAMES)
 cluster_op = st.one_of(
     st.tuples(st.just("svc"), name, st.sampled_from([80, 443]), st.sampled_from(["TCP", "UDP"]),
-              st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"]), st.booleans(), st.integers(0, 1)),
+              st.sampled_from(["ClusterIP", "NodePort", "LoadBalancer"]), st.booleans(), st.integers(0, 1),
+              st.sampled_from([0, 0, 60, 10800])),
     st.tuples(st.just("del-svc"), name),
     st.tuples(st.just("slice"), name, st.lists(st.tuples(st.sampled_from(ADDRS), st.sampled_from([NODE, OTHER])),
                                                max_size=4, unique_by=lambda e: e[0])),
@@ -118,7 +122,8 @@ class FailAfter:
 def failing(maps, n: int):
     left = [n]
     return dataclasses.replace(maps, **{m: FailAfter(getattr(maps, m), left) for m in
-                                        ("nat_fe", "nat_be", "svc_ips", "src_ranges", "svc_addr_bits", "svc_counters")})
+                                        ("nat_fe", "nat_be", "svc_ips", "src_ranges", "svc_addr_bits", "svc_counters",
+                                         "affinity_svc", "affinity_be")})
 
 
 def expected(services: dict, slices: dict, ids: dict) -> dict:
@@ -126,10 +131,11 @@ def expected(services: dict, slices: dict, ids: dict) -> dict:
     state = desired_state(services.values(), slices.values(), node_name=NODE, known_ids={},
                           node_addresses=NODE_ADDRESSES)
     return by_name(state.frontends, {i: b for i, b in state.backends.items()}, state.service_ips,
-                   state.src_ranges, {i: n for n, i in state.ids.items()})
+                   state.src_ranges, {i: n for n, i in state.ids.items()}, state.affinity,
+                   {i: {b: o for o, b in enumerate(state.backends.get(i, ()))} for i in state.affinity})
 
 
-def by_name(frontends, backends, service_ips, src_ranges, name_of) -> dict:
+def by_name(frontends, backends, service_ips, src_ranges, name_of, affinity, members) -> dict:
     """Keyed by pin name: one entry for every map sync/keepers.py says the desired state decides."""
     bits = {addr_bit(a) for a in [*(k.addr for k in frontends), *service_ips]}
     return {"nat_fe": {k: (name_of[f.svc_id], f.count, f.local, f.flags) for k, f in frontends.items()},
@@ -137,7 +143,9 @@ def by_name(frontends, backends, service_ips, src_ranges, name_of) -> dict:
             "svc_ips": set(service_ips),
             "src_ranges": {name_of[i]: set(r) for i, r in src_ranges.items() if r},
             "svc_addr_bits": {w: sum(1 << (b % WORD_BITS) for b in bits if b // WORD_BITS == w)
-                              for w in {b // WORD_BITS for b in bits}}}
+                              for w in {b // WORD_BITS for b in bits}},
+            "affinity_svc": {name_of[i]: t for i, t in affinity.items() if t},
+            "affinity_be": {name_of[i]: m for i, m in members.items() if m}}
 
 
 def held(maps, session) -> dict:
@@ -156,7 +164,8 @@ def held(maps, session) -> dict:
         assert list(by_gen) == list(gens.get(svc_id, ())), (svc_id, by_gen.keys(), gens.get(svc_id))
     words = {key[0]: value[0] for key, value in maps.svc_addr_bits.items() if value[0]}
     return {**by_name(contents.frontends, {i: next(iter(g.values())) for i, g in slots.items()},
-                      contents.service_ips, contents.src_ranges, name_of),
+                      contents.service_ips, contents.src_ranges, name_of, contents.affinity,
+                      contents.affinity_members),
             "svc_addr_bits": words}
 
 

@@ -189,3 +189,35 @@ def test_drops_sum_the_cpus_name_every_reason_and_keep_an_unknown_one_that_count
     assert lines[4] == "source-range                    3 packets             180 bytes"
     assert drop_records(totals)[4] == {"reason": "source-range", "packets": 3, "bytes": 180}
 
+
+
+def test_affinity_dump_names_the_service_by_its_cluster_ip_and_says_what_a_new_connection_does():
+    from ebpflb.views.affinity import affinity_lines, affinity_records
+    now = 5_000_000_000_000
+    frontends = {**FRONTENDS, FrontendKey("192.168.64.6", 30080, 6): Frontend(1, 2, 1, C.NAT_FLG_EXTERNAL)}
+
+    def entry(svc_id, client, backend, port, ago_s):
+        return (new("struct affinity_key", svc_id=svc_id, client_addr=ip_be(client)),
+                new("struct affinity_value", last_used_ns=now - int(ago_s * 1e9), backend_addr=ip_be(backend),
+                    backend_port=port_be(port)))
+
+    entries = [entry(1, "10.200.2.2", "10.200.1.2", 8080, 1.5), entry(1, "10.200.2.10", "10.200.0.2", 8080, 61),
+               entry(1, "10.200.2.3", "10.200.0.9", 8080, 2), entry(3, "10.200.2.2", "10.200.1.3", 53, 2),
+               entry(9, "10.200.2.2", "10.200.1.3", 53, 2)]
+    members = {1: {Backend("10.200.0.2", 8080): 0, Backend("10.200.1.2", 8080): 1}, 3: {Backend("10.200.1.3", 53): 0}}
+    records = affinity_records(entries, frontends, {1: 60, 3: 10800}, members, now)
+    assert affinity_lines(records) == [
+        "client 10.200.2.2 svc proto 6 10.96.0.2:8080 -> 10.200.1.2:8080 ts 4998500000000  "
+        "last connection 1.5s ago, timeout 60s, live",
+        "client 10.200.2.3 svc proto 6 10.96.0.2:8080 -> 10.200.0.9:8080 ts 4998000000000  "
+        "last connection 2s ago, timeout 60s, backend gone",
+        "client 10.200.2.10 svc proto 6 10.96.0.2:8080 -> 10.200.0.2:8080 ts 4939000000000  "
+        "last connection 1m1s ago, timeout 60s, expired",
+        "client 10.200.2.2 svc proto 17 10.96.0.10:53 -> 10.200.1.3:53 ts 4998000000000  "
+        "last connection 2s ago, timeout 10800s, live",
+        "client 10.200.2.2 svc id 9 (no frontend) -> 10.200.1.3:53 ts 4998000000000  "
+        "last connection 2s ago, timeout 0s, affinity off",
+    ]
+    assert records[0] == {"client": "10.200.2.2", "id": 1, "proto": 6, "service": "10.96.0.2", "service_port": 8080,
+                          "backend": "10.200.1.2", "backend_port": 8080, "ts": 4998500000000,
+                          "last_connection_ago_s": 1.5, "timeout_s": 60, "state": "live"}

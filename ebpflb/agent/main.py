@@ -20,6 +20,7 @@ from pyroute2 import IPRoute
 from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
 from ebpflb.agent.links import LinkKeeper
+from ebpflb.datapath import affinity
 from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
 from ebpflb.core.services import Usage
 from ebpflb.gc_pause import gc_paused
@@ -27,6 +28,7 @@ from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, SOCK_REAPER, Datapath, 
 from ebpflb.datapath.cgroup import attach as attach_cgroup, detach as detach_cgroup, resolve_cgroup_root
 from ebpflb.datapath.sockets import SocketReaper, netns_cookie
 from ebpflb.datapath.structs import C
+from ebpflb.agent import proxy_health
 from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, UplinkCollector, serve
 from ebpflb.paths import DEFAULT_PIN_DIR
 from ebpflb.sync.keepers import ids_named_by_flows
@@ -50,7 +52,9 @@ class AgentConfig:
     ct_timeouts: Timeouts = Timeouts()
     sweep_interval: float = 10.0
     min_sync_period: float = 1.0
-    metrics_addr: str | None = None
+    metrics_addr: str | None = None              # HOST:PORT[,HOST:PORT]
+    healthz_addr: str | None = None              # kube-proxy's /healthz and /livez (its 10256)
+    healthz_timeout: float = proxy_health.DEFAULT_TIMEOUT_S
     uplinks: tuple[str, ...] | None = None       # None: the default route's interfaces
     nodeport_addresses: tuple[str, ...] = ()     # CIDRs; empty: every node address
     xdp: str = "auto"                            # XDP on the uplinks: auto | native | off (attach.py)
@@ -97,6 +101,7 @@ class Agent:
         self.addresses_moved = False
         self.logged_rejections: set = set()
         self.pressure = MapPressure()
+        self.proxy_health = proxy_health.ProxyHealth(config.healthz_timeout, process_start=process_started())
 
     @property
     def tracker(self):
@@ -135,7 +140,10 @@ class Agent:
         # The writer as it is at each scrape: a failed sync makes a new one.
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.session.writer,
                                                           self.tracker, self.lock))
-        server = serve(cfg.metrics_addr, self.metrics.registry, self.health) if cfg.metrics_addr else None
+        servers = [serve(address, self.metrics.registry, self.health)
+                   for address in filter(None, (cfg.metrics_addr or "").split(","))]
+        if cfg.healthz_addr:
+            servers.append(proxy_health.serve(cfg.healthz_addr, self.proxy_health))
         self.health_checks = HealthCheckServers()
         links = LinkKeeper(self.datapath.fds, {"pattern": cfg.workload_ifaces, "uplinks": self.uplinks, "xdp": cfg.xdp},
                            self._uplink_addresses_changed)
@@ -159,7 +167,9 @@ class Agent:
                 if self.wake_r in readable:
                     self._drain_wake()
                 source.poll()
-                self._follow_node_addresses()
+                self._follow_node()
+                if self.tracker.needs_sync:
+                    self.proxy_health.queued()
                 if source.synced and self.tracker.needs_sync and self._sync_due():
                     self.sync()
         finally:
@@ -171,7 +181,7 @@ class Agent:
             if self.reaper:
                 self.reaper.close()
             self.health_checks.close()
-            if server:
+            for server in servers:
                 server.shutdown()
             self.datapath.close()
             log.info("stopped; programs and maps stay in place")
@@ -197,8 +207,10 @@ class Agent:
         if SOCK_REAPER in fds:
             self.reaper = SocketReaper(self.datapath.maps, fds[SOCK_REAPER])
 
-    def _follow_node_addresses(self) -> None:
-        """NodePorts listen on the uplinks' addresses and on those the Node object lists; the SNAT
+    def _follow_node(self) -> None:
+        """What this node's Node object says, as it changes: NodePorts listen on the uplinks' addresses
+        and on those it lists; its zone label picks the topology hints; being deleted fails kube-proxy's
+        /healthz. Without the API (manifests) there is no Node: no zone, always eligible. The SNAT
         source is the uplinks' first address."""
         uplink_addrs = self.uplink_addrs   # replaced whole by the links thread
         snat = uplink_addrs[0] if uplink_addrs else None
@@ -206,12 +218,17 @@ class Agent:
             self.datapath.write_config(node_addr=snat, **self.config_rest)
             log.info("SNAT source (node address) now %s", snat or "none")
             self.snat_addr = snat
-        from_api = getattr(self.source, "node_addresses", lambda name: [])(self.config.node_name)
-        wanted = tuple(dict.fromkeys([*uplink_addrs, *from_api]))
+        node = self.source.node(self.config.node_name) if hasattr(self.source, "node") else None
+        wanted = tuple(dict.fromkeys([*uplink_addrs, *(node.addresses if node else ())]))
+        zone = node.zone if node else ""
         if wanted != tuple(self.tracker.node_addresses):
             with self.lock:
                 self.tracker.set_node_addresses(wanted)
             self.addresses_moved = True   # synced at once: NodePorts and SNAT must not wait a period
+        if zone != self.tracker.node_zone:
+            with self.lock:
+                self.tracker.set_node_zone(zone)
+        self.proxy_health.set_node_eligible(node.eligible if node else True)
 
     def _sync_due(self) -> bool:
         return self.addresses_moved or time.monotonic() - self.last_sync >= self.config.min_sync_period
@@ -243,11 +260,13 @@ class Agent:
                 state, rejected = self.tracker.state, self.tracker.rejected
                 n_ports, n_frontends = len(state.ids), len(state.frontends)
                 n_backends = sum(map(len, state.backends.values()))
+                sticky = self._affinity_snapshot() if stats.affinity_left else None
         except Exception:
             self.health.last_sync_failed = True
             log.exception("sync failed; will compare everything again at the next period")
             return
         self.health.last_sync_failed = False
+        self.proxy_health.updated()   # a change that came during the sync is queued again at the next turn
         self.health_checks.update(health_checks)
         if len(changes.ids) > FREEZE_AFTER_IDS:
             # Hundreds of thousands of long-lived objects now: keep them out of the cyclic GC's
@@ -258,6 +277,10 @@ class Agent:
         gone = {(svc_id, b.addr, b.port) for svc_id, b in stats.removed_udp_backends}
         flushed = forget_udp_flows_to(self.datapath.maps, gone)
         aborted = self.reaper.abort_udp_sockets_to(gone) if self.reaper and gone else 0
+        if sticky is not None:
+            # Clients of a backend that left (or of a port whose affinity went) pick anew; the
+            # programs ignore such entries already, this frees their room.
+            affinity.prune(self.datapath.maps, *sticky)
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)
         self.metrics.sockets_aborted.inc(aborted)
@@ -276,6 +299,11 @@ class Agent:
                  "aborted; %.1f ms", n_ports, n_frontends, n_backends, len(rejected), stats.written, stats.deleted,
                  flushed, aborted, elapsed * 1e3)
 
+    def _affinity_snapshot(self) -> tuple[dict[int, int], dict]:
+        """(id -> timeout, id -> backends) of the affinity service ports; call with the lock held."""
+        state = self.tracker.state
+        return dict(state.affinity), {svc_id: state.backends.get(svc_id, ()) for svc_id in state.affinity}
+
     def _sweep_loop(self) -> None:
         delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
         while not self.stopped.wait(self.config.sweep_interval):
@@ -283,6 +311,12 @@ class Agent:
             try:
                 swept = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete, ids_seen=seen)
                 seen |= ids_named_by_flows(self.datapath.maps, skip=("ct",))
+                # entries exist only while some port has affinity; prune() also forgets those of a
+                # port whose affinity went, which the sync after that change did already
+                if self.tracker.state.affinity and self.datapath.maps.affinity.count():
+                    with self.lock:
+                        sticky = self._affinity_snapshot()
+                    affinity.prune(self.datapath.maps, *sticky)
             except Exception:
                 log.exception("conntrack sweep failed; trying again at the next interval")
                 continue

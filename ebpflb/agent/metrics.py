@@ -1,18 +1,20 @@
-"""Prometheus metrics (ebpflb_ prefix, base units) and the /healthz and /readyz endpoints."""
+"""Prometheus metrics (ebpflb_ prefix, base units) and the /healthz, /readyz and /proxyMode endpoints
+(the last as on kube-proxy's metrics port: tools ask it which mode the proxy runs in)."""
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ebpflb.agent.http import Listener, reply
 from ebpflb.datapath.structs import ffi
 from ebpflb.views.drops import drop_totals
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_STALE_S = 10
+PROXY_MODE = b"ebpf"   # /proxyMode: kube-proxy answers iptables, ipvs, nftables or kernelspace
 
 
 class AgentMetrics:
@@ -159,34 +161,23 @@ class Health:
         return time.monotonic() - self.heartbeat < HEARTBEAT_STALE_S and not self.last_sync_failed
 
 
-def serve(address: str, registry: CollectorRegistry, health: Health) -> ThreadingHTTPServer:
-    host, _, port = address.rpartition(":")
-
+def serve(address: str, registry: CollectorRegistry, health: Health) -> Listener:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             path = self.path.split("?")[0]
             if path == "/metrics":
-                self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                reply(self, 200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
                 ok = health.alive()
-                self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                reply(self, 200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
             elif path == "/readyz":
-                self._reply(200 if health.ready else 503, b"ready\n" if health.ready else b"not ready\n")
+                reply(self, 200 if health.ready else 503, b"ready\n" if health.ready else b"not ready\n")
+            elif path == "/proxyMode":
+                reply(self, 200, PROXY_MODE)
             else:
-                self._reply(404, b"not found\n")
-
-        def _reply(self, code, body, ctype="text/plain; charset=utf-8"):
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                reply(self, 404, b"not found\n")
 
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    log.info("metrics, /healthz and /readyz on http://%s/", address)
-    return server
+    return Listener(address, Handler, "metrics, /healthz, /readyz and /proxyMode")

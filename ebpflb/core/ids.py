@@ -70,6 +70,7 @@ def remap_ids(desired: DesiredState, wanted: Mapping[ServicePortName, int],
         rejected=list(desired.rejected),
         src_ranges={old_to_new[i]: r for i, r in desired.src_ranges.items()},
         health_checks=dict(desired.health_checks),
+        affinity={old_to_new[i]: t for i, t in desired.affinity.items()},
         service_ips_by_service=dict(desired.service_ips_by_service))
 
 

@@ -82,6 +82,7 @@ class DesiredState:
     # id -> loadBalancerSourceRanges (IPv4 CIDRs, normalized), for ids with NAT_FLG_SRC_RANGES frontends
     src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check
+    affinity: dict[int, int] = field(default_factory=dict)   # id -> session affinity timeout (s), ClientIP only
     # (namespace, name) -> the addresses of service_ips it holds, also with no port (the tracker's split);
     # bookkeeping, not map contents: left out of comparisons
     service_ips_by_service: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict, compare=False)

@@ -12,9 +12,18 @@ service that names a frontend another one holds, or that the maps cannot hold be
 Traffic from outside (NodePort on the node's addresses, spec.externalIPs, LoadBalancer ingress IPs)
 gets frontends flagged NAT_FLG_EXTERNAL that share the service port's id and backend list with its
 ClusterIP frontends.
+
+Topology (kube-proxy's CategorizeEndpoints): EndpointSlice hints narrow a service port's cluster set
+to the endpoints hinted for this node (`forNodes`, trafficDistribution PreferSameNode) or its zone
+(`forZones`: PreferClose, PreferSameZone, the topology-mode annotation), when every ready endpoint
+has such hints and some name this node or zone; otherwise every endpoint serves. Like kube-proxy
+since the hints went GA, only the hints decide: the Service's trafficDistribution and annotation are
+what the EndpointSlice controller reads to write them. Local sets (traffic policy Local) ignore
+topology.
 """
 import functools
 import ipaddress
+import itertools
 import operator
 import socket
 import sys
@@ -31,6 +40,10 @@ PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 HEADLESS_LABEL = "service.kubernetes.io/headless"
 PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
+ZONE_LABEL = "topology.kubernetes.io/zone"   # a Node's zone, which forZones hints name
+AFFINITY_TYPES = ("None", "ClientIP")
+AFFINITY_DEFAULT_TIMEOUT_S = 10800           # the API's default for sessionAffinityConfig.clientIP
+AFFINITY_MAX_TIMEOUT_S = 86400               # the API's limit
 NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 SERVICE_TYPES = ("ClusterIP", *NODE_PORT_TYPES, "ExternalName")
 TRAFFIC_POLICIES = ("Cluster", "Local")
@@ -100,6 +113,7 @@ class _Service:
     external_local: bool = False              # externalTrafficPolicy Local (NodePort/LoadBalancer only)
     src_ranges: frozenset[str] = frozenset()  # loadBalancerSourceRanges, IPv4, normalized
     health_check_port: int | None = None      # only with external_local
+    affinity_timeout: int = 0                 # sessionAffinity ClientIP: its timeout (s); 0 = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,13 @@ class _Slice:
     addresses: tuple[str | None, ...]   # its first address, the only one used; None when it has none
     node_names: tuple[str | None, ...]
     conditions: bytes                   # _READY | _SERVING | _TERMINATING
+    hints: tuple["Hints | None", ...] | None = None   # None: no endpoint of the slice has hints
+
+
+class Hints(NamedTuple):
+    """An endpoint's topology hints: the zones and nodes it serves first."""
+    zones: frozenset[str]
+    nodes: frozenset[str]
 
 
 class _NotProgrammed:
@@ -144,18 +165,21 @@ class _Endpoint(NamedTuple):
     serving: bool
     terminating: bool
     local: bool
+    hints: Hints | None = None
 
 
 def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                   known_ids: Mapping[ServicePortName, int], proxy_name: str | None = None,
                   reserved_ids: frozenset[int] = frozenset(), node_addresses: Sequence[str] = (),
-                  nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY) -> DesiredState:
+                  nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY,
+                  node_zone: str = "") -> DesiredState:
     """`services` and `slices` are API objects, or what parse_service/parse_slice made of them (the
     tracker reads each object once, when it arrives). `reserved_ids` are held by services outside this call (the tracker computes one service
     at a time): new names never take them. NodePorts are served on `node_addresses` (IPv4 ones;
     with `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them).
     Services that do not fit in `capacity` are turned away whole; those with a known id go first, so
-    a relist never swaps a programmed service for another."""
+    a relist never swaps a programmed service for another. `node_zone`: this node's
+    topology.kubernetes.io/zone label ("" when it has none), for the hints."""
     node_addrs = node_port_addresses(tuple(node_addresses), tuple(nodeport_cidrs)) if node_addresses else ()
     rejected: list[Rejected] = []
     parsed_services = _parse_each(services, lambda obj: parse_service(obj, proxy_name), rejected)
@@ -174,7 +198,7 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
             continue
         part = DesiredState()
         _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name,
-                 node_addrs, part)
+                 node_addrs, part, node_zone)
         need = usage(part, len(set(service.cluster_ips) - service_ips))
         full = no_room(used, need, capacity)
         if full:
@@ -191,10 +215,11 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
 # --- Map contents ---
 
 def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortName, int], node_name: str,
-             node_addrs: tuple[str, ...], state: DesiredState) -> None:
+             node_addrs: tuple[str, ...], state: DesiredState, node_zone: str = "") -> None:
     health_check = service.health_check_port is not None
     local_ready: set[str] = set()
     maybe_external = service.external_ips or service.lb_ips or node_addrs
+    hinted = any(slice_.hints is not None for slice_ in slices)
     for port in service.ports:
         endpoints = _merged_endpoints(port, slices, node_name, service.publish_not_ready)
         external = _external_frontends(service, port, node_addrs) if maybe_external else _NO_EXTERNAL
@@ -205,13 +230,24 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
         # by the local members of the cluster set (they differ only when this node has serving
         # terminating endpoints but no ready one while another node has a ready one). The same
         # approximation holds for externalTrafficPolicy Local, whose set is ordinals < local too.
-        chosen = _serving_endpoints(endpoints, local_only=service.internal_local and not external)
+        local_only = service.internal_local and not external
+        topology = _topology(endpoints, node_name, node_zone) if hinted and not local_only else None
+        chosen = _serving_endpoints(endpoints, local_only=local_only, topology=topology)
         local = _by_address(e.backend for e in chosen if e.local)
         remote = _by_address(e.backend for e in chosen if not e.local)
+        if topology is not None and external and (service.internal_local or service.external_local):
+            # A local set (ordinals < local) beside a topology-narrowed cluster set: topology does not
+            # narrow local sets, and one list holds both only when the cluster set takes every local
+            # member. So the local part is the local members of the whole cluster set: cluster
+            # traffic may then also reach a local endpoint hinted for another zone (only the
+            # topology-mode Auto controller hints an endpoint away from its own zone).
+            local = _by_address(e.backend for e in _serving_endpoints(endpoints, local_only=False) if e.local)
         svc_id = ids[port.name]
         owner = owner_tag(port.name)
         state.ids[port.name] = svc_id
         state.backends[svc_id] = local + remote
+        if service.affinity_timeout:
+            state.affinity[svc_id] = service.affinity_timeout
         if service.internal_local:
             frontend = Frontend(svc_id, count=len(local), local=len(local), flags=C.NAT_FLG_INTERNAL_LOCAL, owner=owner)
         else:
@@ -240,6 +276,7 @@ def _merge(part: DesiredState, state: DesiredState) -> None:
     state.backends.update(part.backends)
     state.src_ranges.update(part.src_ranges)
     state.health_checks.update(part.health_checks)
+    state.affinity.update(part.affinity)
 
 
 def _frontend_keys(service: _Service, port: _ServicePort) -> list[FrontendKey]:
@@ -357,8 +394,9 @@ def _only_slice_endpoints(slice_: _Slice, port: _ServicePort, node_name: str,
         return None
     # tuple.__new__, not the NamedTuples' own (keyword-taking) __new__: half the time at 100k endpoints.
     new, number, states = tuple.__new__, numbers[0], _ENDPOINT_STATES[publish_not_ready]
-    return [new(_Endpoint, (new(Backend, (address, number)), *states[conditions], node == node_name))
-            for address, node, conditions in zip(addresses, slice_.node_names, slice_.conditions)
+    return [new(_Endpoint, (new(Backend, (address, number)), *states[conditions], node == node_name, hints))
+            for address, node, conditions, hints in zip(addresses, slice_.node_names, slice_.conditions,
+                                                        _hints_column(slice_))
             if address is not None]
 
 
@@ -366,9 +404,14 @@ def _slice_endpoints(slice_: _Slice, port: _ServicePort, node_name: str,
                      publish_not_ready: bool) -> Iterable[_Endpoint]:
     states = _ENDPOINT_STATES[publish_not_ready]
     for number in _port_numbers(slice_, port):
-        for address, node, conditions in zip(slice_.addresses, slice_.node_names, slice_.conditions):
+        for address, node, conditions, hints in zip(slice_.addresses, slice_.node_names, slice_.conditions,
+                                                    _hints_column(slice_)):
             if address is not None:
-                yield _Endpoint(Backend(address, number), *states[conditions], node == node_name)
+                yield _Endpoint(Backend(address, number), *states[conditions], node == node_name, hints)
+
+
+def _hints_column(slice_: _Slice):
+    return slice_.hints if slice_.hints is not None else itertools.repeat(None)
 
 
 def _port_numbers(slice_: _Slice, port: _ServicePort) -> list[int]:
@@ -388,11 +431,29 @@ def _usability(endpoint: _Endpoint) -> int:
     return 2 if endpoint.ready else 1 if endpoint.serving and endpoint.terminating else 0
 
 
-def _serving_endpoints(endpoints: list[_Endpoint], *, local_only: bool) -> list[_Endpoint]:
-    """KEP-1669: the ready ones; if none, the serving terminating ones; never a non-serving one."""
+def _serving_endpoints(endpoints: list[_Endpoint], *, local_only: bool,
+                       topology: Callable[[_Endpoint], bool] | None = None) -> list[_Endpoint]:
+    """KEP-1669: the ready ones (of those `topology` keeps); if none, the serving terminating ones
+    (topology aside, as kube-proxy: a last resort before dropping connections); never a non-serving one."""
     if local_only:
         endpoints = [e for e in endpoints if e.local]
-    return [e for e in endpoints if e.ready] or [e for e in endpoints if e.serving and e.terminating]
+    return [e for e in endpoints if e.ready and (topology is None or topology(e))] or \
+        [e for e in endpoints if e.serving and e.terminating]
+
+
+def _topology(endpoints: list[_Endpoint], node_name: str, zone: str) -> Callable[[_Endpoint], bool] | None:
+    """Which endpoints the hints keep for this node, None when they keep all (kube-proxy's
+    topologyModeFromHints): node hints when every ready endpoint has some and one names this node
+    (PreferSameNode); else zone hints when every ready endpoint has some and one names this node's
+    zone; else none. Endpoints that are not ready take no part in the decision."""
+    ready = [e for e in endpoints if e.ready]
+    if not ready or any(e.hints is None for e in ready):
+        return None
+    if all(e.hints.nodes for e in ready) and any(node_name in e.hints.nodes for e in ready):
+        return lambda e: e.hints is not None and node_name in e.hints.nodes
+    if zone and all(e.hints.zones for e in ready) and any(zone in e.hints.zones for e in ready):
+        return lambda e: e.hints is not None and zone in e.hints.zones
+    return None
 
 
 def _by_address(backends: Iterable[Backend]) -> tuple[Backend, ...]:
@@ -467,6 +528,7 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
     if health_check_port is not None:
         _port_number(health_check_port, "healthCheckNodePort")
     external_ips = spec.get("externalIPs")
+    affinity_timeout = _affinity_timeout(spec) if _enum(spec, "sessionAffinity", AFFINITY_TYPES) == "ClientIP" else 0
     return _Service(namespace, name, cluster_ips, _service_ports(spec, namespace, name, node_ports),
                     internal_local=internal_local,
                     publish_not_ready=_optional(spec, "publishNotReadyAddresses", bool, False),
@@ -475,7 +537,20 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
                     lb_ips=_ingress_ips(obj["status"]) if obj.get("status") is not None else (),
                     external_local=external_local,
                     src_ranges=_source_ranges(spec) if spec.get("loadBalancerSourceRanges") is not None else _NO_RANGES,
-                    health_check_port=health_check_port if external_local else None)
+                    health_check_port=health_check_port if external_local else None,
+                    affinity_timeout=affinity_timeout)
+
+
+def _affinity_timeout(spec: dict) -> int:
+    """sessionAffinityConfig.clientIP.timeoutSeconds: 1..86400, 10800 when absent (the API's default)."""
+    config = _optional(_optional(spec, "sessionAffinityConfig", dict, {}), "clientIP", dict, {})
+    timeout = config.get("timeoutSeconds")
+    if timeout is None:
+        return AFFINITY_DEFAULT_TIMEOUT_S
+    if type(timeout) is not int or not 1 <= timeout <= AFFINITY_MAX_TIMEOUT_S:
+        raise _Malformed("bad_value", f"sessionAffinityConfig.clientIP.timeoutSeconds {timeout!r} is not "
+                                      f"in 1..{AFFINITY_MAX_TIMEOUT_S}")
+    return timeout
 
 
 def _ipv4_only(addresses: list, what: str) -> tuple[str, ...]:
@@ -574,8 +649,9 @@ def _parse_slice(obj) -> _Slice | None:
     ports = (_slice_port(entry) for entry in _optional(obj, "ports", list, []))
     ports = tuple(p for p in ports if p)   # checked before the endpoints: the first fault is the one named
     endpoints = [_slice_endpoint(entry) for entry in _optional(obj, "endpoints", list, [])]
-    addresses, node_names, conditions = zip(*endpoints) if endpoints else ((), (), ())   # rows to columns
-    return _Slice(namespace, service, name, ports, addresses, node_names, bytes(conditions))
+    addresses, node_names, conditions, hints = zip(*endpoints) if endpoints else ((), (), (), ())   # rows to columns
+    return _Slice(namespace, service, name, ports, addresses, node_names, bytes(conditions),
+                  hints if any(h is not None for h in hints) else None)
 
 
 def _slice_port(entry) -> _SlicePort | None:
@@ -586,8 +662,8 @@ def _slice_port(entry) -> _SlicePort | None:
     return _SlicePort(_intern(_optional(entry, "name", str, "")), _protocol(entry), _port_number(entry["port"], "port"))
 
 
-def _slice_endpoint(entry) -> tuple[str | None, str | None, int]:
-    """(first address, node name, condition bits)."""
+def _slice_endpoint(entry) -> tuple[str | None, str | None, int, Hints | None]:
+    """(first address, node name, condition bits, topology hints)."""
     entry = _expect(entry, dict, "an endpoint")
     # Every address is checked; the API calls them fungible and kube-proxy uses the first only.
     addresses = _optional(entry, "addresses", list, _NO_ADDRESSES)
@@ -598,7 +674,17 @@ def _slice_endpoint(entry) -> tuple[str | None, str | None, int]:
     bits = (_READY if ready else 0) | (_SERVING if _optional(conditions, "serving", bool, ready) else 0) | \
         (_TERMINATING if _optional(conditions, "terminating", bool, False) else 0)
     node_name = _optional(entry, "nodeName", str, None)
-    return addresses[0] if addresses else None, _intern(node_name) if node_name is not None else None, bits
+    hints = _hints(entry["hints"]) if entry.get("hints") is not None else None
+    return addresses[0] if addresses else None, _intern(node_name) if node_name is not None else None, bits, hints
+
+
+def _hints(value) -> Hints | None:
+    """An endpoint's hints: forZones and forNodes, lists of {name}; None when both are empty."""
+    hints = _expect(value, dict, "hints")
+    zones, nodes = (frozenset(_intern(_required(_expect(item, dict, f"a {field} entry"), "name", str))
+                              for item in _optional(hints, field, list, ()))
+                    for field in ("forZones", "forNodes"))
+    return Hints(zones, nodes) if zones or nodes else None
 
 
 _NO_ADDRESSES: list = []   # shared, never written

@@ -72,6 +72,7 @@ class Contribution:
     backend_entries: int = 0                                          # nat_be entries its lists take
     src_ranges: dict[int, frozenset[str]] = field(default_factory=lambda: _EMPTY)   # replaced, never written
     health_checks: dict[int, HealthCheck] = field(default_factory=lambda: _EMPTY)
+    affinity: dict[int, int] = field(default_factory=lambda: _EMPTY)   # id -> session affinity timeout
 
     def usage(self, new_service_ips: int) -> Usage:
         """The map entries it takes (services.usage for a DesiredState); how many of its service
@@ -110,10 +111,12 @@ def owning_service(slice_obj) -> ObjectKey | None:
 class ServiceTracker:
     def __init__(self, node_name: str, proxy_name: str | None = None,
                  id_hints: dict[FrontendKey, tuple[int, int]] | None = None, node_addresses: Sequence[str] = (),
-                 nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY, held_ids: Iterable[int] = ()):
+                 nodeport_cidrs: Sequence[str] = (), capacity: Usage = MAP_CAPACITY, held_ids: Iterable[int] = (),
+                 node_zone: str = ""):
         """A restart passes what the maps hold: `id_hints`, frontend -> (id, owner tag), and `held_ids`,
         every id the maps or conntrack name (those no service port takes back wait in quarantine)."""
         self.node_name = node_name
+        self.node_zone = node_zone   # topology.kubernetes.io/zone of this node, "" without
         self.capacity = capacity   # the maps' sizes: a service that does not fit is turned away whole
         self.proxy_name = proxy_name
         self.id_hints = dict(id_hints or {})   # frontend -> (id, owner) the maps already use (restart)
@@ -149,6 +152,15 @@ class ServiceTracker:
                                                                                       self.nodeport_cidrs):
             self.dirty.update(self.services)
         self.node_addresses = addresses
+
+    def set_node_zone(self, zone: str) -> None:
+        """This node's zone label changed: the services whose slices carry topology hints are planned
+        again (no other service depends on it)."""
+        if zone == self.node_zone:
+            return
+        self.node_zone = zone
+        self.dirty.update(owner for key, owner in self.slice_owners.items()
+                          if getattr(self.slices[key], "hints", None) is not None and owner in self.services)
 
     def prepare_service(self, obj) -> Prepared:
         """Pure, and reads nothing the tracker changes: callable outside its lock."""
@@ -278,6 +290,8 @@ class ServiceTracker:
             del self.state.src_ranges[i]
         for p in old.health_checks:
             del self.state.health_checks[p]
+        for i in old.affinity:
+            del self.state.affinity[i]
         self.ip_refs.subtract(old.service_ips)
         for ip in old.service_ips:   # drop zero counts (not `+= Counter()`: a new Counter of every address)
             if self.ip_refs[ip] <= 0:
@@ -298,6 +312,8 @@ class ServiceTracker:
             self.state.src_ranges.update(part.src_ranges)
         if part.health_checks:
             self.state.health_checks.update(part.health_checks)
+        if part.affinity:
+            self.state.affinity.update(part.affinity)
         self.ip_refs.update(part.service_ips)
         entries = part.usage(0)
         self.backend_entries += entries.backends
@@ -313,6 +329,7 @@ class ServiceTracker:
         self.state.backends.update(desired.backends)
         self.state.src_ranges.update(desired.src_ranges)
         self.state.health_checks.update(desired.health_checks)
+        self.state.affinity.update(desired.affinity)
         service_ips = [ip for part in parts.values() for ip in part.service_ips]
         self.ip_refs.update(service_ips)
         self.backend_entries += sum(part.backend_entries for part in parts.values())
@@ -339,7 +356,7 @@ class ServiceTracker:
                                 known_ids=old.ids if old else {}, proxy_name=self.proxy_name,
                                 reserved_ids=reserved,
                                 node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
-                                capacity=self.capacity)
+                                capacity=self.capacity, node_zone=self.node_zone)
         if old is None and self.id_hints:
             # Not an id a sync has since removed from the maps: nothing of it is left to take back.
             in_use = set(self.state.ids.values())
@@ -384,7 +401,7 @@ class ServiceTracker:
         desired = desired_state(self.services.values(), self.slices.values(), node_name=self.node_name,
                                 known_ids=previous, proxy_name=self.proxy_name, reserved_ids=reserved,
                                 node_addresses=self.node_addresses, nodeport_cidrs=self.nodeport_cidrs,
-                                capacity=self.capacity)
+                                capacity=self.capacity, node_zone=self.node_zone)
         if self.id_hints:
             # Restart: take back the ids the maps use, for names this process has not seen yet.
             held = set(previous.values())
@@ -447,4 +464,9 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         if part.health_checks is _EMPTY:
             part.health_checks = {}
         part.health_checks[health_port] = check
+    for svc_id, timeout in desired.affinity.items():
+        part = parts[owner_of_id[svc_id]]
+        if part.affinity is _EMPTY:
+            part.affinity = {}
+        part.affinity[svc_id] = timeout
     return parts

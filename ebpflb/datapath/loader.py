@@ -268,6 +268,7 @@ def _child_main(sock_fd: int, request_json: str) -> int:
             fds = {}
             for files, programs in request["units"]:
                 obj = BPF(text=program_text(*(BPF_DIR / f for f in files)).encode(), cflags=request["cflags"])
+                _fill_constant_tables(obj)
                 for name, kind in programs.items():
                     if kfuncs:
                         patch_kfunc_calls(_bcc_instructions(obj, name.encode()), kfuncs)
@@ -279,6 +280,19 @@ def _child_main(sock_fd: int, request_json: str) -> int:
             return 1
         socket.send_fds(sock, [json.dumps({"names": list(fds)}).encode()], list(fds.values()))
     return 0
+
+
+def _fill_constant_tables(obj) -> None:
+    """The tables of constants an object's programs read (not pinned: each object has its own), filled
+    before any of its programs is handed out: the powers bpf/sctp.h updates SCTP's CRC32c with."""
+    from ebpflb.datapath.sctp_crc import powers
+    try:
+        table = obj[b"sctp_crc_powers"]
+    except KeyError:
+        return
+    values = powers()
+    table.items_update_batch((table.Key * len(values))(*map(table.Key, range(len(values)))),
+                             (table.Leaf * len(values))(*map(table.Leaf, values)))
 
 
 def _bcc_instructions(obj, name: bytes):

@@ -128,6 +128,18 @@ class BpfMap:
                     out.append((key, ffi.new(f"{self.value_type} *", values[i])))
         return out
 
+    def nonzero_u32(self) -> dict[int, int]:
+        """{key: value} of an array map of __u32 keys and 4-byte values, the entries that are not 0,
+        without a Python object per entry (affinity_svc: 131072 entries, nearly all 0)."""
+        if ffi.sizeof(self.key_type) != 4 or ffi.sizeof(self.value_type) != 4 or self.percpu:
+            raise TypeError(f"{self.path}: not a map of 4-byte keys and values")
+        found = {}
+        for keys, values, n in self._batches():
+            key_words = memoryview(ffi.buffer(keys, 4 * n)).cast("I")
+            value_words = memoryview(ffi.buffer(values, 4 * n)).cast("I")
+            found.update((key_words[i], value) for i, value in enumerate(value_words) if value)
+        return found
+
     def count(self) -> int:
         """Number of entries, without building Python objects for them."""
         return sum(n for _, _, n in self._batches())
@@ -147,6 +159,9 @@ MAP_LAYOUT = {
     "config": ("__u32", "struct config", False),
     "src_ranges": ("struct src_range_key", "__u32", False),
     "svc_addr_bits": ("__u32", "__u64", False),
+    "affinity_svc": ("__u32", "struct affinity_svc", False),
+    "affinity_be": ("struct affinity_be_key", "__u32", False),
+    "affinity": ("struct affinity_key", "struct affinity_value", False),
     "sock_rev": ("struct sock_rev_key", "struct sock_rev_value", False),
     "sock_gone": ("struct sock_gone_key", "__u32", False),
 }
@@ -164,6 +179,9 @@ class Maps:
     config: BpfMap
     src_ranges: BpfMap
     svc_addr_bits: BpfMap
+    affinity_svc: BpfMap
+    affinity_be: BpfMap
+    affinity: BpfMap
     sock_rev: BpfMap
     sock_gone: BpfMap
 

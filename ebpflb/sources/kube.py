@@ -27,11 +27,13 @@ import random
 import socket
 import threading
 import time
+from typing import NamedTuple
 from urllib.parse import urlencode
 
 import orjson
 import urllib3
 
+from ebpflb.core.services import ZONE_LABEL
 from ebpflb.core.tracker import ServiceTracker, object_key
 from ebpflb.gc_pause import gc_paused
 
@@ -245,6 +247,30 @@ class Reflector(threading.Thread):
             self.counters.watch_restart(self.resource, reason)
 
 
+# A node the cluster autoscaler is about to delete: kube-proxy's /healthz fails for it (nodeEligible).
+TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
+
+
+class NodeInfo(NamedTuple):
+    """All the agent reads of a Node object."""
+    addresses: tuple[str, ...] = ()   # node_addresses_of()
+    zone: str = ""                    # its topology.kubernetes.io/zone label ("" without)
+    eligible: bool = True             # False once it is being deleted (kube-proxy's nodeEligible)
+
+
+def node_info_of(node) -> NodeInfo:
+    """What a Node object says; anything malformed reads as absent (a Node is never rejected)."""
+    metadata = node.get("metadata") if isinstance(node, dict) else None
+    metadata = metadata if isinstance(metadata, dict) else {}
+    labels = metadata.get("labels")
+    zone = labels.get(ZONE_LABEL) if isinstance(labels, dict) else None
+    spec = node.get("spec") if isinstance(node, dict) else None
+    taints = spec.get("taints") if isinstance(spec, dict) else None
+    deleting = metadata.get("deletionTimestamp") is not None or (
+        isinstance(taints, list) and any(isinstance(t, dict) and t.get("key") == TO_BE_DELETED_TAINT for t in taints))
+    return NodeInfo(node_addresses_of(node), zone if isinstance(zone, str) else "", not deleting)
+
+
 def node_addresses_of(node) -> tuple[str, ...]:
     """The IPv4 InternalIP and ExternalIP addresses of a Node object; what is no address is left out
     (it was taken on a dot and crashed the agent where NodePorts are planned)."""
@@ -278,7 +304,7 @@ class KubeSource:
         self.node_name = node_name
         self.counters = counters
         self.stopping = threading.Event()
-        self.nodes: dict[str, tuple[str, ...]] = {}   # name -> its addresses, all we read of a Node
+        self.nodes: dict[str, NodeInfo] = {}   # name -> what we read of it
         self.reflectors: list[Reflector] = []
 
     @property
@@ -307,19 +333,19 @@ class KubeSource:
 
         def prepare_node(obj):
             key = object_key(obj)
-            return (key[1] if key else None), node_addresses_of(obj)
+            return (key[1] if key else None), node_info_of(obj)
 
         def on_node(kind, item):
-            name, addresses = item
+            name, info = item
             if name is None:
                 return
             if kind == "DELETED":
                 self.nodes.pop(name, None)
             else:
-                self.nodes[name] = addresses
+                self.nodes[name] = info
 
         def list_nodes(items):
-            self.nodes = {name: addresses for name, addresses in items if name is not None}
+            self.nodes = {name: info for name, info in items if name is not None}
 
         self.reflectors = [
             Reflector("services", lister(self.api, PATHS["services"]),
@@ -340,7 +366,11 @@ class KubeSource:
 
     def node_addresses(self, node_name: str) -> list[str]:
         """The IPv4 InternalIP and ExternalIP addresses of this node's Node object (node_addresses_of)."""
-        return list(self.nodes.get(node_name, ()))
+        return list(self.node(node_name).addresses)
+
+    def node(self, node_name: str) -> NodeInfo:
+        """What the Node object of that name says; defaults while there is none (yet)."""
+        return self.nodes.get(node_name, NodeInfo())
 
     def stop(self) -> None:
         self.stopping.set()

@@ -33,6 +33,10 @@ KEEPERS: dict[str, Keeper] = {
     "svc_ips": Keeper(DESIRED),
     "src_ranges": Keeper(DESIRED),
     "svc_addr_bits": Keeper(DESIRED),
+    "affinity_svc": Keeper(DESIRED),   # session affinity timeouts
+    "affinity_be": Keeper(DESIRED),    # the backends an affinity entry may name
+    # a client's last backend (bpf/affinity.h); pruned by the agent when its backend or affinity goes
+    "affinity": Keeper(FLOWS, service_id=lambda key, value: key.svc_id),
     "ct": Keeper(FLOWS, service_id=lambda key, value: value.svc_id),
     "sock_rev": Keeper(FLOWS, service_id=lambda key, value: value.svc_id),   # host sockets (bpf/sock.c)
     "svc_counters": Keeper(COUNTERS, per_id=True),

@@ -26,6 +26,15 @@ The order of a sync:
   8. service addresses and source ranges that are gone
   9. address bits nothing needs any more
 
+Session affinity rides along: a service port's timeout (affinity_svc) is switched off at 2 and on
+or changed at 3, after its members (affinity_be: the backends an entry may name, with their
+ordinals) are written at 3; members that go are deleted at 2, so no new connection follows an entry
+to a backend that is leaving. Members are not kept per generation: a member's ordinal only tells
+the programs whether it is among the frontend's candidates (all, or the local ones, which come
+first), and a backend's place on one side of that line never changes. Entries naming what left are
+the agent's to forget (ebpflb.datapath.affinity), after the sync: WriteStats.affinity_left says
+which ids.
+
 The tracker admits only services that fit, so the final contents always fit; should the writes still
 meet a full map (a second generation needs room beside the first), the sync is done again one id at
 a time (3, 5, 7 for each), and an id whose new list finds no room even so is rewritten in place,
@@ -62,6 +71,8 @@ class MapContents:
     slots: dict[tuple[int, int, int], Backend] = field(default_factory=dict)   # (id, generation, ordinal)
     service_ips: set[str] = field(default_factory=set)
     src_ranges: dict[int, set[str]] = field(default_factory=dict)   # id -> CIDRs
+    affinity: dict[int, int] = field(default_factory=dict)          # id -> session affinity timeout (s)
+    affinity_members: dict[int, dict[Backend, int]] = field(default_factory=dict)   # id -> backend -> ordinal
 
     def backend_of(self, key: FrontendKey, ordinal: int) -> Backend | None:
         """The backend the frontend reaches at ordinal (in the generation it reads)."""
@@ -95,6 +106,7 @@ class WriteStats:
     deleted: int = 0
     removed_backends: set[tuple[int, Backend]] = field(default_factory=set)   # (id, backend)
     removed_udp_backends: set[tuple[int, Backend]] = field(default_factory=set)   # their UDP flows must move
+    affinity_left: set[int] = field(default_factory=set)   # ids whose affinity, or some of its members, went
 
     @property
     def changed(self) -> bool:
@@ -133,6 +145,14 @@ def src_range_keys(ranges: Sequence[tuple[int, str]]):
                         addr=ip_be_column(addrs))
 
 
+def affinity_member_keys(members: Sequence[tuple[int, Backend]]):
+    """Of (id, backend) pairs."""
+    ids, backends = _columns(members, 2)
+    addrs, ports = _columns(backends, 2)
+    return struct_array("struct affinity_be_key", len(members), svc_id=ids, addr=ip_be_column(addrs),
+                        port=port_be_column(ports))
+
+
 def service_ip_keys(addrs: Sequence[str]):
     return ffi.new("__u32[]", [ip_be(addr) for addr in addrs])
 
@@ -169,7 +189,18 @@ def read_contents(maps: Maps) -> MapContents:
     contents.service_ips = {ip_str(k[0]) for k, _ in maps.svc_ips.items()}
     for k, _ in maps.src_ranges.items():
         contents.src_ranges.setdefault(k.id, set()).add(f"{ip_str(k.addr)}/{k.prefixlen - 32}")
+    contents.affinity = maps.affinity_svc.nonzero_u32()
+    for k, v in maps.affinity_be.items():
+        contents.affinity_members.setdefault(k.svc_id, {})[Backend(ip_str(k.addr), port_int(k.port))] = v[0]
     return contents
+
+
+_NO_MEMBERS: dict = {}   # never written
+
+
+def _members(backends: tuple) -> dict[Backend, int]:
+    """Backend -> its ordinal in a service port's list."""
+    return {backend: ordinal for ordinal, backend in enumerate(backends)}
 
 
 def _prefix_of_each_other(a: tuple, b: tuple) -> bool:
@@ -204,6 +235,8 @@ class MapWriter:
         self.slots: dict[int, dict[int, tuple[Backend | None, ...]]] = contents.slots_by_id()
         self.service_ips: set[str] = contents.service_ips
         self.src_ranges: dict[int, set[str]] = contents.src_ranges
+        self.affinity: dict[int, int] = contents.affinity
+        self.affinity_members: dict[int, dict[Backend, int]] = contents.affinity_members
         self.frontends_of: dict[int, set[FrontendKey]] = {}
         for key, frontend in self.frontends.items():
             self.frontends_of.setdefault(frontend.svc_id, set()).add(key)
@@ -219,7 +252,7 @@ class MapWriter:
 
     def ids_in_maps(self) -> set[int]:
         """Every id an entry of the NAT maps names."""
-        return {*self.slots, *self.frontends_of, *self.src_ranges}
+        return {*self.slots, *self.frontends_of, *self.src_ranges, *self.affinity, *self.affinity_members}
 
     def id_hints(self) -> dict[FrontendKey, tuple[int, int]]:
         """frontend -> (id, owner tag): what a restarted tracker takes ids back from."""
@@ -263,6 +296,11 @@ class MapWriter:
                      ", ".join(f"id {i} generation {g}" for i, g in sorted(plan.deletes)[:5]))
         stats.deleted += self._delete_frontends(gone_frontends)                                    # 1
         stats.deleted += self._delete_unreached(desired, changes)                                  # 2
+        timeouts, members_gone, members_new = self._affinity_diff(desired, changes)
+        off = [(svc_id, 0) for svc_id, timeout in timeouts if not timeout]
+        stats.written += self._write_timeouts(off)
+        stats.deleted += self._delete_members(members_gone)
+        stats.affinity_left = {svc_id for svc_id, _ in off} | {svc_id for svc_id, _ in members_gone}
         ranges_added, ranges_gone = self._range_diff(desired, changes)
         addresses = [addr for addr in changes.service_ips
                      if addr in desired.service_ips and addr not in self.service_ips]
@@ -277,6 +315,8 @@ class MapWriter:
             log.warning("a map is too full for this sync's writes beside what they replace (%s): "
                         "writing one service port at a time", err)
             one_at_a_time = True
+        stats.written += self._write_members(members_new)
+        stats.written += self._write_timeouts([(svc_id, timeout) for svc_id, timeout in timeouts if timeout])
         stats.written += self.addr_bits.add(new_addrs)                                              # 4
         if one_at_a_time:
             self._one_id_at_a_time(desired, changed_frontends, plan, stats)
@@ -490,6 +530,52 @@ class MapWriter:
             if not self.src_ranges[svc_id]:
                 del self.src_ranges[svc_id]
         return len(ranges)
+
+    def _affinity_diff(self, desired: DesiredState, changes: Changes):
+        """(timeouts to write: (id, seconds or 0 for off), members that go: (id, backend), members new or
+        moved: (id, backend, ordinal)) for the changed ids."""
+        timeouts, gone, new = [], [], []
+        for svc_id in changes.ids:
+            want = desired.affinity.get(svc_id, 0)
+            if want != self.affinity.get(svc_id, 0):
+                timeouts.append((svc_id, want))
+            have_members = self.affinity_members.get(svc_id, _NO_MEMBERS)
+            want_members = _members(desired.backends.get(svc_id, ())) if want else _NO_MEMBERS
+            gone += [(svc_id, backend) for backend in have_members if backend not in want_members]
+            new += [(svc_id, backend, ordinal) for backend, ordinal in want_members.items()
+                    if have_members.get(backend) != ordinal]
+        return timeouts, gone, new
+
+    def _write_timeouts(self, timeouts: list[tuple[int, int]]) -> int:
+        if not timeouts:
+            return 0
+        ids, seconds = _columns(timeouts, 2)
+        self.maps.affinity_svc.update_many(ffi.new("__u32[]", list(ids)),
+                                           struct_array("struct affinity_svc", len(timeouts), timeout_s=seconds))
+        for svc_id, timeout in timeouts:
+            if timeout:
+                self.affinity[svc_id] = timeout
+            else:
+                self.affinity.pop(svc_id, None)
+        return len(timeouts)
+
+    def _write_members(self, members: list[tuple[int, Backend, int]]) -> int:
+        if not members:
+            return 0
+        self.maps.affinity_be.update_many(affinity_member_keys([(i, b) for i, b, _ in members]),
+                                          ffi.new("__u32[]", [ordinal for _, _, ordinal in members]))
+        for svc_id, backend, ordinal in members:
+            self.affinity_members.setdefault(svc_id, {})[backend] = ordinal
+        return len(members)
+
+    def _delete_members(self, members: list[tuple[int, Backend]]) -> int:
+        for svc_id, backend in members:
+            self.maps.affinity_be.delete(affinity_member_keys([(svc_id, backend)]))
+            have = self.affinity_members[svc_id]
+            del have[backend]
+            if not have:
+                del self.affinity_members[svc_id]
+        return len(members)
 
     def _range_diff(self, desired: DesiredState, changes: Changes):
         added, gone = [], []

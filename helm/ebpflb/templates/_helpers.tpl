@@ -83,7 +83,13 @@ app.kubernetes.io/component: agent
 {{- end }}
 - {{ printf "--pin-dir=%s" $a.pinDir | quote }}
 - {{ printf "--min-sync-period=%v" $a.minSyncPeriod | quote }}
+{{- if .Values.kubeProxyPorts.enabled }}
+- {{ printf "--metrics-addr=%s:%v,%s" .Values.metrics.bindAddress .Values.metrics.port .Values.kubeProxyPorts.metricsBindAddress | quote }}
+- {{ printf "--healthz-addr=%s" .Values.kubeProxyPorts.healthzBindAddress | quote }}
+{{- else }}
 - {{ printf "--metrics-addr=%s:%v" .Values.metrics.bindAddress .Values.metrics.port | quote }}
+{{- end }}
+- {{ printf "--healthz-timeout=%v" $a.healthzTimeout | quote }}
 {{- with $a.uplinks }}
 - {{ printf "--uplinks=%s" . | quote }}
 {{- end }}
