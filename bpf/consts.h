@@ -4,6 +4,9 @@
 #define ETH_HLEN_ 14
 #define ETH_P_IP_BE 0x0008          /* htons(ETH_P_IP) */
 #define IP_MF_OFFSET_MASK 0xff3f    /* htons(IP_MF | IP_OFFSET): fragment bits, network order */
+#define IP_OFFSET_MASK_BE 0xff1f    /* htons(IP_OFFSET): a later fragment's offset, network order */
+#define IP_MF_BE 0x0020             /* htons(IP_MF) */
+#define IP_DF_BE 0x0040             /* htons(IP_DF) */
 
 #define TCP_FL_FIN 0x01
 #define TCP_FL_SYN 0x02
@@ -13,6 +16,9 @@
 #define ICMP_ECHO_REQUEST 8
 #define ICMP_DEST_UNREACH_ 3
 #define ICMP_PORT_UNREACH_ 3
+#define ICMP_FRAG_NEEDED_ 4
+#define ICMP_TIME_EXCEEDED_ 11
+#define ICMP_EXC_TTL_ 0
 /* An ICMP error quotes the offending IP header (with options) and 8 bytes of payload. */
 #define ICMP_QUOTE_MAX (60 + 8)
 

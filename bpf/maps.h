@@ -40,3 +40,5 @@ BPF_TABLE_PINNED("array", __u32, __u64, svc_addr_bits, SVC_ADDR_WORDS, PINNED(sv
 BPF_TABLE_PINNED("lru_hash", struct sock_rev_key, struct sock_rev_value, sock_rev, SOCK_REV_MAX, PINNED(sock_rev));
 BPF_TABLE_PINNED("hash", struct sock_gone_key, __u32, sock_gone, SOCK_GONE_MAX, PINNED(sock_gone),
 		 BPF_F_NO_PREALLOC);
+/* The ICMP errors the programs send, rate limited node-wide (bpf/icmp_reject.h). */
+BPF_TABLE_PINNED("array", __u32, struct icmp_bucket, icmp_bucket, 1, PINNED(icmp_bucket));

@@ -122,6 +122,7 @@ static __always_inline int sctp_nat_rewrite(struct __sk_buff *skb, const struct 
 					    __u32 daddr, __u16 dport, __u32 old_ports, __u32 new_ports)
 {
 	int state = skb_csum_state(skb);
+	CTX_FRESH(skb);
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	__u32 change = 0;
 
@@ -159,6 +160,7 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct packe
 		break;
 	}
 	/* After a helper call the packet pointers must be taken again: here, not before. */
+	CTX_FRESH(skb);
 	return rewrite_tuple((void *)(long)skb->data, (void *)(long)skb->data_end, p, saddr, sport, daddr, dport, fix);
 }
 
@@ -204,6 +206,7 @@ static __always_inline int xdp_rewrite(struct xdp_md *ctx, const struct packet *
 /* Send the packet back out of the interface it came in on, towards the pod: swap the MACs. */
 static __always_inline int redirect_back(struct __sk_buff *skb)
 {
+	CTX_FRESH(skb);
 	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	__u8 mac[ETH_ALEN];

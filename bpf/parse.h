@@ -14,11 +14,29 @@ struct sctp_common {
 	__u32 checksum;
 };
 
+/* Before reading skb->data/data_end where several inlined paths do: the compiler may otherwise keep
+ * &skb->data_end in a register shared by them, and the verifier refuses a load through a ctx
+ * pointer moved off the context ("dereference of modified ctx ptr"). */
+#define CTX_FRESH(ctx) asm volatile("" : "+r"(ctx))
+
+/* x &= mask where the verifier sees it: after a bounds check the compiler may use another copy of
+ * x for the pointer, whose bounds the verifier never learnt. mask: 2^n - 1 above every valid x. */
+#define VERIFIER_MASK(x, mask) asm volatile("%0 &= " #mask : "+r"(x))
+
 enum parse_result {
 	PARSE_OK,
 	PARSE_NOT_IPV4,   /* not ours: pass */
 	PARSE_MALFORMED,  /* truncated or inconsistent headers */
-	PARSE_FRAGMENT,   /* IPv4 fragment: no L4 header we may trust */
+	PARSE_FRAGMENT,   /* IPv4 fragment without an L4 header to match a flow on (a later one,
+			   * or any of SCTP's, whose CRC spans them all): frag.h */
+};
+
+/* packet.frag: a first fragment parses as PARSE_OK (its L4 header is there) and is translated like
+ * any packet; frag.h remembers it for the later ones. */
+enum packet_frag {
+	FRAG_NONE,
+	FRAG_FIRST,   /* MF set, offset 0 */
+	FRAG_LATER,   /* offset > 0 */
 };
 
 struct packet {
@@ -34,7 +52,11 @@ struct packet {
 	__u8 icmp_type;
 	__u8 pad;
 	__u16 l4_len;       /* the IP packet's bytes after its header (SCTP's CRC covers them) */
-	__u16 pad2;
+	__u16 ip_id;        /* be; set for fragments only (frag.h's key) */
+	__u8 frag;          /* enum packet_frag */
+	__u8 ip_flags;      /* the DF bit (IP_DF_BE), for fib.h */
+	__u8 ttl;           /* for fib.h, which forwards past the stack's TTL check */
+	__u8 pad3;
 };
 
 /* The headers between data and data_end; len is the packet's whole length (tc: skb->len). */
@@ -68,8 +90,18 @@ static __always_inline enum parse_result parse_headers(void *data, void *data_en
 	p->tcp_flags = 0;
 	p->icmp_type = 0;
 	p->l4_len = tot_len - ip_len;
-	if (iph->frag_off & IP_MF_OFFSET_MASK)
-		return PARSE_FRAGMENT;
+	p->ip_id = 0;
+	p->frag = FRAG_NONE;
+	p->ip_flags = iph->frag_off & IP_DF_BE;
+	p->ttl = iph->ttl;
+	p->pad3 = 0;
+	if (iph->frag_off & IP_MF_OFFSET_MASK) {
+		p->ip_id = iph->id;
+		p->frag = (iph->frag_off & IP_OFFSET_MASK_BE) ? FRAG_LATER : FRAG_FIRST;
+		if (p->frag == FRAG_LATER || p->proto == IPPROTO_SCTP)
+			return PARSE_FRAGMENT;
+		/* a first fragment: its L4 header is parsed as a whole packet's */
+	}
 
 	void *l4 = data + p->l4_off;
 	switch (p->proto) {

@@ -9,7 +9,7 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 6
+#define EBPFLB_LAYOUT_VERSION 7
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
@@ -59,6 +59,7 @@
 /* config.flags */
 #define CFG_FLG_NONE 0
 #define CFG_FLG_LOCALHOST_NODEPORTS 1   /* host sockets reach NodePorts on 127.0.0.0/8 too (bpf/sock.c) */
+#define CFG_FLG_ICMP_RATE_LIMIT 2       /* icmp_rate and icmp_burst hold (an older agent's config: no limit) */
 
 /* A service frontend: (address, port, IP protocol). */
 struct nat_fe_key {
@@ -173,7 +174,11 @@ struct svc_counters {
 #define DROP_CT_CLASH 9             /* the reply tuple held by a live flow, or the conntrack write failed */
 #define DROP_REWRITE_FAILED 10      /* a helper refused to rewrite or resize the packet */
 #define DROP_NO_ROUTE 11            /* no route for a translated packet */
-#define DROP_FRAG_NEEDED 12         /* a translated packet (not GSO) larger than the egress MTU */
+#define DROP_FRAG_NEEDED 12         /* forwarded past the stack, larger than the egress MTU (GSO: its
+                                     * segments), and no frag-needed could be sent (no DF, or not one host) */
+#define DROP_FRAGMENT_UNKNOWN 13    /* a later fragment to a service whose first fragment was not seen */
+#define DROP_TTL_EXCEEDED 14        /* forwarded past the stack at TTL 1, and no time exceeded could be sent */
+#define DROP_ICMP_RATE_LIMITED 15   /* an ICMP error the programs would send, over --icmp-rate/--icmp-burst */
 #define DROPS_MAX 16
 struct drop_counters {
 	__u64 packets;
@@ -221,6 +226,19 @@ struct config {
 	__u32 node_addr;       /* be: this node's uplink address, the SNAT source towards remote backends */
 	__u64 netns_cookie;    /* the agent's network namespace: the only one whose sockets bpf/sock.c
 				* translates (0: none) */
+	__u32 icmp_rate;       /* ICMP errors the programs send per second, node-wide (--icmp-rate) */
+	__u32 icmp_burst;      /* and at most this many at once (--icmp-burst); the bucket starts full */
+};
+
+#define ICMP_RATE_DEFAULT 1000   /* as the kernel's net.ipv4.icmp_msgs_per_sec */
+#define ICMP_BURST_DEFAULT 50    /* as net.ipv4.icmp_msgs_burst */
+
+/* The programs' token bucket for the ICMP errors they send (bpf/icmp_reject.h), one per node,
+ * shared by every CPU and program: credit grows by icmp_rate a second up to icmp_burst, each error
+ * takes one. Only the programs write it. */
+struct icmp_bucket {
+	__u64 stamp_ns;   /* when credit was last added (bpf/clock.h) */
+	__u64 credit;     /* errors that may go now; a signed count (CPUs racing may take it below 0) */
 };
 
 /* Host sockets (bpf/sock.c): a socket that connect() or sendto() pointed at a backend instead of

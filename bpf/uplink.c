@@ -40,39 +40,27 @@
 #include "fib.h"
 #include "counters.h"
 #include "icmp_reject.h"
+#include "icmp_error.h"
+#include "frag_forward.h"
 #include "trace.h"
 
-/* NAT_FWD of an external flow: destination to the backend, and the source to the node's when
- * the backend is elsewhere (so its reply comes back through us). */
-static __always_inline int uplink_forward(struct __sk_buff *skb, const struct packet *p,
-					  const struct ct_value *fwd)
+/* Send p translated as t says (ct_target.h's nat_target_of(): NAT_FWD, destination to the backend
+ * and with SNAT the source to the node's, so the reply comes back through us; NAT_REV, source back
+ * to the frontend and after SNAT the destination back to the client): in place for the stack to
+ * route, or SNATed past it by FIB. One call site per program: the verifier prunes the paths that
+ * reach it alike, where each inlined copy would be walked again. */
+static __always_inline int uplink_send(struct __sk_buff *skb, const struct packet *p, const struct nat_target *t)
 {
-	if (!(fwd->flags & CT_FLAG_SNAT))
-		return nat_rewrite(skb, p, p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0 ?
+	if (t->path != NAT_PATH_FIB)
+		return nat_rewrite(skb, p, t->saddr, t->sport, t->daddr, t->dport) < 0 ?
 			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
-	if (nat_rewrite(skb, p, fwd->snat_addr, fwd->snat_port ? fwd->snat_port : p->sport,
-			fwd->nat_addr, fwd->nat_port) < 0)
-		return drop_skb(skb, DROP_REWRITE_FAILED);
-	return redirect_by_fib(skb, fwd->snat_addr, fwd->nat_addr, p->proto);
-}
-
-/* NAT_REV: source back to the frontend, and the destination back to the client after SNAT. */
-static __always_inline int uplink_reverse(struct __sk_buff *skb, const struct packet *p,
-					  const struct ct_value *rev)
-{
-	if (!(rev->flags & CT_FLAG_SNAT))
-		return nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, p->daddr, p->dport) < 0 ?
-			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
-	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, rev->snat_addr,
-			rev->snat_port ? rev->snat_port : p->dport) < 0)
-		return drop_skb(skb, DROP_REWRITE_FAILED);
-	return redirect_by_fib(skb, rev->nat_addr, rev->snat_addr, p->proto);
+	return forward_by_fib(skb, p, t->saddr, t->sport, t->daddr, t->dport);
 }
 
 /* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL. */
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
 					     const struct nat_fe_value *fe, const struct ct_key *fwd_key,
-					     const struct ct_key *old_rev_key, __u64 now)
+					     const struct ct_key *old_rev_key, __u64 now, struct nat_target *t, int *send)
 {
 	if (!lb_source_allowed(fe, p->saddr)) {
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
@@ -130,17 +118,29 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
-	return uplink_forward(skb, p, &fwd);
+	nat_target_of(fwd_key, &fwd, t);
+	*send = 1;   /* as *t says: the entry program's one uplink_send() */
+	return TC_ACT_NEXT;
 }
 
 int from_uplink(struct __sk_buff *skb)
 {
 	struct packet p;
+	enum parse_result res = parse_packet(skb, &p);
 
-	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+	if (res == PARSE_FRAGMENT && p.frag == FRAG_LATER)
+		return frag_later_tc(skb, &p, HOOK_FROM_UPLINK, 0);
+	if (res != PARSE_OK)
+		return TC_ACT_NEXT;
+	if (p.frag == FRAG_FIRST)
+		frag_remember(&p);   /* its later fragments' ports (frag.h) */
+	if (p.proto == IPPROTO_ICMP && icmp_is_error(p.icmp_type))
+		return icmp_error_tc(skb, &p, HOOK_FROM_UPLINK, 0);   /* e.g. a router's frag-needed */
+	if (!is_l4_with_ports(&p))
 		return TC_ACT_NEXT;
 
 	struct ct_key key;
+	struct nat_target t;
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
@@ -151,7 +151,8 @@ int from_uplink(struct __sk_buff *skb)
 		/* A backend elsewhere answering an outside client's flow we SNATed. */
 		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
-		return uplink_reverse(skb, &p, entry);
+		nat_target_of(&key, entry, &t);
+		goto send;
 	}
 	struct ct_key old_rev_key, *reopens = NULL;
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
@@ -163,7 +164,8 @@ int from_uplink(struct __sk_buff *skb)
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
 				ct_touch_fwd(&p, entry, now);
 				count_packet(skb, entry->svc_id, 0);
-				return uplink_forward(skb, &p, entry);
+				nat_target_of(&key, entry, &t);
+				goto send;
 			}
 		} else {
 			old_rev_key = entry->twin;
@@ -172,16 +174,30 @@ int from_uplink(struct __sk_buff *skb)
 	}
 
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
-	if (fe && (fe->flags & NAT_FLG_EXTERNAL))
-		return new_external_flow(skb, &p, fe, &key, reopens, clock_now());
-	return TC_ACT_NEXT;
+	if (!fe || !(fe->flags & NAT_FLG_EXTERNAL))
+		return TC_ACT_NEXT;
+	int send = 0;
+	int verdict = new_external_flow(skb, &p, fe, &key, reopens, clock_now(), &t, &send);
+	if (!send)
+		return verdict;
+send:
+	return uplink_send(skb, &p, &t);
 }
 
 int to_uplink(struct __sk_buff *skb)
 {
 	struct packet p;
+	enum parse_result res = parse_packet(skb, &p);
 
-	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+	if (res == PARSE_FRAGMENT && p.frag == FRAG_LATER)
+		return frag_later_tc(skb, &p, HOOK_TO_UPLINK, 0);
+	if (res != PARSE_OK)
+		return TC_ACT_NEXT;
+	if (p.frag == FRAG_FIRST)
+		frag_remember(&p);   /* its later fragments' ports (frag.h) */
+	if (p.proto == IPPROTO_ICMP && icmp_is_error(p.icmp_type))
+		return icmp_error_tc(skb, &p, HOOK_TO_UPLINK, 0);
+	if (!is_l4_with_ports(&p))
 		return TC_ACT_NEXT;
 
 	struct ct_key key;
@@ -192,7 +208,9 @@ int to_uplink(struct __sk_buff *skb)
 		return TC_ACT_NEXT;
 	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
-	return uplink_reverse(skb, &p, rev);
+	struct nat_target t;
+	nat_target_of(&key, rev, &t);
+	return uplink_send(skb, &p, &t);
 }
 
 /* Translate an established SNATed flow in XDP and send it on. XDP_PASS (untouched) whenever
@@ -203,8 +221,8 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	__u8 macs[12];
 	__u32 ifindex;
 
-	if (xdp_csum_partial(ctx, p))
-		return XDP_PASS;
+	if (xdp_csum_partial(ctx, p) || p->ttl <= 1)
+		return XDP_PASS;   /* tc knows the skb's checksum state; tc answers time exceeded */
 
 	/* Only back out of the interface it came in on: the agent put XDP here because this interface
 	 * delivers what XDP sends (ebpflb/datapath/attach.py); another may not, and would drop it. */
@@ -213,9 +231,14 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	if (xdp_rewrite(ctx, p, saddr, sport, daddr, dport) < 0)
 		return XDP_PASS;
 	void *data = (void *)(long)ctx->data, *data_end = (void *)(long)ctx->data_end;
-	if (data + sizeof(macs) > data_end)
+	struct iphdr *iph = data + ETH_HLEN_;
+	if ((void *)(iph + 1) > data_end)
 		return drop_xdp(ctx, DROP_REWRITE_FAILED);   /* cannot happen: the headers were just rewritten */
 	__builtin_memcpy(data, macs, sizeof(macs));
+	/* forwarded past the stack: its TTL one lower, as fib.h's */
+	__u16 *ttl_proto = (__u16 *)&iph->ttl, before = *ttl_proto;
+	iph->ttl--;
+	iph->check = csum_apply(iph->check, csum_word_diff(before, *ttl_proto));
 	if (entry->type == CT_TYPE_NAT_FWD)
 		ct_touch_fwd(p, entry, now);
 	else
@@ -228,8 +251,8 @@ int xdp_uplink(struct xdp_md *ctx)
 {
 	struct packet p;
 
-	if (parse_xdp(ctx, &p) != PARSE_OK || !is_l4_with_ports(&p))
-		return XDP_PASS;
+	if (parse_xdp(ctx, &p) != PARSE_OK || !is_l4_with_ports(&p) || p.frag != FRAG_NONE)
+		return XDP_PASS;   /* fragments are tc's (frag.h) */
 
 	struct ct_key key;
 	ct_key_of(&p, &key);

@@ -28,6 +28,8 @@
 #include "affinity.h"
 #include "counters.h"
 #include "icmp_reject.h"
+#include "icmp_error.h"
+#include "frag_forward.h"
 #include "trace.h"
 
 /* Apply a NAT_FWD entry: destination to the backend, and for hairpin the source too. */
@@ -109,9 +111,17 @@ int from_workload(struct __sk_buff *skb)
 
 	if (res == PARSE_NOT_IPV4 || res == PARSE_MALFORMED)
 		return TC_ACT_NEXT;   /* not ours, or not parsed whole: never translated */
+	if (res == PARSE_FRAGMENT && p.frag == FRAG_LATER && p.proto != IPPROTO_SCTP)
+		/* never to a VIP untranslated: its first fragment's flow, or dropped */
+		return frag_later_tc(skb, &p, HOOK_FROM_WORKLOAD, lb_is_cluster_ip(p.daddr));
 	if (res != PARSE_OK)
-		/* A fragment: never let it reach a VIP untranslated. */
+		/* An SCTP fragment: its CRC spans the datagram, no translation could keep it. */
 		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_FRAGMENT_TO_SERVICE) : TC_ACT_NEXT;
+	if (p.frag == FRAG_FIRST)
+		frag_remember(&p);   /* its later fragments' ports (frag.h) */
+	if (p.proto == IPPROTO_ICMP && icmp_is_error(p.icmp_type))
+		/* e.g. a client refusing a reply; one about no flow of ours is not for a ClusterIP */
+		return icmp_error_tc(skb, &p, HOOK_FROM_WORKLOAD, lb_is_cluster_ip(p.daddr));
 	if (!is_l4_with_ports(&p))
 		/* A ClusterIP answers no ping and carries no other protocol. */
 		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_NOT_L4_TO_SERVICE) : TC_ACT_NEXT;
@@ -161,8 +171,17 @@ int from_workload(struct __sk_buff *skb)
 int to_workload(struct __sk_buff *skb)
 {
 	struct packet p;
+	enum parse_result res = parse_packet(skb, &p);
 
-	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+	if (res == PARSE_FRAGMENT && p.frag == FRAG_LATER)
+		return frag_later_tc(skb, &p, HOOK_TO_WORKLOAD, 0);   /* e.g. a backend's large answer */
+	if (res != PARSE_OK)
+		return TC_ACT_NEXT;
+	if (p.frag == FRAG_FIRST)
+		frag_remember(&p);   /* its later fragments' ports (frag.h) */
+	if (p.proto == IPPROTO_ICMP && icmp_is_error(p.icmp_type))
+		return icmp_error_tc(skb, &p, HOOK_TO_WORKLOAD, 0);   /* e.g. a backend's port unreachable */
+	if (!is_l4_with_ports(&p))
 		return TC_ACT_NEXT;
 
 	struct ct_key key;

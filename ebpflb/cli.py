@@ -31,6 +31,7 @@ def cmd_agent(args) -> None:
     config = AgentConfig(node_name=args.node_name, manifests=args.manifests, kubeconfig=args.kubeconfig,
                          pin_dir=args.pin_dir, workload_ifaces=args.workload_ifaces,
                          proxy_name=args.proxy_name, hairpin_addr=args.hairpin_addr,
+                         icmp_rate=args.icmp_rate, icmp_burst=args.icmp_burst,
                          ct_timeouts=args.ct_timeouts, sweep_interval=args.ct_sweep_interval,
                          min_sync_period=args.min_sync_period, metrics_addr=args.metrics_addr or None,
                          healthz_addr=args.healthz_addr or None, healthz_timeout=args.healthz_timeout,
@@ -176,6 +177,16 @@ def map_size(text: str) -> int:
     return n
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{text!r}: a whole number, 0 or more")
+    return n
+
+
 def parser() -> argparse.ArgumentParser:
     from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES
     from ebpflb.datapath.structs import C
@@ -220,6 +231,11 @@ def parser() -> argparse.ArgumentParser:
     agent.add_argument("--workload-ifaces", default=DEFAULT_WORKLOAD_IFACES, help="regex of pod veth host-side names")
     agent.add_argument("--proxy-name", help="serve services labelled service.kubernetes.io/service-proxy-name=NAME")
     agent.add_argument("--hairpin-addr", default=DEFAULT_HAIRPIN_ADDR, help="source address for a pod reaching itself via its service")
+    agent.add_argument("--icmp-rate", type=non_negative_int, default=C.ICMP_RATE_DEFAULT, metavar="N",
+                       help="ICMP errors the programs send per second, node-wide (port unreachable, frag-needed, "
+                            "time exceeded; as the kernel's icmp_msgs_per_sec); over it they are dropped, counted")
+    agent.add_argument("--icmp-burst", type=non_negative_int, default=C.ICMP_BURST_DEFAULT, metavar="N",
+                       help="and at most this many at once (as icmp_msgs_burst)")
     agent.add_argument("--ct-timeouts", type=ct_timeouts, default="", help="e.g. tcp-established=3600,udp=60 (also tcp-syn-sent, tcp-fin, tcp-rst, icmp, generic)")
     agent.add_argument("--ct-sweep-interval", type=float, default=10.0, help="seconds between conntrack sweeps")
     agent.add_argument("--ct-map-max", type=map_size, default=C.CT_MAX,

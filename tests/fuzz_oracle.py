@@ -2,8 +2,17 @@
 
 Parsing follows bpf/parse.h: a packet is *whole* when it is Ethernet + IPv4 with version 4, IHL
 >= 5, IHL*4 <= total length, 14 + total length <= frame, and for TCP/UDP/SCTP/ICMP the L4 header
-inside both the frame and the total length. A whole packet without fragment bits (MF, offset) and
-with protocol TCP, UDP or SCTP is a *flow packet*: the only kind a program may translate.
+inside both the frame and the total length. A whole packet without a fragment offset (a first
+fragment, MF set, is whole: its L4 header is there; SCTP's is not, its CRC spans the datagram) and
+with protocol TCP, UDP or SCTP is a *flow packet*: the only kind a program translates whole.
+
+A *later fragment* (offset > 0, TCP or UDP) carries no ports: the tc programs of one object (the
+workload pair, the uplink pair) remember every whole first fragment's ports by (source,
+destination, IP id, protocol), and the oracle remembers them the same way. A later fragment is
+untouched; or dropped by from_workload, only when it goes to a service address; or translated:
+only its addresses and IP checksum (kept incrementally), exactly as the conntrack entry of the
+remembered tuple says at that hook (the entry programs' conditions), MACs and verdict as for its
+flow's packets. XDP passes every fragment, first ones included, untouched.
 
 Every run gets exactly one of these outcomes, else it is a violation:
 
@@ -49,7 +58,13 @@ rejected   TC_ACT_REDIRECT with an ICMP port unreachable in place of a flow pack
            packet's destination to its source, valid checksum; ICMP type 3 code 3, valid
            checksum, quoting the original IP header (options included) and 8 bytes of L4 as they
            came in. Never sent to a source that is not one host (RFC 1122 3.2.2: 0/8, 127/8,
-           multicast 224/4, 240/4 and the broadcast).
+           multicast 224/4, 240/4 and the broadcast). The same shape, from from_uplink on what it
+           forwards past the stack (to the node's or an external address): time exceeded (type 11
+           code 0) for a packet of TTL <= 1, frag-needed (type 3 code 4, the uplink's MTU in bytes
+           6-7) for one larger than that MTU with DF.
+
+What the uplink forwards past the stack (SNAT, by FIB redirect or XDP_TX) leaves with its TTL one
+lower, the IP checksum to match; everything else keeps its TTL.
 
 The maps afterwards: frontends, backends, service addresses, source ranges and config are byte for
 byte what was written (the programs never write them); every conntrack entry is well formed for
@@ -77,6 +92,7 @@ FWD, REV = C.CT_TYPE_NAT_FWD, C.CT_TYPE_NAT_REV
 SNAT, UPLINK = C.CT_FLAG_SNAT, C.CT_FLAG_UPLINK
 CT_VALUE = struct.Struct("=QQQBBHI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
 FLOW_PROTOS = (TCP_PROTO, UDP_PROTO, SCTP_PROTO)
+UPLINK_MTU = 1500   # the fuzzer's uplink namespace (tests/lab.py routed_uplink: a veth)
 NOT_ONE_HOST = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")]
 
 
@@ -105,7 +121,7 @@ def parse(frame: bytes):
     if version_ihl >> 4 != 4 or ihl < 20 or tot < ihl or ETH_HLEN + tot > n:
         return MALFORMED, 0, 0, 0
     proto = frame[23]
-    if frame[20] & 0x3f or frame[21]:
+    if frame[20] & 0x1f or frame[21] or (frame[20] & 0x20 and proto == SCTP_PROTO):
         return FRAGMENT, ihl, tot, proto
     need = {TCP_PROTO: 20, UDP_PROTO: 8, SCTP_PROTO: 12, 1: 8}.get(proto, 0)
     if need and (ETH_HLEN + ihl + need > n or ihl + need > tot):
@@ -123,6 +139,19 @@ class Run:
     tot: int
     proto: int
     held_before: bool = False  # conntrack held a NAT_REV, or the other side's NAT_FWD, for the tuple
+    remembered: tuple | None = None  # a later fragment: its datagram's ports, as the oracle remembers them
+
+    @property
+    def first_fragment(self) -> bool:
+        return self.cls == WHOLE and bool(self.pkt[20] & 0x20)
+
+    @property
+    def later_fragment(self) -> bool:
+        return self.cls == FRAGMENT and self.proto in (TCP_PROTO, UDP_PROTO) and bool(self.pkt[20] & 0x1f or self.pkt[21])
+
+    @property
+    def frag_key(self) -> tuple:
+        return self.pkt[26:30], self.pkt[30:34], self.pkt[18:20], self.proto
 
     @property
     def flow(self) -> bool:
@@ -165,6 +194,7 @@ class Oracle:
         self.ranges = {i: [ipaddress.ip_network(c) for c in cidrs] for i, cidrs in state.src_ranges.items()}
         self.ids = {f.svc_id for f in self.frontends.values()}
         self.tally = Tally()
+        self.frag_ports: dict[str, dict] = {"workload": {}, "uplink": {}}   # per bcc object, as bpf/frag.h
         self._key = bpf_ffi.new("char[16]")
         self._value = bpf_ffi.new("char[]", CT_VALUE.size)
 
@@ -172,7 +202,11 @@ class Oracle:
 
     def ct_entry(self, pkt: bytes, l4: int, proto: int):
         """The ct_value for the packet's tuple as a CT_VALUE tuple, or None."""
-        bpf_ffi.memmove(self._key, pkt[26:34] + pkt[l4:l4 + 4] + bytes((proto, 0, 0, 0)), 16)
+        return self.ct_lookup(pkt[26:34] + pkt[l4:l4 + 4], proto)
+
+    def ct_lookup(self, tuple_bytes: bytes, proto: int):
+        """The ct_value for source + destination addresses + ports (12 bytes as carried), or None."""
+        bpf_ffi.memmove(self._key, tuple_bytes + bytes((proto, 0, 0, 0)), 16)
         if lib.bpf_map_lookup_elem(self.ct_fd, self._key, self._value) != 0:
             return None
         return CT_VALUE.unpack(bpf_ffi.buffer(self._value)[:])
@@ -187,9 +221,19 @@ class Oracle:
             return fe is not None and bool(fe.flags & C.NAT_FLG_EXTERNAL)
         return False
 
+    @staticmethod
+    def _object(prog: str) -> str | None:
+        """The bcc object whose frags map a tc program uses (XDP remembers none)."""
+        return "workload" if prog in WORKLOAD_PROGRAMS else None if prog in XDP_PROGRAMS else "uplink"
+
     def before(self, prog: str, pkt: bytes) -> Run:
         cls, ihl, tot, proto = parse(pkt)
         run = Run(prog, pkt, cls, ihl, tot, proto)
+        obj = self._object(prog)
+        if obj and run.later_fragment:
+            run.remembered = self.frag_ports[obj].get(run.frag_key)
+        if obj and run.first_fragment and proto in (TCP_PROTO, UDP_PROTO):
+            self.frag_ports[obj][run.frag_key] = pkt[ETH_HLEN + ihl:ETH_HLEN + ihl + 4]
         if run.flow and self._serves(prog, pkt, run.l4, proto):
             entry = self.ct_entry(pkt, run.l4, proto)
             if entry is not None:
@@ -215,6 +259,8 @@ class Oracle:
             raise Violation(f"verdict {verdict} is not one {prog} may return")
         to_service_ip = run.cls in (FRAGMENT, WHOLE) and pkt[30:34] in self.service_ips
 
+        if run.later_fragment and not xdp:
+            return self._judge_later_fragment(run, verdict, out, to_service_ip)
         if not run.flow:
             must_drop = prog == "from_workload" and to_service_ip and run.cls in (FRAGMENT, WHOLE)
             if must_drop:
@@ -238,9 +284,44 @@ class Oracle:
                                 "its tuple as a reply or as the other side's flow)")
             return "untouched"
         if not xdp and verdict == TC_ACT_REDIRECT and (len(out) != len(pkt) or out[23] != pkt[23]):
-            self._check_reject(run, out)
-            return "rejected"
+            return self._check_reject(run, out)
         return self._check_translation(run, verdict, out)
+
+    def _judge_later_fragment(self, run: Run, verdict: int, out: bytes, to_service_ip: bool) -> str:
+        prog, pkt = run.prog, run.pkt
+        if verdict == TC_ACT_SHOT:
+            # from_workload: no flow to follow, to a service address; from_uplink: one it translated
+            # and could not send on (no route, too big without DF, TTL 1)
+            if not (prog == "from_workload" and to_service_ip) and \
+                    not (prog == "from_uplink" and pkt[30:34] in self.external_addrs | {self.node_addr}):
+                raise Violation("a later fragment dropped where it is not to a service address")
+            self.tally.dropped += 1
+            return "dropped"
+        if out == pkt:
+            if verdict != TC_ACT_NEXT:
+                raise Violation(f"untouched later fragment with verdict {verdict}")
+            if prog == "from_workload" and to_service_ip:
+                raise Violation("a later fragment to a service address left untouched (neither translated nor dropped)")
+            return "untouched"
+        if run.remembered is None:
+            raise Violation("a later fragment translated, though its first fragment was not seen here")
+        entry = self.ct_lookup(pkt[26:34] + run.remembered, run.proto)
+        target = entry and nat_target(prog, pkt[26:30], run.remembered[0:2], pkt[30:34], run.remembered[2:4], entry)
+        if target is None:
+            raise Violation("a later fragment translated, though no conntrack entry of its flow applies here")
+        saddr, _, daddr, _, path, svc_id = target
+        if len(out) != len(pkt) or out[12:22] != pkt[12:22] or out[23] != pkt[23] or out[34:] != pkt[34:]:
+            raise Violation("later fragment: bytes other than MACs, TTL, addresses and the IP checksum changed")
+        if out[22] != pkt[22] - (path == "fib"):
+            raise Violation("later fragment: TTL not kept (or one lower when forwarded past the stack)")
+        if (out[26:30], out[30:34]) != (saddr, daddr):
+            raise Violation("later fragment translated otherwise than its flow's entry says")
+        if ones_sum(out[ETH_HLEN:run.l4]) != ones_sum(pkt[ETH_HLEN:run.l4]):
+            raise Violation("later fragment: IP checksum not updated incrementally")
+        self._check_macs(run, verdict, out, path != "next")
+        self.tally.translated_by_id[svc_id] += 1
+        self.tally.bytes_by_id[svc_id] += len(pkt)
+        return "fragment-nat"
 
     def _check_drop(self, run: Run) -> None:
         prog, pkt, l4 = run.prog, run.pkt, run.l4
@@ -260,9 +341,21 @@ class Oracle:
         source = ipaddress.ip_address(src)
         return any(source in net for net in self.ranges.get(svc_id, ()))
 
-    def _check_reject(self, run: Run, out: bytes) -> None:
+    def _check_reject(self, run: Run, out: bytes) -> str:
         prog, pkt, l4 = run.prog, run.pkt, run.l4
         fe = self.frontends.get((pkt[30:34], int.from_bytes(pkt[l4 + 2:l4 + 4], "big"), run.proto))
+        icmp_type = out[ETH_HLEN + 20:ETH_HLEN + 22] if len(out) >= ETH_HLEN + 22 else b""
+        forwarded = prog == "from_uplink" and pkt[30:34] in self.external_addrs | {self.node_addr}
+        if icmp_type == b"\x0b\x00":   # time exceeded: the uplink forwarding past the stack at TTL <= 1
+            if not forwarded or pkt[22] > 1:
+                raise Violation(f"{prog} answered time exceeded where no rule asks for it")
+            self._check_icmp_answer(run, out, b"\x0b\x00", bytes(4))
+            return "time-exceeded"
+        if icmp_type == b"\x03\x04":   # frag-needed: too big for the egress, with DF
+            if not forwarded or not pkt[20] & 0x40 or run.tot <= UPLINK_MTU:
+                raise Violation(f"{prog} answered frag-needed where no rule asks for it")
+            self._check_icmp_answer(run, out, b"\x03\x04", UPLINK_MTU.to_bytes(4, "big"))
+            return "frag-needed"
         if prog == "from_workload":
             ok = (fe is None and pkt[30:34] in self.service_ips) or (
                 fe is not None and fe.count == 0 and
@@ -274,6 +367,13 @@ class Oracle:
             ok = False
         if not ok:
             raise Violation(f"{prog} answered ICMP port unreachable where no rule asks for it")
+        self._check_icmp_answer(run, out, b"\x03\x03", bytes(4))
+        return "rejected"
+
+    def _check_icmp_answer(self, run: Run, out: bytes, type_code: bytes, rest: bytes) -> None:
+        """An ICMP error made from the packet (bpf/icmp_reject.h): MACs swapped, from the packet's
+        destination to its source, quoting its IP header and 8 bytes as they came in."""
+        pkt = run.pkt
         source = ipaddress.ip_address(pkt[26:30])
         if any(source in net for net in NOT_ONE_HOST):
             raise Violation(f"ICMP error sent to {source}, which is not one host (RFC 1122 3.2.2)")
@@ -290,7 +390,7 @@ class Oracle:
             problems.append("IP header fields")
         if ones_sum(ip):
             problems.append("IP checksum")
-        if icmp[0:2] != b"\x03\x03" or icmp[4:8] != bytes(4) or icmp[8:] != quote:
+        if icmp[0:2] != type_code or icmp[4:8] != rest or icmp[8:] != quote:
             problems.append("ICMP type, code or quote")
         if ones_sum(icmp):
             problems.append("ICMP checksum")
@@ -305,9 +405,9 @@ class Oracle:
         if xdp and verdict not in (XDP_TX, XDP_REDIRECT):
             raise Violation(f"XDP changed a packet and returned {verdict}")
         csum_off, csum_len = {TCP_PROTO: (l4 + 16, 2), UDP_PROTO: (l4 + 6, 2), SCTP_PROTO: (l4 + 8, 4)}[proto]
-        if out[12:24] != pkt[12:24] or out[34:l4] != pkt[34:l4] or out[l4 + 4:csum_off] != pkt[l4 + 4:csum_off] \
-                or out[csum_off + csum_len:] != pkt[csum_off + csum_len:]:
-            raise Violation("translation changed bytes other than MACs, addresses, ports and checksums")
+        if out[12:22] != pkt[12:22] or out[23] != pkt[23] or out[34:l4] != pkt[34:l4] or \
+                out[l4 + 4:csum_off] != pkt[l4 + 4:csum_off] or out[csum_off + csum_len:] != pkt[csum_off + csum_len:]:
+            raise Violation("translation changed bytes other than MACs, TTL, addresses, ports and checksums")
         ip_error = ones_sum(pkt[ETH_HLEN:l4])
         if ones_sum(out[ETH_HLEN:l4]) != ip_error:
             raise Violation("IP checksum not updated incrementally (its error changed)")
@@ -353,6 +453,10 @@ class Oracle:
         else:
             raise Violation(f"translated by a conntrack entry of type {ct_type}")
         self._check_macs(run, verdict, out, snat)
+        # forwarded past the stack (the uplink's SNAT paths, tc's and XDP's): its TTL one lower
+        by_fib = snat and prog not in WORKLOAD_PROGRAMS
+        if out[22] != pkt[22] - by_fib:
+            raise Violation(f"TTL {pkt[22]} -> {out[22]}: not kept, or not one lower when forwarded past the stack")
         self.tally.translated_by_id[svc_id] += 1
         self.tally.bytes_by_id[svc_id] += len(pkt)
         return "dnat" if ct_type == FWD else "reverse-nat"
@@ -416,6 +520,32 @@ class Oracle:
         if not ok:
             raise Violation(f"verdict {verdict} and Ethernet addresses do not fit a {'SNAT' if snat else 'DNAT-only'} "
                             f"translation by {prog}")
+
+
+def nat_target(prog: str, saddr: bytes, sport: bytes, daddr: bytes, dport: bytes, entry):
+    """What `prog` makes of a packet of this tuple by its conntrack entry (bpf/ct_target.h, the entry
+    programs' conditions): (saddr, sport, daddr, dport, path, svc id), path "next", "back" or "fib";
+    None when the entry is not this program's to apply."""
+    _, last_seen, _, ct_type, flags, _, svc_id, nat_addr, nat_port, snat_port, snat_addr, _, _ = entry
+    both = flags & (SNAT | UPLINK)
+    if last_seen == 0xffffffffffffffff:
+        return None
+    applies = {"from_workload": both == SNAT if ct_type == REV else not flags & UPLINK,
+               "to_workload": ct_type == REV and both != SNAT | UPLINK,
+               "from_uplink": bool(flags & UPLINK),
+               "to_uplink": ct_type == REV and both == UPLINK}.get(prog, False)
+    if not applies:
+        return None
+    if ct_type == FWD:
+        daddr, dport = nat_addr, nat_port
+        if flags & SNAT:
+            saddr, sport = snat_addr, snat_port if snat_port != b"\0\0" else sport
+    else:
+        saddr, sport = nat_addr, nat_port
+        if flags & SNAT:
+            daddr, dport = snat_addr, snat_port if snat_port != b"\0\0" else dport
+    path = "next" if not flags & SNAT else "fib" if flags & UPLINK else "back"
+    return saddr, sport, daddr, dport, path, svc_id
 
 
 # --- The maps after the run

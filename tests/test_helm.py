@@ -53,7 +53,7 @@ VARIANTS = {
                   "ctTimeouts": "tcp-established=600,udp=30", "ctSweepInterval": 5,
                   "hairpinAddr": "169.254.7.1", "uplinks": "eth0,eth1", "nodeportAddresses": "10.0.0.0/8",
                   "ctMapMax": 65536, "frontendMapMax": 4096, "backendMapMax": 40960, "noEndpoints": "drop",
-                  "bpfTrace": True,
+                  "bpfTrace": True, "icmpRate": 200, "icmpBurst": 10,
                   "extraArgs": ["--ct-sweep-interval=3"]},
         "metrics": {"bindAddress": "127.0.0.1", "port": 10300},
         "k8sServiceHost": "10.0.0.10", "k8sServicePort": "6443",
@@ -534,6 +534,7 @@ def test_agent_flags_parse_with_the_real_cli(rendered):
     assert args.workload_ifaces == a.get("workloadIfaces", defaults.workload_ifaces)
     assert args.proxy_name == (a.get("proxyName") or None)
     assert args.hairpin_addr == a.get("hairpinAddr", defaults.hairpin_addr)
+    assert (args.icmp_rate, args.icmp_burst) == (a.get("icmpRate", 1000), a.get("icmpBurst", 50))
     assert args.uplinks == (a.get("uplinks") or None)
     assert args.nodeport_addresses == a.get("nodeportAddresses", "")
     if "ctTimeouts" in a:

@@ -68,15 +68,15 @@ def test_nodeport_to_a_remote_backend_is_dnated_and_snated_and_the_reply_transla
     program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
     verdict, out = run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))
     assert verdict == TC_ACT_REDIRECT   # by FIB lookup: the stack would call our own source a martian
-    assert out == with_checksums(outbound(IP(src=NODE_ADDR, dst=B) / TCP(sport=40000, dport=8080, flags="S", seq=7),
-                                          NEXT_HOP_MAC))
+    assert out == with_checksums(outbound(IP(src=NODE_ADDR, dst=B, ttl=63) /   # forwarded past the stack: TTL - 1
+                                          TCP(sport=40000, dport=8080, flags="S", seq=7), NEXT_HOP_MAC))
     entries = ct_entries(dp)
     fwd, rev = entries[(CLIENT, 40000, NODE_ADDR, NODEPORT, 6)], entries[(B, 8080, NODE_ADDR, 40000, 6)]
     assert fwd.flags == rev.flags == C.CT_FLAG_UPLINK | C.CT_FLAG_SNAT
     reply = inbound(IP(src=B, dst=NODE_ADDR) / TCP(sport=8080, dport=40000, flags="SA", ack=8) / Raw(b"hello"))
     verdict, out = run_routed(dp, routed, "from_uplink", reply)
     assert verdict == TC_ACT_REDIRECT
-    assert out == with_checksums(outbound(IP(src=NODE_ADDR, dst=CLIENT) /
+    assert out == with_checksums(outbound(IP(src=NODE_ADDR, dst=CLIENT, ttl=63) /
                                           TCP(sport=NODEPORT, dport=40000, flags="SA", ack=8) / Raw(b"hello"), ROUTER_MAC))
     # and the client's next packet follows the same translation
     _, out = run_routed(dp, routed, "from_uplink",
@@ -225,13 +225,13 @@ def test_xdp_translates_established_snated_flows_both_ways_like_tc(dp, routed):
     data = inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A", seq=8) / Raw(b"GET"))
     verdict, by_xdp = run_xdp(dp, routed, data)
     assert verdict == XDP_TX
-    assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=B) /
+    assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=B, ttl=63) /
                                              TCP(sport=40000, dport=8080, flags="A", seq=8) / Raw(b"GET"), NEXT_HOP_MAC))
     reply = inbound(IP(src=B, dst=NODE_ADDR) / TCP(sport=8080, dport=40000, flags="A") / Raw(b"200 OK"))
     verdict, by_xdp = run_xdp(dp, routed, reply)
     assert verdict == XDP_TX
     assert by_xdp == run_routed(dp, routed, "from_uplink", reply)[1]       # tc would send the same bytes
-    assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=CLIENT) /
+    assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=CLIENT, ttl=63) /
                                              TCP(sport=NODEPORT, dport=40000, flags="A") / Raw(b"200 OK"), ROUTER_MAC))
 
 
@@ -243,7 +243,7 @@ def test_xdp_udp_zero_checksum_stays_zero_and_others_stay_valid(dp, routed):
         run_routed(dp, routed, "from_uplink", pkt)                           # tc makes the flow
         verdict, out = run_xdp(dp, routed, pkt)
         assert verdict == XDP_TX and out == with_checksums(
-            outbound(IP(src=NODE_ADDR, dst=B) / UDP(sport=5000, dport=8080) / Raw(payload), NEXT_HOP_MAC))
+            outbound(IP(src=NODE_ADDR, dst=B, ttl=63) / UDP(sport=5000, dport=8080) / Raw(payload), NEXT_HOP_MAC))
     raw = bytearray(bytes(inbound(IP(src=CLIENT, dst=NODE_ADDR) / UDP(sport=5000, dport=NODEPORT) / Raw(b"q"))))
     raw[14 + 20 + 6:14 + 20 + 8] = b"\0\0"
     verdict, out = run_xdp(dp, routed, bytes(raw))

@@ -174,17 +174,18 @@ def test_conntrack_protocol_names_are_calicos(proto, name):
 
 
 def test_drops_sum_the_cpus_name_every_reason_and_keep_an_unknown_one_that_counted():
+    from ebpflb.views.drops import REASONS
     def per_cpu(*pairs):
         return [new("struct drop_counters", packets=p, bytes=b) for p, b in pairs]
 
     entries = [((C.DROP_SOURCE_RANGE,), per_cpu((2, 120), (1, 60))),
                ((C.DROP_NO_ROUTE,), per_cpu((0, 0), (0, 0))),
-               ((14,), per_cpu((1, 90), (0, 0))),        # a reason a newer program knows
-               ((15,), per_cpu((0, 0), (0, 0)))]
+               ((16,), per_cpu((1, 90), (0, 0))),        # a reason a newer program knows
+               ((17,), per_cpu((0, 0), (0, 0)))]
     totals = drop_totals(entries)
-    assert totals["source-range"] == (3, 180) and totals["no-route"] == (0, 0) and totals["reason-14"] == (1, 90)
-    assert "reason-15" not in totals and list(totals)[:2] == ["no-local-endpoint", "no-endpoints"]
-    assert len(totals) == 13                            # the twelve reasons, and the unknown one
+    assert totals["source-range"] == (3, 180) and totals["no-route"] == (0, 0) and totals["reason-16"] == (1, 90)
+    assert "reason-17" not in totals and list(totals)[:2] == ["no-local-endpoint", "no-endpoints"]
+    assert len(totals) == len(REASONS) + 1              # every reason, and the unknown one
     lines = drop_lines(totals)
     assert lines[4] == "source-range                    3 packets             180 bytes"
     assert drop_records(totals)[4] == {"reason": "source-range", "packets": 3, "bytes": 180}

@@ -49,6 +49,8 @@ class AgentConfig:
     workload_ifaces: str = DEFAULT_WORKLOAD_IFACES
     proxy_name: str | None = None
     hairpin_addr: str = DEFAULT_HAIRPIN_ADDR
+    icmp_rate: int = C.ICMP_RATE_DEFAULT         # ICMP errors the programs send a second, node-wide
+    icmp_burst: int = C.ICMP_BURST_DEFAULT       # and at once
     ct_timeouts: Timeouts = Timeouts()
     sweep_interval: float = 10.0
     min_sync_period: float = 1.0
@@ -126,7 +128,8 @@ class Agent:
         self.snat_addr = (self.uplink_addrs or [None])[0]
         # What the config map says besides the node address (the SNAT source follows the uplink).
         self.config_rest = dict(hairpin_addr=cfg.hairpin_addr, netns_cookie=netns_cookie() if cfg.socket_lb else 0,
-                                flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0)
+                                flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0,
+                                icmp_rate=cfg.icmp_rate, icmp_burst=cfg.icmp_burst)
         self.datapath = Datapath(cfg.pin_dir, cfg.datapath).load(node_addr=self.snat_addr, **self.config_rest)
         self.reaper = None
         self._host_sockets()

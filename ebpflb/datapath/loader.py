@@ -164,7 +164,8 @@ class Datapath:
         self.maps: Maps | None = None
 
     def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None,
-             netns_cookie: int = 0, flags: int = 0) -> "Datapath":
+             netns_cookie: int = 0, flags: int = 0, icmp_rate: int = C.ICMP_RATE_DEFAULT,
+             icmp_burst: int = C.ICMP_BURST_DEFAULT) -> "Datapath":
         """Compile and load the programs; `netns_cookie`: the network namespace whose sockets the
         host-socket programs translate (0: none; sockets.netns_cookie()), `flags`: CFG_FLG_*."""
         if not self.pin_dir.startswith(BPFFS + "/"):
@@ -184,7 +185,7 @@ class Datapath:
         self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags(), *kernel_cflags(facts),
                                      *sock_reaper_cflags(reaper)], kfuncs)
         self.maps = Maps.open(self.pin_dir)
-        self.write_config(hairpin_addr, node_addr, netns_cookie, flags)
+        self.write_config(hairpin_addr, node_addr, netns_cookie, flags, icmp_rate, icmp_burst)
         return self
 
     def _check_pinned_sizes(self) -> None:
@@ -203,12 +204,16 @@ class Datapath:
                 raise MapSizeMismatch(name, pinned, wanted, self.pin_dir)
 
     def write_config(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None,
-                     netns_cookie: int = 0, flags: int = 0) -> None:
-        """What the programs need to know; written only when it differs."""
-        want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION, "flags": flags,
+                     netns_cookie: int = 0, flags: int = 0, icmp_rate: int = C.ICMP_RATE_DEFAULT,
+                     icmp_burst: int = C.ICMP_BURST_DEFAULT) -> None:
+        """What the programs need to know; written only when it differs. icmp_rate, icmp_burst: the
+        ICMP errors the programs may send node-wide, per second and at once (bpf/icmp_reject.h)."""
+        want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION,
+                                           "flags": flags | C.CFG_FLG_ICMP_RATE_LIMIT,
                                            "hairpin_addr": ip_be(hairpin_addr),
                                            "node_addr": ip_be(node_addr) if node_addr else 0,
-                                           "netns_cookie": netns_cookie})
+                                           "netns_cookie": netns_cookie,
+                                           "icmp_rate": icmp_rate, "icmp_burst": icmp_burst})
         have = self.maps.read_config()
         if to_bytes(have) != to_bytes(want):
             self.maps.config.update(ffi.new("__u32 *", 0), want)

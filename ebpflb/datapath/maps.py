@@ -164,6 +164,7 @@ MAP_LAYOUT = {
     "affinity": ("struct affinity_key", "struct affinity_value", False),
     "sock_rev": ("struct sock_rev_key", "struct sock_rev_value", False),
     "sock_gone": ("struct sock_gone_key", "__u32", False),
+    "icmp_bucket": ("__u32", "struct icmp_bucket", False),
 }
 
 
@@ -184,6 +185,7 @@ class Maps:
     affinity: BpfMap
     sock_rev: BpfMap
     sock_gone: BpfMap
+    icmp_bucket: BpfMap
 
     @classmethod
     def open(cls, pin_dir: str, check_layout: bool = True) -> "Maps":

@@ -13,11 +13,12 @@ map added later is placed in the full reconcile by construction:
             the maps (MapWriter)
   CONFIG    what the agent tells the programs (Datapath.write_config), written when it differs
   WORK      the agent's scratch, written and emptied within one operation (the socket reaper's list)
+  STATE     what the programs keep for themselves and nobody reconciles (the ICMP token bucket)
 """
 from collections.abc import Callable
 from dataclasses import dataclass
 
-DESIRED, FLOWS, COUNTERS, CONFIG, WORK = "desired", "flows", "counters", "config", "work"
+DESIRED, FLOWS, COUNTERS, CONFIG, WORK, STATE = "desired", "flows", "counters", "config", "work", "state"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ KEEPERS: dict[str, Keeper] = {
     "drops": Keeper(COUNTERS),
     "config": Keeper(CONFIG),
     "sock_gone": Keeper(WORK),   # datapath/sockets.py: SocketReaper
+    "icmp_bucket": Keeper(STATE),   # bpf/icmp_reject.h: the rate of the ICMP errors the programs send
 }
 
 

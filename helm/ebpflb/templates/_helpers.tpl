@@ -115,6 +115,8 @@ app.kubernetes.io/component: agent
 {{- with $a.hairpinAddr }}
 - {{ printf "--hairpin-addr=%s" . | quote }}
 {{- end }}
+- {{ printf "--icmp-rate=%v" $a.icmpRate | quote }}
+- {{ printf "--icmp-burst=%v" $a.icmpBurst | quote }}
 {{- with $a.ctMapMax }}
 - {{ printf "--ct-map-max=%v" . | quote }}
 {{- end }}
