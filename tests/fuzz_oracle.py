@@ -92,6 +92,7 @@ FWD, REV = C.CT_TYPE_NAT_FWD, C.CT_TYPE_NAT_REV
 SNAT, UPLINK = C.CT_FLAG_SNAT, C.CT_FLAG_UPLINK
 CT_VALUE = struct.Struct("=QQQBBHI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
 FLOW_PROTOS = (TCP_PROTO, UDP_PROTO, SCTP_PROTO)
+ICMP_ERRORS = (3, 11, 12)   # destination unreachable, time exceeded, parameter problem (bpf/icmp_error_parse.h)
 UPLINK_MTU = 1500   # the fuzzer's uplink namespace (tests/lab.py routed_uplink: a veth)
 NOT_ONE_HOST = [ipaddress.ip_network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4")]
 
@@ -261,6 +262,8 @@ class Oracle:
 
         if run.later_fragment and not xdp:
             return self._judge_later_fragment(run, verdict, out, to_service_ip)
+        if run.cls == WHOLE and run.proto == 1 and not xdp and pkt[run.l4] in ICMP_ERRORS:
+            return self._judge_icmp_error(run, verdict, out, to_service_ip)
         if not run.flow:
             must_drop = prog == "from_workload" and to_service_ip and run.cls in (FRAGMENT, WHOLE)
             if must_drop:
@@ -286,6 +289,83 @@ class Oracle:
         if not xdp and verdict == TC_ACT_REDIRECT and (len(out) != len(pkt) or out[23] != pkt[23]):
             return self._check_reject(run, out)
         return self._check_translation(run, verdict, out)
+
+    @staticmethod
+    def _icmp_quote(run: Run):
+        """bpf/icmp_error_parse.h: (quoted IP header offset, quoted L4 offset, quoted L4 checksum
+        offset or 0, protocol), or None when the quote is not whole or not about a flow's packet."""
+        pkt, end = run.pkt, ETH_HLEN + run.tot
+        ip_off = run.l4 + 8
+        if ip_off + 20 > min(len(pkt), end):
+            return None
+        qihl = (pkt[ip_off] & 15) * 4
+        if pkt[ip_off] >> 4 != 4 or qihl < 20 or int.from_bytes(pkt[ip_off + 2:ip_off + 4], "big") < qihl + 8:
+            return None
+        if pkt[ip_off + 6] & 0x1f or pkt[ip_off + 7] or pkt[ip_off + 9] not in FLOW_PROTOS:
+            return None
+        proto, q4 = pkt[ip_off + 9], ip_off + qihl
+        if q4 + 8 > min(len(pkt), end):
+            return None
+        csum = {UDP_PROTO: q4 + 6, TCP_PROTO: q4 + 16}.get(proto, 0)
+        return ip_off, q4, csum if csum and csum + 2 <= min(len(pkt), end) else 0, proto
+
+    def _judge_icmp_error(self, run: Run, verdict: int, out: bytes, to_service_ip: bool) -> str:
+        """An ICMP error: translated exactly when its quote names a flow whose entry applies at this
+        hook (its reversed tuple, bpf/ct_target.h) and it goes to the quote's source; else untouched,
+        or dropped by from_workload when it goes to a service address."""
+        prog, pkt = run.prog, run.pkt
+        quote = self._icmp_quote(run)
+        target = None
+        if quote and pkt[30:34] == pkt[quote[0] + 12:quote[0] + 16]:
+            ip_off, q4, _, proto = quote
+            q_src, q_dst, q_sport, q_dport = pkt[ip_off + 12:ip_off + 16], pkt[ip_off + 16:ip_off + 20], \
+                pkt[q4:q4 + 2], pkt[q4 + 2:q4 + 4]
+            entry = self.ct_lookup(q_dst + q_src + q_dport + q_sport, proto)
+            target = entry and nat_target(prog, q_dst, q_dport, q_src, q_sport, entry)
+        if target is None:
+            if prog == "from_workload" and to_service_ip:
+                if verdict != TC_ACT_SHOT:
+                    raise Violation("an ICMP error to a service address about no flow here not dropped")
+                self.tally.dropped += 1
+                return "dropped"
+            if verdict != TC_ACT_NEXT or out != pkt:
+                raise Violation("an ICMP error about no flow of this hook not passed untouched")
+            return "untouched"
+        t_saddr, t_sport, t_daddr, t_dport, path, _ = target
+        if verdict == TC_ACT_SHOT:
+            if path != "fib":
+                raise Violation("an ICMP error about a flow dropped where it is not forwarded past the stack")
+            self.tally.dropped += 1
+            return "dropped"
+        ip_off, q4, csum, proto = quote
+        want = bytearray(pkt)
+        want[ip_off + 12:ip_off + 20] = t_daddr + t_saddr
+        want[q4:q4 + 4] = t_dport + t_sport
+        if pkt[26:30] == pkt[ip_off + 16:ip_off + 20]:   # the flow's own peer sent it: its address too
+            want[26:30] = t_saddr
+        want[30:34] = t_daddr
+        same = lambda a, b: all(a[i] == b[i] for i in range(12, len(a)) if i not in ignore)  # noqa: E731
+        ignore = {22, 24, 25, run.l4 + 2, run.l4 + 3, ip_off + 10, ip_off + 11} | ({csum, csum + 1} if csum else set())
+        if len(out) != len(pkt) or not same(out, want):
+            raise Violation("ICMP error translated otherwise than its flow's entry says")
+        if out[22] != pkt[22] - (path == "fib"):
+            raise Violation("ICMP error: TTL not kept (or one lower when forwarded past the stack)")
+        end = ETH_HLEN + run.tot
+        if ones_sum(out[ETH_HLEN:run.l4]) != ones_sum(pkt[ETH_HLEN:run.l4]) or \
+                ones_sum(out[run.l4:end]) != ones_sum(pkt[run.l4:end]) or \
+                ones_sum(out[ip_off:q4]) != ones_sum(pkt[ip_off:q4]):
+            raise Violation("ICMP error: the outer IP, ICMP or quoted IP checksum not updated incrementally")
+        if csum:
+            words = lambda b: b[ip_off + 12:ip_off + 20] + b[q4:q4 + 4] + b[csum:csum + 2]   # noqa: E731
+            if proto == UDP_PROTO and pkt[csum:csum + 2] == b"\0\0":
+                if out[csum:csum + 2] != b"\0\0":
+                    raise Violation("ICMP error: a quoted UDP checksum of 0 did not stay 0")
+            elif ones_sum(words(out)) != ones_sum(words(pkt)) or (proto == UDP_PROTO and out[csum:csum + 2] == b"\0\0"):
+                raise Violation("ICMP error: the quoted L4 checksum not updated incrementally")
+        elif out[q4 + 4:] != pkt[q4 + 4:]:
+            raise Violation("ICMP error: quoted bytes past the ports changed though no checksum was quoted")
+        self._check_macs(run, verdict, out, path != "next")
+        return "icmp-nat"
 
     def _judge_later_fragment(self, run: Run, verdict: int, out: bytes, to_service_ip: bool) -> str:
         prog, pkt = run.prog, run.pkt

@@ -13,7 +13,7 @@ ones (a translation must keep either as it was).
 import random
 import struct
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPOption_Timestamp
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPOption_Timestamp, fragment
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
 from scapy.layers.l2 import ARP, GRE, Dot1Q, Ether
@@ -165,6 +165,39 @@ def corpus(state: DesiredState, opened: list[Opened]) -> list[tuple[str, bytes]]
             add(f"proto-{proto}/{dst}", _pod(IP(src=LOCAL_CLIENT_POD, dst=dst, proto=proto) / payload))
     add("icmp-error/pod", _pod(IP(src="10.200.1.2", dst=LOCAL_CLIENT_POD) / ICMP(type=3, code=3) /
                              IP(src=LOCAL_CLIENT_POD, dst="10.200.1.2") / UDP(sport=1, dport=2)))
+
+    # ICMP errors about the flows conntrack holds, both ways (issue 17): the backend's (or a router's)
+    # about the client's packet as the backend got it, the client's about the backend's answer as
+    # the client got it; with the L4 header whole, cut to 8 bytes, and with a payload.
+    def l4(proto, sport, dport, payload=b"p" * 24):
+        if proto == TCP_PROTO:
+            return _tcp(sport, dport, "A", payload)
+        if proto == UDP_PROTO:
+            return _udp(sport, dport, payload)
+        return SCTP(sport=sport, dport=dport) / Raw(payload)
+
+    for o in opened:
+        f, proto = o.flow, o.flow.proto
+        seen_by_backend = bytes(IP(src=o.reply_dst, dst=o.backend, ttl=63) / l4(proto, o.reply_port, o.backend_port))
+        seen_by_client = bytes(IP(src=f.dst, dst=f.src, ttl=63) / l4(proto, f.dport, f.sport))
+        for (type_, code), cut in (((3, 3), None), ((3, 4), 28), ((11, 0), 48), ((12, 0), None)):
+            for src in (o.backend, "10.200.9.1"):
+                add(f"{f.name}/icmp-{type_}.{code}-from-{src}",
+                    _pod(IP(src=src, dst=o.reply_dst) / ICMP(type=type_, code=code) / Raw(seen_by_backend[:cut])))
+            add(f"{f.name}/icmp-{type_}.{code}-from-client",
+                _pod(IP(src=f.src, dst=f.dst) / ICMP(type=type_, code=code) / Raw(seen_by_client[:cut])))
+
+    # IPv4 fragments of the flows' datagrams, both ways: run in any order, a later one finds its
+    # first fragment's ports only when that came first (bpf/frag.h)
+    for i, o in enumerate(opened):
+        f, proto = o.flow, o.flow.proto
+        if proto not in (TCP_PROTO, UDP_PROTO):
+            continue
+        for side, (src, sport, dst, dport) in (("client", (f.src, f.sport, f.dst, f.dport)),
+                                               ("backend", (o.backend, o.backend_port, o.reply_dst, o.reply_port))):
+            datagram = IP(src=src, dst=dst, id=600 + i) / l4(proto, sport, dport, b"f" * 2000)
+            for n, frag in enumerate(fragment(datagram, fragsize=1000)):
+                add(f"{f.name}/{side}-fragment-{n}", _pod(frag))
 
     add("arp", Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=LOCAL_CLIENT_POD, pdst="10.200.0.1"))
     add("vlan/tcp-vip", Ether(src=POD_MAC, dst=GW_MAC) / Dot1Q(vlan=7) / IP(src=LOCAL_CLIENT_POD, dst=vip) /
