@@ -33,6 +33,14 @@ Standard library only (it runs with the lab's interpreter under `ip netns exec`)
         POSTs SIZE random bytes to the HTTP server's /echo, which sends them back; prints "ok
         SECONDS" when the same bytes came back, else "error TEXT" (exit 1).
 
+    podserver.py udp-echo IP PORT SIZE [TIMEOUT]
+        One datagram of SIZE bytes ("echo " and random bytes) from a connected UDP socket; `serve`
+        sends it back whole. Prints "ok SECONDS" when the same bytes came back, else "error TEXT".
+
+    podserver.py upload IP PORT SIZE [TIMEOUT]
+        POSTs SIZE random bytes to the HTTP server's / (which answers "NAME LENGTH SHA256": large
+        one way only); prints "ok SECONDS NAME" when the answer names those bytes, else "error TEXT".
+
     podserver.py http-many IP PORT COUNT [TIMEOUT] [PATH]
         COUNT sequential HTTP GETs, each on a new TCP connection; prints one line per request:
         "ok BODY" or "error TEXT".
@@ -170,13 +178,14 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0
         reply = name.encode()
         while True:
             try:
-                _, peer = udp.recvfrom(65535)
+                data, peer = udp.recvfrom(65535)
             except OSError:
                 continue
             with lock:
                 udp_peers[f"{peer[0]}:{peer[1]}"] += 1
             try:
-                udp.sendto(reply, peer)
+                # "echo ...": the datagram back whole (large ones come back in fragments)
+                udp.sendto(data if data.startswith(b"echo ") else reply, peer)
             except OSError:
                 pass
 
@@ -415,6 +424,59 @@ def echo(ip: str, port: int, size: int, timeout: float) -> int:
     print(f"ok {time.monotonic() - started:.3f}", flush=True)
     return 0
 
+def udp_echo(ip: str, port: int, size: int, timeout: float) -> int:
+    import os
+    import time
+    data = b"echo " + os.urandom(max(0, size - 5))
+    started = time.monotonic()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(timeout)
+            s.connect((ip, port))
+            s.send(data)
+            back = s.recv(65535)
+    except socket.timeout:
+        print("error timeout", flush=True)
+        return 1
+    except OSError as e:
+        print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
+        return 1
+    if back != data:
+        print(f"error {len(back)} bytes back, not the {len(data)} sent", flush=True)
+        return 1
+    print(f"ok {time.monotonic() - started:.3f}", flush=True)
+    return 0
+
+
+def upload(ip: str, port: int, size: int, timeout: float) -> int:
+    import os
+    import time
+    data = os.urandom(size)
+    request = (f"POST / HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Length: {size}\r\n\r\n").encode() + data
+    started, chunks = time.monotonic(), []
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            s.sendall(request)
+            while True:
+                s.settimeout(max(0.1, timeout - (time.monotonic() - started)))
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    except socket.timeout:
+        print("error timeout", flush=True)
+        return 1
+    except OSError as e:
+        print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
+        return 1
+    words = b"".join(chunks).partition(b"\r\n\r\n")[2].decode(errors="replace").split()
+    if len(words) != 3 or words[1:] != [str(size), hashlib.sha256(data).hexdigest()]:
+        print(f"error answer {' '.join(words)[:80]!r}", flush=True)
+        return 1
+    print(f"ok {time.monotonic() - started:.3f} {words[0]}", flush=True)
+    return 0
+
+
 def sctp_many(ip: str, port: int, count: int, timeout: float = 2.0) -> None:
     import os
     import time
@@ -472,6 +534,10 @@ def main(argv: list[str]) -> int:
                     float(args[2]) if len(args) > 2 else 2.0)
     elif cmd == "echo":
         return echo(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10.0)
+    elif cmd == "udp-echo":
+        return udp_echo(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 3.0)
+    elif cmd == "upload":
+        return upload(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 10.0)
     elif cmd == "sctp-many":
         sctp_many(args[0], int(args[1]), int(args[2]), float(args[3]) if len(args) > 3 else 2.0)
     elif cmd == "http-many":
