@@ -137,9 +137,11 @@ class Agent:
                                    node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
                                    capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
                                                                             maps.svc_ips, maps.src_ranges))))
+        # Conntrack's entries as the last sweep counted them: a scrape does not walk that map.
+        self.ct_entries = None
         # The writer as it is at each scrape: a failed sync makes a new one.
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.session.writer,
-                                                          self.tracker, self.lock))
+                                                          self.tracker, self.lock, lambda: self.ct_entries))
         servers = [serve(address, self.metrics.registry, self.health)
                    for address in filter(None, (cfg.metrics_addr or "").split(","))]
         if cfg.healthz_addr:
@@ -327,8 +329,8 @@ class Agent:
             if swept.deleted or swept.spared:
                 log.info("conntrack: %d expired entries removed, %d spared (the flow woke or its keys were "
                          "reused since it was judged)", swept.deleted, swept.spared)
-            ct = self.datapath.maps.ct
-            self.pressure.check("conntrack", ct.count(), ct.max_entries)
+            self.ct_entries = self.datapath.maps.ct.count()
+            self.pressure.check("conntrack", self.ct_entries, self.datapath.maps.ct.max_entries)
 
 
 def _ranges(ids: set[int]) -> str:

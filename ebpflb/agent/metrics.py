@@ -80,9 +80,12 @@ class DataplaneCollector:
     """Read at scrape time: map fill and capacity, per-service counters and drops by reason from the
     per-CPU maps."""
 
-    def __init__(self, maps, writer, tracker, lock):
-        """`writer`: a callable giving the agent's writer now (a failed sync replaces it)."""
+    def __init__(self, maps, writer, tracker, lock, ct_entries=None):
+        """`writer`: a callable giving the agent's writer now (a failed sync replaces it);
+        `ct_entries`: one giving conntrack's entries as the last sweep counted them (None: not
+        counted yet), so that a scrape does not walk a map of half a million entries."""
         self.maps, self.writer, self.tracker, self.lock = maps, writer, tracker, lock
+        self.ct_entries = ct_entries or (lambda: None)
 
     def collect(self):
         entries = GaugeMetricFamily("ebpflb_map_entries", "Entries in a BPF map", labels=["map"])
@@ -93,7 +96,8 @@ class DataplaneCollector:
             names = dict(self.tracker.state.ids)
             filled = {"frontends": len(writer.frontends),
                       "backends": sum(len(slots) for gens in writer.slots.values() for slots in gens.values())}
-        filled["conntrack"] = self.maps.ct.count()
+        counted = self.ct_entries()
+        filled["conntrack"] = self.maps.ct.count() if counted is None else counted
         for name, bpf_map in (("frontends", self.maps.nat_fe), ("backends", self.maps.nat_be), ("conntrack", self.maps.ct)):
             entries.add_metric([name], filled[name])
             capacity.add_metric([name], bpf_map.max_entries)
@@ -106,12 +110,13 @@ class DataplaneCollector:
         packets = CounterMetricFamily("ebpflb_service_packets", "Packets through a service port (both directions)", labels=labels)
         octets = CounterMetricFamily("ebpflb_service_bytes", "Bytes through a service port (both directions)", labels=labels)
         conns = CounterMetricFamily("ebpflb_service_connections", "New connections to a service port", labels=labels)
+        totals = service_totals(self.maps.svc_counters, max(names.values(), default=-1) + 1)
         for name, svc_id in sorted(names.items()):
-            per_cpu = self.maps.svc_counters.lookup(ffi.new("__u32 *", svc_id)) or []
             label = [name.namespace, name.name, name.port, name.protocol]
-            packets.add_metric(label, sum(c.packets for c in per_cpu))
-            octets.add_metric(label, sum(c.bytes for c in per_cpu))
-            conns.add_metric(label, sum(c.connections for c in per_cpu))
+            n_packets, n_bytes, n_conns = (column[svc_id] for column in totals)
+            packets.add_metric(label, n_packets)
+            octets.add_metric(label, n_bytes)
+            conns.add_metric(label, n_conns)
         yield packets
         yield octets
         yield conns
@@ -125,6 +130,18 @@ class DataplaneCollector:
             dropped_bytes.add_metric([reason], octets)
         yield dropped
         yield dropped_bytes
+
+
+def service_totals(svc_counters, end: int) -> tuple[list[int], list[int], list[int]]:
+    """(packets, bytes, connections), each a list indexed by service id below `end`, summed over
+    CPUs: the per-CPU array read in batches (a scrape at 10k services made 10k lookups)."""
+    fields = ffi.sizeof("struct svc_counters") // 8   # packets, bytes, connections: u64 each
+    words, ncpus = svc_counters.u64_words_below(end), svc_counters.ncpus
+    columns = []
+    for field in range(fields):
+        per_key_cpu = words[field::fields]               # key 0 cpu 0, key 0 cpu 1, ...
+        columns.append(list(map(sum, zip(*(per_key_cpu[cpu::ncpus] for cpu in range(ncpus))))))
+    return tuple(columns)
 
 
 class UplinkCollector:
