@@ -21,7 +21,7 @@ from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links,
 from ebpflb.agent.healthcheck import HealthCheckServers
 from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath import affinity
-from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
+from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, sweep_in_kernel
 from ebpflb.core.services import Usage
 from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, SOCK_REAPER, Datapath, DatapathOptions
@@ -307,11 +307,11 @@ class Agent:
         return dict(state.affinity), {svc_id: state.backends.get(svc_id, ()) for svc_id in state.affinity}
 
     def _sweep_loop(self) -> None:
-        delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
+        sweep_fd = self.datapath.fds["ct_sweep_keys"]
         while not self.stopped.wait(self.config.sweep_interval):
             started, seen = time.monotonic(), set()
             try:
-                swept = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete, ids_seen=seen)
+                swept = sweep_in_kernel(self.datapath.maps, sweep_fd, self.config.ct_timeouts, ids_seen=seen)
                 seen |= ids_named_by_flows(self.datapath.maps, skip=("ct",))
                 # entries exist only while some port has affinity; prune() also forgets those of a
                 # port whose affinity went, which the sync after that change did already
@@ -329,6 +329,7 @@ class Agent:
             if swept.deleted or swept.spared:
                 log.info("conntrack: %d expired entries removed, %d spared (the flow woke or its keys were "
                          "reused since it was judged)", swept.deleted, swept.spared)
+            # counted afresh: the walk does not read the twins it deleted ahead of itself
             self.ct_entries = self.datapath.maps.ct.count()
             self.pressure.check("conntrack", self.ct_entries, self.datapath.maps.ct.max_entries)
 

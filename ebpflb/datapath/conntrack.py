@@ -145,6 +145,7 @@ def in_kernel(prog_fd: int):
 class SweepResult:
     deleted: int   # entries
     spared: int    # entries judged expired that woke (or were reused) before they could go
+    read: int = 0  # entries sweep_in_kernel() read (not the twins it deleted ahead of its walk)
 
 
 def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged,
@@ -160,6 +161,37 @@ def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=dele
     judged = expired(entries, timeouts, now_ns)
     deleted = delete(maps.ct, judged)
     return SweepResult(deleted, entries_of(judged) - deleted)
+
+
+def sweep_args(timeouts: Timeouts, now_ns: int) -> bytes:
+    """bpf/ct_sweep.c's ct_sweep_keys's packet head: padding, then struct ct_sweep_args."""
+    args = ffi.new("struct ct_sweep_args *", {"now_ns": now_ns, **{
+        f"{f.name}_ns": int(getattr(timeouts, f.name) * 1e9) for f in fields(Timeouts)}})
+    return bytes(C.CT_SWEEP_PADDING) + ffi.buffer(args)[:]
+
+
+def sweep_in_kernel(maps: Maps, prog_fd: int, timeouts: Timeouts, now_ns: int | None = None,
+                    ids_seen: set[int] | None = None) -> SweepResult:
+    """sweep() with the judgement in the kernel too (prog_fd: bpf/ct_sweep.c's ct_sweep_keys): the
+    map's keys are read in batches into one reused buffer and handed to the program CT_SWEEP_KEYS
+    at a time; it judges each flow by its own read of both halves and deletes the expired ones as
+    pairs, a flow that woke meanwhile keeping both. No Python object per entry: memory stays flat,
+    and the GIL is held for a batch's bookkeeping at most. `ids_seen` as in sweep()."""
+    now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    head = sweep_args(timeouts, now_ns)
+    key_size, value_size = ffi.sizeof("struct ct_key"), ffi.sizeof("struct ct_value")
+    svc_id_word, value_words = ffi.offsetof("struct ct_value", "svc_id") // 4, value_size // 4
+    deleted = spared = read = 0
+    for keys, values, n in maps.ct._batches():
+        read += n
+        if ids_seen is not None:
+            ids_seen.update(memoryview(ffi.buffer(values, value_size * n)).cast("I")[svc_id_word::value_words])
+        raw = ffi.buffer(keys, key_size * n)
+        for start in range(0, n, C.CT_SWEEP_KEYS):
+            counts = prog_test_run(prog_fd, head + raw[start * key_size:min(n, start + C.CT_SWEEP_KEYS) * key_size])[0]
+            deleted += counts % C.CT_SWEEP_SPARED
+            spared += counts // C.CT_SWEEP_SPARED
+    return SweepResult(deleted, spared, read)
 
 
 def service_ids(ct) -> set[int]:
