@@ -1,7 +1,9 @@
 """Issue 21: a metrics scrape reads the per-service counters in batches, not a lookup per service
-(10k lookups at 10k services), and takes conntrack's size from the last sweep instead of walking
-a map of up to half a million entries. The figures are still each service's sum over CPUs."""
-from prometheus_client import generate_latest
+(10k lookups at 10k services), renders them without prometheus_client's per-sample formatting,
+and takes conntrack's size from the last sweep instead of walking a map of up to half a million
+entries. The figures are still each service's sum over CPUs, in valid Prometheus text."""
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from ebpflb.datapath.maps import BpfMap
 from ebpflb.datapath.structs import ffi
@@ -11,7 +13,11 @@ SERVICES = 300
 
 
 def scrape(agent) -> dict[str, float]:
-    text = generate_latest(agent.metrics.registry).decode()
+    """{sample line's name and labels: value}, from what /metrics serves, checked by
+    prometheus_client's own parser (the per-service families are rendered by hand)."""
+    text = agent.metrics.text().decode()
+    parsed = {sample.name for family in text_string_to_metric_families(text) for sample in family.samples}
+    assert {"ebpflb_service_packets_total", "ebpflb_map_entries", "ebpflb_services_programmed"} <= parsed
     return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
             for line in text.splitlines() if line and not line.startswith("#")}
 

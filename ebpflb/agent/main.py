@@ -29,7 +29,8 @@ from ebpflb.datapath.cgroup import attach as attach_cgroup, detach as detach_cgr
 from ebpflb.datapath.sockets import SocketReaper, netns_cookie
 from ebpflb.datapath.structs import C
 from ebpflb.agent import proxy_health
-from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, UplinkCollector, serve
+from ebpflb.agent.metrics import (AgentMetrics, DataplaneCollector, Health, MapPressure, ServiceCounters,
+                                  UplinkCollector, serve)
 from ebpflb.paths import DEFAULT_PIN_DIR
 from ebpflb.sync.keepers import ids_named_by_flows
 from ebpflb.sync.session import SyncSession
@@ -142,7 +143,8 @@ class Agent:
         # The writer as it is at each scrape: a failed sync makes a new one.
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.session.writer,
                                                           self.tracker, self.lock, lambda: self.ct_entries))
-        servers = [serve(address, self.metrics.registry, self.health)
+        self.metrics.texts.append(ServiceCounters(self.datapath.maps, self.tracker, self.lock).render)
+        servers = [serve(address, self.metrics, self.health)
                    for address in filter(None, (cfg.metrics_addr or "").split(","))]
         if cfg.healthz_addr:
             servers.append(proxy_health.serve(cfg.healthz_addr, self.proxy_health))
