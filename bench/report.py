@@ -14,6 +14,7 @@ COMMANDS = {
     "controlplane": f"{PY} -m bench.controlplane",
     "xdp": f"{PY} -m bench.xdp",
     "upkeep": f"{PY} -m bench.upkeep",
+    "synflood": f"{PY} -m bench.synflood",
 }
 SCALE_NAMES = {"1": "1 svc", "1000": "1k svc", "10000": "10k svc", "100000": "100k svc"}
 
@@ -261,6 +262,23 @@ def upkeep_rows(u: dict) -> list[Row]:
     return rows
 
 
+def synflood_rows(f: dict) -> list[Row]:
+    maps = f["flood_syns"] / f["ct_entries_max"]
+    return [
+        Row("synflood", f"SYN flood ({maps:.0f} maps' worth of new flows, random sources): new flows admitted",
+            f["admitted"], "", f["flood_syns"], "SYNs sent", "all (1.00×)", lambda r: r == 1,
+            f"{f['flood_syns_per_s_one_cpu'] / 1e6:.2f} M SYNs/s on one CPU in the programs (mean "
+            f"{f['flood_syn_ns_mean']:.0f} ns a single run, median {f['flood_syn_ns_median']:.0f})"),
+        Row("synflood", f"SYN flood: established flows whole after it ({f['established']}, a packet each way a "
+            f"round)", f["established_whole_after"], "", f["established"], "established before", "all (1.00×)",
+            lambda r: r == 1, f"{f['established_untranslated']} established packets untranslated"),
+        Row("synflood", "SYN flood: an established packet's cost during it vs before (single runs, same map fill)",
+            f["established_ns_during"], "ns", f["established_ns_before"], "before the flood", "≤ 1.10×",
+            lambda r: r <= 1.10, "single runs, cache-cold after each syscall: the flood's entries push the "
+            "established ones out of the CPU's caches"),
+    ]
+
+
 def rows_of(results: dict, sections=None) -> list[Row]:
     rows = []
     want = lambda s: sections is None or s in sections
@@ -276,6 +294,8 @@ def rows_of(results: dict, sections=None) -> list[Row]:
         rows += xdp_rows(results["xdp"])
     if "upkeep" in results and want("upkeep"):
         rows += upkeep_rows(results["upkeep"])
+    if "synflood" in results and want("synflood"):
+        rows += synflood_rows(results["synflood"])
     return rows
 
 
@@ -404,7 +424,7 @@ def print_table(sections=None, with_plots: bool = True) -> None:
     met = [r for r in rows if r.check is not None]
     print(f"\ngoals met: {sum(r.met == 'met' for r in met)} of {len(met)}")
     print("\nrerun one figure:")
-    shown = sections or ("packets", "e2e", "iptables", "controlplane", "xdp", "upkeep")
+    shown = sections or ("packets", "e2e", "iptables", "controlplane", "xdp", "upkeep", "synflood")
     for s in shown:
         if s in COMMANDS and s in results:
             print(f"  {s:13s} {COMMANDS[s]}")
