@@ -4,6 +4,7 @@ import os
 import select
 import socket
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -69,3 +70,27 @@ def test_overflows_leak_no_file_descriptors(loaded, netns):
             assert len(os.listdir("/proc/self/fd")) <= before
         finally:
             attacher.close()
+
+
+# The agent as a container's pid 1 (the chart's pod): its links process must not take "my parent is
+# pid 1" for "my parent died" (the image's agent exited at start until this was fixed).
+AGENT_AS_PID_1 = """
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from ebpflb.agent.links import LinkKeeper
+assert os.getpid() == 1, os.getpid()
+keeper = LinkKeeper({}, {"pattern": r"^vethp", "uplinks": [], "xdp": "auto"}, lambda addresses: None)
+keeper.start()
+child = keeper.child
+keeper.stop()
+print("started", child.pid, "exited", child.returncode)
+"""
+
+
+def test_the_links_process_starts_when_the_agent_is_pid_1(netns):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount-proc",
+                          sys.executable, "-c", AGENT_AS_PID_1, root],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.startswith("started ") and run.stdout.split()[-1] == "0", run.stdout

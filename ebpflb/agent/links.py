@@ -69,7 +69,7 @@ class LinkKeeper:
         life_r, self.life_w = os.pipe()
         report_r, report_w = os.pipe()
         request = json.dumps({"fds": {n: self.fds[n] for n in names}, "life": life_r, "report": report_w,
-                              **self.options})
+                              "parent": os.getpid(), **self.options})
         root = str(Path(__file__).resolve().parents[2])
         self.child = subprocess.Popen([sys.executable, "-c", _CHILD, root, request],
                                       pass_fds=(*self.fds.values(), life_r, report_w))
@@ -120,9 +120,9 @@ def child_main(request_json: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("pyroute2").setLevel(logging.WARNING)
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C: the agent decides, and then closes the pipe
-    _die_with_parent()
-    from ebpflb.datapath.attach import LinkAttacher
     request = json.loads(request_json)
+    _die_with_parent(request.pop("parent"))
+    from ebpflb.datapath.attach import LinkAttacher
     life, report = request.pop("life"), os.fdopen(request.pop("report"), "wb", buffering=0)
     attacher = LinkAttacher(request.pop("fds"), **request)
 
@@ -166,12 +166,14 @@ def child_main(request_json: str) -> int:
                 log.exception("reading the links failed")
 
 
-def _die_with_parent() -> None:
-    """SIGTERM when the agent dies, kill -9 included (prctl PR_SET_PDEATHSIG)."""
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM when the agent dies, kill -9 included (prctl PR_SET_PDEATHSIG). If it died before the
+    prctl, this process was already handed to another parent: exit. (Not "the parent is pid 1": in a
+    container the agent is pid 1.)"""
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:
+    if os.getppid() != parent:
         sys.exit(0)

@@ -100,7 +100,10 @@ class BpfMap:
         """(keys, values, n) for each batch lookup over the whole map; the buffers are reused."""
         keys = ffi.new(f"{self.key_type}[{BATCH}]")
         values = self._value_buf(BATCH)
-        token_in, token_out = ffi.new("char[16]"), ffi.new("char[16]")
+        # The kernel writes its position into token_out: a u32 bucket for hash maps, a whole key
+        # for the others (arrays, generic batch ops), so the token must hold the larger.
+        token_size = max(8, ffi.sizeof(self.key_type))
+        token_in, token_out = ffi.new(f"char[{token_size}]"), ffi.new(f"char[{token_size}]")
         count = bpf_ffi.new("__u32 *")
         opts = bpf_ffi.new("struct bpf_map_batch_opts *", {"sz": bpf_ffi.sizeof("struct bpf_map_batch_opts")})
         first = True
@@ -113,7 +116,7 @@ class BpfMap:
             yield keys, values, count[0]
             if ret == -libbpf.ENOENT:   # that was the last batch
                 return
-            ffi.memmove(token_in, token_out, 16)
+            ffi.memmove(token_in, token_out, token_size)
             first = False
 
     def items(self):
