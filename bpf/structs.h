@@ -147,12 +147,14 @@ struct ct_sweep_record {
 };
 
 /* The agent's sweep with the judgement in the kernel too (bpf/ct_sweep.c's ct_sweep_keys): a test
- * run's packet is CT_SWEEP_PADDING bytes, a struct ct_sweep_args, then up to CT_SWEEP_KEYS
- * conntrack keys as the agent read them from the map, no values: the program reads each entry
- * itself, judges it by the timeouts given and deletes the expired flows pair by pair. Its return
- * value is the entries deleted, plus the entries judged expired that woke before their delete
- * times CT_SWEEP_SPARED. Timeouts in ns; now_ns: CLOCK_MONOTONIC, as bpf_ktime_get_ns(). */
-#define CT_SWEEP_KEYS 64
+ * run's packet is CT_SWEEP_PADDING bytes, a struct ct_sweep_args, then its `keys` conntrack keys
+ * (up to CT_SWEEP_KEYS), then their values, both as the agent read them from the map. The program
+ * judges each flow by the timeouts given and deletes the expired ones pair by pair; the values
+ * read let it pass over a flow plainly alive without a lookup (a lookup marks an LRU entry
+ * recently used). Its return value is the entries deleted, plus the entries judged expired that
+ * woke before their delete times CT_SWEEP_SPARED. Timeouts in ns; now_ns: CLOCK_MONOTONIC, as
+ * bpf_ktime_get_ns(). */
+#define CT_SWEEP_KEYS 32
 #define CT_SWEEP_SPARED 65536
 struct ct_sweep_args {
 	__u64 now_ns;
@@ -163,6 +165,7 @@ struct ct_sweep_args {
 	__u64 udp_ns;
 	__u64 icmp_ns;
 	__u64 generic_ns;
+	__u64 keys;
 };
 
 /* loadBalancerSourceRanges: an LPM trie keyed (id, source prefix). prefixlen counts the 32 bits

@@ -85,3 +85,32 @@ def test_a_syn_flood_of_four_maps_does_not_evict_established_flows(small_ct, est
         assert whole(dp, ports) == ESTABLISHED
     else:
         assert whole(dp, ports) < ESTABLISHED // 10   # idle through it all: the flood evicted them
+
+
+def test_the_sweep_leaves_the_lru_order_alone(small_ct):
+    """The kernel sweep must not mark the entries it passes over as recently used: a sweep that
+    looked every entry up made the LRU evict a new connection's entries (unmarked until its first
+    reply) before thousands of idle ones (the lab's conntrack flood test lost an HTTP request).
+    Fresh idle UDP flows, a sweep (nothing expires), a new TCP flow, then enough new flows to
+    evict a quarter of the map: the oldest go, the new TCP flow stays."""
+    from ebpflb.datapath.conntrack import Timeouts, sweep_in_kernel
+    from scapy.layers.inet import UDP
+
+    dp = small_ct
+    for key, _ in dp.maps.ct.items():
+        dp.maps.ct.delete(key)
+    program(dp, (VIP, 8080, 6, [B], 0), (VIP, 5353, 17, [B], 0))
+    udp = bytearray(bytes(from_pod(IP(src=FLOOD_SRC, dst=VIP) / UDP(sport=1, dport=5353))))
+
+    def udp_flows(first: int, count: int) -> None:
+        for i in range(first, first + count):
+            udp[26:30] = bytes([10, 202, i // 256 % 256, i % 256])
+            run(dp, "from_workload", bytes(udp))
+
+    udp_flows(0, 3000)   # 6000 entries, idle but far from expired
+    result = sweep_in_kernel(dp.maps, dp.fds["ct_sweep_keys"], Timeouts())
+    assert result.deleted == 0 and result.read == 6000
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="S")))
+    udp_flows(3000, 2000)   # 4000 more: past the map's 8192, the LRU evicts
+    assert len(dp.maps.ct.items()) <= CT_MAP
+    assert whole(dp, [40000]) == 1, "the sweep made the new flow the LRU's first victim"

@@ -164,19 +164,22 @@ def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=dele
 
 
 def sweep_args(timeouts: Timeouts, now_ns: int) -> bytes:
-    """bpf/ct_sweep.c's ct_sweep_keys's packet head: padding, then struct ct_sweep_args."""
+    """bpf/ct_sweep.c's ct_sweep_keys's packet head, padding and struct ct_sweep_args, but for its
+    last word (keys): each run adds its own."""
     args = ffi.new("struct ct_sweep_args *", {"now_ns": now_ns, **{
         f"{f.name}_ns": int(getattr(timeouts, f.name) * 1e9) for f in fields(Timeouts)}})
-    return bytes(C.CT_SWEEP_PADDING) + ffi.buffer(args)[:]
+    return bytes(C.CT_SWEEP_PADDING) + ffi.buffer(args)[:-8]
 
 
 def sweep_in_kernel(maps: Maps, prog_fd: int, timeouts: Timeouts, now_ns: int | None = None,
                     ids_seen: set[int] | None = None) -> SweepResult:
     """sweep() with the judgement in the kernel too (prog_fd: bpf/ct_sweep.c's ct_sweep_keys): the
-    map's keys are read in batches into one reused buffer and handed to the program CT_SWEEP_KEYS
-    at a time; it judges each flow by its own read of both halves and deletes the expired ones as
-    pairs, a flow that woke meanwhile keeping both. No Python object per entry: memory stays flat,
-    and the GIL is held for a batch's bookkeeping at most. `ids_seen` as in sweep()."""
+    map is read in batches into one reused buffer and handed to the program CT_SWEEP_KEYS entries
+    at a time (keys, then their values); it judges each flow (a plainly alive one by the value
+    read, without a lookup that would mark it recently used), by its own read of both halves,
+    and deletes the expired ones as pairs, a flow that woke meanwhile keeping both. No Python
+    object per entry: memory stays flat, and the GIL is held for a batch's bookkeeping at most.
+    `ids_seen` as in sweep()."""
     now_ns = time.monotonic_ns() if now_ns is None else now_ns
     head = sweep_args(timeouts, now_ns)
     key_size, value_size = ffi.sizeof("struct ct_key"), ffi.sizeof("struct ct_value")
@@ -184,11 +187,15 @@ def sweep_in_kernel(maps: Maps, prog_fd: int, timeouts: Timeouts, now_ns: int | 
     deleted = spared = read = 0
     for keys, values, n in maps.ct._batches():
         read += n
+        raw_values = ffi.buffer(values, value_size * n)
         if ids_seen is not None:
-            ids_seen.update(memoryview(ffi.buffer(values, value_size * n)).cast("I")[svc_id_word::value_words])
-        raw = ffi.buffer(keys, key_size * n)
+            ids_seen.update(memoryview(raw_values).cast("I")[svc_id_word::value_words])
+        raw_keys = ffi.buffer(keys, key_size * n)
         for start in range(0, n, C.CT_SWEEP_KEYS):
-            counts = prog_test_run(prog_fd, head + raw[start * key_size:min(n, start + C.CT_SWEEP_KEYS) * key_size])[0]
+            end = min(n, start + C.CT_SWEEP_KEYS)
+            packet = (head + (end - start).to_bytes(8, "little") + raw_keys[start * key_size:end * key_size] +
+                      raw_values[start * value_size:end * value_size])
+            counts = prog_test_run(prog_fd, packet)[0]
             deleted += counts % C.CT_SWEEP_SPARED
             spared += counts // C.CT_SWEEP_SPARED
             # A test run lets the GIL go but takes it straight back: a thread waiting for it (a
