@@ -6,16 +6,18 @@
   e2e, iptables the lab: pod->VIP vs pod->pod; kube-proxy iptables vs ebpflb         (bench/dataplane.py)
   controlplane  cold start, EndpointSlice change latency, RSS                        (bench/controlplane.py)
   xdp           NodePort via XDP vs tc: BPF_PROG_TEST_RUN, and the lab (veth uplinks)  (bench/xdp.py)
+  upkeep        conntrack sweep of a full map, metrics scrape at 10k services           (bench/upkeep.py)
+  synflood      a SYN flood against established flows, BPF_PROG_TEST_RUN                (bench/synflood.py)
 """
 import argparse
 import sys
 import time
 
-from bench import controlplane, dataplane, packets, xdp
+from bench import controlplane, dataplane, packets, synflood, upkeep, xdp
 from bench.common import Stopwatch, load_results, save_results
 from bench.report import print_table
 
-SECTIONS = ("packets", "e2e", "iptables", "controlplane", "xdp")
+SECTIONS = ("packets", "e2e", "iptables", "controlplane", "xdp", "upkeep", "synflood")
 
 
 def main(argv=None) -> int:
@@ -47,6 +49,16 @@ def main(argv=None) -> int:
         watch = Stopwatch()
         print("== 5. NodePort: XDP vs tc (BPF_PROG_TEST_RUN, then the lab)", flush=True)
         save_results("xdp", xdp.run())
+        print(f"   ({watch})", flush=True)
+    if "upkeep" not in skip:
+        watch = Stopwatch()
+        print("== 6. upkeep: conntrack sweep of a full map, metrics scrape at 10k services", flush=True)
+        save_results("upkeep", upkeep.run())
+        print(f"   ({watch})", flush=True)
+    if "synflood" not in skip:
+        watch = Stopwatch()
+        print("== 7. a SYN flood against established flows (BPF_PROG_TEST_RUN)", flush=True)
+        save_results("synflood", synflood.run())
         print(f"   ({watch})", flush=True)
 
     merged = load_results()

@@ -28,7 +28,9 @@ packet back where it started, every run doing the real work:
   pass-through pod to pod (C -> A0:8080) through from_workload (conntrack, frontend and service
                address lookups all miss) and its answer through to_workload (conntrack miss).
   baseline     bpf/baseline.c on the established packet: parse, return TC_ACT_NEXT (as the real programs do).
-  floors       bpf/baseline.c again: what the goals cannot go below with a conntrack in hash maps.
+  floors       bpf/baseline.c again: what the goals cannot go below with a conntrack in hash maps,
+               for each map design conntrack could have (DESIGNS: today's LRU, an LRU with
+               BPF_F_NO_COMMON_LRU, a preallocated hash, a hash allocating on insert), side by side.
                ct_lookup_floor parses and looks the established packet's tuple up in an LRU hash of
                conntrack's types and size (holding it): any established packet costs that much.
                ct_writes_floor parses and makes the two LRU writes of a new flow (on the new-flow
@@ -45,7 +47,8 @@ figure, baseline included.
 
 New flow, genuine first SYN (cross-check): the flow's two conntrack entries are deleted from
 user space, then one SYN runs once (repeat=1) and the kernel's duration for that one run is
-taken; the baseline is timed the same way, one run each, interleaved. These single-run figures
+taken; the baseline, and each design's writes floor on fresh keys (its two entries deleted
+before), are timed the same way, one run each, interleaved. These single-run figures
 include the timer's own reading (tens of ns) in both, and a cache made cold by the syscalls
 in between.
 
@@ -80,9 +83,14 @@ A0 = "10.200.0.2"
 POD_MAC, GW_MAC = "02:00:00:00:00:02", "02:00:00:00:00:01"
 PAYLOAD = Raw(b"x" * 64)
 ENDPOINTS = 10
-CASES = ("baseline", "established", "new_flow", "reply", "pass_from", "pass_to", "lookup_floor", "writes_floor")
+# Conntrack's possible map designs (bpf/baseline.c's floors): "" is today's common LRU.
+DESIGNS = {"": "LRU", "_nocommon": "LRU, BPF_F_NO_COMMON_LRU", "_hash": "hash, preallocated",
+           "_hash_noprealloc": "hash, BPF_F_NO_PREALLOC"}
+FLOOR_CASES = tuple(f"{kind}_floor{d}" for d in DESIGNS for kind in ("lookup", "writes"))
+CASES = ("baseline", "established", "new_flow", "reply", "pass_from", "pass_to") + FLOOR_CASES
 LABELS = {"baseline": "parse-only baseline", "established": "established TCP (from_workload)",
-          "lookup_floor": "floor: parse + one conntrack lookup", "writes_floor": "floor: parse + two conntrack writes",
+          **{f"lookup_floor{d}": f"floor: parse + one conntrack lookup ({name})" for d, name in DESIGNS.items()},
+          **{f"writes_floor{d}": f"floor: parse + two conntrack writes ({name})" for d, name in DESIGNS.items()},
           "new_flow": "new flow SYN (from_workload)", "reply": "reply reverse NAT (to_workload)",
           "pass_from": "pass-through (from_workload)", "pass_to": "pass-through (to_workload)"}
 
@@ -102,14 +110,15 @@ PACKETS = {
     "pass_from": from_pod(IP(src=C_POD, dst=A0) / TCP(sport=C_PORT, dport=8080, flags="PA") / PAYLOAD),
     "pass_to": to_pod(IP(src=A0, dst=C_POD) / TCP(sport=8080, dport=C_PORT, flags="PA") / PAYLOAD),
 }
-PACKETS["baseline"] = PACKETS["lookup_floor"] = PACKETS["established"]
-PACKETS["writes_floor"] = PACKETS["new_flow"]
+PACKETS["baseline"] = PACKETS["established"]
+for _d in DESIGNS:
+    PACKETS[f"lookup_floor{_d}"], PACKETS[f"writes_floor{_d}"] = PACKETS["established"], PACKETS["new_flow"]
 SYN = from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=C_PORT, dport=VIP_PORT, flags="S"))
 MIRROR_SYN = from_pod(IP(src=C_POD, dst=B) / TCP(sport=C_PORT, dport=B_PORT, flags="S"))
-BASELINES = ("parse_only", "ct_lookup_floor", "ct_writes_floor")   # bpf/baseline.c
-PROGRAM = {"baseline": "parse_only", "lookup_floor": "ct_lookup_floor", "writes_floor": "ct_writes_floor",
-           "established": "from_workload", "new_flow": "from_workload",
-           "reply": "to_workload", "pass_from": "from_workload", "pass_to": "to_workload"}
+BASELINES = ("parse_only",) + tuple(f"ct_{case}" for case in FLOOR_CASES)   # bpf/baseline.c
+PROGRAM = {"baseline": "parse_only", "established": "from_workload", "new_flow": "from_workload",
+           "reply": "to_workload", "pass_from": "from_workload", "pass_to": "to_workload",
+           **{case: f"ct_{case}" for case in FLOOR_CASES}}
 
 
 def ct_key(src, sport, dst, dport, proto=6):
@@ -185,20 +194,27 @@ def check_paths(dp, fds) -> None:
             raise AssertionError(f"{case}: the packet did not pass untouched")
 
 
-def single_shot(dp, base_fd: int, samples: int) -> tuple[list[int], list[int]]:
-    """A genuine first SYN, one run each (conntrack entries deleted before), and the baseline
-    timed the same way, interleaved."""
+def single_shot(dp, base_fds: dict, base_obj, samples: int) -> dict[str, list[int]]:
+    """A genuine first SYN, one run each (conntrack entries deleted before), the baseline timed the
+    same way, and each design's writes floor on fresh keys (its two entries deleted before),
+    interleaved. {case: ns of each sample}."""
     fwd, rev = ct_key(C_POD, C_PORT, VIP, VIP_PORT), ct_key(B, B_PORT, C_POD, C_PORT)
-    new_ns, base_ns = [], []
+    floor_keys = (ct_key(C_POD, C_PORT, VIP, VIP_PORT), ct_key(VIP, VIP_PORT, C_POD, C_PORT))
+    tables = {d: base_obj.get_table(f"floor_ct{d}").get_fd() for d in DESIGNS}
+    out = {"new_flow": [], "baseline": [], **{f"writes_floor{d}": [] for d in DESIGNS}}
     conns_before = counters(dp)[1]
     for _ in range(samples):
         dp.maps.ct.delete(fwd)
         dp.maps.ct.delete(rev)
-        new_ns.append(prog_test_run(dp.fds["from_workload"], SYN)[2])
-        base_ns.append(prog_test_run(base_fd, SYN)[2])
+        out["new_flow"].append(prog_test_run(dp.fds["from_workload"], SYN)[2])
+        out["baseline"].append(prog_test_run(base_fds["parse_only"], SYN)[2])
+        for d, fd in tables.items():
+            for key in floor_keys:
+                lib.bpf_map_delete_elem(fd, key)
+            out[f"writes_floor{d}"].append(prog_test_run(base_fds[f"ct_writes_floor{d}"], SYN)[2])
     if counters(dp)[1] - conns_before != samples:
         raise AssertionError("single-shot SYNs were not all new flows")
-    return new_ns, base_ns
+    return out
 
 
 def fds_of(dp, base_fds: dict) -> dict:
@@ -210,21 +226,23 @@ def load_baseline():
     from bcc import BPF
     obj = BPF(text=program_text(BPF_DIR / "baseline.c").encode())
     fds = {name: obj.load_func(name.encode(), BPF.SCHED_CLS).fd for name in BASELINES}
-    table = obj.get_table("floor_ct")
     value = new("struct ct_value", type=1, nat_addr=ip_be(B), nat_port=port_be(B_PORT))
-    check(lib.bpf_map_update_elem(table.get_fd(), ct_key(C_POD, C_PORT, VIP, VIP_PORT), value, 0), "floor_ct")
+    for design in DESIGNS:
+        table = obj.get_table(f"floor_ct{design}")
+        check(lib.bpf_map_update_elem(table.get_fd(), ct_key(C_POD, C_PORT, VIP, VIP_PORT), value, 0), "floor_ct")
     return obj, fds
 
 
 def check_floors(fds: dict, obj) -> None:
     """The writes floor leaves its two entries (the forward one is the established packet's tuple);
     the lookup floor finds that tuple every run."""
-    retval, _, _ = prog_test_run(fds["ct_writes_floor"], PACKETS["writes_floor"], repeat=1000)
-    if retval != TC_ACT_NEXT or len(list(obj.get_table("floor_ct").keys())) != 2:
-        raise AssertionError("the writes floor did not write its two entries")
-    retval, _, _ = prog_test_run(fds["ct_lookup_floor"], PACKETS["lookup_floor"], repeat=1000)
-    if retval != TC_ACT_NEXT:
-        raise AssertionError("the lookup floor missed")
+    for design in DESIGNS:
+        retval, _, _ = prog_test_run(fds[f"ct_writes_floor{design}"], PACKETS["new_flow"], repeat=1000)
+        if retval != TC_ACT_NEXT or len(list(obj.get_table(f"floor_ct{design}").keys())) != 2:
+            raise AssertionError(f"the writes floor{design} did not write its two entries")
+        retval, _, _ = prog_test_run(fds[f"ct_lookup_floor{design}"], PACKETS["established"], repeat=1000)
+        if retval != TC_ACT_NEXT:
+            raise AssertionError(f"the lookup floor{design} missed")
 
 
 def run(repeat: int = 1_000_000, runs: int = 15, scales=(1, 1000, 100_000), shots: int = 3000) -> dict:
@@ -261,15 +279,14 @@ def run(repeat: int = 1_000_000, runs: int = 15, scales=(1, 1000, 100_000), shot
         print(f"  ({runs} runs + 1 warm-up of every case at every scale, interleaved: {watch})", flush=True)
 
         dp = datapaths[scales[0]]
-        new_runs, base_runs = [], []
+        shot_runs = {}
         with pinned_to_one_cpu():
-            single_shot(dp, base_fds["parse_only"], 200)    # warm-up
+            single_shot(dp, base_fds, base_obj, 200)    # warm-up
             for _ in range(3):
-                new_ns, base_ns = single_shot(dp, base_fds["parse_only"], shots // 3)
-                new_runs.append(statistics.median(new_ns))
-                base_runs.append(statistics.median(base_ns))
+                for case, ns in single_shot(dp, base_fds, base_obj, shots // 3).items():
+                    shot_runs.setdefault(case, []).append(statistics.median(ns))
         out["single_shot"] = {"services": scales[0], "samples_per_run": shots // 3,
-                              "new_flow": spread(new_runs), "baseline": spread(base_runs)}
+                              **{case: spread(v) for case, v in shot_runs.items()}}
     finally:
         for dp in datapaths.values():
             dp.close()

@@ -147,6 +147,28 @@ struct ct_sweep_record {
 	struct ct_value twin_value;
 };
 
+/* The agent's sweep with the judgement in the kernel too (bpf/ct_sweep.c's ct_sweep_keys): a test
+ * run's packet is CT_SWEEP_PADDING bytes, a struct ct_sweep_args, then its `keys` conntrack keys
+ * (up to CT_SWEEP_KEYS), then their values, both as the agent read them from the map. The program
+ * judges each flow by the timeouts given and deletes the expired ones pair by pair; the values
+ * read let it pass over a flow plainly alive without a lookup (a lookup marks an LRU entry
+ * recently used). Its return value is the entries deleted, plus the entries judged expired that
+ * woke before their delete times CT_SWEEP_SPARED. Timeouts in ns; now_ns: CLOCK_MONOTONIC, as
+ * bpf_ktime_get_ns(). */
+#define CT_SWEEP_KEYS 32
+#define CT_SWEEP_SPARED 65536
+struct ct_sweep_args {
+	__u64 now_ns;
+	__u64 tcp_syn_sent_ns;
+	__u64 tcp_established_ns;
+	__u64 tcp_fin_ns;
+	__u64 tcp_rst_ns;
+	__u64 udp_ns;
+	__u64 icmp_ns;
+	__u64 generic_ns;
+	__u64 keys;
+};
+
 /* loadBalancerSourceRanges: an LPM trie keyed (id, source prefix). prefixlen counts the 32 bits
  * of id too: a /24 range is prefixlen 32 + 24. */
 struct src_range_key {

@@ -68,7 +68,11 @@ def test_sweep_never_deletes_a_connection_that_reused_a_swept_port(lab, racing_s
            f"ms; sweep every 20 ms, closed flows expire after 50 ms): {report.summary()}; on node-2 {swept} entries "
            f"swept, {spared} judged expired and spared (woken or reused before their delete)")
     # The race was run: the sweep deleted closed flows (a third to a half of them, two entries each:
-    # a flow whose port came round within the timeout is reopened, never swept), and judged some
-    # whose keys a new connection took before the delete.
-    assert swept > report.requests // 4 and spared > 0, (swept, spared, report.requests)
+    # a flow whose port came round within the timeout is reopened, never swept), and every port
+    # comes round again within ~70 ms, so each swept flow's keys were taken by a new connection
+    # right after (or while) the sweep deleted them. How many the sweep judged and then spared
+    # is no evidence either way: the kernel sweep (sweep_in_kernel()) judges and claims a few
+    # instructions apart, so a reuse between the two is rare; tests/test_sweep_in_kernel.py runs
+    # that race on two CPUs.
+    assert swept > report.requests // 4, (swept, spared, report.requests)
     report.assert_nothing_lost()

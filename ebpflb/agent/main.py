@@ -21,7 +21,7 @@ from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links,
 from ebpflb.agent.healthcheck import HealthCheckServers
 from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath import affinity
-from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, in_kernel, sweep
+from ebpflb.datapath.conntrack import Timeouts, forget_udp_flows_to, sweep_in_kernel
 from ebpflb.core.services import Usage
 from ebpflb.gc_pause import gc_paused
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR, SOCK_REAPER, Datapath, DatapathOptions
@@ -29,7 +29,8 @@ from ebpflb.datapath.cgroup import attach as attach_cgroup, detach as detach_cgr
 from ebpflb.datapath.sockets import SocketReaper, netns_cookie
 from ebpflb.datapath.structs import C
 from ebpflb.agent import proxy_health
-from ebpflb.agent.metrics import AgentMetrics, DataplaneCollector, Health, MapPressure, UplinkCollector, serve
+from ebpflb.agent.metrics import (AgentMetrics, DataplaneCollector, Health, MapPressure, ServiceCounters,
+                                  UplinkCollector, serve)
 from ebpflb.paths import DEFAULT_PIN_DIR
 from ebpflb.sync.keepers import ids_named_by_flows
 from ebpflb.sync.session import SyncSession
@@ -140,10 +141,13 @@ class Agent:
                                    node_addresses=self.uplink_addrs, nodeport_cidrs=cfg.nodeport_addresses,
                                    capacity=Usage(*(m.max_entries for m in (maps.nat_fe, maps.nat_be,
                                                                             maps.svc_ips, maps.src_ranges))))
+        # Conntrack's entries as the last sweep counted them: a scrape does not walk that map.
+        self.ct_entries = None
         # The writer as it is at each scrape: a failed sync makes a new one.
         self.metrics.registry.register(DataplaneCollector(self.datapath.maps, lambda: self.session.writer,
-                                                          self.tracker, self.lock))
-        servers = [serve(address, self.metrics.registry, self.health)
+                                                          self.tracker, self.lock, lambda: self.ct_entries))
+        self.metrics.texts.append(ServiceCounters(self.datapath.maps, self.tracker, self.lock).render)
+        servers = [serve(address, self.metrics, self.health)
                    for address in filter(None, (cfg.metrics_addr or "").split(","))]
         if cfg.healthz_addr:
             servers.append(proxy_health.serve(cfg.healthz_addr, self.proxy_health))
@@ -308,11 +312,11 @@ class Agent:
         return dict(state.affinity), {svc_id: state.backends.get(svc_id, ()) for svc_id in state.affinity}
 
     def _sweep_loop(self) -> None:
-        delete = in_kernel(self.datapath.fds["ct_delete_unchanged"])
+        sweep_fd = self.datapath.fds["ct_sweep_keys"]
         while not self.stopped.wait(self.config.sweep_interval):
             started, seen = time.monotonic(), set()
             try:
-                swept = sweep(self.datapath.maps, self.config.ct_timeouts, delete=delete, ids_seen=seen)
+                swept = sweep_in_kernel(self.datapath.maps, sweep_fd, self.config.ct_timeouts, ids_seen=seen)
                 seen |= ids_named_by_flows(self.datapath.maps, skip=("ct",))
                 # entries exist only while some port has affinity; prune() also forgets those of a
                 # port whose affinity went, which the sync after that change did already
@@ -330,8 +334,9 @@ class Agent:
             if swept.deleted or swept.spared:
                 log.info("conntrack: %d expired entries removed, %d spared (the flow woke or its keys were "
                          "reused since it was judged)", swept.deleted, swept.spared)
-            ct = self.datapath.maps.ct
-            self.pressure.check("conntrack", ct.count(), ct.max_entries)
+            # counted afresh: the walk does not read the twins it deleted ahead of itself
+            self.ct_entries = self.datapath.maps.ct.count()
+            self.pressure.check("conntrack", self.ct_entries, self.datapath.maps.ct.max_entries)
 
 
 def _ranges(ids: set[int]) -> str:

@@ -145,6 +145,7 @@ def in_kernel(prog_fd: int):
 class SweepResult:
     deleted: int   # entries
     spared: int    # entries judged expired that woke (or were reused) before they could go
+    read: int = 0  # entries sweep_in_kernel() read (not the twins it deleted ahead of its walk)
 
 
 def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=delete_unchanged,
@@ -160,6 +161,47 @@ def sweep(maps: Maps, timeouts: Timeouts, now_ns: int | None = None, delete=dele
     judged = expired(entries, timeouts, now_ns)
     deleted = delete(maps.ct, judged)
     return SweepResult(deleted, entries_of(judged) - deleted)
+
+
+def sweep_args(timeouts: Timeouts, now_ns: int) -> bytes:
+    """bpf/ct_sweep.c's ct_sweep_keys's packet head, padding and struct ct_sweep_args, but for its
+    last word (keys): each run adds its own."""
+    args = ffi.new("struct ct_sweep_args *", {"now_ns": now_ns, **{
+        f"{f.name}_ns": int(getattr(timeouts, f.name) * 1e9) for f in fields(Timeouts)}})
+    return bytes(C.CT_SWEEP_PADDING) + ffi.buffer(args)[:-8]
+
+
+def sweep_in_kernel(maps: Maps, prog_fd: int, timeouts: Timeouts, now_ns: int | None = None,
+                    ids_seen: set[int] | None = None) -> SweepResult:
+    """sweep() with the judgement in the kernel too (prog_fd: bpf/ct_sweep.c's ct_sweep_keys): the
+    map is read in batches into one reused buffer and handed to the program CT_SWEEP_KEYS entries
+    at a time (keys, then their values); it judges each flow (a plainly alive one by the value
+    read, without a lookup that would mark it recently used), by its own read of both halves,
+    and deletes the expired ones as pairs, a flow that woke meanwhile keeping both. No Python
+    object per entry: memory stays flat, and the GIL is held for a batch's bookkeeping at most.
+    `ids_seen` as in sweep()."""
+    now_ns = time.monotonic_ns() if now_ns is None else now_ns
+    head = sweep_args(timeouts, now_ns)
+    key_size, value_size = ffi.sizeof("struct ct_key"), ffi.sizeof("struct ct_value")
+    svc_id_word, value_words = ffi.offsetof("struct ct_value", "svc_id") // 4, value_size // 4
+    deleted = spared = read = 0
+    for keys, values, n in maps.ct._batches():
+        read += n
+        raw_values = ffi.buffer(values, value_size * n)
+        if ids_seen is not None:
+            ids_seen.update(memoryview(raw_values).cast("I")[svc_id_word::value_words])
+        raw_keys = ffi.buffer(keys, key_size * n)
+        for start in range(0, n, C.CT_SWEEP_KEYS):
+            end = min(n, start + C.CT_SWEEP_KEYS)
+            packet = (head + (end - start).to_bytes(8, "little") + raw_keys[start * key_size:end * key_size] +
+                      raw_values[start * value_size:end * value_size])
+            counts = prog_test_run(prog_fd, packet)[0]
+            deleted += counts % C.CT_SWEEP_SPARED
+            spared += counts // C.CT_SWEEP_SPARED
+            # A test run lets the GIL go but takes it straight back: a thread waiting for it (a
+            # sync) would wait the interpreter's switch interval (5 ms). Step aside for it.
+            time.sleep(0)
+    return SweepResult(deleted, spared, read)
 
 
 def service_ids(ct) -> set[int]:

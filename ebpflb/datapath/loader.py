@@ -30,7 +30,8 @@ BPFFS = "/sys/fs/bpf"
 PROGRAMS = {
     ("workload.c", "ct_sweep.c", "sock.c", "sock_reaper.c"): {
         "from_workload": "SCHED_CLS", "to_workload": "SCHED_CLS",
-        "ct_delete_unchanged": "SCHED_CLS",   # run by the sweep, never attached
+        "ct_delete_unchanged": "SCHED_CLS",   # deletes flows judged in Python, never attached
+        "ct_sweep_keys": "SCHED_CLS",         # run by the agent's sweep, never attached
         "sock_connect4": ("CGROUP_SOCK_ADDR", "CGROUP_INET4_CONNECT"),
         "sock_sendmsg4": ("CGROUP_SOCK_ADDR", "CGROUP_UDP4_SENDMSG"),
         "sock_recvmsg4": ("CGROUP_SOCK_ADDR", "CGROUP_UDP4_RECVMSG"),

@@ -143,6 +143,22 @@ class BpfMap:
             found.update((key_words[i], value) for i, value in enumerate(value_words) if value)
         return found
 
+    def u64_words_below(self, end: int) -> memoryview:
+        """The values of an array map's keys 0..end-1 as one run of u64 words (per-CPU maps: ncpus
+        values a key, CPU by CPU), read in batches instead of a lookup per key, and without a
+        Python object per value."""
+        if self.key_type != "__u32" or ffi.sizeof(self.value_type) % 8:
+            raise TypeError(f"{self.path}: not an array of u64 words")
+        value_bytes = ffi.sizeof(self.value_type) * self.ncpus
+        chunks, have = [], 0
+        for _, values, n in self._batches():   # an array's batches go in key order
+            n = min(n, end - have)
+            chunks.append(ffi.buffer(values, value_bytes * n)[:])
+            have += n
+            if have >= end:
+                break
+        return memoryview(b"".join(chunks)).cast("Q")
+
     def count(self) -> int:
         """Number of entries, without building Python objects for them."""
         return sum(n for _, _, n in self._batches())
