@@ -114,14 +114,20 @@ static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_val
 	return 0;
 }
 
-/* A SYN (without ACK) on a flow that already closed starts a new connection on a reused port. */
-static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_value *fwd)
+/* A SYN (without ACK) on a flow that already closed starts a new connection on a reused port.
+ * So does one whose reply half is gone or is another flow's by now (another CPU took the closed
+ * pair's reply tuple for its own flow): translated with the old forward half, within the tick
+ * that skips ct_check_reply_half(), its SYN would carry a SNAT port whose replies go to the
+ * other flow's client. */
+static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_key *fwd_key,
+					const struct ct_value *fwd)
 {
 	if (p->proto != IPPROTO_TCP ||
 	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != TCP_FL_SYN)
 		return 0;
 	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
-	return !rev || (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST));
+	return !rev || rev->type != CT_TYPE_NAT_REV || !ct_key_equal(&rev->twin, fwd_key) ||
+	       (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST));
 }
 
 /* last_seen only moves forward, and is written only when the (per-jiffy, clock.h) clock moved:

@@ -158,7 +158,7 @@ int from_uplink(struct __sk_buff *skb)
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
 		if (!(entry->flags & CT_FLAG_UPLINK))
 			return TC_ACT_NEXT;   /* a pod's flow: its tuple from outside is not ours to take */
-		if (!ct_is_reopen(&p, entry)) {
+		if (!ct_is_reopen(&p, &key, entry)) {
 			__u64 now = clock_now();
 			/* Once a tick: is the flow's reply half still there, and still its own? */
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
@@ -259,7 +259,7 @@ int xdp_uplink(struct xdp_md *ctx)
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && (entry->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT)) {
 		__u64 now = clock_now();
-		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, entry) &&
+		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, &key, entry) &&
 		    (now <= entry->last_seen_ns || ct_reply_half_whole(&key, entry)))   /* else tc mends it */
 			return xdp_forward(ctx, &p, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
 					   entry->nat_addr, entry->nat_port, now);

@@ -143,7 +143,7 @@ int from_workload(struct __sk_buff *skb)
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
 		if (entry->flags & CT_FLAG_UPLINK)
 			return TC_ACT_NEXT;   /* an outside client's flow: the uplink translates it, not a pod */
-		if (!ct_is_reopen(&p, entry)) {
+		if (!ct_is_reopen(&p, &key, entry)) {
 			__u64 now = clock_now();
 			/* Once a tick: is the flow's reply half still there, and still its own? */
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {

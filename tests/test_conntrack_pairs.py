@@ -265,3 +265,24 @@ def test_a_flow_whose_snat_port_went_to_another_is_started_again_never_shares_it
     assert reply_to(dp, routed, snat_port)[1][30:34] == bytes(map(int, OTHER_CLIENT.split(".")))
     assert not pair_problems(dp.maps)
 
+
+
+def test_a_syn_on_a_flow_whose_snat_port_went_to_another_is_a_new_flow_within_the_tick(dp, routed):
+    """As above, but X's next packet is a SYN (a new connection from the same port) within the
+    tick that skips the forward half's check: it must not go out with the SNAT port whose replies
+    are Y's now. (What two CPUs did: Y took X's closed pair's port while X's SYN held X's old
+    forward half; X was told the port, and its SYN-ACK went to Y.)"""
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    snat_port = established_snat_flow(dp, routed)             # X: 40000 -> SNAT port 40000
+    dp.maps.ct.delete(key_of(B, 8080, NODE_ADDR, snat_port))
+    assert established_snat_flow(dp, routed, client=OTHER_CLIENT) == snat_port
+    fwd_key = key_of(CLIENT, 40000, NODE_ADDR, NODEPORT)
+    fwd = dp.maps.ct.lookup(fwd_key)
+    fwd.last_seen_ns = time.monotonic_ns() + int(60e9)   # "this tick" for the next minute
+    dp.maps.ct.update(fwd_key, fwd)
+    verdict, out = run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR, sport=40000))
+    assert verdict == TC_ACT_REDIRECT and Ether(out)[TCP].sport != snat_port
+    x_port = Ether(out)[TCP].sport
+    assert reply_to(dp, routed, x_port, flags="SA")[1][30:34] == bytes(map(int, CLIENT.split(".")))
+    assert reply_to(dp, routed, snat_port)[1][30:34] == bytes(map(int, OTHER_CLIENT.split(".")))
+    assert not pair_problems(dp.maps)
