@@ -395,29 +395,37 @@ def http_many(ip: str, port: int, count: int, timeout: float = 2.0, path: str = 
             print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
 
 
-def echo(ip: str, port: int, size: int, timeout: float) -> int:
-    """POST size random bytes to /echo and check the same come back: "ok SECONDS", or "error TEXT"."""
-    import os
+def _post(ip: str, port: int, path: str, data: bytes, timeout: float, chunk: int):
+    """POST data over HTTP/1.0 and read the answer to its end: (body, None), or (None, "error TEXT")."""
     import time
-    data = os.urandom(size)
-    request = (f"POST /echo HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Length: {size}\r\n\r\n").encode() + data
+    request = (f"POST {path} HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Length: {len(data)}\r\n\r\n").encode() + data
     started, chunks = time.monotonic(), []
     try:
         with socket.create_connection((ip, port), timeout=timeout) as s:
             s.sendall(request)
             while True:
                 s.settimeout(max(0.1, timeout - (time.monotonic() - started)))
-                chunk = s.recv(1 << 20)
-                if not chunk:
+                got = s.recv(chunk)
+                if not got:
                     break
-                chunks.append(chunk)
+                chunks.append(got)
     except socket.timeout:
-        print(f"error timeout, {sum(map(len, chunks))} bytes back", flush=True)
-        return 1
+        return None, f"error timeout, {sum(map(len, chunks))} bytes back"
     except OSError as e:
-        print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
+        return None, "error " + errno.errorcode.get(e.errno, str(e))
+    return b"".join(chunks).partition(b"\r\n\r\n")[2], None
+
+
+def echo(ip: str, port: int, size: int, timeout: float) -> int:
+    """POST size random bytes to /echo and check the same come back: "ok SECONDS", or "error TEXT"."""
+    import os
+    import time
+    data = os.urandom(size)
+    started = time.monotonic()
+    body, error = _post(ip, port, "/echo", data, timeout, 1 << 20)
+    if error:
+        print(error, flush=True)
         return 1
-    body = b"".join(chunks).partition(b"\r\n\r\n")[2]
     if body != data:
         print(f"error {len(body)} bytes back, {'not ' if len(body) == size else ''}the ones sent", flush=True)
         return 1
@@ -452,24 +460,12 @@ def upload(ip: str, port: int, size: int, timeout: float) -> int:
     import os
     import time
     data = os.urandom(size)
-    request = (f"POST / HTTP/1.0\r\nHost: {ip}:{port}\r\nContent-Length: {size}\r\n\r\n").encode() + data
-    started, chunks = time.monotonic(), []
-    try:
-        with socket.create_connection((ip, port), timeout=timeout) as s:
-            s.sendall(request)
-            while True:
-                s.settimeout(max(0.1, timeout - (time.monotonic() - started)))
-                chunk = s.recv(1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    except socket.timeout:
-        print("error timeout", flush=True)
+    started = time.monotonic()
+    body, error = _post(ip, port, "/", data, timeout, 1 << 16)
+    if error:
+        print(error, flush=True)
         return 1
-    except OSError as e:
-        print("error " + errno.errorcode.get(e.errno, str(e)), flush=True)
-        return 1
-    words = b"".join(chunks).partition(b"\r\n\r\n")[2].decode(errors="replace").split()
+    words = body.decode(errors="replace").split()
     if len(words) != 3 or words[1:] != [str(size), hashlib.sha256(data).hexdigest()]:
         print(f"error answer {' '.join(words)[:80]!r}", flush=True)
         return 1
