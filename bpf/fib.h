@@ -28,7 +28,7 @@ static long (*redirect_neigh)(__u32 ifindex, void *params, int plen, __u64 flags
  *    length would refuse every 64 KB GRO or TSO super-packet (a 2 MB echo stalled); not given any,
  *    the kernel checks the frame (trailing bytes included) against the device's MTU alone. One
  *    really too big gets frag-needed with that MTU when it says DF (path MTU discovery, as the
- *    stack answers); without DF it goes to the stack, which fragments it (hand_to_stack()).
+ *    stack answers); without DF it goes to the stack, which fragments it (forward_by_fib()).
  * Both answers quote the packet as its sender sent it (checked before the rewrite) and go back out
  * of the interface it came in on. */
 /* The lookup's 64 bytes off the stack (512 bytes for the whole program, each inlined caller
@@ -103,52 +103,53 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, const struct p
 	return verdict != TC_ACT_NEXT ? verdict : fib_send(skb, rc, fib);
 }
 
-/* Too big for the egress, and its sender lets it be fragmented (no DF): the stack's forwarding
+/* A flow's packet SNATed from the uplink, or a later fragment of one (later_fragment, a constant at
+ * each call site: its addresses only, and no ICMP error about it): checked as the stack's forwarding would check it (TTL, MTU:
+ * answered, forward.h), translated as t says and sent on by FIB.
+ *
+ * Too big for the way out, and its sender lets it be fragmented (no DF): the stack's forwarding
  * fragments it, as any packet it forwards. Its input path calls a packet from our own (SNAT)
  * address a martian, so it gets p with only the destination translated (from the client, or the
  * backend, as it came: neither is ours); it routes it, checks and decrements the TTL and cuts it,
  * and to_uplink puts t's source on every fragment as it leaves (frag.h: by source, destination,
  * IP id and protocol, which the fragments keep). A GSO skb is not handed up: the stack cuts it into
  * segments first, each with an IP id of its own (TCP without DF, or UDP GRO on forwarding: rare);
- * nor SCTP, whose CRC spans the datagram (and which sets DF). Those are dropped and counted. */
-static __always_inline int hand_to_stack(struct __sk_buff *skb, const struct packet *p, const struct nat_target *t)
-{
-	if (skb->gso_size || p->proto == IPPROTO_SCTP)
-		return drop_skb(skb, DROP_FRAG_NEEDED);
-	frag_snat_remember(p, t->daddr, t->saddr, t->sport);
-	if (nat_rewrite_any(skb, p, p->saddr, p->sport, t->daddr, t->dport) < 0)
-		return drop_skb(skb, DROP_REWRITE_FAILED);
-	return TC_ACT_NEXT;
-}
-
-/* A flow's packet SNATed from the uplink (or a later fragment of one: may_answer 0, addresses
- * only): checked as the stack's forwarding would check it (TTL, MTU: answered), translated as t
- * says and sent on; or, too big without DF, handed to the stack to fragment. */
+ * nor SCTP, whose CRC spans the datagram (and which sets DF). Those are dropped and counted.
+ * One rewrite site for both ways out: each inlined copy costs the verifier (and so does a rewrite
+ * that chooses at run time between a fragment's and a whole packet's: 100k instructions). */
 static __always_inline int forward_by_fib(struct __sk_buff *skb, const struct packet *p, const struct nat_target *t,
-					  int may_answer)
+					  int later_fragment)
 {
 	struct bpf_fib_lookup *fib = fib_params();
 
 	if (!fib)
 		return drop_skb(skb, DROP_NO_ROUTE);
 	__u32 answer = 0;   /* type << 24 | code << 16 | next-hop MTU */
-	int rc = BPF_FIB_LKUP_RET_SUCCESS;
+	int rc = BPF_FIB_LKUP_RET_SUCCESS, to_stack = 0;
 	if (p->ttl > 1) {   /* else time exceeded (forward_hop()), as ip_forward() checks the TTL first */
 		rc = fib_lookup_skb(skb, p, t->saddr, t->daddr, fib);
-		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
-			if (!(p->ip_flags & IP_DF_BE))
-				return hand_to_stack(skb, p, t);
+		if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED && !(p->ip_flags & IP_DF_BE)) {
+			if (skb->gso_size || p->proto == IPPROTO_SCTP)
+				return drop_skb(skb, DROP_FRAG_NEEDED);
+			frag_snat_remember(p, t->daddr, t->saddr, t->sport);
+			to_stack = 1;
+		} else if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED) {
 			answer = ICMP_DEST_UNREACH_ << 24 | ICMP_FRAG_NEEDED_ << 16 | fib->mtu_result;
 		} else if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) {
 			return drop_skb(skb, DROP_NO_ROUTE);   /* nothing we could deliver */
 		}
 	}
-	int verdict = forward_hop(skb, p, answer, may_answer);
-	if (verdict != TC_ACT_NEXT)
-		return verdict;
-	if (nat_rewrite_any(skb, p, t->saddr, t->sport, t->daddr, t->dport) < 0)
+	if (!to_stack) {
+		int verdict = forward_hop(skb, p, answer, !later_fragment);
+		if (verdict != TC_ACT_NEXT)
+			return verdict;
+	}
+	__u32 saddr = to_stack ? p->saddr : t->saddr;
+	int err = later_fragment ? rewrite_addrs(skb, p, saddr, t->daddr) :
+				   nat_rewrite(skb, p, saddr, to_stack ? p->sport : t->sport, t->daddr, t->dport);
+	if (err < 0)
 		return drop_skb(skb, DROP_REWRITE_FAILED);
-	return fib_send(skb, rc, fib);
+	return to_stack ? TC_ACT_NEXT : fib_send(skb, rc, fib);
 }
 
 /* XDP: where the translated packet goes next. 0 with *ifindex and MACs set, or -1 when XDP

@@ -26,7 +26,7 @@ static __always_inline int frag_later_tc(struct __sk_buff *skb, struct packet *p
 	nat_target_of(&key, e, &t);
 	count_packet(skb, e->svc_id, 0);
 	if (t.path == NAT_PATH_FIB)
-		return forward_by_fib(skb, p, &t, 0);   /* no ICMP error about a later fragment */
+		return forward_by_fib(skb, p, &t, 1);
 	if (t.path == NAT_PATH_BACK) {
 		int verdict = forward_hop(skb, p, 0, 0);
 		if (verdict != TC_ACT_NEXT)

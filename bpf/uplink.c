@@ -56,7 +56,7 @@ static __always_inline int uplink_send(struct __sk_buff *skb, const struct packe
 	if (t->path != NAT_PATH_FIB)
 		return nat_rewrite(skb, p, t->saddr, t->sport, t->daddr, t->dport) < 0 ?
 			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
-	return forward_by_fib(skb, p, t, 1);
+	return forward_by_fib(skb, p, t, 0);
 }
 
 /* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL. */
@@ -186,7 +186,7 @@ send:
 	return uplink_send(skb, &p, &t);
 }
 
-/* A fragment the stack cut from a packet from_uplink handed it (fib.h's hand_to_stack()): it leaves
+/* A fragment the stack cut from a packet from_uplink handed it (fib.h's forward_by_fib()): it leaves
  * with the source NAT the packet was handed up without. 0: no such fragment. */
 static __always_inline int snat_handed_fragment(struct __sk_buff *skb, const struct packet *p, int *verdict)
 {

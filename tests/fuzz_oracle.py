@@ -315,7 +315,7 @@ class Oracle:
     @staticmethod
     def too_big_to_fragment(run: Run) -> bool:
         """Too big for the uplink, without DF, TTL > 1, TCP or UDP: what from_uplink hands to the stack
-        to fragment rather than forward past it (bpf/fib.h's hand_to_stack())."""
+        to fragment rather than forward past it (bpf/fib.h's forward_by_fib())."""
         return run.tot > UPLINK_MTU and not run.pkt[20] & 0x40 and run.pkt[22] > 1 and run.proto in (TCP_PROTO, UDP_PROTO)
 
     def _check_handed_up(self, run: Run, verdict: int, out: bytes, target) -> str:
