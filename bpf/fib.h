@@ -104,8 +104,9 @@ static __always_inline int redirect_by_fib(struct __sk_buff *skb, const struct p
 }
 
 /* A flow's packet SNATed from the uplink, or a later fragment of one (later_fragment, a constant at
- * each call site: its addresses only, and no ICMP error about it): checked as the stack's forwarding would check it (TTL, MTU:
- * answered, forward.h), translated as t says and sent on by FIB.
+ * each call site: its addresses only, and no ICMP error about it): checked as the stack's
+ * forwarding would check it (TTL, MTU: answered, forward.h), translated as t says and sent on by
+ * FIB.
  *
  * Too big for the way out, and its sender lets it be fragmented (no DF): the stack's forwarding
  * fragments it, as any packet it forwards. Its input path calls a packet from our own (SNAT)
