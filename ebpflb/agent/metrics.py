@@ -30,6 +30,9 @@ class AgentMetrics:
         self.watch_events = Counter("ebpflb_watch_events_total", "Watch events received", ["resource", "type"], registry=r)
         self.watch_restarts = Counter("ebpflb_watch_restarts_total", "Watches restarted", ["resource", "reason"], registry=r)
         self.rejected = Gauge("ebpflb_objects_rejected", "Objects skipped as malformed, by reason", ["kind", "reason"], registry=r)
+        self.ipv6_unprogrammed = Gauge("ebpflb_ipv6_frontends_unprogrammed",
+                                       "IPv6 frontends the core computed that the IPv4-only data plane does not "
+                                       "hold yet", registry=r)
         self.sockets_aborted = Counter("ebpflb_host_udp_sockets_aborted_total",
                                        "Connected UDP sockets of the node's namespace aborted because their backend left",
                                        registry=r)
@@ -100,7 +103,8 @@ class DataplaneCollector:
         pressure = GaugeMetricFamily("ebpflb_map_pressure", "Fill of a BPF map: entries / capacity (1 = full)", labels=["map"])
         with self.lock:
             writer = self.writer()
-            names = dict(self.tracker.state.ids)
+            # IPv4's: IPv6 ids are computed, not programmed (sync/family.py), and count nothing yet
+            names = {name: i for name, i in self.tracker.state.ids.items() if name.family == 4}
             filled = {"frontends": len(writer.frontends),
                       "backends": sum(len(slots) for gens in writer.slots.values() for slots in gens.values())}
         counted = self.ct_entries()
