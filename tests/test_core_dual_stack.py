@@ -218,7 +218,7 @@ MALFORMED = [
     pytest.param(lb_svc(["10.0.0.1"], loadBalancerSourceRanges=["fd00::/129"]), ("Service", "bad_cidr"),
                  id="bad-ipv6-source-range"),
     *(pytest.param(v6_slice(ep(address)), ("EndpointSlice", "bad_ip"), id=f"ipv6-endpoint-{address}")
-      for address in ("::", "::1", "fe80::1", "ff02::1", "FD01::1", "fd01:0::1", LOCAL4)),
+      for address in ("::", "::1", "fe80::1", "ff02::1", "fd01::g", LOCAL4)),
     pytest.param(v4_slice(ep(LOCAL6)), ("EndpointSlice", "bad_ip"), id="ipv6-endpoint-in-ipv4-slice"),
 ]
 
@@ -233,6 +233,13 @@ def test_malformed_family_mix_is_rejected_and_named(obj, rejected):
     assert [(r.kind, r.namespace, r.reason) for r in state.rejected] == [(rejected[0], "default", rejected[1])]
     assert state.rejected[0].detail
     assert (("10.96.0.11", 80) in view(state)) and (("fd00::11", 80) in view(state))   # the rest served
+
+
+def test_ipv6_addresses_in_canonical_text():
+    """One address, one key, whatever text names it (the API accepts several forms of an IPv6 address)."""
+    state = run([svc(ip="FD00:0::10", ips=["FD00:0::10"], externalIPs=["2001:DB8:0::7"])],
+                [v6_slice(ep("FD01:0::1"), ep(REMOTE6))])
+    assert view(state) == {(WEB_IP6, 80): (6, 2, 0, 0, (LOCAL6, REMOTE6)), (EXT_IP6, 80): (6, 2, 0, EXT, (LOCAL6, REMOTE6))}
 
 
 # --- The writer's input: IPv4 only, said once per service ---
@@ -263,6 +270,10 @@ def test_the_writer_is_given_the_ipv4_part_and_each_service_is_logged_once(caplo
     plain_changes = Changes(set(plain.backends), set(plain.frontends))
     assert only(plain, plain_changes) == (plain, plain_changes)
     assert only.unprogrammed_frontends == 0
+    # The last IPv6 service left: its keys in the changes stay away from the writer too.
+    gone = Changes(set(plain.backends), set(plain.frontends) | {FrontendKey(WEB_IP6, 80, TCP, 6)},
+                   {WEB_IP, WEB_IP6})
+    assert only(plain, gone)[1].frontends == set(plain.frontends) and only(plain, gone)[1].service_ips == {WEB_IP}
 
 
 # --- The tracker: a slice of one family touches that family's entries only ---

@@ -611,9 +611,15 @@ def _affinity_timeout(spec: dict) -> int:
 
 
 def _addresses(addresses: list, what: str) -> tuple[str, ...]:
-    """Each once, IPv4 ones first (their order as before families); what is no address is malformed."""
+    """Each once, IPv4 ones first (their order as before families), IPv6 ones in canonical text (one
+    address, one key); what is no address is malformed."""
     versions = [(_ip_version(a, what), a) for a in addresses]
-    return tuple(dict.fromkeys([*(a for v, a in versions if v == 4), *(a for v, a in versions if v == 6)]))
+    return tuple(dict.fromkeys([*(a for v, a in versions if v == 4), *(_canonical6(a) for v, a in versions if v == 6)]))
+
+
+def _canonical6(address: str) -> str:
+    """RFC 5952 text: "fd00:0::10" and "FD00::10" are the address "fd00::10" is."""
+    return str(ipaddress.IPv6Address(address))
 
 
 def _ingress_ips(status) -> tuple[str, ...]:
@@ -668,7 +674,7 @@ def _cluster_ips(spec: dict) -> tuple[str, ...]:
     for version, address in versions:
         if families and version not in families:
             raise _Malformed("bad_ip", f"clusterIP {address} is IPv{version}, which ipFamilies does not list")
-    return tuple(dict.fromkeys([*(a for v, a in versions if v == 4), *(a for v, a in versions if v == 6)]))
+    return tuple(dict.fromkeys([*(a for v, a in versions if v == 4), *(_canonical6(a) for v, a in versions if v == 6)]))
 
 
 def _service_ports(spec: dict, namespace: str, name: str, node_ports: bool = False) -> tuple[_ServicePort, ...]:
@@ -748,7 +754,10 @@ def _slice_endpoint(entry, check: Callable = None) -> tuple[str | None, str | No
         (_TERMINATING if _optional(conditions, "terminating", bool, False) else 0)
     node_name = _optional(entry, "nodeName", str, None)
     hints = _hints(entry["hints"]) if entry.get("hints") is not None else None
-    return addresses[0] if addresses else None, _intern(node_name) if node_name is not None else None, bits, hints
+    first = addresses[0] if addresses else None
+    if first is not None and check is _endpoint_address_v6:
+        first = _canonical6(first)   # one address, one backend, whatever text names it
+    return first, _intern(node_name) if node_name is not None else None, bits, hints
 
 
 def _hints(value) -> Hints | None:
@@ -862,16 +871,13 @@ def _endpoint_address(value) -> str:
 
 def _endpoint_address_v6(value) -> str:
     """An IPv6 address a pod can have: not the unspecified, loopback, link-local or link-local
-    multicast ones (what the API refuses, as for IPv4), in canonical text: the core keeps addresses
-    as text, and one address has one key."""
+    multicast ones (what the API refuses, as for IPv4)."""
     if _ip_version(value, "address") != 6:
         raise _Malformed("bad_ip", f"address {value!r} is not IPv6")
     address = ipaddress.IPv6Address(value)
     if address.is_unspecified or address.is_loopback or address.is_link_local or \
             address in _LINK_LOCAL_MULTICAST_V6:
         raise _Malformed("bad_ip", f"endpoint address {value} is unspecified, loopback or link-local")
-    if str(address) != value:
-        raise _Malformed("bad_ip", f"endpoint address {value!r} is not in canonical form ({address})")
     return value
 
 

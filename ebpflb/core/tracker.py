@@ -77,11 +77,9 @@ class Contribution:
     def usage(self, new_service_ips: int) -> Usage:
         """The map entries it takes (services.usage for a DesiredState): IPv4 ones, the only ones
         programmed yet; how many of its service addresses are new is the caller's to say."""
+        v4_ids = {i for name, i in self.ids.items() if name.family == 4} if self.src_ranges else ()
         return Usage(sum(1 for key in self.frontends if key.family == 4), self.backend_entries, new_service_ips,
-                     sum(len(ranges) for i, ranges in self.src_ranges.items() if i in self._v4_ids()))
-
-    def _v4_ids(self) -> set[int]:
-        return {i for name, i in self.ids.items() if name.family == 4}
+                     sum(len(ranges) for i, ranges in self.src_ranges.items() if i in v4_ids))
 
 
 class Prepared(NamedTuple):

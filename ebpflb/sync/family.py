@@ -21,10 +21,15 @@ class Ipv4Only:
         self._logged: set[tuple[str, str]] = set()
 
     def __call__(self, state: DesiredState, changes: Changes) -> tuple[DesiredState, Changes]:
-        if not any(":" in ip for ip in state.service_ips):   # IPv6 frontends come only with an IPv6 cluster IP
+        # IPv6 frontends come only with an IPv6 cluster IP; the changes name IPv6 ones also after the
+        # last IPv6 service left
+        if not any(":" in ip for ip in state.service_ips):
             self.unprogrammed_frontends = 0
-            self.unprogrammed_services = set()
-            return state, changes
+            self.unprogrammed_services = self._logged = set()
+            if not any(k.family == 6 for k in changes.frontends) and not any(":" in ip for ip in changes.service_ips):
+                return state, changes
+            return state, dataclasses.replace(changes, frontends={k for k in changes.frontends if k.family == 4},
+                                              service_ips={ip for ip in changes.service_ips if ":" not in ip})
         v6_ids = {i for name, i in state.ids.items() if name.family == 6}
         services = {(name.namespace, name.name) for name in state.ids if name.family == 6}
         self.unprogrammed_frontends = sum(1 for key in state.frontends if key.family == 6)
