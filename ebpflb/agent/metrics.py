@@ -154,9 +154,10 @@ class ServiceCounters:
         self.labels: dict = {}   # ServicePortName -> its rendered label set
 
     def label_set(self, name) -> str:
-        text = self.labels.get(name)
+        key = (name.namespace, name.name, name.port, name.protocol)   # both families' ids: one set
+        text = self.labels.get(key)
         if text is None:
-            text = self.labels[name] = "{" + ",".join(
+            text = self.labels[key] = "{" + ",".join(
                 f'{key}="{escape(value)}"' for key, value in (("name", name.name), ("namespace", name.namespace),
                                                              ("port", name.port), ("protocol", name.protocol))) + "}"
         return text
@@ -167,11 +168,15 @@ class ServiceCounters:
         if len(self.labels) > 2 * len(names) + 1024:   # ports come and go: forget the gone ones
             self.labels = {}
         totals = service_totals(self.maps.svc_counters, max((i for _, i in names), default=-1) + 1)
-        labels = [(self.label_set(name), svc_id) for name, svc_id in names]
+        # A dual-stack port has an id per address family; its series is their sum (one label set,
+        # as a Service port is one thing to its owner, whichever family its clients use).
+        ids_by_label: dict[str, list[int]] = {}
+        for name, svc_id in names:
+            ids_by_label.setdefault(self.label_set(name), []).append(svc_id)
         out = []
         for (family, help_text), column in zip(self.FAMILIES, totals):
             out.append(f"# HELP {family} {help_text}\n# TYPE {family} counter\n")
-            out.extend(f"{family}{label} {column[svc_id]}\n" for label, svc_id in labels)
+            out.extend(f"{family}{label} {sum(column[i] for i in ids)}\n" for label, ids in ids_by_label.items())
         return "".join(out).encode()
 
 
