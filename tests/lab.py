@@ -8,7 +8,12 @@ Topology (every name below lives in a namespace called <prefix><name>, prefix = 
     node-2  "node2": eth0 192.168.64.6/24, br2 10.200.2.1/24, port veth-c
     pods    "a0" 10.200.0.2, "a1" 10.200.0.3, "b" 10.200.1.2, "c" 10.200.2.2 (eth0, default via .1)
 
-Nodes forward (ip_forward=1, rp_filter=0) and route the other nodes' pod /24s via their node IPs
+Dual stack: every address above has an IPv6 twin (NODE_IPS6, POD_IPS6, ...): the underlay
+fd00:192:168:64::/64 (nodes ::4-::6, clients ::100 ::101, control plane ::1), pod subnets
+fd00:10:200:N::/64 with the node's bridge at ::1, routed like IPv4's. Added without DAD
+("nodad"), so an address is usable when the lab is built.
+
+Nodes forward (ip_forward=1, IPv6 forwarding=1, rp_filter=0) and route the other nodes' pod /24s via their node IPs
 (static routing, as in the seed). Nothing is created in the root network namespace.
 
 As hard as a real node: pods and outside clients keep a veth's default offloads (checksums left to
@@ -79,11 +84,20 @@ TCP_ECHO_PORT = 9000
 UNDERLAY_PREFIXLEN = 24
 POD_PREFIXLEN = 24
 
+# IPv6 twins of the addresses above (dual stack, issue 19)
+NODE_IPS6 = {"node-0": "fd00:192:168:64::4", "node-1": "fd00:192:168:64::5", "node-2": "fd00:192:168:64::6"}
+NODE_SUBNETS6 = {"node-0": "fd00:10:200::/64", "node-1": "fd00:10:200:1::/64", "node-2": "fd00:10:200:2::/64"}
+NODE_GATEWAYS6 = {"node-0": "fd00:10:200::1", "node-1": "fd00:10:200:1::1", "node-2": "fd00:10:200:2::1"}
+CONTROL_PLANE_IP6 = "fd00:192:168:64::1"
+PREFIXLEN6 = 64
+
 PODS = ("A0", "A1", "B", "C")
 POD_IPS = {"A0": "10.200.0.2", "A1": "10.200.0.3", "B": "10.200.1.2", "C": "10.200.2.2"}
 POD_NODES = {"A0": "node-0", "A1": "node-0", "B": "node-1", "C": "node-2"}
+POD_IPS6 = {"A0": "fd00:10:200::2", "A1": "fd00:10:200::3", "B": "fd00:10:200:1::2", "C": "fd00:10:200:2::2"}
 # Clients outside the cluster, on the underlay; a load balancer would send LB_IP to node-0.
 OUTSIDE = {"X": "192.168.64.100", "Y": "192.168.64.101"}
+OUTSIDE6 = {"X": "fd00:192:168:64::100", "Y": "fd00:192:168:64::101"}
 LB_IP = "192.168.64.200"
 POD_VETHS = {"A0": "veth-a0", "A1": "veth-a1", "B": "veth-b", "C": "veth-c"}
 
@@ -298,6 +312,9 @@ class Lab:
     POD_IPS = POD_IPS
     POD_NODES = POD_NODES
     POD_VETHS = POD_VETHS
+    NODE_IPS6 = NODE_IPS6
+    POD_IPS6 = POD_IPS6
+    OUTSIDE6 = OUTSIDE6
     SVC_IP = SVC_IP
     SVC_EMPTY_IP = SVC_EMPTY_IP
     HTTP_PORT = HTTP_PORT
@@ -467,12 +484,14 @@ class Lab:
         for node in NODES:
             # before any interface exists, so every new interface inherits rp_filter=0
             self.run(self.node_ns[node], "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
-                     "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+                     "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0",
+                     "net.ipv6.conf.all.forwarding=1")
 
     def _build_underlay(self) -> None:
         # The bridge holds the seed's gateway address: the lab's control-plane host (API server).
         cmds = ["link set lo up", f"link add {UNDERLAY_BRIDGE} type bridge",
                 f"addr add {CONTROL_PLANE_IP}/{UNDERLAY_PREFIXLEN} dev {UNDERLAY_BRIDGE}",
+                f"addr add {CONTROL_PLANE_IP6}/{PREFIXLEN6} dev {UNDERLAY_BRIDGE} nodad",
                 f"link set {UNDERLAY_BRIDGE} up"]
         for node in NODES:
             port = node.replace("-", "")                              # node0
@@ -516,8 +535,10 @@ class Lab:
         br = NODE_BRIDGES[node]
         gw_cidr = f"{NODE_GATEWAYS[node]}/{POD_PREFIXLEN}"
         cmds = ["link set lo up",
-                f"addr add {NODE_IPS[node]}/{UNDERLAY_PREFIXLEN} dev eth0", "link set eth0 up",
-                f"link add {br} type bridge", f"addr add {gw_cidr} dev {br}", f"link set {br} up"]
+                f"addr add {NODE_IPS[node]}/{UNDERLAY_PREFIXLEN} dev eth0",
+                f"addr add {NODE_IPS6[node]}/{PREFIXLEN6} dev eth0 nodad", "link set eth0 up",
+                f"link add {br} type bridge", f"addr add {gw_cidr} dev {br}",
+                f"addr add {NODE_GATEWAYS6[node]}/{PREFIXLEN6} dev {br} nodad", f"link set {br} up"]
         for pod in PODS:
             if POD_NODES[pod] == node:
                 veth = POD_VETHS[pod]
@@ -525,7 +546,8 @@ class Lab:
                          f"link set {veth} master {br}", f"link set {veth} up"]
         for other in NODES:
             if other != node:
-                cmds.append(f"route add {NODE_SUBNETS[other]} via {NODE_IPS[other]}")
+                cmds += [f"route add {NODE_SUBNETS[other]} via {NODE_IPS[other]}",
+                         f"route add {NODE_SUBNETS6[other]} via {NODE_IPS6[other]}"]
         self._ip_batch(self.node_ns[node], cmds)
         ifaces = ["eth0", br] + [POD_VETHS[p] for p in PODS if POD_NODES[p] == node]
         self.run(self.node_ns[node], "sysctl", "-q", "-w",
@@ -541,7 +563,8 @@ class Lab:
             f"link add {port} type veth peer name eth0 netns {self.outside_ns[client]}",
             f"link set {port} master {UNDERLAY_BRIDGE}", f"link set {port} up"])
         self._ip_batch(self.outside_ns[client], [
-            "link set lo up", f"addr add {OUTSIDE[client]}/{UNDERLAY_PREFIXLEN} dev eth0", "link set eth0 up",
+            "link set lo up", f"addr add {OUTSIDE[client]}/{UNDERLAY_PREFIXLEN} dev eth0",
+            f"addr add {OUTSIDE6[client]}/{PREFIXLEN6} dev eth0 nodad", "link set eth0 up",
             f"route add {LB_IP}/32 via {NODE_IPS['node-0']}",
             f"route add 10.96.0.0/12 via {NODE_IPS['node-0']}"])   # to show ClusterIPs are not served
 
@@ -552,7 +575,9 @@ class Lab:
         node = POD_NODES[pod]
         self._ip_batch(self.pod_ns[pod], [
             "link set lo up", f"addr add {POD_IPS[pod]}/{POD_PREFIXLEN} dev eth0",
-            "link set eth0 up", f"route add default via {NODE_GATEWAYS[node]}"])
+            f"addr add {POD_IPS6[pod]}/{PREFIXLEN6} dev eth0 nodad",
+            "link set eth0 up", f"route add default via {NODE_GATEWAYS[node]}",
+            f"route add default via {NODE_GATEWAYS6[node]}"])
 
     def send_as_a_wire_carries(self, what: str, on: bool = True) -> None:
         """A sender (pod or outside client) that fills in its checksums and sends MTU-sized
@@ -637,7 +662,7 @@ class Lab:
                  path: str = "/") -> str:
         """GET http://ip:port/path with curl inside pod's namespace; body, or HttpError
         (.code: 7 refused/unreachable, 28 timeout)."""
-        url = f"http://{ip}:{port}{path}"
+        url = f"http://{f'[{ip}]' if ':' in ip else ip}:{port}{path}"
         r = self.run(pod, "curl", "-sS", "--fail", "--noproxy", "*", "-m", timeout, url,
                      timeout=timeout + 10, check=False)
         if r.returncode != 0:

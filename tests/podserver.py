@@ -168,13 +168,25 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0
         allow_reuse_address = True
         request_queue_size = 256
 
+    class Server6(Server):   # IPv6 only: IPv4 clients keep their own listener and plain peer addresses
+        address_family = socket.AF_INET6
+
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            super().server_bind()
+
     httpd = Server((addr, http_port), Handler)
+    httpd6 = Server6(("::", http_port), Handler)
 
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    udp.bind((addr, udp_port))
+    def udp_socket(family, bind_addr):
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((bind_addr, udp_port))
+        return sock
 
-    def udp_loop():
+    def udp_loop(udp):
         reply = name.encode()
         while True:
             try:
@@ -198,16 +210,24 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0
         daemon_threads = True
         allow_reuse_address = True
 
-    tcp = TcpServer((addr, TCP_ECHO_PORT), EchoName)
-    threading.Thread(target=tcp.serve_forever, daemon=True).start()
-    threading.Thread(target=udp_loop, daemon=True).start()
+    class TcpServer6(TcpServer):
+        address_family = socket.AF_INET6
+
+        def server_bind(self):
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            super().server_bind()
+
+    for server in (TcpServer((addr, TCP_ECHO_PORT), EchoName), TcpServer6(("::", TCP_ECHO_PORT), EchoName), httpd6):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    for udp in (udp_socket(socket.AF_INET, addr), udp_socket(socket.AF_INET6, "::")):
+        threading.Thread(target=udp_loop, args=(udp,), daemon=True).start()
     threading.Thread(target=sctp_responder, args=(name,), daemon=True).start()
     print("ready", flush=True)
     httpd.serve_forever()
 
 
 def client(kind: int, ip: str, port: int, reconnect: bool = False) -> None:
-    sock = socket.socket(socket.AF_INET, kind)
+    sock = socket.socket(_family(ip), kind)
     sock.connect((ip, port))
     print(f"port {sock.getsockname()[1]}", flush=True)
     reconnects = 0
@@ -335,13 +355,17 @@ def ping(ip: str, count: int = 1, timeout: float = 2.0) -> int:
     import os
     import struct
     import time
-    sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    v6 = ":" in ip
+    # ICMPv6: the kernel fills the checksum (it covers a pseudo-header) and hands no IP header up
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6 else \
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    echo_request, echo_reply, unreachable = (128, 129, 1) if v6 else (8, 0, 3)
     ident = os.getpid() & 0xFFFF
     replies = 0
     for seq in range(1, count + 1):
         payload = b"ebpflb-lab-ping"
-        hdr = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-        pkt = struct.pack("!BBHHH", 8, 0, _checksum(hdr + payload), ident, seq) + payload
+        hdr = struct.pack("!BBHHH", echo_request, 0, 0, ident, seq)
+        pkt = struct.pack("!BBHHH", echo_request, 0, 0 if v6 else _checksum(hdr + payload), ident, seq) + payload
         start = time.monotonic()
         sock.sendto(pkt, (ip, 0))
         deadline = start + timeout
@@ -351,16 +375,18 @@ def ping(ip: str, count: int = 1, timeout: float = 2.0) -> int:
             if left <= 0 or not select.select([sock], [], [], left)[0]:
                 break
             data, peer = sock.recvfrom(65535)
-            ihl = (data[0] & 0x0F) * 4
+            ihl = 0 if v6 else (data[0] & 0x0F) * 4
+            if len(data) < ihl + 8:
+                continue
             icmp_type, _, _, r_ident, r_seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-            if icmp_type == 0 and r_ident == ident and r_seq == seq:
+            if icmp_type == echo_reply and r_ident == ident and r_seq == seq:
                 got = True
                 replies += 1
                 ms = (time.monotonic() - start) * 1000
                 print(f"reply from {peer[0]} seq {seq} time {ms:.2f}", flush=True)
-            elif icmp_type == 3 and len(data) >= ihl + 8 + 28:
+            elif icmp_type == unreachable and len(data) >= ihl + 8 + (48 if v6 else 28):
                 inner = data[ihl + 8:]
-                iihl = (inner[0] & 0x0F) * 4
+                iihl = 40 if v6 else (inner[0] & 0x0F) * 4
                 _, _, _, i_ident, i_seq = struct.unpack("!BBHHH", inner[iihl:iihl + 8])
                 if i_ident == ident and i_seq == seq:
                     print(f"unreachable from {peer[0]} seq {seq} code {data[ihl + 1]}", flush=True)
@@ -438,7 +464,7 @@ def udp_echo(ip: str, port: int, size: int, timeout: float) -> int:
     data = b"echo " + os.urandom(max(0, size - 5))
     started = time.monotonic()
     try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        with socket.socket(_family(ip), socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             s.connect((ip, port))
             s.send(data)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpflb.core import services as services_module
-from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey, ServicePortName
+from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey, ServicePortName, family_of
 from ebpflb.core.services import desired_state
 from ebpflb.datapath.structs import C
 
@@ -65,8 +65,8 @@ def ep(*addresses, node=OTHER_NODE, **conditions):
 
 # --- Building expectations ---
 
-def spn(name="web", port_name="", protocol="TCP", namespace="default"):
-    return ServicePortName(namespace, name, port_name, protocol)
+def spn(name="web", port_name="", protocol="TCP", namespace="default", family=4):
+    return ServicePortName(namespace, name, port_name, protocol, family)
 
 
 def be(addr, number=8080):
@@ -90,7 +90,7 @@ def expected(*ports: Programmed, service_ips=None) -> DesiredState:
         state.ids[p.name] = p.svc_id
         state.backends[p.svc_id] = p.backends
         for addr, number, proto in p.frontends:
-            state.frontends[FrontendKey(addr, number, proto)] = Frontend(p.svc_id, len(p.backends), p.local, p.flags)
+            state.frontends[FrontendKey(addr, number, proto, family_of(addr))] = Frontend(p.svc_id, len(p.backends), p.local, p.flags)
     addresses = {key.addr for key in state.frontends} if service_ips is None else service_ips
     state.service_ips = frozenset(addresses)
     return state
@@ -130,8 +130,11 @@ FRONTEND_CASES = [
         [eps(ports=[port(9001, protocol="SCTP")], endpoints=[ep("10.1.0.1")])],
         expected(Programmed(spn(protocol="SCTP"), 1, ((WEB_IP, 9000, SCTP),), (be("10.1.0.1", 9001),))),
         id="sctp"),
-    pytest.param([svc(ips=[WEB_IP, "fd00::10"])], [], expected(Programmed()), id="ipv6-cluster-ip-skipped"),
-    pytest.param([svc(ip="fd00::10", ips=["fd00::10"])], [], expected(), id="ipv6-only-service-not-programmed"),
+    pytest.param([svc(ips=[WEB_IP, "fd00::10"])], [],
+                 expected(Programmed(), Programmed(spn(family=6), 2, (("fd00::10", 80, TCP),))),
+                 id="dual-stack-cluster-ips-an-id-per-family"),
+    pytest.param([svc(ip="fd00::10", ips=["fd00::10"])], [], expected(Programmed(spn(family=6), 1, (("fd00::10", 80, TCP),))),
+                 id="ipv6-only-service"),
     pytest.param([svc(ips=[WEB_IP, WEB_IP])], [], expected(Programmed()), id="repeated-cluster-ip-once"),
     pytest.param([svc(ports=[])], [], expected(service_ips={WEB_IP}), id="service-without-ports-owns-its-ip"),
 ]

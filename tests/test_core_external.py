@@ -297,7 +297,8 @@ def test_duplicates_resolve_by_name_order():
 
 def test_node_port_addresses():
     assert node_port_addresses(("10.0.0.5", "fd00::1", "192.168.64.10"), ("192.168.0.0/16", "fd00::/8")) == \
-        ("192.168.64.10",)
+        ("192.168.64.10", "fd00::1")
+    assert node_port_addresses(("fd00::1", "10.0.0.5", "2001:db8::1"), ("fd00::/8",)) == ("10.0.0.5", "fd00::1")
     assert node_port_addresses(("10.0.0.5", "10.0.0.5")) == ("10.0.0.5",)
     for bad_addresses, bad_cidrs in ((("nonsense",), ()), (("10.0.0.5",), ("10.0.0.0/40",))):
         with pytest.raises(ValueError):

@@ -231,3 +231,19 @@ def test_cleanup_detaches_and_removes_pins(lab, manifests):
         lab.http_get("C", VIP, timeout=1)
     refused = lab.agent_cli("node-2", "nat", "dump", check=False)
     assert refused == ""
+
+
+# IPv6 beside the programs (issue 19): until the data plane serves IPv6, every program on the pod
+# veths and the uplinks (tc and XDP) passes it untouched: pod to pod across nodes and on one node,
+# neighbour discovery included, and outside clients to the nodes.
+@pytest.mark.parametrize("client,server", [("C", "A0"), ("A0", "B"), ("A1", "A0")])
+def test_ipv6_between_pods_passes_the_programs_untouched(lab, manifests, client, server):
+    assert lab.http_get_many(client, lab.POD_IPS6[server], 20) == [server] * 20
+    with lab.udp_session(client, lab.POD_IPS6[server]) as session:
+        assert [session.request() for _ in range(3)] == [server] * 3
+    assert lab.http_get(server, lab.POD_IPS6[server], path="/client").startswith(lab.POD_IPS6[server] + ":")
+    assert lab.ping(client, lab.POD_IPS6[server])
+
+
+def test_ipv6_from_outside_reaches_a_node_through_its_uplink_programs(lab, manifests):
+    assert all(lab.ping("X", lab.NODE_IPS6[node]) for node in NODES)

@@ -112,7 +112,13 @@ def test_a_batch_of_malformed_objects_is_skipped_named_counted_and_the_rest_serv
     want = desired_state([o for o in everything if o["kind"] == "Service"],
                          [o for o in everything if o["kind"] == "EndpointSlice"], node_name=AGENT_NODE, known_ids={})
     programmed = cluster_frontends(lab)
-    assert programmed == {(k.addr, k.port, k.proto) for k, f in want.frontends.items() if not f.flags & C.NAT_FLG_EXTERNAL}
+    # IPv6 frontends are computed but not yet programmed (sync/family.py): their count is in the metrics
+    assert programmed == {(k.addr, k.port, k.proto) for k, f in want.frontends.items()
+                          if not f.flags & C.NAT_FLG_EXTERNAL and k.family == 4}
+    ipv6 = sum(1 for k in want.frontends if k.family == 6)
+    assert ipv6
+    wait_for(lambda: f"ebpflb_ipv6_frontends_unprogrammed {ipv6}.0" in metrics(lab), timeout=20,
+             what="the IPv6 frontends counted")
     assert {cluster_ip(1), cluster_ip(2), cluster_ip(3)} <= {addr for addr, _, _ in programmed}
     assert not {addr for addr, _, _ in programmed} & {
         o["spec"]["clusterIP"] for o in objects if ("Service", *identity(o)) in rejected and isinstance(o.get("spec"), dict)

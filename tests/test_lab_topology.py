@@ -104,3 +104,22 @@ def test_partial_build_is_cleaned_up(monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         lab.build()
     assert lab_namespaces(lab) == []
+
+
+# Dual stack (issue 19): the lab's IPv6 twin addresses, routed like IPv4's.
+@pytest.mark.parametrize("client", PODS)
+def test_every_pod_reaches_every_pod_over_ipv6(lab, client):
+    for server in PODS:
+        assert lab.http_get(client, lab.POD_IPS6[server]) == server, (client, server)
+
+
+def test_ipv6_udp_session_keeps_one_source_port(lab):
+    with lab.udp_session("C", lab.POD_IPS6["B"]) as s:
+        assert [s.request(timeout=1) for _ in range(3)] == ["B"] * 3
+        peers = lab.http_get("C", lab.POD_IPS6["B"], path="/udp-peers")
+    assert f"{lab.POD_IPS6['C']}:{s.sport} 3" in peers.splitlines()
+
+
+def test_ipv6_ping_pod_to_pod_and_outside_to_node(lab):
+    assert lab.ping("C", lab.POD_IPS6["A0"])
+    assert lab.ping("X", lab.NODE_IPS6["node-1"])

@@ -3,6 +3,7 @@
 and takes conntrack's size from the last sweep instead of walking a map of up to half a million
 entries. The figures are still each service's sum over CPUs, in valid Prometheus text."""
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from ebpflb.datapath.maps import BpfMap
@@ -51,3 +52,27 @@ def test_a_scrape_reads_counters_in_batches_and_sums_every_cpu(tmp_path, monkeyp
             assert figures[f"ebpflb_service_packets_total{label}"] == ncpus * svc_id * 10 + spread
             assert figures[f"ebpflb_service_bytes_total{label}"] == ncpus * svc_id * 1000 + spread
             assert figures[f"ebpflb_service_connections_total{label}"] == ncpus * svc_id + spread
+
+
+def test_a_dual_stack_port_is_one_series_summing_both_families(tmp_path):
+    """Issue 19: a dual-stack port has an id per family; two series with one label set would be
+    invalid Prometheus text (and the scraper would keep one at random)."""
+    (tmp_path / "svc.yaml").write_text(yaml.safe_dump_all([
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "dual", "namespace": "default"},
+         "spec": {"clusterIP": "10.96.0.7", "clusterIPs": ["10.96.0.7", "fd00:96::7"], "ipFamilies": ["IPv4", "IPv6"],
+                  "ipFamilyPolicy": "RequireDualStack",
+                  "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}]))
+    with running_agent(tmp_path) as agent:
+        counters, ncpus = agent.datapath.maps.svc_counters, agent.datapath.maps.svc_counters.ncpus
+        ids = {name.family: svc_id for name, svc_id in agent.tracker.state.ids.items()}
+        assert set(ids) == {4, 6} and ids[4] != ids[6]
+        for family, svc_id in ids.items():
+            per_cpu = ffi.new(f"struct svc_counters[{ncpus}]", [(family, 100 * family, 1)] * ncpus)
+            counters.update(ffi.new("__u32 *", svc_id), per_cpu)
+        text = agent.metrics.text().decode()
+        label = '{name="dual",namespace="default",port="http",protocol="TCP"}'
+        assert [line for line in text.splitlines() if line.startswith("ebpflb_service_packets_total{")] == [
+            f"ebpflb_service_packets_total{label} {10 * ncpus}"]
+        figures = scrape(agent)
+        assert figures[f"ebpflb_service_bytes_total{label}"] == 1000 * ncpus
+        assert figures[f"ebpflb_service_connections_total{label}"] == 2 * ncpus

@@ -264,7 +264,9 @@ class Agent:
                 changes, stats = self.session.sync()
                 programmed = time.monotonic()   # the maps hold it all now; what follows is housekeeping
                 health_checks = dict(self.tracker.state.health_checks)
-                state, rejected = self.tracker.state, self.tracker.rejected
+                # Counted as programmed: what the writer was given (IPv6 is computed, not yet programmed).
+                state, rejected = self.session.programmed, self.tracker.rejected
+                unprogrammed = self.session.ipv4_only.unprogrammed_frontends
                 n_ports, n_frontends = len(state.ids), len(state.frontends)
                 n_backends = sum(map(len, state.backends.values()))
                 sticky = self._affinity_snapshot() if stats.affinity_left else None
@@ -290,6 +292,7 @@ class Agent:
             affinity.prune(self.datapath.maps, *sticky)
         elapsed = time.perf_counter() - started
         self.metrics.record_sync(elapsed, state, rejected, stats)
+        self.metrics.ipv6_unprogrammed.set(unprogrammed)
         self.metrics.sockets_aborted.inc(aborted)
         if not self.health.ready:
             # The second figure includes the interpreter, the imports and bcc compiling the programs.

@@ -30,6 +30,9 @@ class AgentMetrics:
         self.watch_events = Counter("ebpflb_watch_events_total", "Watch events received", ["resource", "type"], registry=r)
         self.watch_restarts = Counter("ebpflb_watch_restarts_total", "Watches restarted", ["resource", "reason"], registry=r)
         self.rejected = Gauge("ebpflb_objects_rejected", "Objects skipped as malformed, by reason", ["kind", "reason"], registry=r)
+        self.ipv6_unprogrammed = Gauge("ebpflb_ipv6_frontends_unprogrammed",
+                                       "IPv6 frontends the core computed that the IPv4-only data plane does not "
+                                       "hold yet", registry=r)
         self.sockets_aborted = Counter("ebpflb_host_udp_sockets_aborted_total",
                                        "Connected UDP sockets of the node's namespace aborted because their backend left",
                                        registry=r)
@@ -100,7 +103,8 @@ class DataplaneCollector:
         pressure = GaugeMetricFamily("ebpflb_map_pressure", "Fill of a BPF map: entries / capacity (1 = full)", labels=["map"])
         with self.lock:
             writer = self.writer()
-            names = dict(self.tracker.state.ids)
+            # IPv4's: IPv6 ids are computed, not programmed (sync/family.py), and count nothing yet
+            names = {name: i for name, i in self.tracker.state.ids.items() if name.family == 4}
             filled = {"frontends": len(writer.frontends),
                       "backends": sum(len(slots) for gens in writer.slots.values() for slots in gens.values())}
         counted = self.ct_entries()
@@ -150,9 +154,10 @@ class ServiceCounters:
         self.labels: dict = {}   # ServicePortName -> its rendered label set
 
     def label_set(self, name) -> str:
-        text = self.labels.get(name)
+        key = (name.namespace, name.name, name.port, name.protocol)   # both families' ids: one set
+        text = self.labels.get(key)
         if text is None:
-            text = self.labels[name] = "{" + ",".join(
+            text = self.labels[key] = "{" + ",".join(
                 f'{key}="{escape(value)}"' for key, value in (("name", name.name), ("namespace", name.namespace),
                                                              ("port", name.port), ("protocol", name.protocol))) + "}"
         return text
@@ -163,11 +168,15 @@ class ServiceCounters:
         if len(self.labels) > 2 * len(names) + 1024:   # ports come and go: forget the gone ones
             self.labels = {}
         totals = service_totals(self.maps.svc_counters, max((i for _, i in names), default=-1) + 1)
-        labels = [(self.label_set(name), svc_id) for name, svc_id in names]
+        # A dual-stack port has an id per address family; its series is their sum (one label set,
+        # as a Service port is one thing to its owner, whichever family its clients use).
+        ids_by_label: dict[str, list[int]] = {}
+        for name, svc_id in names:
+            ids_by_label.setdefault(self.label_set(name), []).append(svc_id)
         out = []
         for (family, help_text), column in zip(self.FAMILIES, totals):
             out.append(f"# HELP {family} {help_text}\n# TYPE {family} counter\n")
-            out.extend(f"{family}{label} {column[svc_id]}\n" for label, svc_id in labels)
+            out.extend(f"{family}{label} {sum(column[i] for i in ids)}\n" for label, ids in ids_by_label.items())
         return "".join(out).encode()
 
 

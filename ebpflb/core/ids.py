@@ -19,8 +19,10 @@ GRACE_S = 1.0
 
 
 def owner_tag(name: ServicePortName) -> int:
-    """The service port's name, hashed to 32 bits (nat_fe_value.owner); never 0, which means none."""
-    return zlib.crc32(f"{name.namespace}/{name.name}/{name.port}/{name.protocol}".encode()) or 1
+    """The service port's name, hashed to 32 bits (nat_fe_value.owner); never 0, which means none.
+    IPv4's text is the one from before families: the tags in the maps stay valid over the upgrade."""
+    text = f"{name.namespace}/{name.name}/{name.port}/{name.protocol}"
+    return zlib.crc32((text if name.family == 4 else f"{text}/IPv6").encode()) or 1
 
 
 def recover_ids(desired: DesiredState, programmed: Mapping[FrontendKey, tuple[int, int]]) -> dict[ServicePortName, int]:

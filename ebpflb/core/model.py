@@ -4,23 +4,33 @@ from typing import NamedTuple
 
 
 # slots=True on the value types: no __dict__ per object; tens of thousands of each live at scale.
+def family_of(addr: str) -> int:
+    """4 or 6 for an address (or CIDR) in the text form the core keeps; only IPv6 has colons."""
+    return 6 if ":" in addr else 4
+
+
 @dataclass(frozen=True, order=True, slots=True)
 class ServicePortName:
-    """One port of one Service: the unit that gets a service id (like kube-proxy's)."""
+    """One port of one Service in one address family: the unit that gets a service id (like
+    kube-proxy's, whose proxier per family keeps its own). A dual-stack port has two ids: each
+    family's frontends have their own backend set."""
     namespace: str
     name: str
     port: str       # the Service port's name, "" when unnamed
     protocol: str   # "TCP", "UDP" or "SCTP"
+    family: int = 4   # 4 or 6: of the frontends and backends the id names
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.name}:{self.port}" if self.port else f"{self.namespace}/{self.name}"
+        text = f"{self.namespace}/{self.name}:{self.port}" if self.port else f"{self.namespace}/{self.name}"
+        return text if self.family == 4 else f"{text} (IPv6)"
 
 
 @dataclass(frozen=True, order=True, slots=True)
 class FrontendKey:
-    addr: str       # dotted IPv4
+    addr: str       # IPv4 dotted quad or IPv6 canonical (compressed) text, of the family below
     port: int
     proto: int      # IP protocol number: 6 TCP, 17 UDP, 132 SCTP
+    family: int = 4   # 4 or 6; the data plane programs family 4 only (sync/family.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +46,7 @@ class Frontend:
 
 
 class Backend(NamedTuple):   # a NamedTuple: a million of these are built at scale, quickly
-    addr: str
+    addr: str       # of its service id's family (ServicePortName.family)
     port: int
 
 
@@ -76,10 +86,10 @@ class HealthCheck:
 class DesiredState:
     frontends: dict[FrontendKey, Frontend] = field(default_factory=dict)
     backends: dict[int, tuple[Backend, ...]] = field(default_factory=dict)  # id -> by ordinal
-    service_ips: frozenset[str] = frozenset()
+    service_ips: frozenset[str] = frozenset()   # both families (family_of tells them apart)
     ids: dict[ServicePortName, int] = field(default_factory=dict)           # ids in use now
     rejected: list[Rejected] = field(default_factory=list)
-    # id -> loadBalancerSourceRanges (IPv4 CIDRs, normalized), for ids with NAT_FLG_SRC_RANGES frontends
+    # id -> loadBalancerSourceRanges (CIDRs of the id's family, normalized), for ids with NAT_FLG_SRC_RANGES frontends
     src_ranges: dict[int, frozenset[str]] = field(default_factory=dict)
     health_checks: dict[int, HealthCheck] = field(default_factory=dict)     # healthCheckNodePort -> check
     affinity: dict[int, int] = field(default_factory=dict)   # id -> session affinity timeout (s), ClientIP only

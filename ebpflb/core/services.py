@@ -9,6 +9,13 @@ reported in `DesiredState.rejected`; no object shape makes this module raise (ma
 addresses or --nodeport-addresses CIDRs, the agent's own configuration, raise ValueError). So is a
 service that names a frontend another one holds, or that the maps cannot hold beside the others.
 
+Address families: each family of a Service (its clusterIPs) is served on its own, as kube-proxy's
+proxier per family does: a service port gets a service id per family (ServicePortName.family), with
+the frontends of that family (cluster IPs, node addresses, externalIPs, LoadBalancer IPs), the
+endpoints of the EndpointSlices of that addressType, and the loadBalancerSourceRanges of that
+family. One family may have endpoints while the other has none. Both are computed; sync/family.py
+keeps IPv6 from the IPv4-only data plane for now.
+
 Traffic from outside (NodePort on the node's addresses, spec.externalIPs, LoadBalancer ingress IPs)
 gets frontends flagged NAT_FLG_EXTERNAL that share the service port's id and backend list with its
 ClusterIP frontends.
@@ -34,7 +41,8 @@ from typing import NamedTuple
 from ebpflb.datapath.structs import C
 
 from ebpflb.core.ids import owner_tag
-from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName
+from ebpflb.core.model import (Backend, DesiredState, Frontend, FrontendKey, HealthCheck, Rejected, ServicePortName,
+                               family_of)
 
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -48,6 +56,8 @@ NODE_PORT_TYPES = ("NodePort", "LoadBalancer")
 SERVICE_TYPES = ("ClusterIP", *NODE_PORT_TYPES, "ExternalName")
 TRAFFIC_POLICIES = ("Cluster", "Local")
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+IP_FAMILIES = {"IPv4": 4, "IPv6": 6}
+IP_FAMILY_POLICIES = ("SingleStack", "PreferDualStack", "RequireDualStack")
 _NO_EXTERNAL: dict = {}   # shared, never written: what a port without external frontends gets
 _NO_RANGES: frozenset = frozenset()   # shared: each frozenset() is a new 216-byte object
 
@@ -75,9 +85,11 @@ def no_room(used: Usage, need: Usage, capacity: Usage = MAP_CAPACITY) -> str | N
 
 def usage(part, new_service_ips: int) -> Usage:
     """The entries `part` takes (a DesiredState: its frontends, backends and src_ranges; the tracker's
-    Contribution has its own); how many of its service addresses are new is the caller's to say."""
-    return Usage(len(part.frontends), sum(map(len, part.backends.values())), new_service_ips,
-                 sum(map(len, part.src_ranges.values())))
+    Contribution has its own); how many of its service addresses are new is the caller's to say.
+    IPv4 entries only: IPv6 ones are not programmed yet (sync/family.py), so they take no room."""
+    v4_ids = [i for name, i in part.ids.items() if name.family == 4]
+    return Usage(sum(1 for key in part.frontends if key.family == 4), sum(len(part.backends[i]) for i in v4_ids),
+                 new_service_ips, sum(len(part.src_ranges[i]) for i in v4_ids if i in part.src_ranges))
 
 
 def _plus(a: Usage, b: Usage) -> Usage:
@@ -99,19 +111,26 @@ class _ServicePort:
     proto: int
     node_port: int | None = None   # only for type NodePort and LoadBalancer
 
+    def name_in(self, family: int) -> ServicePortName:
+        """The name its id in `family` goes by (name itself for IPv4)."""
+        return self.name if family == 4 else ServicePortName(*_port_name_fields(self.name), family)
+
+
+_port_name_fields = operator.attrgetter("namespace", "name", "port", "protocol")
+
 
 @dataclass(frozen=True, slots=True)
 class _Service:
     namespace: str
     name: str
-    cluster_ips: tuple[str, ...]  # IPv4 only
+    cluster_ips: tuple[str, ...]  # both families, IPv4 ones first
     ports: tuple[_ServicePort, ...]
     internal_local: bool
     publish_not_ready: bool
-    external_ips: tuple[str, ...] = ()        # IPv4 only
-    lb_ips: tuple[str, ...] = ()              # status.loadBalancer.ingress[].ip, IPv4 only
+    external_ips: tuple[str, ...] = ()        # both families
+    lb_ips: tuple[str, ...] = ()              # status.loadBalancer.ingress[].ip, both families
     external_local: bool = False              # externalTrafficPolicy Local (NodePort/LoadBalancer only)
-    src_ranges: frozenset[str] = frozenset()  # loadBalancerSourceRanges, IPv4, normalized
+    src_ranges: frozenset[str] = frozenset()  # loadBalancerSourceRanges, both families, normalized
     health_check_port: int | None = None      # only with external_local
     affinity_timeout: int = 0                 # sessionAffinity ClientIP: its timeout (s); 0 = None
 
@@ -139,6 +158,7 @@ class _Slice:
     node_names: tuple[str | None, ...]
     conditions: bytes                   # _READY | _SERVING | _TERMINATING
     hints: tuple["Hints | None", ...] | None = None   # None: no endpoint of the slice has hints
+    family: int = 4                     # addressType: IPv4 4, IPv6 6 (FQDN slices are not kept)
 
 
 class Hints(NamedTuple):
@@ -153,7 +173,7 @@ class _NotProgrammed:
 
 
 # What parse_service/parse_slice give for an object that is fine but not ours to program (headless,
-# ExternalName, another proxy's, no IPv4 cluster IP; a slice of another address type).
+# ExternalName, another proxy's, no cluster IP; an FQDN slice).
 NOT_PROGRAMMED = _NotProgrammed()
 _PARSED = (_Service, _Slice, Rejected, _NotProgrammed)
 
@@ -175,8 +195,8 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
                   node_zone: str = "") -> DesiredState:
     """`services` and `slices` are API objects, or what parse_service/parse_slice made of them (the
     tracker reads each object once, when it arrives). `reserved_ids` are held by services outside this call (the tracker computes one service
-    at a time): new names never take them. NodePorts are served on `node_addresses` (IPv4 ones;
-    with `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them).
+    at a time): new names never take them. NodePorts are served on `node_addresses` (with
+    `nodeport_cidrs`, like kube-proxy's --nodeport-addresses, those inside one of them, per family).
     Services that do not fit in `capacity` are turned away whole; those with a known id go first, so
     a relist never swaps a programmed service for another. `node_zone`: this node's
     topology.kubernetes.io/zone label ("" when it has none), for the hints."""
@@ -184,8 +204,8 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
     rejected: list[Rejected] = []
     parsed_services = _parse_each(services, lambda obj: parse_service(obj, proxy_name), rejected)
     slices_by_service = _group_slices(_parse_each(slices, parse_slice, rejected))
-    ids = _assign_ids([port.name for service in parsed_services for port in service.ports], known_ids,
-                      reserved_ids)
+    ids = _assign_ids([port.name_in(family) for service in parsed_services for family in _families(service)
+                       for port in service.ports], known_ids, reserved_ids)
     state = DesiredState(rejected=rejected)
     service_ips: set[str] = set()
     used = Usage()
@@ -199,7 +219,7 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
         part = DesiredState()
         _program(service, slices_by_service.get((service.namespace, service.name), []), ids, node_name,
                  node_addrs, part, node_zone)
-        need = usage(part, len(set(service.cluster_ips) - service_ips))
+        need = usage(part, len({ip for ip in service.cluster_ips if family_of(ip) == 4} - service_ips))
         full = no_room(used, need, capacity)
         if full:
             rejected.append(Rejected("Service", service.namespace, service.name, "map_full", full))
@@ -214,15 +234,35 @@ def desired_state(services: Iterable, slices: Iterable, *, node_name: str,
 
 # --- Map contents ---
 
+def _families(service: _Service) -> tuple[int, ...]:
+    """The families the service is served in: those of its cluster IPs, IPv4 first."""
+    if all(":" not in ip for ip in service.cluster_ips):
+        return (4,)
+    return tuple(f for f in (4, 6) if any(family_of(ip) == f for ip in service.cluster_ips))
+
+
 def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortName, int], node_name: str,
              node_addrs: tuple[str, ...], state: DesiredState, node_zone: str = "") -> None:
+    # Each family on its own (IPv4 first: its entries come out as before families), its health
+    # check count the larger one: a dual-stack pod has an address in each.
+    local_ready = [_program_family(service, [s for s in slices if s.family == family], ids, node_name,
+                                   node_addrs, state, node_zone, family)
+                   for family in _families(service)]
+    if service.health_check_port is not None:
+        state.health_checks[service.health_check_port] = HealthCheck(service.namespace, service.name,
+                                                                     max(map(len, local_ready)))
+
+
+def _program_family(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortName, int], node_name: str,
+                    node_addrs: tuple[str, ...], state: DesiredState, node_zone: str, family: int) -> set[str]:
+    """The service's entries in one family; returns its local ready endpoint addresses."""
     health_check = service.health_check_port is not None
     local_ready: set[str] = set()
     maybe_external = service.external_ips or service.lb_ips or node_addrs
     hinted = any(slice_.hints is not None for slice_ in slices)
     for port in service.ports:
         endpoints = _merged_endpoints(port, slices, node_name, service.publish_not_ready)
-        external = _external_frontends(service, port, node_addrs) if maybe_external else _NO_EXTERNAL
+        external = _external_frontends(service, port, node_addrs, family) if maybe_external else _NO_EXTERNAL
         # internalTrafficPolicy Local without external frontends: the list is the local set itself
         # (local ready, else local serving+terminating). With external frontends the list must be the
         # cluster set (external Cluster-policy traffic needs it), local first, and ClusterIP traffic
@@ -233,18 +273,20 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
         local_only = service.internal_local and not external
         topology = _topology(endpoints, node_name, node_zone) if hinted and not local_only else None
         chosen = _serving_endpoints(endpoints, local_only=local_only, topology=topology)
-        local = _by_address(e.backend for e in chosen if e.local)
-        remote = _by_address(e.backend for e in chosen if not e.local)
+        local = _by_address((e.backend for e in chosen if e.local), family)
+        remote = _by_address((e.backend for e in chosen if not e.local), family)
         if topology is not None and external and (service.internal_local or service.external_local):
             # A local set (ordinals < local) beside a topology-narrowed cluster set: topology does not
             # narrow local sets, and one list holds both only when the cluster set takes every local
             # member. So the local part is the local members of the whole cluster set: cluster
             # traffic may then also reach a local endpoint hinted for another zone (only the
             # topology-mode Auto controller hints an endpoint away from its own zone).
-            local = _by_address(e.backend for e in _serving_endpoints(endpoints, local_only=False) if e.local)
-        svc_id = ids[port.name]
-        owner = owner_tag(port.name)
-        state.ids[port.name] = svc_id
+            local = _by_address((e.backend for e in _serving_endpoints(endpoints, local_only=False) if e.local),
+                                family)
+        name = port.name_in(family)
+        svc_id = ids[name]
+        owner = owner_tag(name)
+        state.ids[name] = svc_id
         state.backends[svc_id] = local + remote
         if service.affinity_timeout:
             state.affinity[svc_id] = service.affinity_timeout
@@ -252,7 +294,7 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
             frontend = Frontend(svc_id, count=len(local), local=len(local), flags=C.NAT_FLG_INTERNAL_LOCAL, owner=owner)
         else:
             frontend = Frontend(svc_id, count=len(local) + len(remote), local=len(local), flags=0, owner=owner)
-        for key in _frontend_keys(service, port):
+        for key in _frontend_keys(service, port, family):
             state.frontends[key] = frontend
         if external:
             by_flags: dict[int, Frontend] = {}
@@ -262,12 +304,17 @@ def _program(service: _Service, slices: list[_Slice], ids: Mapping[ServicePortNa
                                                owner=owner)
                 state.frontends[key] = by_flags[flags]
             if any(flags & C.NAT_FLG_SRC_RANGES for flags in by_flags):
-                state.src_ranges[svc_id] = service.src_ranges
+                state.src_ranges[svc_id] = _ranges_in(service.src_ranges, family)
         if health_check:
             local_ready.update(e.backend.addr for e in endpoints if e.local and e.ready)
-    if health_check:
-        state.health_checks[service.health_check_port] = HealthCheck(service.namespace, service.name,
-                                                                     len(local_ready))
+    return local_ready
+
+
+def _ranges_in(ranges: frozenset[str], family: int) -> frozenset[str]:
+    """The source ranges of one family: each family's frontends are guarded by its own (kube-proxy)."""
+    if family == 4 and all(":" not in r for r in ranges):
+        return ranges   # the IPv4-only set itself, shared as before families
+    return frozenset(r for r in ranges if family_of(r) == family)
 
 
 def _merge(part: DesiredState, state: DesiredState) -> None:
@@ -279,26 +326,31 @@ def _merge(part: DesiredState, state: DesiredState) -> None:
     state.affinity.update(part.affinity)
 
 
-def _frontend_keys(service: _Service, port: _ServicePort) -> list[FrontendKey]:
-    return [FrontendKey(ip, port.number, port.proto) for ip in service.cluster_ips]
+def _frontend_keys(service: _Service, port: _ServicePort, family: int = 4) -> list[FrontendKey]:
+    return [FrontendKey(ip, port.number, port.proto, family) for ip in service.cluster_ips if family_of(ip) == family]
 
 
-def _external_frontends(service: _Service, port: _ServicePort, node_addrs: tuple[str, ...]) -> dict[FrontendKey, int]:
-    """The port's frontends for traffic from outside, with their flags; the first kind to name a key
-    keeps it (NodePort, then externalIPs, then LoadBalancer ingress)."""
+def _external_frontends(service: _Service, port: _ServicePort, node_addrs: tuple[str, ...],
+                        family: int = 4) -> dict[FrontendKey, int]:
+    """The port's frontends in `family` for traffic from outside, with their flags; the first kind to
+    name a key keeps it (NodePort, then externalIPs, then LoadBalancer ingress). Addresses of a family
+    the service is not served in are not its (kube-proxy's proxier per family skips them)."""
     if not (service.external_ips or service.lb_ips or (port.node_port is not None and node_addrs)):
         return _NO_EXTERNAL
     flags = C.NAT_FLG_EXTERNAL | (C.NAT_FLG_EXTERNAL_LOCAL if service.external_local else 0)
     frontends: dict[FrontendKey, int] = {}
     if port.node_port is not None:
         for addr in node_addrs:
-            frontends.setdefault(FrontendKey(addr, port.node_port, port.proto), flags)
+            if family_of(addr) == family:
+                frontends.setdefault(FrontendKey(addr, port.node_port, port.proto, family), flags)
     for addr in service.external_ips:
-        frontends.setdefault(FrontendKey(addr, port.number, port.proto), flags)
+        if family_of(addr) == family:
+            frontends.setdefault(FrontendKey(addr, port.number, port.proto, family), flags)
     # loadBalancerSourceRanges guard the LoadBalancer IPs only: NodePorts bypass them (kube-proxy).
-    lb_flags = flags | C.NAT_FLG_SRC_RANGES if service.src_ranges else flags
+    lb_flags = flags | C.NAT_FLG_SRC_RANGES if _ranges_in(service.src_ranges, family) else flags
     for addr in service.lb_ips:
-        frontends.setdefault(FrontendKey(addr, port.number, port.proto), lb_flags)
+        if family_of(addr) == family:
+            frontends.setdefault(FrontendKey(addr, port.number, port.proto, family), lb_flags)
     return frontends
 
 
@@ -307,16 +359,17 @@ def _conflict(service: _Service, state: DesiredState, ids: Mapping[ServicePortNa
     """(reason, detail) when `service` cannot join what is programmed already (manifests can say anything)."""
     own: set[FrontendKey] = set()   # external keys of the ports before: one service may not name one twice
     maybe_external = bool(service.external_ips or service.lb_ips or node_addrs)
-    for port in service.ports:
-        if port.name not in ids:
-            return "no_free_id", f"no service id left for {port.name}"
-        if port.name in state.ids:
-            return "duplicate_service", f"{port.name} is defined twice"
-        cluster_keys = _frontend_keys(service, port)
+    for family, port in ((f, p) for f in _families(service) for p in service.ports):
+        name = port.name_in(family)
+        if name not in ids:
+            return "no_free_id", f"no service id left for {name}"
+        if name in state.ids:
+            return "duplicate_service", f"{name} is defined twice"
+        cluster_keys = _frontend_keys(service, port, family)
         for key in cluster_keys:
             if key in state.frontends:
                 return "duplicate_frontend", f"{key.addr}:{key.port}/{port.name.protocol} belongs to another service"
-        for key in _external_frontends(service, port, node_addrs) if maybe_external else ():
+        for key in _external_frontends(service, port, node_addrs, family) if maybe_external else ():
             if key in state.frontends:
                 return "duplicate_frontend", f"{key.addr}:{key.port}/{port.name.protocol} belongs to another service"
             if key in own or key in cluster_keys:
@@ -330,22 +383,24 @@ def _conflict(service: _Service, state: DesiredState, ids: Mapping[ServicePortNa
 
 @functools.lru_cache(maxsize=16)
 def node_port_addresses(node_addresses: tuple[str, ...], nodeport_cidrs: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The node addresses NodePorts are served on: the IPv4 ones, and when `nodeport_cidrs` has IPv4
-    CIDRs only those inside one of them (kube-proxy's --nodeport-addresses; CIDRs of the other
-    family only are as none). Raises ValueError for what is not an address or a CIDR."""
-    networks = [n for n in (ipaddress.ip_network(c.strip(), strict=False) for c in nodeport_cidrs) if n.version == 4]
+    """The node addresses NodePorts are served on, IPv4 ones first: of each family those inside one of
+    `nodeport_cidrs` of that family, all of them when it has none of that family (kube-proxy's
+    --nodeport-addresses, per family). Raises ValueError for what is not an address or a CIDR."""
+    networks = [ipaddress.ip_network(c.strip(), strict=False) for c in nodeport_cidrs]
     chosen = []
-    for text in node_addresses:
-        address = ipaddress.ip_address(text.strip())
-        if address.version == 4 and (not networks or any(address in n for n in networks)):
-            chosen.append(str(address))
+    for version in (4, 6):
+        family_networks = [n for n in networks if n.version == version]
+        for text in node_addresses:
+            address = ipaddress.ip_address(text.strip())
+            if address.version == version and (not family_networks or any(address in n for n in family_networks)):
+                chosen.append(str(address))
     return tuple(dict.fromkeys(chosen))
 
 
 def _assign_ids(names: Iterable[ServicePortName], known_ids: Mapping[ServicePortName, int],
                 reserved: frozenset[int]) -> dict[ServicePortName, int]:
     """Known names keep their id (the maps and counters stay put); new names take the smallest free one."""
-    names = sorted(set(names), key=_name_order)
+    names = sorted(set(names), key=_name_order)   # IPv4 names first: they take the ids they took before families
     ids: dict[ServicePortName, int] = {}
     taken: set[int] = set(reserved)
     for name in names:
@@ -362,7 +417,7 @@ def _assign_ids(names: Iterable[ServicePortName], known_ids: Mapping[ServicePort
 
 # ServicePortName's own order (its fields in turn), as a key: sorting 10k names by their dataclass
 # __lt__ took 120k Python-level calls.
-_name_order = operator.attrgetter("namespace", "name", "port", "protocol")
+_name_order = operator.attrgetter("family", "namespace", "name", "port", "protocol")
 
 
 # --- Choosing backends ---
@@ -456,8 +511,10 @@ def _topology(endpoints: list[_Endpoint], node_name: str, zone: str) -> Callable
     return None
 
 
-def _by_address(backends: Iterable[Backend]) -> tuple[Backend, ...]:
-    return tuple(sorted(backends, key=lambda b: (socket.inet_aton(b.addr), b.port)))
+def _by_address(backends: Iterable[Backend], family: int = 4) -> tuple[Backend, ...]:
+    if family == 4:
+        return tuple(sorted(backends, key=lambda b: (socket.inet_aton(b.addr), b.port)))
+    return tuple(sorted(backends, key=lambda b: (socket.inet_pton(socket.AF_INET6, b.addr), b.port)))
 
 
 def _group_slices(slices: list[_Slice]) -> dict[tuple[str, str], list[_Slice]]:
@@ -532,7 +589,7 @@ def _parse_service(obj, proxy_name: str | None) -> _Service | None:
     return _Service(namespace, name, cluster_ips, _service_ports(spec, namespace, name, node_ports),
                     internal_local=internal_local,
                     publish_not_ready=_optional(spec, "publishNotReadyAddresses", bool, False),
-                    external_ips=_ipv4_only(_expect(external_ips, list, "externalIPs"), "externalIP")
+                    external_ips=_addresses(_expect(external_ips, list, "externalIPs"), "externalIP")
                     if external_ips is not None else (),
                     lb_ips=_ingress_ips(obj["status"]) if obj.get("status") is not None else (),
                     external_local=external_local,
@@ -553,9 +610,16 @@ def _affinity_timeout(spec: dict) -> int:
     return timeout
 
 
-def _ipv4_only(addresses: list, what: str) -> tuple[str, ...]:
-    """The IPv4 ones, each once; IPv6 ones skipped (the datapath is IPv4), anything else malformed."""
-    return tuple(dict.fromkeys(a for a in addresses if _ip_version(a, what) == 4))
+def _addresses(addresses: list, what: str) -> tuple[str, ...]:
+    """Each once, IPv4 ones first (their order as before families), IPv6 ones in canonical text (one
+    address, one key); what is no address is malformed."""
+    versions = [(_ip_version(a, what), a) for a in addresses]
+    return tuple(dict.fromkeys([*(a for v, a in versions if v == 4), *(_canonical6(a) for v, a in versions if v == 6)]))
+
+
+def _canonical6(address: str) -> str:
+    """RFC 5952 text: "fd00:0::10" and "FD00::10" are the address "fd00::10" is."""
+    return str(ipaddress.IPv6Address(address))
 
 
 def _ingress_ips(status) -> tuple[str, ...]:
@@ -570,7 +634,7 @@ def _ingress_ips(status) -> tuple[str, ...]:
         # node's NodePort itself, so kube-proxy does not program the IP (VIP is the default).
         if address and _optional(entry, "ipMode", str, "VIP") != "Proxy":
             addresses.append(address)
-    return _ipv4_only(addresses, "loadBalancer ingress ip")
+    return _addresses(addresses, "loadBalancer ingress ip")
 
 
 def _source_ranges(spec: dict) -> frozenset[str]:
@@ -582,8 +646,7 @@ def _source_ranges(spec: dict) -> frozenset[str]:
             network = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             raise _Malformed("bad_cidr", f"loadBalancerSourceRanges entry {entry!r} is not a CIDR") from None
-        if network.version == 4:
-            ranges.add(str(network))
+        ranges.add(str(network))
     return frozenset(ranges)
 
 
@@ -594,12 +657,24 @@ def _is_ours(spec: dict, labels: dict, proxy_name: str | None) -> bool:
 
 
 def _cluster_ips(spec: dict) -> tuple[str, ...]:
-    """The IPv4 cluster IPs; () when there is none to program (headless, not allocated, IPv6 only)."""
+    """The cluster IPs, IPv4 ones first; () when there is none to program (headless, not allocated).
+    The API server fills clusterIPs by ipFamilyPolicy and ipFamilies, and the core trusts them, but an
+    address of a family ipFamilies does not list makes the Service malformed: which family's
+    endpoints would it get?"""
     addresses = _optional(spec, "clusterIPs", list, []) or [spec.get("clusterIP")]
     if addresses[0] in (None, "", "None"):
         return ()
+    _enum(spec, "ipFamilyPolicy", IP_FAMILY_POLICIES)
+    families = set()
+    for family in _optional(spec, "ipFamilies", list, []):
+        if not isinstance(family, str) or family not in IP_FAMILIES:
+            raise _Malformed("bad_value", f"ipFamilies entry {family!r} is not IPv4 or IPv6")
+        families.add(IP_FAMILIES[family])
     versions = [(_ip_version(address, "clusterIP"), address) for address in addresses]
-    return tuple(dict.fromkeys(address for version, address in versions if version == 4))
+    for version, address in versions:
+        if families and version not in families:
+            raise _Malformed("bad_ip", f"clusterIP {address} is IPv{version}, which ipFamilies does not list")
+    return tuple(dict.fromkeys([*(a for v, a in versions if v == 4), *(_canonical6(a) for v, a in versions if v == 6)]))
 
 
 def _service_ports(spec: dict, namespace: str, name: str, node_ports: bool = False) -> tuple[_ServicePort, ...]:
@@ -635,7 +710,7 @@ def _service_port(entry, namespace: str, service: str, node_ports: bool = False)
 
 
 def _parse_slice(obj) -> _Slice | None:
-    """The slice's IPv4 endpoints; None for another address type."""
+    """The slice's endpoints, of its addressType; None for FQDN."""
     obj = _expect(obj, dict, "the EndpointSlice")
     metadata = _required(obj, "metadata", dict)
     namespace = _intern(_required(metadata, "namespace", str))
@@ -644,14 +719,16 @@ def _parse_slice(obj) -> _Slice | None:
     address_type = _enum(obj, "addressType", ADDRESS_TYPES)
     if address_type is None:
         raise _Malformed("missing_field", "addressType is missing")
-    if address_type != "IPv4":
+    family = IP_FAMILIES.get(address_type)
+    if family is None:
         return None
     ports = (_slice_port(entry) for entry in _optional(obj, "ports", list, []))
     ports = tuple(p for p in ports if p)   # checked before the endpoints: the first fault is the one named
-    endpoints = [_slice_endpoint(entry) for entry in _optional(obj, "endpoints", list, [])]
+    check = _endpoint_address if family == 4 else _endpoint_address_v6
+    endpoints = [_slice_endpoint(entry, check) for entry in _optional(obj, "endpoints", list, [])]
     addresses, node_names, conditions, hints = zip(*endpoints) if endpoints else ((), (), (), ())   # rows to columns
     return _Slice(namespace, service, name, ports, addresses, node_names, bytes(conditions),
-                  hints if any(h is not None for h in hints) else None)
+                  hints if any(h is not None for h in hints) else None, family)
 
 
 def _slice_port(entry) -> _SlicePort | None:
@@ -662,20 +739,25 @@ def _slice_port(entry) -> _SlicePort | None:
     return _SlicePort(_intern(_optional(entry, "name", str, "")), _protocol(entry), _port_number(entry["port"], "port"))
 
 
-def _slice_endpoint(entry) -> tuple[str | None, str | None, int, Hints | None]:
-    """(first address, node name, condition bits, topology hints)."""
+def _slice_endpoint(entry, check: Callable = None) -> tuple[str | None, str | None, int, Hints | None]:
+    """(first address, node name, condition bits, topology hints); `check` validates each address
+    (the slice's addressType)."""
+    check = check or _endpoint_address
     entry = _expect(entry, dict, "an endpoint")
     # Every address is checked; the API calls them fungible and kube-proxy uses the first only.
     addresses = _optional(entry, "addresses", list, _NO_ADDRESSES)
     for address in addresses:   # a loop, not a list of them: 100k endpoints at scale
-        _endpoint_address(address)
+        check(address)
     conditions = _optional(entry, "conditions", dict, {})
     ready = _optional(conditions, "ready", bool, True)
     bits = (_READY if ready else 0) | (_SERVING if _optional(conditions, "serving", bool, ready) else 0) | \
         (_TERMINATING if _optional(conditions, "terminating", bool, False) else 0)
     node_name = _optional(entry, "nodeName", str, None)
     hints = _hints(entry["hints"]) if entry.get("hints") is not None else None
-    return addresses[0] if addresses else None, _intern(node_name) if node_name is not None else None, bits, hints
+    first = addresses[0] if addresses else None
+    if first is not None and check is _endpoint_address_v6:
+        first = _canonical6(first)   # one address, one backend, whatever text names it
+    return first, _intern(node_name) if node_name is not None else None, bits, hints
 
 
 def _hints(value) -> Hints | None:
@@ -785,3 +867,18 @@ def _endpoint_address(value) -> str:
     if address.startswith(_NO_POD_PREFIXES) or address == "0.0.0.0":
         raise _Malformed("bad_ip", f"endpoint address {address} is unspecified, loopback or link-local")
     return address
+
+
+def _endpoint_address_v6(value) -> str:
+    """An IPv6 address a pod can have: not the unspecified, loopback, link-local or link-local
+    multicast ones (what the API refuses, as for IPv4)."""
+    if _ip_version(value, "address") != 6:
+        raise _Malformed("bad_ip", f"address {value!r} is not IPv6")
+    address = ipaddress.IPv6Address(value)
+    if address.is_unspecified or address.is_loopback or address.is_link_local or \
+            address in _LINK_LOCAL_MULTICAST_V6:
+        raise _Malformed("bad_ip", f"endpoint address {value} is unspecified, loopback or link-local")
+    return value
+
+
+_LINK_LOCAL_MULTICAST_V6 = ipaddress.ip_network("ff02::/16")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from ebpflb.core.ids import IdQuarantine, recover_ids, remap_ids
-from ebpflb.core.model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName
+from ebpflb.core.model import DesiredState, FrontendKey, HealthCheck, Rejected, ServicePortName, family_of
 from ebpflb.core.services import (MAP_CAPACITY, SERVICE_NAME_LABEL, Usage, desired_state, no_room, node_port_addresses,
                        parse_service, parse_slice)
 
@@ -69,16 +69,17 @@ class Contribution:
     ids: dict[ServicePortName, int] = field(default_factory=dict)   # its backend lists: backends[id]
     frontends: tuple[FrontendKey, ...] = ()
     service_ips: tuple[str, ...] = ()
-    backend_entries: int = 0                                          # nat_be entries its lists take
+    backend_entries: int = 0                                          # nat_be entries its IPv4 lists take
     src_ranges: dict[int, frozenset[str]] = field(default_factory=lambda: _EMPTY)   # replaced, never written
     health_checks: dict[int, HealthCheck] = field(default_factory=lambda: _EMPTY)
     affinity: dict[int, int] = field(default_factory=lambda: _EMPTY)   # id -> session affinity timeout
 
     def usage(self, new_service_ips: int) -> Usage:
-        """The map entries it takes (services.usage for a DesiredState); how many of its service
-        addresses are new is the caller's to say."""
-        return Usage(len(self.frontends), self.backend_entries, new_service_ips,
-                     sum(map(len, self.src_ranges.values())))
+        """The map entries it takes (services.usage for a DesiredState): IPv4 ones, the only ones
+        programmed yet; how many of its service addresses are new is the caller's to say."""
+        v4_ids = {i for name, i in self.ids.items() if name.family == 4} if self.src_ranges else ()
+        return Usage(sum(1 for key in self.frontends if key.family == 4), self.backend_entries, new_service_ips,
+                     sum(len(ranges) for i, ranges in self.src_ranges.items() if i in v4_ids))
 
 
 class Prepared(NamedTuple):
@@ -140,6 +141,9 @@ class ServiceTracker:
         self.ip_refs: Counter[str] = Counter()
         self.backend_entries = 0   # nat_be entries and src_ranges entries the state takes (map_full)
         self.range_entries = 0
+        # IPv6 frontends and service addresses in the state: they take no room in the IPv4-only maps yet
+        self.v6_frontends = 0
+        self.v6_service_ips = 0
         self.dirty: set[ObjectKey] = set()
 
     # --- what happened -------------------------------------------------------------------
@@ -148,9 +152,14 @@ class ServiceTracker:
         the addresses NodePorts are served on differ (a service rejected for a frontend on an address
         that went away may now fit)."""
         addresses = tuple(addresses)
-        if node_port_addresses(addresses, self.nodeport_cidrs) != node_port_addresses(self.node_addresses,
-                                                                                      self.nodeport_cidrs):
+        new = node_port_addresses(addresses, self.nodeport_cidrs)
+        old = node_port_addresses(self.node_addresses, self.nodeport_cidrs)
+        changed = {family_of(a) for a in set(new) ^ set(old)} | ({4, 6} if new != old and set(new) == set(old) else set())
+        if 4 in changed:
             self.dirty.update(self.services)
+        elif 6 in changed:   # only the services served in IPv6 have frontends on IPv6 node addresses
+            self.dirty.update(key for key, service in self.services.items()
+                              if any(":" in ip for ip in getattr(service, "cluster_ips", ())))
         self.node_addresses = addresses
 
     def set_node_zone(self, zone: str) -> None:
@@ -296,6 +305,8 @@ class ServiceTracker:
         for ip in old.service_ips:   # drop zero counts (not `+= Counter()`: a new Counter of every address)
             if self.ip_refs[ip] <= 0:
                 del self.ip_refs[ip]
+                self.v6_service_ips -= ":" in ip
+        self.v6_frontends -= _v6_count(old.frontends)
         entries = old.usage(0)
         self.backend_entries -= entries.backends
         self.range_entries -= entries.src_ranges
@@ -314,7 +325,9 @@ class ServiceTracker:
             self.state.health_checks.update(part.health_checks)
         if part.affinity:
             self.state.affinity.update(part.affinity)
+        self.v6_service_ips += sum(1 for ip in part.service_ips if ":" in ip and ip not in self.ip_refs)
         self.ip_refs.update(part.service_ips)
+        self.v6_frontends += _v6_count(part.frontends)
         entries = part.usage(0)
         self.backend_entries += entries.backends
         self.range_entries += entries.src_ranges
@@ -332,13 +345,37 @@ class ServiceTracker:
         self.state.affinity.update(desired.affinity)
         service_ips = [ip for part in parts.values() for ip in part.service_ips]
         self.ip_refs.update(service_ips)
+        self.v6_service_ips = sum(1 for ip in self.ip_refs if ":" in ip)
+        self.v6_frontends += sum(_v6_count(part.frontends) for part in parts.values())
         self.backend_entries += sum(part.backend_entries for part in parts.values())
-        self.range_entries += sum(map(len, desired.src_ranges.values()))
+        self.range_entries += sum(part.usage(0).src_ranges for part in parts.values() if part.src_ranges)
         changes.ids.update(desired.ids.values())
         changes.frontends.update(desired.frontends)
         changes.service_ips.update(service_ips)
 
     def _recompute(self, key: ObjectKey, changes: Changes) -> None:
+        """Plan one service again; `changes` gets what differs from before, no more: a slice of one
+        family changing leaves the other family's ids and frontends out (the writer looks at those)."""
+        before = self.contributions.get(key)
+        if before is None:
+            self._replan(key, changes)
+            return
+        state = self.state
+        old_frontends = {k: state.frontends[k] for k in before.frontends}
+        old_lists = {i: (state.backends[i], state.affinity.get(i)) for i in before.ids.values()}
+        mine = Changes()
+        self._replan(key, mine)
+        after = self.contributions.get(key)
+        new_ips = after.service_ips if after is not None else ()
+        changes.ids.update(i for i in mine.ids if old_lists.get(i) != (state.backends.get(i), state.affinity.get(i))
+                           or (i in old_lists) != (i in state.backends))
+        changes.frontends.update(k for k in mine.frontends if old_frontends.get(k) != state.frontends.get(k)
+                                 or (k in old_frontends) != (k in state.frontends))
+        changes.service_ips.update(ip for ip in mine.service_ips if (ip in before.service_ips) != (ip in new_ips))
+        changes.src_range_ids |= mine.src_range_ids
+        changes.health_checks |= mine.health_checks
+
+    def _replan(self, key: ObjectKey, changes: Changes) -> None:
         old = self._withdraw(key, changes)
         self.rejected_by_service.pop(key, None)
         self.turned_away.discard(key)
@@ -389,8 +426,10 @@ class ServiceTracker:
         if taken_ports:
             return Rejected("Service", key[0], key[1], "duplicate_health_check_port",
                             f"healthCheckNodePort {taken_ports[0]} belongs to another service")
-        used = Usage(len(self.state.frontends), self.backend_entries, len(self.ip_refs), self.range_entries)
-        full = no_room(used, part.usage(sum(1 for ip in part.service_ips if ip not in self.ip_refs)), self.capacity)
+        used = Usage(len(self.state.frontends) - self.v6_frontends, self.backend_entries,
+                     len(self.ip_refs) - self.v6_service_ips, self.range_entries)
+        new_ips = sum(1 for ip in part.service_ips if ip not in self.ip_refs and family_of(ip) == 4)
+        full = no_room(used, part.usage(new_ips), self.capacity)
         return Rejected("Service", key[0], key[1], "map_full", full) if full else None
 
     def _recompute_all(self, changes: Changes) -> None:
@@ -429,6 +468,10 @@ class ServiceTracker:
         return self.slice_owners.get((rejected.namespace, rejected.name), ("", ""))
 
 
+def _v6_count(frontends) -> int:
+    return sum(1 for key in frontends if key.family == 6)
+
+
 def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
     """Per Service, the part of a DesiredState it contributed."""
     parts: dict[ObjectKey, Contribution] = {}
@@ -444,7 +487,8 @@ def split(desired: DesiredState) -> dict[ObjectKey, Contribution]:
         key = (name.namespace, name.name)
         part = part_of(key)
         part.ids[name] = svc_id
-        part.backend_entries += len(desired.backends[svc_id])
+        if name.family == 4:   # IPv6 lists are not programmed yet: they take no room
+            part.backend_entries += len(desired.backends[svc_id])
         owner_of_id[svc_id] = key
     frontends_of: dict[ObjectKey, list[FrontendKey]] = {}
     for k, frontend in desired.frontends.items():

@@ -2,6 +2,9 @@
 maps already hold) through every sync, failed ones too. The agent drives it under its lock; the
 tests drive the same code through restarts and failures.
 
+The writer is given the IPv4 part of the tracker's state (sync/family.py): the core computes IPv6
+too, the maps do not hold it yet.
+
 Start: the writer reads the maps; the tracker is told which frontend carries which id for whom (a
 service port takes its id back, so a restart over unchanged state writes nothing) and which ids the
 maps and conntrack name (those nobody takes back wait in quarantine). The first sync compares the
@@ -15,6 +18,7 @@ import time
 from ebpflb.core.tracker import Changes, ServiceTracker
 from ebpflb.datapath.conntrack import service_ids
 from ebpflb.datapath.maps import Maps
+from ebpflb.sync.family import Ipv4Only
 from ebpflb.sync.keepers import ids_named_by_flows
 from ebpflb.sync.writer import MapWriter, WriteStats
 
@@ -23,6 +27,8 @@ class SyncSession:
     def __init__(self, maps: Maps, node_name: str, **tracker_options):
         self.maps = maps
         self.writer = MapWriter(maps)
+        self.ipv4_only = Ipv4Only()   # the writer's input: the data plane is IPv4 only yet (sync/family.py)
+        self.programmed = None   # what the last sync gave the writer: the IPv4 part of the tracker's state
         self.tracker = ServiceTracker(node_name, id_hints=self.writer.id_hints(),
                                       held_ids=self.writer.ids_in_maps() | service_ids(maps.ct)
                                       | ids_named_by_flows(maps, skip=("ct",)), **tracker_options)
@@ -36,7 +42,8 @@ class SyncSession:
         that left: conntrack scans that begin a grace period later may free them."""
         try:
             changes = self.tracker.flush()
-            stats = self.writer.apply(self.tracker.state, changes)
+            self.programmed, v4_changes = self.ipv4_only(self.tracker.state, changes)
+            stats = self.writer.apply(self.programmed, v4_changes)
         except Exception:
             self.writer = MapWriter(self.maps)   # what the maps really hold now
             self.tracker.dirty |= self.tracker.services.keys() | {("", "")}
