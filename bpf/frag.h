@@ -10,7 +10,13 @@
  *
  * A later fragment whose first was not seen (reordered ahead of it) cannot be translated: to a
  * service address it is dropped (fragment-unknown); anywhere else it passes untouched. XDP
- * passes every fragment to tc. */
+ * passes every fragment to tc.
+ *
+ * The uplink also hands the stack what it would forward past it but is too big for the egress and
+ * may be fragmented (no DF, fib.h): with its destination translated and its source not (the stack
+ * calls our own SNAT source a martian). Its source NAT is remembered by the same key as the packet
+ * is handed up, and to_uplink puts it on every fragment the stack cut from it (they keep the id):
+ * the first one's address, port and L4 checksum, the later ones' address and IP checksum. */
 #pragma once
 #include "parse.h"
 #include "clock.h"
@@ -50,6 +56,16 @@ static __always_inline void frag_key_of(const struct packet *p, struct frag_key 
 	k->pad = 0;
 }
 
+/* A datagram handed to the stack to fragment: the source its fragments leave with. */
+struct frag_snat_value {
+	__u64 seen_ns;   /* when it was handed up (clock.h) */
+	__u32 saddr;     /* be */
+	__u16 sport;     /* be; its later fragments have none */
+	__u16 pad;
+};
+
+BPF_TABLE("lru_hash", struct frag_key, struct frag_snat_value, frag_snats, FRAG_MAX);
+
 /* A first fragment (TCP, UDP): its later fragments will want its ports. */
 static __always_inline void frag_remember(const struct packet *p)
 {
@@ -78,4 +94,32 @@ static __always_inline int frag_ports(struct packet *p)
 	p->sport = v->sport;
 	p->dport = v->dport;
 	return 0;
+}
+
+/* p (parsed as it came in) goes to the stack with its destination translated, to be fragmented
+ * there: its fragments, (p's source, daddr, p's id, p's protocol), are to leave from (saddr, sport).
+ * A later fragment handed up renews its first's entry. */
+static __always_inline void frag_snat_remember(const struct packet *p, __u32 daddr, __u32 saddr, __u16 sport)
+{
+	struct frag_key k;
+	struct frag_snat_value v = {
+		.seen_ns = clock_now(),
+		.saddr = saddr,
+		.sport = sport,
+	};
+
+	frag_key_of(p, &k);
+	k.daddr = daddr;
+	frag_snats.update(&k, &v);
+}
+
+/* A fragment leaving by the uplink: the source NAT of the datagram it was cut from, or NULL when
+ * it is no such fragment. */
+static __always_inline struct frag_snat_value *frag_snat_of(const struct packet *p)
+{
+	struct frag_key k;
+
+	frag_key_of(p, &k);
+	struct frag_snat_value *v = frag_snats.lookup(&k);
+	return v && clock_now() <= v->seen_ns + FRAG_TIMEOUT_NS ? v : NULL;
 }

@@ -21,6 +21,7 @@
 #include "csum.h"
 #include "nat.h"
 #include "fib.h"
+#include "forward.h"
 #include "trace.h"
 
 /* The quoted flow's entry for this hook, and what it makes of the error's outer tuple
@@ -125,10 +126,12 @@ static __always_inline int icmp_error_tc(struct __sk_buff *skb, const struct pac
 	if (icmp_error_rewrite(data, data_end, p, &q, &t) < 0)
 		return drop_skb(skb, DROP_REWRITE_FAILED);
 	TRACE("icmp error type %d about a NATed flow, to %pI4", p->icmp_type, &t.daddr);
-	if (t.path == NAT_PATH_BACK)
-		return redirect_back(skb);
 	if (t.path == NAT_PATH_FIB)
-		return redirect_by_fib(skb, t.saddr, t.daddr, IPPROTO_ICMP);
+		return redirect_by_fib(skb, p, t.saddr, t.daddr);
+	if (t.path == NAT_PATH_BACK) {
+		int verdict = forward_hop(skb, p, 0, 0);   /* past the stack: one hop, no answer about an error */
+		return verdict != TC_ACT_NEXT ? verdict : redirect_back(skb);
+	}
 	return TC_ACT_NEXT;
 untranslated:
 	return drop_untranslated ? drop_skb(skb, DROP_NOT_L4_TO_SERVICE) : TC_ACT_NEXT;

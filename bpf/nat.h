@@ -164,6 +164,27 @@ static __always_inline int nat_rewrite(struct __sk_buff *skb, const struct packe
 	return rewrite_tuple((void *)(long)skb->data, (void *)(long)skb->data_end, p, saddr, sport, daddr, dport, fix);
 }
 
+/* tc: the addresses and the IP checksum only, for a later fragment (it carries no L4 header). By
+ * the helpers: rare enough not to matter, and no packet pointers to keep valid across the inlined
+ * paths. */
+static __always_inline int rewrite_addrs(struct __sk_buff *skb, const struct packet *p, __u32 saddr, __u32 daddr)
+{
+	__u32 addrs[2] = { saddr, daddr };
+
+	if (bpf_l3_csum_replace(skb, ETH_HLEN_ + offsetof(struct iphdr, check), 0, nat_addr_diff(p, saddr, daddr), 0) < 0)
+		return -1;
+	return bpf_skb_store_bytes(skb, ETH_HLEN_ + offsetof(struct iphdr, saddr), addrs, sizeof(addrs), 0);
+}
+
+/* tc: p's translation, whether or not it carries its L4 header (a later fragment: addresses only). */
+static __always_inline int nat_rewrite_any(struct __sk_buff *skb, const struct packet *p,
+					   __u32 saddr, __u16 sport, __u32 daddr, __u16 dport)
+{
+	if (p->frag == FRAG_LATER)
+		return rewrite_addrs(skb, p, saddr, daddr);
+	return nat_rewrite(skb, p, saddr, sport, daddr, dport);
+}
+
 /* A frame whose L4 checksum field holds only its pseudo-header sum is a CHECKSUM_PARTIAL skb's,
  * its checksum left to offload: a veth uplink carries what its peer's stack sends that way (a
  * NIC's wire never does). XDP cannot see the skb's state and would fix the field as a whole

@@ -52,7 +52,7 @@ struct packet {
 	__u8 icmp_type;
 	__u8 pad;
 	__u16 l4_len;       /* the IP packet's bytes after its header (SCTP's CRC covers them) */
-	__u16 ip_id;        /* be; set for fragments only (frag.h's key) */
+	__u16 ip_id;        /* be (frag.h's key) */
 	__u8 frag;          /* enum packet_frag */
 	__u8 ip_flags;      /* the DF bit (IP_DF_BE), for fib.h */
 	__u8 ttl;           /* for fib.h, which forwards past the stack's TTL check */
@@ -90,13 +90,12 @@ static __always_inline enum parse_result parse_headers(void *data, void *data_en
 	p->tcp_flags = 0;
 	p->icmp_type = 0;
 	p->l4_len = tot_len - ip_len;
-	p->ip_id = 0;
+	p->ip_id = iph->id;
 	p->frag = FRAG_NONE;
 	p->ip_flags = iph->frag_off & IP_DF_BE;
 	p->ttl = iph->ttl;
 	p->pad3 = 0;
 	if (iph->frag_off & IP_MF_OFFSET_MASK) {
-		p->ip_id = iph->id;
 		p->frag = (iph->frag_off & IP_OFFSET_MASK_BE) ? FRAG_LATER : FRAG_FIRST;
 		if (p->frag == FRAG_LATER || p->proto == IPPROTO_SCTP)
 			return PARSE_FRAGMENT;

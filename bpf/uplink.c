@@ -11,7 +11,8 @@
  *                               Cluster, local backend      -> DNAT only (the reply passes here)
  *                               Cluster, remote backend     -> DNAT + SNAT to the node address
  *   to_uplink   (tc egress)   a local backend's reply to an outside client -> source back to the
- *                             frontend
+ *                             frontend; the fragments the stack cut from a packet from_uplink
+ *                             handed it to fragment (fib.h) -> their source NAT
  *   xdp_uplink  (XDP)         the fast path before the stack: established SNATed flows translated
  *                             and sent back out (XDP_TX), sources outside a LoadBalancer's
  *                             ranges dropped; everything else passes to tc untouched, so results
@@ -38,6 +39,7 @@
 #include "affinity.h"
 #include "snat.h"
 #include "fib.h"
+#include "forward.h"
 #include "counters.h"
 #include "icmp_reject.h"
 #include "icmp_error.h"
@@ -54,7 +56,7 @@ static __always_inline int uplink_send(struct __sk_buff *skb, const struct packe
 	if (t->path != NAT_PATH_FIB)
 		return nat_rewrite(skb, p, t->saddr, t->sport, t->daddr, t->dport) < 0 ?
 			drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
-	return forward_by_fib(skb, p, t->saddr, t->sport, t->daddr, t->dport);
+	return forward_by_fib(skb, p, t, 0);
 }
 
 /* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL;
@@ -187,11 +189,27 @@ send:
 	return uplink_send(skb, &p, &t);
 }
 
+/* A fragment the stack cut from a packet from_uplink handed it (fib.h's forward_by_fib()): it leaves
+ * with the source NAT the packet was handed up without. 0: no such fragment. */
+static __always_inline int snat_handed_fragment(struct __sk_buff *skb, const struct packet *p, int *verdict)
+{
+	struct frag_snat_value *s = frag_snat_of(p);
+
+	if (!s)
+		return 0;
+	*verdict = nat_rewrite_any(skb, p, s->saddr, s->sport, p->daddr, p->dport) < 0 ?
+		drop_skb(skb, DROP_REWRITE_FAILED) : TC_ACT_NEXT;
+	return 1;
+}
+
 int to_uplink(struct __sk_buff *skb)
 {
 	struct packet p;
 	enum parse_result res = parse_packet(skb, &p);
+	int verdict;
 
+	if ((res == PARSE_OK || res == PARSE_FRAGMENT) && p.frag != FRAG_NONE && snat_handed_fragment(skb, &p, &verdict))
+		return verdict;
 	if (res == PARSE_FRAGMENT && p.frag == FRAG_LATER)
 		return frag_later_tc(skb, &p, HOOK_TO_UPLINK, 0);
 	if (res != PARSE_OK)
@@ -238,10 +256,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	if ((void *)(iph + 1) > data_end)
 		return drop_xdp(ctx, DROP_REWRITE_FAILED);   /* cannot happen: the headers were just rewritten */
 	__builtin_memcpy(data, macs, sizeof(macs));
-	/* forwarded past the stack: its TTL one lower, as fib.h's */
-	__u16 *ttl_proto = (__u16 *)&iph->ttl, before = *ttl_proto;
-	iph->ttl--;
-	iph->check = csum_apply(iph->check, csum_word_diff(before, *ttl_proto));
+	ip_decrement_ttl(iph);   /* forwarded past the stack (forward.h) */
 	if (entry->type == CT_TYPE_NAT_FWD)
 		ct_touch_fwd(p, entry, now);
 	else

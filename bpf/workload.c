@@ -5,6 +5,7 @@
  *                                                                    own under session affinity),
  *                                                                    DNAT, conntrack
  *                                               hairpin           -> also SNAT, send straight back
+ *                                                                    (one hop: TTL, time exceeded)
  *   to_workload   (tc egress: the pod receives) reply of a NATed flow -> source back to VIP:port
  *
  * DNAT happens on the client's node, so the reply's reverse NAT happens there too.
@@ -30,37 +31,33 @@
 #include "icmp_reject.h"
 #include "icmp_error.h"
 #include "frag_forward.h"
+#include "forward.h"
 #include "trace.h"
 
-/* Apply a NAT_FWD entry: destination to the backend, and for hairpin the source too. */
-static __always_inline int forward_established(struct __sk_buff *skb, const struct packet *p,
-					       const struct ct_value *fwd)
+/* Send p translated as t says (ct_target.h's nat_target_of(): NAT_FWD, destination to the backend;
+ * NAT_REV, source back to the frontend; for hairpin the other address too): on in place for the
+ * stack to route, or for hairpin straight back out of the pod's veth, since the routing stack
+ * would call the pod's own address a martian. That bypasses the stack's forwarding, so it does
+ * what the forwarding would (forward.h: TTL, time exceeded). One call site per program: each
+ * inlined copy would be walked by the verifier again. */
+static __always_inline int workload_send(struct __sk_buff *skb, const struct packet *p, const struct nat_target *t)
 {
-	int hairpin = fwd->flags & CT_FLAG_SNAT;
-
-	if (nat_rewrite(skb, p, hairpin ? fwd->snat_addr : p->saddr, p->sport, fwd->nat_addr, fwd->nat_port) < 0)
+	if (t->path == NAT_PATH_BACK) {
+		int verdict = forward_hop(skb, p, 0, 1);
+		if (verdict != TC_ACT_NEXT)
+			return verdict;
+	}
+	if (nat_rewrite(skb, p, t->saddr, t->sport, t->daddr, t->dport) < 0)
 		return drop_skb(skb, DROP_REWRITE_FAILED);
-	/* Hairpin: the backend is this very pod: the routing stack would call its own address
-	 * martian, so deliver it back directly. */
-	return hairpin ? redirect_back(skb) : TC_ACT_NEXT;
-}
-
-/* Apply a NAT_REV entry: source back to the frontend, and for hairpin the destination too. */
-static __always_inline int reverse_nat(struct __sk_buff *skb, const struct packet *p,
-				       const struct ct_value *rev)
-{
-	int hairpin = rev->flags & CT_FLAG_SNAT;
-
-	if (nat_rewrite(skb, p, rev->nat_addr, rev->nat_port, hairpin ? rev->snat_addr : p->daddr, p->dport) < 0)
-		return drop_skb(skb, DROP_REWRITE_FAILED);
-	return hairpin ? redirect_back(skb) : TC_ACT_NEXT;
+	return t->path == NAT_PATH_BACK ? redirect_back(skb) : TC_ACT_NEXT;
 }
 
 /* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL;
  * old_rev: what ct_is_reopen_of() found at it. */
 static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
 					    const struct nat_fe_value *fe, const struct ct_key *fwd_key,
-					    const struct ct_key *old_rev_key, struct ct_value *old_rev, __u64 now)
+					    const struct ct_key *old_rev_key, struct ct_value *old_rev, __u64 now,
+					    struct nat_target *t, int *send)
 {
 	struct nat_be_value *be = NULL, sticky;
 	__u32 ordinal;
@@ -102,7 +99,9 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
-	return forward_established(skb, p, &fwd);
+	nat_target_of(fwd_key, &fwd, t);
+	*send = 1;   /* as *t says: the entry program's one workload_send() */
+	return TC_ACT_NEXT;
 }
 
 int from_workload(struct __sk_buff *skb)
@@ -128,6 +127,7 @@ int from_workload(struct __sk_buff *skb)
 		return lb_is_cluster_ip(p.daddr) ? drop_skb(skb, DROP_NOT_L4_TO_SERVICE) : TC_ACT_NEXT;
 
 	struct ct_key key;
+	struct nat_target t;
 	ct_key_of(&p, &key);
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && entry->type == CT_TYPE_NAT_REV) {
@@ -138,7 +138,8 @@ int from_workload(struct __sk_buff *skb)
 		/* The hairpin backend answering itself comes back in here. */
 		ct_touch_rev(&p, entry, clock_now());
 		count_packet(skb, entry->svc_id, 0);
-		return reverse_nat(skb, &p, entry);
+		nat_target_of(&key, entry, &t);
+		goto send;
 	}
 	struct ct_key old_rev_key, *reopens = NULL;
 	struct ct_value *old_rev = NULL;
@@ -151,7 +152,8 @@ int from_workload(struct __sk_buff *skb)
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
 				ct_touch_fwd(&p, entry, now);
 				count_packet(skb, entry->svc_id, 0);
-				return forward_established(skb, &p, entry);
+				nat_target_of(&key, entry, &t);
+				goto send;
 			}
 		} else {
 			old_rev_key = entry->twin;
@@ -164,10 +166,14 @@ int from_workload(struct __sk_buff *skb)
 	if (!lb_maybe_frontend_addr(p.daddr))
 		return TC_ACT_NEXT;
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
-	if (fe)
-		return new_service_flow(skb, &p, fe, &key, reopens, old_rev, clock_now());
-	/* A port of a service address that no service uses: refused, like kube-proxy's nftables. */
-	return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_NEXT;
+	if (!fe)   /* a port of a service address that no service uses: refused, like kube-proxy's nftables */
+		return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_NEXT;
+	int send = 0;
+	int verdict = new_service_flow(skb, &p, fe, &key, reopens, old_rev, clock_now(), &t, &send);
+	if (!send)
+		return verdict;
+send:
+	return workload_send(skb, &p, &t);
 }
 
 int to_workload(struct __sk_buff *skb)
@@ -196,5 +202,7 @@ int to_workload(struct __sk_buff *skb)
 		return TC_ACT_NEXT;
 	ct_touch_rev(&p, rev, clock_now());
 	count_packet(skb, rev->svc_id, 0);
-	return reverse_nat(skb, &p, rev);
+	struct nat_target t;
+	nat_target_of(&key, rev, &t);
+	return workload_send(skb, &p, &t);
 }

@@ -61,10 +61,20 @@ rejected   TC_ACT_REDIRECT with an ICMP port unreachable in place of a flow pack
            multicast 224/4, 240/4 and the broadcast). The same shape, from from_uplink on what it
            forwards past the stack (to the node's or an external address): time exceeded (type 11
            code 0) for a packet of TTL <= 1, frag-needed (type 3 code 4, the uplink's MTU in bytes
-           6-7) for one larger than that MTU with DF.
+           6-7) for one larger than that MTU with DF. The same time exceeded from the workload
+           programs for a packet of TTL <= 1 they would send straight back (hairpin).
+handed up  from_uplink, a flow packet or later fragment of one of its SNATed flows, larger than the
+           uplink's MTU, without DF, TTL > 1, TCP or UDP: verdict OK, only the destination (a later
+           fragment's address, else address and port) translated as the entry says, checksums
+           incrementally, source, TTL and MACs as they came: the stack fragments it. The oracle
+           remembers its source NAT by (source, new destination, IP id, protocol), and to_uplink
+           must put it on every fragment of that key (first: address, port, L4 checksum; later:
+           address, IP checksum) and change nothing else.
 
-What the uplink forwards past the stack (SNAT, by FIB redirect or XDP_TX) leaves with its TTL one
-lower, the IP checksum to match; everything else keeps its TTL.
+What the programs send on past the stack's forwarding (the uplink's SNAT by FIB redirect or XDP_TX,
+the hairpin straight back, and the ICMP errors and later fragments that follow them) leaves with
+its TTL one lower, the IP checksum to match; everything else keeps its TTL. An ICMP error or later
+fragment on such a path at TTL <= 1 is dropped (no ICMP error about either).
 
 The maps afterwards: frontends, backends, service addresses, source ranges and config are byte for
 byte what was written (the programs never write them); every conntrack entry is well formed for
@@ -141,6 +151,8 @@ class Run:
     proto: int
     held_before: bool = False  # conntrack held a NAT_REV, or the other side's NAT_FWD, for the tuple
     remembered: tuple | None = None  # a later fragment: its datagram's ports, as the oracle remembers them
+    handed: tuple | None = None      # to_uplink, a fragment of a datagram from_uplink handed to the stack:
+                                     # the (source, port) it leaves from
 
     @property
     def first_fragment(self) -> bool:
@@ -196,6 +208,7 @@ class Oracle:
         self.ids = {f.svc_id for f in self.frontends.values()}
         self.tally = Tally()
         self.frag_ports: dict[str, dict] = {"workload": {}, "uplink": {}}   # per bcc object, as bpf/frag.h
+        self.handed: dict[tuple, tuple] = {}   # the uplink's frag_snats (bpf/frag.h): key -> (source, port)
         self._key = bpf_ffi.new("char[16]")
         self._value = bpf_ffi.new("char[]", CT_VALUE.size)
 
@@ -231,9 +244,11 @@ class Oracle:
         cls, ihl, tot, proto = parse(pkt)
         run = Run(prog, pkt, cls, ihl, tot, proto)
         obj = self._object(prog)
+        if prog == "to_uplink" and (run.first_fragment or run.later_fragment):
+            run.handed = self.handed.get(run.frag_key)
         if obj and run.later_fragment:
             run.remembered = self.frag_ports[obj].get(run.frag_key)
-        if obj and run.first_fragment and proto in (TCP_PROTO, UDP_PROTO):
+        if obj and run.first_fragment and proto in (TCP_PROTO, UDP_PROTO) and run.handed is None:
             self.frag_ports[obj][run.frag_key] = pkt[ETH_HLEN + ihl:ETH_HLEN + ihl + 4]
         if run.flow and self._serves(prog, pkt, run.l4, proto):
             entry = self.ct_entry(pkt, run.l4, proto)
@@ -260,6 +275,8 @@ class Oracle:
             raise Violation(f"verdict {verdict} is not one {prog} may return")
         to_service_ip = run.cls in (FRAGMENT, WHOLE) and pkt[30:34] in self.service_ips
 
+        if run.handed is not None:
+            return self._check_handed_fragment(run, verdict, out)
         if run.later_fragment and not xdp:
             return self._judge_later_fragment(run, verdict, out, to_service_ip)
         if run.cls == WHOLE and run.proto == 1 and not xdp and pkt[run.l4] in ICMP_ERRORS:
@@ -288,7 +305,75 @@ class Oracle:
             return "untouched"
         if not xdp and verdict == TC_ACT_REDIRECT and (len(out) != len(pkt) or out[23] != pkt[23]):
             return self._check_reject(run, out)
+        if prog == "from_uplink" and verdict == TC_ACT_NEXT and self.too_big_to_fragment(run):
+            entry = self.ct_entry(pkt, run.l4, run.proto)
+            target = entry and nat_target(prog, pkt[26:30], pkt[run.l4:run.l4 + 2], pkt[30:34],
+                                          pkt[run.l4 + 2:run.l4 + 4], entry)
+            return self._check_handed_up(run, verdict, out, target)
         return self._check_translation(run, verdict, out)
+
+    @staticmethod
+    def too_big_to_fragment(run: Run) -> bool:
+        """Too big for the uplink, without DF, TTL > 1, TCP or UDP: what from_uplink hands to the stack
+        to fragment rather than forward past it (bpf/fib.h's forward_by_fib())."""
+        return run.tot > UPLINK_MTU and not run.pkt[20] & 0x40 and run.pkt[22] > 1 and run.proto in (TCP_PROTO, UDP_PROTO)
+
+    def _check_handed_up(self, run: Run, verdict: int, out: bytes, target) -> str:
+        """Handed to the stack: only the destination translated as the flow's entry says (a later
+        fragment's address, a whole packet's address and port, checksums incrementally), source,
+        TTL and MACs as they came; the source NAT remembered for the fragments to_uplink will see."""
+        pkt, l4 = run.pkt, run.l4
+        if target is None or target[4] != "fib":
+            raise Violation("from_uplink changed a packet it let go on, and no SNATed flow of its own is behind it")
+        saddr, sport, daddr, dport, _, svc_id = target
+        want = bytearray(pkt)
+        want[30:34] = daddr
+        changed = {24, 25}
+        if not run.later_fragment:
+            want[l4 + 2:l4 + 4] = dport
+            csum = l4 + (16 if run.proto == TCP_PROTO else 6)
+            changed |= {csum, csum + 1}
+            words = lambda b: b[26:34] + b[l4:l4 + 4] + b[csum:csum + 2]   # noqa: E731
+            if run.proto == UDP_PROTO and pkt[csum:csum + 2] == b"\0\0":
+                if out[csum:csum + 2] != b"\0\0":
+                    raise Violation("handed to the stack: a UDP checksum of 0 did not stay 0")
+            elif ones_sum(words(out)) != ones_sum(words(pkt)):
+                raise Violation("handed to the stack: the L4 checksum not updated incrementally")
+        if len(out) != len(pkt) or any(out[i] != want[i] for i in range(len(pkt)) if i not in changed):
+            raise Violation("handed to the stack: anything but the destination (and checksums) changed")
+        if ones_sum(out[ETH_HLEN:l4]) != ones_sum(pkt[ETH_HLEN:l4]):
+            raise Violation("handed to the stack: IP checksum not updated incrementally")
+        self.handed[(pkt[26:30], daddr, pkt[18:20], run.proto)] = (saddr, sport)
+        self.tally.translated_by_id[svc_id] += 1
+        self.tally.bytes_by_id[svc_id] += len(pkt)
+        return "handed-to-stack"
+
+    def _check_handed_fragment(self, run: Run, verdict: int, out: bytes) -> str:
+        """to_uplink, a fragment the stack cut from a datagram from_uplink handed it: the source NAT
+        it was handed up without (the first fragment's address, port and L4 checksum, a later one's
+        address), nothing else."""
+        pkt, l4 = run.pkt, run.l4
+        saddr, sport = run.handed
+        if verdict != TC_ACT_NEXT:
+            raise Violation(f"a fragment of a datagram handed to the stack got verdict {verdict}")
+        want = bytearray(pkt)
+        want[26:30] = saddr
+        changed = {24, 25}
+        if run.first_fragment:
+            want[l4:l4 + 2] = sport
+            csum = l4 + (16 if run.proto == TCP_PROTO else 6)
+            changed |= {csum, csum + 1}
+            words = lambda b: b[26:34] + b[l4:l4 + 4] + b[csum:csum + 2]   # noqa: E731
+            if run.proto == UDP_PROTO and pkt[csum:csum + 2] == b"\0\0":
+                if out[csum:csum + 2] != b"\0\0":
+                    raise Violation("fragment SNAT: a UDP checksum of 0 did not stay 0")
+            elif ones_sum(words(out)) != ones_sum(words(pkt)):
+                raise Violation("fragment SNAT: the L4 checksum not updated incrementally")
+        if len(out) != len(pkt) or any(out[i] != want[i] for i in range(len(pkt)) if i not in changed):
+            raise Violation("fragment SNAT: anything but the source (and checksums) changed")
+        if ones_sum(out[ETH_HLEN:l4]) != ones_sum(pkt[ETH_HLEN:l4]):
+            raise Violation("fragment SNAT: IP checksum not updated incrementally")
+        return "fragment-snat"
 
     @staticmethod
     def _icmp_quote(run: Run):
@@ -333,8 +418,9 @@ class Oracle:
             return "untouched"
         t_saddr, t_sport, t_daddr, t_dport, path, _ = target
         if verdict == TC_ACT_SHOT:
-            if path != "fib":
-                raise Violation("an ICMP error about a flow dropped where it is not forwarded past the stack")
+            if path == "next" or (path == "back" and pkt[22] > 1):
+                raise Violation("an ICMP error about a flow dropped where it is not forwarded past the stack "
+                                "(hairpin: at TTL > 1)")
             self.tally.dropped += 1
             return "dropped"
         ip_off, q4, csum, proto = quote
@@ -348,7 +434,7 @@ class Oracle:
         ignore = {22, 24, 25, run.l4 + 2, run.l4 + 3, ip_off + 10, ip_off + 11} | ({csum, csum + 1} if csum else set())
         if len(out) != len(pkt) or not same(out, want):
             raise Violation("ICMP error translated otherwise than its flow's entry says")
-        if out[22] != pkt[22] - (path == "fib"):
+        if out[22] != pkt[22] - (path != "next"):
             raise Violation("ICMP error: TTL not kept (or one lower when forwarded past the stack)")
         end = ETH_HLEN + run.tot
         if ones_sum(out[ETH_HLEN:run.l4]) != ones_sum(pkt[ETH_HLEN:run.l4]) or \
@@ -369,11 +455,16 @@ class Oracle:
 
     def _judge_later_fragment(self, run: Run, verdict: int, out: bytes, to_service_ip: bool) -> str:
         prog, pkt = run.prog, run.pkt
+        target = None
+        if run.remembered is not None:
+            entry = self.ct_lookup(pkt[26:34] + run.remembered, run.proto)
+            target = entry and nat_target(prog, pkt[26:30], run.remembered[0:2], pkt[30:34], run.remembered[2:4], entry)
         if verdict == TC_ACT_SHOT:
             # from_workload: no flow to follow, to a service address; from_uplink: one it translated
-            # and could not send on (no route, too big without DF, TTL 1)
+            # and could not send on (no route, TTL 1); a hairpin's at TTL 1
             if not (prog == "from_workload" and to_service_ip) and \
-                    not (prog == "from_uplink" and pkt[30:34] in self.external_addrs | {self.node_addr}):
+                    not (prog == "from_uplink" and pkt[30:34] in self.external_addrs | {self.node_addr}) and \
+                    not (target and target[4] == "back" and pkt[22] <= 1):
                 raise Violation("a later fragment dropped where it is not to a service address")
             self.tally.dropped += 1
             return "dropped"
@@ -385,14 +476,14 @@ class Oracle:
             return "untouched"
         if run.remembered is None:
             raise Violation("a later fragment translated, though its first fragment was not seen here")
-        entry = self.ct_lookup(pkt[26:34] + run.remembered, run.proto)
-        target = entry and nat_target(prog, pkt[26:30], run.remembered[0:2], pkt[30:34], run.remembered[2:4], entry)
         if target is None:
             raise Violation("a later fragment translated, though no conntrack entry of its flow applies here")
+        if prog == "from_uplink" and verdict == TC_ACT_NEXT and self.too_big_to_fragment(run):
+            return self._check_handed_up(run, verdict, out, target)
         saddr, _, daddr, _, path, svc_id = target
         if len(out) != len(pkt) or out[12:22] != pkt[12:22] or out[23] != pkt[23] or out[34:] != pkt[34:]:
             raise Violation("later fragment: bytes other than MACs, TTL, addresses and the IP checksum changed")
-        if out[22] != pkt[22] - (path == "fib"):
+        if out[22] != pkt[22] - (path != "next"):
             raise Violation("later fragment: TTL not kept (or one lower when forwarded past the stack)")
         if (out[26:30], out[30:34]) != (saddr, daddr):
             raise Violation("later fragment translated otherwise than its flow's entry says")
@@ -406,6 +497,8 @@ class Oracle:
     def _check_drop(self, run: Run) -> None:
         prog, pkt, l4 = run.prog, run.pkt, run.l4
         dst = pkt[30:34]
+        if pkt[22] <= 1 and self._hairpin_target(run):
+            return   # sent back past the stack at TTL 1, and no time exceeded could go (forward.h)
         if prog in ("to_workload", "to_uplink"):
             raise Violation(f"{prog} dropped a flow packet")
         if prog == "from_workload" and dst not in self.service_ips and dst not in self.frontend_addrs:
@@ -417,6 +510,16 @@ class Oracle:
             if fe is None or not fe.flags & C.NAT_FLG_SRC_RANGES or self._source_allowed(fe.svc_id, pkt[26:30]):
                 raise Violation("xdp_uplink dropped a packet that no source range forbids")
 
+    def _hairpin_target(self, run: Run):
+        """A workload program's hairpin translation of the packet (sent straight back out of the pod's
+        veth, past the stack), by the conntrack entry of its tuple after the run; else None."""
+        pkt, l4 = run.pkt, run.l4
+        if run.prog not in WORKLOAD_PROGRAMS or not run.flow:
+            return None
+        entry = self.ct_entry(pkt, l4, run.proto)
+        target = entry and nat_target(run.prog, pkt[26:30], pkt[l4:l4 + 2], pkt[30:34], pkt[l4 + 2:l4 + 4], entry)
+        return target if target and target[4] == "back" else None
+
     def _source_allowed(self, svc_id: int, src: bytes) -> bool:
         source = ipaddress.ip_address(src)
         return any(source in net for net in self.ranges.get(svc_id, ()))
@@ -426,8 +529,8 @@ class Oracle:
         fe = self.frontends.get((pkt[30:34], int.from_bytes(pkt[l4 + 2:l4 + 4], "big"), run.proto))
         icmp_type = out[ETH_HLEN + 20:ETH_HLEN + 22] if len(out) >= ETH_HLEN + 22 else b""
         forwarded = prog == "from_uplink" and pkt[30:34] in self.external_addrs | {self.node_addr}
-        if icmp_type == b"\x0b\x00":   # time exceeded: the uplink forwarding past the stack at TTL <= 1
-            if not forwarded or pkt[22] > 1:
+        if icmp_type == b"\x0b\x00":   # time exceeded: forwarding past the stack (uplink, hairpin) at TTL <= 1
+            if not (forwarded or self._hairpin_target(run)) or pkt[22] > 1:
                 raise Violation(f"{prog} answered time exceeded where no rule asks for it")
             self._check_icmp_answer(run, out, b"\x0b\x00", bytes(4))
             return "time-exceeded"
@@ -533,9 +636,9 @@ class Oracle:
         else:
             raise Violation(f"translated by a conntrack entry of type {ct_type}")
         self._check_macs(run, verdict, out, snat)
-        # forwarded past the stack (the uplink's SNAT paths, tc's and XDP's): its TTL one lower
-        by_fib = snat and prog not in WORKLOAD_PROGRAMS
-        if out[22] != pkt[22] - by_fib:
+        # forwarded past the stack (the uplink's SNAT paths, tc's and XDP's, and the hairpin): its TTL
+        # one lower
+        if out[22] != pkt[22] - snat:
             raise Violation(f"TTL {pkt[22]} -> {out[22]}: not kept, or not one lower when forwarded past the stack")
         self.tally.translated_by_id[svc_id] += 1
         self.tally.bytes_by_id[svc_id] += len(pkt)

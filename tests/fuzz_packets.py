@@ -199,6 +199,22 @@ def corpus(state: DesiredState, opened: list[Opened]) -> list[tuple[str, bytes]]
             for n, frag in enumerate(fragment(datagram, fragsize=1000)):
                 add(f"{f.name}/{side}-fragment-{n}", _pod(frag))
 
+    # Too big for the uplink without DF on an SNATed NodePort flow, both ways: from_uplink hands them
+    # to the stack with only the destination translated; and the fragments the stack cuts from them,
+    # which to_uplink SNATs as they leave (bpf/fib.h, bpf/frag.h)
+    for i, o in enumerate(opened):
+        f, proto = o.flow, o.flow.proto
+        if proto not in (TCP_PROTO, UDP_PROTO) or o.reply_dst != NODE_ADDR:
+            continue
+        for side, (src, sport, dst, dport, handed_dst, handed_dport) in (
+                ("client", (f.src, f.sport, f.dst, f.dport, o.backend, o.backend_port)),
+                ("backend", (o.backend, o.backend_port, o.reply_dst, o.reply_port, f.src, f.sport))):
+            ip_id = 700 + 2 * i + (side == "backend")
+            add(f"{f.name}/{side}-too-big", _outside(IP(src=src, dst=dst, id=ip_id) / l4(proto, sport, dport, b"b" * 2000)))
+            handed = IP(src=src, dst=handed_dst, id=ip_id, ttl=63) / l4(proto, sport, handed_dport, b"b" * 2000)
+            for n, frag in enumerate(fragment(handed, fragsize=1400)):
+                add(f"{f.name}/{side}-too-big-cut-{n}", _outside(frag))
+
     add("arp", Ether(src=POD_MAC, dst="ff:ff:ff:ff:ff:ff") / ARP(psrc=LOCAL_CLIENT_POD, pdst="10.200.0.1"))
     add("vlan/tcp-vip", Ether(src=POD_MAC, dst=GW_MAC) / Dot1Q(vlan=7) / IP(src=LOCAL_CLIENT_POD, dst=vip) /
         _tcp(45200, vip_port))

@@ -15,8 +15,8 @@ from ebpflb.datapath.structs import C
 from ebpflb.sync.writer import MapWriter
 from tests.conftest import NODE_ADDR, loaded_both_ways
 from tests.lab import in_netns, routed_uplink
-from tests.test_datapath_packets import (A0, B, C_POD, HAIRPIN, TC_ACT_NEXT, TC_ACT_REDIRECT, VIP, ct_entries,
-                                         drops, dropped_since, from_pod, program, run, to_pod)
+from tests.test_datapath_packets import (A0, B, C_POD, HAIRPIN, POD_MAC, TC_ACT_NEXT, TC_ACT_REDIRECT, VIP,
+                                         ct_entries, drops, dropped_since, from_pod, program, run, to_pod)
 
 # Every test under both ways of fixing L4 checksums (conftest.CSUM_MODES).
 loaded = loaded_both_ways
@@ -138,13 +138,14 @@ def test_hairpin_errors_are_translated_both_ways_and_sent_straight_back(dp):
     program(dp, (VIP, 53, 17, [A0], 0))
     run(dp, "from_workload", from_pod(IP(udp(A0, 40000, VIP, 53))))
     # A0 as the backend refuses the datagram it got from the hairpin address
+    # (sent back past the stack's forwarding: one hop, the TTL one lower)
     verdict, out = run(dp, "from_workload", from_pod(error(A0, HAIRPIN, udp(HAIRPIN, 40000, A0, 5353))))
     assert verdict == TC_ACT_REDIRECT
-    assert translated(out) == bytes(error(VIP, A0, udp(A0, 40000, VIP, 53)))
+    assert translated(out) == bytes(error(VIP, A0, udp(A0, 40000, VIP, 53), ttl=63))
     # A0 as the client refuses the reply it got from VIP:53
     verdict, out = run(dp, "from_workload", from_pod(error(A0, VIP, udp(VIP, 53, A0, 40000))))
     assert verdict == TC_ACT_REDIRECT
-    assert translated(out) == bytes(error(HAIRPIN, A0, udp(A0, 5353, HAIRPIN, 40000)))
+    assert translated(out) == bytes(error(HAIRPIN, A0, udp(A0, 5353, HAIRPIN, 40000), ttl=63))
 
 
 # --- what is not ours, or not whole, passes untouched
@@ -434,11 +435,86 @@ def test_too_big_with_df_gets_frag_needed_with_the_egress_mtu_quoting_what_was_s
     assert translated(out) == bytes(expected)
 
 
-def test_too_big_without_df_is_dropped_and_counted(dp, routed):
+def udp_snat_flow(dp, routed):
+    """An outside client's UDP flow to the NodePort, SNATed to B on another node: its SNAT port."""
+    nodeport(dp, B, local=False)
+    verdict, out = run_routed(dp, routed, "from_uplink", inbound(IP(udp(CLIENT, 40000, NODE_ADDR, NODEPORT))))
+    assert verdict == TC_ACT_REDIRECT
+    return Ether(out)[UDP].sport
+
+
+def as_the_stack_cuts(l3: bytes, fragsize=1400):
+    """What the stack's forwarding sends on for a packet too big for its egress: the TTL one lower,
+    cut into fragments (same id, MF, offsets), checksums computed whole."""
+    pkt = IP(l3)
+    pkt.ttl -= 1
+    del pkt.chksum
+    return [bytes(f) for f in fragment(IP(bytes(pkt)), fragsize=fragsize)]
+
+
+@pytest.mark.parametrize("direction", ["client-to-backend", "backend-to-client"])
+def test_too_big_without_df_goes_to_the_stack_to_fragment_and_leaves_snated(dp, routed, direction):
+    """The stack fragments what is too big for the egress without DF, as its forwarding does for any
+    packet; it refuses one from our own SNAT address, so it gets it with only the destination
+    translated, and to_uplink puts the source NAT on every fragment it cut (the first: address,
+    port and the UDP checksum over the datagram; the later ones: address and IP checksum)."""
+    snat_port = udp_snat_flow(dp, routed)
+    if direction == "client-to-backend":
+        sent, handed, leaves = (udp(CLIENT, 40000, NODE_ADDR, NODEPORT, BIG), udp(CLIENT, 40000, B, 5353, BIG),
+                                udp(NODE_ADDR, snat_port, B, 5353, BIG))
+    else:
+        sent, handed, leaves = (udp(B, 5353, NODE_ADDR, snat_port, BIG), udp(B, 5353, CLIENT, 40000, BIG),
+                                udp(NODE_ADDR, NODEPORT, CLIENT, 40000, BIG))
+    before = drops(dp)
+    pkt = inbound(IP(sent))
+    verdict, out = run_routed(dp, routed, "from_uplink", pkt)
+    # to the stack: MACs and TTL as they came (the stack routes it and takes the hop)
+    assert verdict == TC_ACT_NEXT and dropped_since(dp, before) == {}
+    assert Ether(out).src == ROUTER_MAC and translated(out) == handed
+    cut = as_the_stack_cuts(handed)
+    assert len(cut) == 3
+    outs = [run_routed(dp, routed, "to_uplink", Ether(src=NODE_MAC, dst=NEXT_HOP_MAC) / IP(f)) for f in cut]
+    assert [v for v, _ in outs] == [TC_ACT_NEXT] * 3
+    assert [translated(o) for _, o in outs] == as_the_stack_cuts(leaves)
+
+
+def test_too_big_fragments_without_df_go_to_the_stack_too(dp, routed):
+    """A datagram that comes already in fragments larger than the egress (a jumbo-frame client): the
+    fragments too big go to the stack, the first and the later ones alike, and leave SNATed; one
+    that fits goes on by FIB as before."""
+    snat_port = udp_snat_flow(dp, routed)
+    big = BIG * 2   # 6 kB in fragments of 2,400 bytes: two too big for the 1,500-byte egress
+    sent = [bytes(f) for f in fragment(IP(udp(CLIENT, 40000, NODE_ADDR, NODEPORT, big)), fragsize=2400)]
+    handed = [bytes(f) for f in fragment(IP(udp(CLIENT, 40000, B, 5353, big)), fragsize=2400)]
+    leaves = [bytes(f) for f in fragment(IP(udp(NODE_ADDR, snat_port, B, 5353, big)), fragsize=2400)]
+    outs = [run_routed(dp, routed, "from_uplink", inbound(IP(f))) for f in sent]
+    assert [v for v, _ in outs] == [TC_ACT_NEXT, TC_ACT_NEXT, TC_ACT_REDIRECT]
+    assert [translated(o) for _, o in outs[:2]] == handed[:2]
+    assert translated(outs[2][1]) == as_the_stack_cuts(leaves[2], fragsize=2400)[0]   # by FIB: one hop
+    cut = [piece for f in handed[:2] for piece in as_the_stack_cuts(f)]
+    outs = [run_routed(dp, routed, "to_uplink", Ether(src=NODE_MAC, dst=NEXT_HOP_MAC) / IP(f)) for f in cut]
+    assert [translated(o) for _, o in outs] == [piece for f in leaves[:2] for piece in as_the_stack_cuts(f)]
+
+
+def test_a_too_big_gso_packet_without_df_is_still_dropped_and_counted(dp, routed):
+    """The stack would cut it into segments first, each with an IP id of its own: to_uplink could not
+    tell their fragments, so it is not handed up."""
     tcp_nodeport(dp, routed)
     before = drops(dp)
-    assert run_routed(dp, routed, "from_uplink", inbound(big_segment(CLIENT, NODE_ADDR, 40000, NODEPORT)))[0] == 2
+    assert gso_run(dp, routed, inbound(big_segment(CLIENT, NODE_ADDR, 40000, NODEPORT)), 2000)[0] == 2
     assert dropped_since(dp, before) == {"frag-needed": 1}
+
+
+def test_fragments_the_stack_cuts_from_other_packets_leave_untouched(dp, routed):
+    """Only the datagrams from_uplink handed up get a source NAT at to_uplink: the same addresses
+    with another IP id, or a pod's, pass as they are."""
+    udp_snat_flow(dp, routed)
+    run_routed(dp, routed, "from_uplink", inbound(IP(udp(CLIENT, 40000, NODE_ADDR, NODEPORT, BIG))))
+    for other in (IP(src=CLIENT, dst=B, id=78) / UDP(sport=40000, dport=5353) / Raw(BIG),
+                  IP(udp(C_POD, 40000, B, 5353, BIG))):
+        for f in fragment(other, fragsize=1400):
+            pkt = Ether(src=NODE_MAC, dst=NEXT_HOP_MAC) / IP(bytes(f))
+            assert run_routed(dp, routed, "to_uplink", pkt) == (TC_ACT_NEXT, bytes(pkt))
 
 
 def test_a_gso_packet_is_checked_by_its_segments(dp, routed):
@@ -535,3 +611,78 @@ def test_frag_needed_and_time_exceeded_are_limited_too(dp, routed, icmp_limit):
     assert run_routed(dp, routed, "from_uplink", last_hop)[0] == 2
     assert run_routed(dp, routed, "from_uplink", too_big)[0] == 2
     assert dropped_since(dp, before) == {"icmp-rate-limited": 2}
+
+
+# --- every redirect past the stack's forwarding takes one hop: the TTL one lower, time exceeded at 1
+# (bpf/forward.h, one helper for the uplink's FIB redirect above and the hairpin's straight back)
+
+def time_exceeded(frm, sent):
+    """What the programs answer a packet arriving with TTL <= 1: from the address it was sent to,
+    quoting it as it was sent."""
+    sent = bytes(sent)
+    return bytes(IP(src=frm, dst=IP(sent).src, id=0, ttl=64) / ICMP(type=11, code=0) / Raw(sent[:28]))
+
+
+def hairpin_flow(dp):
+    """A0 reaches its own service VIP:53 and lands on itself: SNATed to the hairpin address."""
+    program(dp, (VIP, 53, 17, [A0], 0))
+    verdict, out = run(dp, "from_workload", from_pod(IP(udp(A0, 40000, VIP, 53))))
+    assert verdict == TC_ACT_REDIRECT
+
+
+@pytest.mark.parametrize("packet", ["first", "established", "reply"])
+def test_hairpin_takes_one_hop_and_answers_time_exceeded_at_one(dp, packet):
+    """The hairpin sends straight back out of the pod's veth, past the stack's forwarding, which
+    would have taken one from the TTL and answered the last hop: so does the program."""
+    program(dp, (VIP, 53, 17, [A0], 0))
+    if packet != "first":
+        run(dp, "from_workload", from_pod(IP(udp(A0, 40000, VIP, 53))))
+    if packet == "reply":   # A0 as the backend answers the hairpin address
+        sent, leaves, frm = (lambda ttl: udp(A0, 5353, HAIRPIN, 40000, ttl=ttl)), \
+            (lambda ttl: udp(VIP, 53, A0, 40000, ttl=ttl)), HAIRPIN
+    else:
+        sent, leaves, frm = (lambda ttl: udp(A0, 40000, VIP, 53, ttl=ttl)), \
+            (lambda ttl: udp(HAIRPIN, 40000, A0, 5353, ttl=ttl)), VIP
+    for ttl in (64, 2):
+        verdict, out = run(dp, "from_workload", from_pod(IP(sent(ttl))))
+        assert verdict == TC_ACT_REDIRECT and translated(out) == leaves(ttl - 1)
+    for ttl in (1, 0):
+        before = drops(dp)
+        verdict, out = run(dp, "from_workload", from_pod(IP(sent(ttl))))
+        assert verdict == TC_ACT_REDIRECT and translated(out) == time_exceeded(frm, sent(ttl))
+        assert Ether(out).dst == POD_MAC and dropped_since(dp, before) == {}
+    # none to a source that names no single host: dropped, counted
+    program(dp, (VIP, 53, 17, ["224.0.0.9"], 0))
+    before = drops(dp)
+    assert run(dp, "from_workload", from_pod(IP(udp("224.0.0.9", 40000, VIP, 53, ttl=1))))[0] == 2
+    assert dropped_since(dp, before) == {"ttl-exceeded": 1}
+
+
+def test_hairpin_errors_and_later_fragments_take_one_hop_and_go_no_further_at_one(dp):
+    """No ICMP error is about an ICMP error or a later fragment (RFC 1812 4.3.2.7): at TTL 1 they are
+    dropped and counted; otherwise they leave one hop older, as the flow's own packets."""
+    hairpin_flow(dp)
+    err = lambda ttl: error(A0, HAIRPIN, udp(HAIRPIN, 40000, A0, 5353), ttl=ttl)   # noqa: E731
+    verdict, out = run(dp, "from_workload", from_pod(err(9)))
+    assert verdict == TC_ACT_REDIRECT and IP(translated(out)).ttl == 8
+    first, *later = fragments(A0, 40000, VIP, 53, ttl=9)
+    run(dp, "from_workload", from_pod(IP(first)))
+    verdict, out = run(dp, "from_workload", from_pod(IP(later[0])))
+    assert verdict == TC_ACT_REDIRECT
+    assert translated(out) == fragments(HAIRPIN, 40000, A0, 5353, ttl=8)[1]
+    before = drops(dp)
+    assert run(dp, "from_workload", from_pod(err(1)))[0] == 2
+    assert run(dp, "from_workload", from_pod(IP(fragments(A0, 40000, VIP, 53, ttl=1)[1])))[0] == 2
+    assert dropped_since(dp, before) == {"ttl-exceeded": 2}
+
+
+def test_uplink_errors_and_later_fragments_go_no_further_at_one(dp, routed):
+    """The uplink's FIB path: the same helper, the same rule (the flow's own packets: above)."""
+    snat_port = udp_snat_flow(dp, routed)
+    before = drops(dp)
+    got = inbound(error(B, NODE_ADDR, udp(NODE_ADDR, snat_port, B, 5353), UNREACH, 3, ttl=1))
+    assert run_routed(dp, routed, "from_uplink", got)[0] == 2
+    first, second, _ = fragments(CLIENT, 40000, NODE_ADDR, NODEPORT, ttl=1)
+    run_routed(dp, routed, "from_uplink", inbound(IP(first)))   # its time exceeded
+    assert run_routed(dp, routed, "from_uplink", inbound(IP(second)))[0] == 2
+    assert dropped_since(dp, before) == {"ttl-exceeded": 2}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.apiserver import endpoint_slice, service
-from tests.lab import NODE_IPS, NODES, PODSERVER
+from tests.lab import NODE_IPS, NODE_SUBNETS, NODES, OUTSIDE, PODSERVER
 from tests.test_lab_dataplane import wait_for
 
 B = "10.200.1.2"
@@ -20,6 +20,7 @@ NODEPORT_TCP, NODEPORT_UDP = 30100, 30101
 CLOSED_PORT = 5400           # the Service's; its backend port 5999 has no listener
 SIZES = (1000, 3000, 8000)   # one datagram, two fragments, six
 NARROW_MTU = 1200            # node-1's last hop to B (veth-b's host side)
+NARROW_MTU_BETWEEN_NODES = 1400
 
 
 def manifests() -> list[dict]:
@@ -65,6 +66,84 @@ def test_udp_datagrams_larger_than_the_mtu_come_back(lab, agents, via, size):
     translated: to the Service, and back from it."""
     client, ip, port = ("C", SVC_BIG, 5353) if via == "clusterip" else ("X", NODE_IPS["node-2"], NODEPORT_UDP)
     out = podserver(lab, client, "udp-echo", ip, port, size, 3)
+    assert out.startswith("ok "), out
+
+
+OVERLAY = {"node-1": "172.31.12.1", "node-2": "172.31.12.2"}   # a /30 on the link "ovl" between them
+
+
+@pytest.fixture
+def narrow_between_nodes(lab, agents):
+    """A link between node-1 and node-2 narrower (1,400 bytes) than the 1,500-byte ones the
+    datagrams come in on, as an overlay or a tunnel is, carrying the pods' traffic between them:
+    node-2 forwards X's fragments of 1,500 bytes to B (SNATed, past the stack) too big for it and
+    without DF; before issue 17's rest they were dropped (frag-needed). It is one of node-2's
+    uplinks, as a tunnel device carrying SNATed traffic must be (its agent restarted with
+    --uplinks eth0,ovl). B's answers come back by the underlay; node-2's way back to X is narrowed
+    by a locked route MTU (which the FIB lookup follows: ip_mtu_from_fib_result()), so they are too
+    big there in turn (the reverse SNAT)."""
+    ns = {node: lab.node_ns[node] for node in OVERLAY}
+    lab.run("node-2", "ip", "link", "add", "ovl", "mtu", NARROW_MTU_BETWEEN_NODES, "type", "veth",
+            "peer", "name", "ovl", "netns", ns["node-1"], "mtu", NARROW_MTU_BETWEEN_NODES)
+    routes = {"node-2": (NODE_SUBNETS["node-1"], NODE_IPS["node-1"], OVERLAY["node-1"]),
+              "node-1": (NODE_SUBNETS["node-2"], NODE_IPS["node-2"], OVERLAY["node-2"])}
+    try:
+        for node, address in OVERLAY.items():
+            lab.run(node, "ip", "addr", "add", f"{address}/30", "dev", "ovl")
+            lab.run(node, "ip", "link", "set", "ovl", "up")
+        for node, (subnet, _, via) in routes.items():
+            lab.run(node, "ip", "route", "replace", subnet, "via", via, "dev", "ovl")
+        lab.run("node-2", "ip", "route", "add", f"{OUTSIDE['X']}/32", "dev", "eth0", "mtu", "lock",
+                NARROW_MTU_BETWEEN_NODES)
+        restart_agent(lab, "node-2", "eth0,ovl")
+        yield
+    finally:
+        lab.run("node-2", "ip", "route", "del", f"{OUTSIDE['X']}/32", check=False)
+        for node, (subnet, underlay, _) in routes.items():
+            lab.run(node, "ip", "route", "replace", subnet, "via", underlay, check=False)
+        lab.run("node-2", "ip", "link", "del", "ovl", check=False)
+        restart_agent(lab, "node-2", "eth0")
+
+
+def restart_agent(lab, node, uplinks):
+    lab.stop_agent(node)
+    lab.start_agent(node, lab.tmpdir / "icmp-frag-manifests", "--uplinks", uplinks)
+    wait_for(lambda: f"{NODE_IPS[node]} port {NODEPORT_UDP} proto 17" in lab.agent_cli(node, "nat", "dump", check=False),
+             what=f"the NodePorts on {node}")
+
+
+@pytest.fixture(params=[0, 2], ids=["rp_filter-off", "rp_filter-loose"])
+def node2_rp_filter(lab, request):
+    """node-2's reverse-path filter as real nodes have it: off (the kernel's default, the lab's) or
+    loose (systemd's, Ubuntu's). What it hands the stack keeps its source (X, or B), which loose
+    mode accepts on any link with a route back. (Strict mode, RHEL's, accepts X's datagrams, but
+    drops B's answers arriving by the underlay while B's pods are routed by the overlay, on the
+    stack's input path, where netfilter's un-SNATed answers meet the same check.)"""
+    keys = ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.eth0.rp_filter")
+    lab.run("node-2", "sysctl", "-qw", *(f"{k}={request.param}" for k in keys))
+    try:
+        yield request.param
+    finally:
+        lab.run("node-2", "sysctl", "-qw", *(f"{k}=0" for k in keys))
+
+
+@pytest.mark.parametrize("size", (3000, 8000))
+def test_datagrams_too_big_for_the_way_between_nodes_come_back_through_a_nodeport(
+        lab, agents, narrow_between_nodes, node2_rp_filter, size):
+    """X -> node-2's NodePort -> B on node-1 (SNAT, forwarded past the stack) and B's echo back: each
+    fragment is too big for its way out of node-2 and lets itself be fragmented; node-2's stack cuts
+    it (its destination translated, its source not, which the stack would call a martian), and
+    to_uplink puts the source NAT on every piece."""
+    out = podserver(lab, "X", "udp-echo", NODE_IPS["node-2"], NODEPORT_UDP, size, 3)
+    assert out.startswith("ok "), out
+
+
+@pytest.mark.parametrize("size", (3000, 8000))
+def test_datagrams_too_big_for_the_way_between_nodes_come_back_through_a_clusterip(
+        lab, agents, narrow_between_nodes, size):
+    """C on node-2 -> ClusterIP -> B on node-1, the same narrow way: DNAT only, so node-2's stack
+    forwards and fragments the pod's datagrams itself, as it did before."""
+    out = podserver(lab, "C", "udp-echo", SVC_BIG, 5353, size, 3)
     assert out.startswith("ok "), out
 
 

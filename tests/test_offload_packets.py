@@ -127,16 +127,20 @@ def test_gso_super_packets_are_translated_and_sent_on_by_every_path(dp, routed, 
     assert len(out) == len(bytes(pkt)) and checksums_valid(out)
 
 
-def test_a_packet_really_too_big_for_the_egress_is_dropped_as_frag_needed_never_silently(dp, routed):
-    """Not GSO, 3 KB, towards a 1500-byte link: what the stack would refuse too. Counted under its
-    own reason (the ICMP answer is issue 17's). XDP leaves it to tc, untouched."""
+def test_a_packet_really_too_big_for_the_egress_goes_to_the_stack_to_fragment_never_silently_lost(dp, routed):
+    """Not GSO, 3 KB without DF, towards a 1500-byte link: the stack fragments it (its destination
+    translated, its source not: test_icmp_frag_packets.py follows the fragments). XDP leaves it to
+    tc, untouched."""
     program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
     snat_port_of(dp, routed)
     pkt = inbound(data(CLIENT, NODE_ADDR, 40000, NODEPORT))
     assert run_xdp(dp, routed, pkt) == (XDP_PASS, bytes(pkt))
     before = drops(dp)
-    assert run_routed(dp, routed, "from_uplink", pkt)[0] == TC_ACT_SHOT
-    assert dropped_since(dp, before) == {"frag-needed": 1}
+    verdict, out = run_routed(dp, routed, "from_uplink", pkt)
+    assert verdict == TC_ACT_NEXT and dropped_since(dp, before) == {}
+    got = Ether(out)
+    assert (got[IP].src, got[TCP].sport, got[IP].dst, got[TCP].dport) == (CLIENT, 40000, B, 8080)
+    assert checksums_valid(out)
 
 
 # --- chaining: the next filter sees what ebpflb lets go on
