@@ -119,15 +119,26 @@ static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_val
  * pair's reply tuple for its own flow): translated with the old forward half, within the tick
  * that skips ct_check_reply_half(), its SYN would carry a SNAT port whose replies go to the
  * other flow's client. */
-static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_key *fwd_key,
-					const struct ct_value *fwd)
+static __always_inline int ct_is_reopen_of(const struct packet *p, const struct ct_key *fwd_key,
+					   const struct ct_value *fwd, struct ct_value **old_rev)
 {
+	*old_rev = NULL;
 	if (p->proto != IPPROTO_TCP ||
 	    (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != TCP_FL_SYN)
 		return 0;
 	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
+	*old_rev = rev;
 	return !rev || rev->type != CT_TYPE_NAT_REV || !ct_key_equal(&rev->twin, fwd_key) ||
 	       (rev->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST));
+}
+
+/* ct_is_reopen_of() with *old_rev: what is at the forward half's twin (NULL: nothing), which the
+ * reopen starts from instead of looking it up again (ct_create_flow()). */
+static __always_inline int ct_is_reopen(const struct packet *p, const struct ct_key *fwd_key,
+					const struct ct_value *fwd)
+{
+	struct ct_value *old_rev;
+	return ct_is_reopen_of(p, fwd_key, fwd, &old_rev);
 }
 
 /* last_seen only moves forward, and is written only when the (per-jiffy, clock.h) clock moved:
@@ -243,17 +254,24 @@ static __always_inline struct ct_value *ct_wait_unclaimed(struct ct_key *key, st
 }
 
 /* Take the reply tuple rev_key for the flow fwd_key (rev: its new NAT_REV); wait: for one that
- * another CPU is deleting (a fixed tuple; a SNAT port search rather tries the next candidate). Another flow's reply
- * half is given up only when that flow closed (TCP) or moved on (its forward half names another
- * reply tuple); one whose forward half is missing is live: another CPU may be writing it (the
- * reply half goes first), or the flow lost it and gets it back. This flow's own reply half is
- * adopted as it is (with this packet's FIN or RST). */
+ * another CPU is deleting (a fixed tuple; a SNAT port search rather tries the next candidate);
+ * held: what a lookup of rev_key just gave (a reopen's own closed pair, ct_is_reopen_of()), or
+ * NULL. Given, the insert is not tried first: a refused LRU insert costs about what a successful
+ * one does (an element is taken from the LRU before the key is checked), ~140 ns of a reopen's
+ * ~480 (bench.packets); it is judged as a fresh lookup's would be (ct_forget() checks that it is
+ * still there). Another flow's reply half is given up only when that flow closed (TCP) or moved
+ * on (its forward half names another reply tuple); one whose forward half is missing is live:
+ * another CPU may be writing it (the reply half goes first), or the flow lost it and gets it
+ * back. This flow's own reply half is adopted as it is (with this packet's FIN or RST). */
 static __always_inline enum ct_reservation ct_reserve_reply(const struct packet *p, struct ct_key *rev_key,
-							    const struct ct_key *fwd_key, struct ct_value *rev, int wait)
+							    const struct ct_key *fwd_key, struct ct_value *rev, int wait,
+							    struct ct_value *held)
 {
-	if (ct.insert(rev_key, rev) == 0)
-		return CT_RESERVED;
-	struct ct_value *held = ct.lookup(rev_key);
+	if (!held) {
+		if (ct.insert(rev_key, rev) == 0)
+			return CT_RESERVED;
+		held = ct.lookup(rev_key);
+	}
 	if (wait)
 		held = ct_wait_unclaimed(rev_key, held);
 	if (!held)
@@ -276,8 +294,11 @@ static __always_inline enum ct_reservation ct_reserve_reply(const struct packet 
 		    held->created_ns >= owner->created_ns)
 			return CT_TAKEN;
 	}
-	/* A closed flow's pair goes whole; a moved-on flow's leftover goes alone. */
-	if (ct_forget(rev_key, held, &holder, closed ? CT_IF_CLOSED : CT_IF_NAMED, closed) < 0 &&
+	/* A closed flow's pair goes whole, but for this very flow's forward half: ct_commit_flow()
+	 * replaces that next (a delete and an insert cost more than the one update; meanwhile it still
+	 * names rev_key, as the new pair will). A moved-on flow's leftover goes alone. */
+	int with_fwd = closed && !ct_key_equal(&holder, fwd_key);
+	if (ct_forget(rev_key, held, &holder, closed ? CT_IF_CLOSED : CT_IF_NAMED, with_fwd) < 0 &&
 	    (!wait || ct_wait_unclaimed(rev_key, ct.lookup(rev_key))))   /* another CPU forgetting it: gone yet? */
 		return CT_TAKEN;
 	return ct.insert(rev_key, rev) == 0 ? CT_RESERVED : CT_TAKEN;
@@ -332,14 +353,15 @@ static __always_inline int ct_commit_flow(const struct ct_key *fwd_key, const st
 	return ct.update((struct ct_key *)fwd_key, fwd);
 }
 
-/* A new flow whose reply tuple is fixed (no SNAT port to choose): 0, or -1 when another live
- * flow holds the tuple (the caller drops the packet; the client's retry meets the same backend,
- * lb.h, until that flow ends). */
+/* A new flow whose reply tuple is fixed (no SNAT port to choose; old_rev: what ct_is_reopen_of()
+ * found at old_rev_key): 0, or -1 when another live flow holds the tuple (the caller drops the
+ * packet; the client's retry meets the same backend, lb.h, until that flow ends). */
 static __always_inline int ct_create_flow(const struct packet *p, const struct ct_key *fwd_key,
 					  struct ct_key *rev_key, struct ct_value *fwd, struct ct_value *rev,
-					  const struct ct_key *old_rev_key)
+					  const struct ct_key *old_rev_key, struct ct_value *old_rev)
 {
-	if (ct_reserve_reply(p, rev_key, fwd_key, rev, 1) == CT_TAKEN)
+	struct ct_value *held = old_rev_key && ct_key_equal(old_rev_key, rev_key) ? old_rev : NULL;
+	if (ct_reserve_reply(p, rev_key, fwd_key, rev, 1, held) == CT_TAKEN)
 		return -1;
 	return ct_commit_flow(fwd_key, rev_key, fwd, old_rev_key);
 }

@@ -48,7 +48,7 @@ static __always_inline __u16 snat_reserve(const struct packet *p, const struct c
 	}
 	for (__u32 i = 0; i < SNAT_TRIES; i++) {
 		rev_key->dst_port = snat_candidate(p, hash, i);
-		enum ct_reservation got = ct_reserve_reply(p, rev_key, fwd_key, rev, 0);
+		enum ct_reservation got = ct_reserve_reply(p, rev_key, fwd_key, rev, 0, NULL);
 		if (got != CT_TAKEN) {
 			*adopted = got == CT_ADOPTED;
 			return rev_key->dst_port;

@@ -59,10 +59,12 @@ static __always_inline int uplink_send(struct __sk_buff *skb, const struct packe
 	return forward_by_fib(skb, p, t, 0);
 }
 
-/* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL. */
+/* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL;
+ * old_rev: what ct_is_reopen_of() found at it. */
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
 					     const struct nat_fe_value *fe, const struct ct_key *fwd_key,
-					     const struct ct_key *old_rev_key, __u64 now, struct nat_target *t, int *send)
+					     const struct ct_key *old_rev_key, struct ct_value *old_rev, __u64 now,
+					     struct nat_target *t, int *send)
 {
 	if (!lb_source_allowed(fe, p->saddr)) {
 		TRACE("service %d: %pI4 outside loadBalancerSourceRanges, dropped", fe->id, &p->saddr);
@@ -93,7 +95,7 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	if (ordinal < fe->local) {
 		/* Here: the client's address is kept, and to_uplink translates the reply. */
 		ct_reply_key(p, be->addr, be->port, p->saddr, p->sport, &rev_key);
-		if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key) < 0)
+		if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key, old_rev) < 0)
 			return drop_skb(skb, DROP_CT_CLASH);
 	} else {
 		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated. */
@@ -157,10 +159,11 @@ int from_uplink(struct __sk_buff *skb)
 		goto send;
 	}
 	struct ct_key old_rev_key, *reopens = NULL;
+	struct ct_value *old_rev = NULL;
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
 		if (!(entry->flags & CT_FLAG_UPLINK))
 			return TC_ACT_NEXT;   /* a pod's flow: its tuple from outside is not ours to take */
-		if (!ct_is_reopen(&p, &key, entry)) {
+		if (!ct_is_reopen_of(&p, &key, entry, &old_rev)) {
 			__u64 now = clock_now();
 			/* Once a tick: is the flow's reply half still there, and still its own? */
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
@@ -179,7 +182,7 @@ int from_uplink(struct __sk_buff *skb)
 	if (!fe || !(fe->flags & NAT_FLG_EXTERNAL))
 		return TC_ACT_NEXT;
 	int send = 0;
-	int verdict = new_external_flow(skb, &p, fe, &key, reopens, clock_now(), &t, &send);
+	int verdict = new_external_flow(skb, &p, fe, &key, reopens, old_rev, clock_now(), &t, &send);
 	if (!send)
 		return verdict;
 send:

@@ -52,10 +52,12 @@ static __always_inline int workload_send(struct __sk_buff *skb, const struct pac
 	return t->path == NAT_PATH_BACK ? redirect_back(skb) : TC_ACT_NEXT;
 }
 
-/* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL. */
+/* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL;
+ * old_rev: what ct_is_reopen_of() found at it. */
 static __always_inline int new_service_flow(struct __sk_buff *skb, const struct packet *p,
 					    const struct nat_fe_value *fe, const struct ct_key *fwd_key,
-					    const struct ct_key *old_rev_key, __u64 now, struct nat_target *t, int *send)
+					    const struct ct_key *old_rev_key, struct ct_value *old_rev, __u64 now,
+					    struct nat_target *t, int *send)
 {
 	struct nat_be_value *be = NULL, sticky;
 	__u32 ordinal;
@@ -90,7 +92,7 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 		rev.snat_addr = p->saddr;
 	}
 	ct_reply_key(p, be->addr, be->port, reply_dst, p->sport, &rev_key);
-	if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key) < 0)
+	if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key, old_rev) < 0)
 		return drop_skb(skb, DROP_CT_CLASH);
 	if (affinity != AFFINITY_OFF)
 		affinity_remember(fe->id, p->saddr, be, now);
@@ -140,10 +142,11 @@ int from_workload(struct __sk_buff *skb)
 		goto send;
 	}
 	struct ct_key old_rev_key, *reopens = NULL;
+	struct ct_value *old_rev = NULL;
 	if (entry && entry->type == CT_TYPE_NAT_FWD) {
 		if (entry->flags & CT_FLAG_UPLINK)
 			return TC_ACT_NEXT;   /* an outside client's flow: the uplink translates it, not a pod */
-		if (!ct_is_reopen(&p, &key, entry)) {
+		if (!ct_is_reopen_of(&p, &key, entry, &old_rev)) {
 			__u64 now = clock_now();
 			/* Once a tick: is the flow's reply half still there, and still its own? */
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
@@ -166,7 +169,7 @@ int from_workload(struct __sk_buff *skb)
 	if (!fe)   /* a port of a service address that no service uses: refused, like kube-proxy's nftables */
 		return lb_is_service_ip(p.daddr) ? answer_no_endpoints(skb, &p) : TC_ACT_NEXT;
 	int send = 0;
-	int verdict = new_service_flow(skb, &p, fe, &key, reopens, clock_now(), &t, &send);
+	int verdict = new_service_flow(skb, &p, fe, &key, reopens, old_rev, clock_now(), &t, &send);
 	if (!send)
 		return verdict;
 send:

@@ -139,6 +139,37 @@ def test_tcp_flags_set_from_two_cpus_at_once_are_all_kept(dp):
     assert len(states["CLOSED"]) == len(ports)
 
 
+def test_a_closed_flow_reopened_on_both_cpus_at_once_is_one_whole_new_pair(dp):
+    """The same SYN reopening a closed flow on both CPUs at the same moment (a client's SYN and its
+    retransmission), flow after flow. The reopen looks its own closed pair up rather than insert
+    first, and leaves its forward half for the commit to replace (issue 21): every flow must end
+    as one whole pair in the new connection's state, and at least one of the two SYNs translated."""
+    program_services(dp, (VIP, 8080, 6, [B], 0))
+    ports = range(20000, 20000 + 4000)
+    established_pod_flows(dp, ports)
+    client_fin = bytes(from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=1, dport=8080, flags="FA")))
+    backend_fin = bytes(to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=1, flags="FA")))
+    for port in ports:
+        run(dp, "from_workload", with_ports(client_fin, sport=port))
+        run(dp, "to_workload", with_ports(backend_fin, dport=port))
+    syn = bytes(from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=1, dport=8080, flags="S")))
+
+    def work(cpu, lockstep):
+        translated = []
+        for port in ports:
+            lockstep()
+            verdict, out = run(dp, "from_workload", with_ports(syn, sport=port))
+            translated.append(verdict == TC_ACT_NEXT and Ether(out)[IP].dst == B)
+        return translated
+
+    per_cpu = on_all_cpus(work)
+    lost = [port for port, got in zip(ports, zip(*per_cpu)) if not any(got)]
+    assert not lost, f"{len(lost)} flows had both SYNs dropped, e.g. {lost[:3]}"
+    assert not pair_problems(dp.maps)
+    states = [tcp_state(v.tcp_seen) for _, v in dp.maps.ct.items() if v.type == C.CT_TYPE_NAT_REV]
+    assert len(states) == len(ports) and set(states) == {tcp_state(C.CT_TCP_SYN_FWD)}, set(states)
+
+
 @pytest.mark.parametrize("woken", ["reply", "forward"])
 def test_the_sweep_on_one_cpu_never_splits_a_pair_the_other_cpu_wakes(dp, woken):
     """One CPU sweeps (every flow judged expired: the clock is an hour ahead) while the other keeps
