@@ -79,8 +79,10 @@ def narrow_between_nodes(lab, agents):
     It is one of node-2's uplinks, as a tunnel device carrying SNATed traffic must be (its agent
     restarted with --uplinks eth0,ovl); node-2's way back to X is narrowed by a locked route MTU
     (which the FIB lookup follows: ip_mtu_from_fib_result()). (Through the NodePort, X's echo of
-    3,000 bytes timed out here on 2026-12-07, not yet understood: the packet tests hold the
-    hand-up and the fragments' SNAT, test_icmp_frag_packets.py.)"""
+    3,000 bytes timed out here on 2026-12-07: node-2's stack fragmented the handed-up datagrams
+    (IpFragOKs 2), but `tc filter show dev ovl` listed no ebpflb filter after the restart, so they
+    left without their SNAT; the packet tests hold the hand-up and the fragments' SNAT,
+    test_icmp_frag_packets.py.)"""
     ns = {node: lab.node_ns[node] for node in OVERLAY}
     lab.run("node-2", "ip", "link", "add", "ovl", "mtu", NARROW_MTU_BETWEEN_NODES, "type", "veth",
             "peer", "name", "ovl", "netns", ns["node-1"], "mtu", NARROW_MTU_BETWEEN_NODES)
