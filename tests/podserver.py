@@ -175,8 +175,10 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             super().server_bind()
 
+    # The IPv6 twins listen when the IPv4 side listens on every address: a server bound to one
+    # IPv4 address shares its netns with others on the same ports (test_host_sockets.py).
+    every_address = addr == "0.0.0.0"
     httpd = Server((addr, http_port), Handler)
-    httpd6 = Server6(("::", http_port), Handler)
 
     def udp_socket(family, bind_addr):
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -217,9 +219,14 @@ def serve(name: str, http_port: int = 8080, udp_port: int = 5353, addr: str = "0
             self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             super().server_bind()
 
-    for server in (TcpServer((addr, TCP_ECHO_PORT), EchoName), TcpServer6(("::", TCP_ECHO_PORT), EchoName), httpd6):
+    servers = [TcpServer((addr, TCP_ECHO_PORT), EchoName)]
+    udps = [udp_socket(socket.AF_INET, addr)]
+    if every_address:
+        servers += [TcpServer6(("::", TCP_ECHO_PORT), EchoName), Server6(("::", http_port), Handler)]
+        udps.append(udp_socket(socket.AF_INET6, "::"))
+    for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    for udp in (udp_socket(socket.AF_INET, addr), udp_socket(socket.AF_INET6, "::")):
+    for udp in udps:
         threading.Thread(target=udp_loop, args=(udp,), daemon=True).start()
     threading.Thread(target=sctp_responder, args=(name,), daemon=True).start()
     print("ready", flush=True)
