@@ -83,6 +83,7 @@ translations counted per id and at most by translations plus drops.
 """
 import ipaddress
 import struct
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -91,6 +92,9 @@ from ebpflb.datapath.libbpf import ffi as bpf_ffi, lib
 from ebpflb.datapath.structs import C, ffi, ip_str, to_bytes
 from ebpflb.datapath.sctp_crc import crc32c
 from tests.fuzz_packets import ETH_HLEN, SCTP_PROTO, TCP_PROTO, UDP_PROTO, l4_sum, ones_sum
+
+FRAG_TIMEOUT_S = 30          # bpf/frag.h's FRAG_TIMEOUT_NS
+FRAG_TIMEOUT_SLACK_S = 0.5   # clock.h's cached "now" and the time between a run and the oracle's clock
 
 TC_ACT_NEXT, TC_ACT_SHOT, TC_ACT_REDIRECT = -1, 2, 7   # TC_ACT_NEXT: TC_ACT_UNSPEC, the next filter sees it (bpf/consts.h)
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
@@ -151,6 +155,7 @@ class Run:
     proto: int
     held_before: bool = False  # conntrack held a NAT_REV, or the other side's NAT_FWD, for the tuple
     remembered: tuple | None = None  # a later fragment: its datagram's ports, as the oracle remembers them
+    handed_expired: bool = False     # that hand-up is older than bpf/frag.h trusts (or nearly)
     handed: tuple | None = None      # to_uplink, a fragment of a datagram from_uplink handed to the stack:
                                      # the (source, port) it leaves from
 
@@ -245,7 +250,13 @@ class Oracle:
         run = Run(prog, pkt, cls, ihl, tot, proto)
         obj = self._object(prog)
         if prog == "to_uplink" and (run.first_fragment or run.later_fragment):
-            run.handed = self.handed.get(run.frag_key)
+            handed = self.handed.get(run.frag_key)
+            if handed is not None:
+                run.handed, age = handed[:2], time.monotonic() - handed[2]
+                # bpf/frag.h trusts an entry FRAG_TIMEOUT_NS (30 s): a run of a million packets
+                # outlives some; near the edge (the oracle's clock read just after the hand-up)
+                # either outcome is right
+                run.handed_expired = age > FRAG_TIMEOUT_S - FRAG_TIMEOUT_SLACK_S
         if obj and run.later_fragment:
             run.remembered = self.frag_ports[obj].get(run.frag_key)
         if obj and run.first_fragment and proto in (TCP_PROTO, UDP_PROTO) and run.handed is None:
@@ -343,7 +354,7 @@ class Oracle:
             raise Violation("handed to the stack: anything but the destination (and checksums) changed")
         if ones_sum(out[ETH_HLEN:l4]) != ones_sum(pkt[ETH_HLEN:l4]):
             raise Violation("handed to the stack: IP checksum not updated incrementally")
-        self.handed[(pkt[26:30], daddr, pkt[18:20], run.proto)] = (saddr, sport)
+        self.handed[(pkt[26:30], daddr, pkt[18:20], run.proto)] = (saddr, sport, time.monotonic())
         self.tally.translated_by_id[svc_id] += 1
         self.tally.bytes_by_id[svc_id] += len(pkt)
         return "handed-to-stack"
@@ -356,6 +367,8 @@ class Oracle:
         saddr, sport = run.handed
         if verdict != TC_ACT_NEXT:
             raise Violation(f"a fragment of a datagram handed to the stack got verdict {verdict}")
+        if run.handed_expired and out == pkt:
+            return "fragment-snat-expired"
         want = bytearray(pkt)
         want[26:30] = saddr
         changed = {24, 25}
