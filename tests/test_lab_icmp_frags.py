@@ -75,14 +75,12 @@ OVERLAY = {"node-1": "172.31.12.1", "node-2": "172.31.12.2"}   # a /30 on the li
 @pytest.fixture
 def narrow_between_nodes(lab, agents):
     """A link between node-1 and node-2 narrower (1,400 bytes) than the 1,500-byte ones the
-    datagrams come in on, as an overlay or a tunnel is, carrying the pods' traffic between them.
-    It is one of node-2's uplinks, as a tunnel device carrying SNATed traffic must be (its agent
-    restarted with --uplinks eth0,ovl); node-2's way back to X is narrowed by a locked route MTU
-    (which the FIB lookup follows: ip_mtu_from_fib_result()). (Through the NodePort, X's echo of
-    3,000 bytes timed out here on 2026-12-07: node-2's stack fragmented the handed-up datagrams
-    (IpFragOKs 2), but `tc filter show dev ovl` listed no ebpflb filter after the restart, so they
-    left without their SNAT; the packet tests hold the hand-up and the fragments' SNAT,
-    test_icmp_frag_packets.py.)"""
+    datagrams come in on, as an overlay or a tunnel is, carrying the pods' traffic between them:
+    node-2 forwards X's fragments of 1,500 bytes to B (SNATed, past the stack) too big for it and
+    without DF. It is one of node-2's uplinks, as a tunnel device carrying SNATed traffic must be
+    (its agent restarted with --uplinks eth0,ovl). B's answers come back by the underlay; node-2's
+    way back to X is narrowed by a locked route MTU (which the FIB lookup follows:
+    ip_mtu_from_fib_result()), so they are too big there in turn (the reverse SNAT)."""
     ns = {node: lab.node_ns[node] for node in OVERLAY}
     lab.run("node-2", "ip", "link", "add", "ovl", "mtu", NARROW_MTU_BETWEEN_NODES, "type", "veth",
             "peer", "name", "ovl", "netns", ns["node-1"], "mtu", NARROW_MTU_BETWEEN_NODES)
@@ -107,10 +105,44 @@ def narrow_between_nodes(lab, agents):
 
 
 def restart_agent(lab, node, uplinks):
+    """The new agent has synced and holds every uplink. (The NodePorts in `nat dump` say nothing of
+    it: the pinned maps kept the old agent's; waiting for them let a test send before the new agent
+    had attached to "ovl", and the fragments left it without their source NAT.)"""
+    syncs = lab.agent_log(node).count("first full sync done")
     lab.stop_agent(node)
     lab.start_agent(node, lab.tmpdir / "icmp-frag-manifests", "--uplinks", uplinks)
+    wait_for(lambda: lab.agent_log(node).count("first full sync done") > syncs, what=f"the new agent on {node}")
+    for uplink in uplinks.split(","):
+        wait_for(lambda: "from_uplink" in lab.run(node, "tc", "filter", "show", "dev", uplink, "ingress").stdout,
+                 what=f"from_uplink on {node}'s {uplink}")
     wait_for(lambda: f"{NODE_IPS[node]} port {NODEPORT_UDP} proto 17" in lab.agent_cli(node, "nat", "dump", check=False),
              what=f"the NodePorts on {node}")
+
+
+@pytest.fixture(params=[0, 2], ids=["rp_filter-off", "rp_filter-loose"])
+def node2_rp_filter(lab, request):
+    """node-2's reverse-path filter as real nodes have it: off (the kernel's default, the lab's) or
+    loose (systemd's, Ubuntu's). What it hands the stack keeps its source (X, or B), which loose
+    mode accepts on any link with a route back. (Strict mode, RHEL's, accepts X's datagrams, but
+    drops B's answers arriving by the underlay while B's pods are routed by the overlay, on the
+    stack's input path, where netfilter's un-SNATed answers meet the same check.)"""
+    keys = ("net.ipv4.conf.all.rp_filter", "net.ipv4.conf.eth0.rp_filter")
+    lab.run("node-2", "sysctl", "-qw", *(f"{k}={request.param}" for k in keys))
+    try:
+        yield request.param
+    finally:
+        lab.run("node-2", "sysctl", "-qw", *(f"{k}=0" for k in keys))
+
+
+@pytest.mark.parametrize("size", (3000, 8000))
+def test_datagrams_too_big_for_the_way_between_nodes_come_back_through_a_nodeport(
+        lab, agents, narrow_between_nodes, node2_rp_filter, size):
+    """X -> node-2's NodePort -> B on node-1 (SNAT, forwarded past the stack) and B's echo back: each
+    fragment is too big for its way out of node-2 and lets itself be fragmented; node-2's stack cuts
+    it (its destination translated, its source not, which the stack would call a martian), and
+    to_uplink puts the source NAT on every piece."""
+    out = podserver(lab, "X", "udp-echo", NODE_IPS["node-2"], NODEPORT_UDP, size, 3)
+    assert out.startswith("ok "), out
 
 
 @pytest.mark.parametrize("size", (3000, 8000))
