@@ -465,6 +465,7 @@ def echo(ip: str, port: int, size: int, timeout: float) -> int:
     print(f"ok {time.monotonic() - started:.3f}", flush=True)
     return 0
 
+
 def udp_echo(ip: str, port: int, size: int, timeout: float) -> int:
     import os
     import time
