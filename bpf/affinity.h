@@ -32,25 +32,27 @@ static __always_inline enum affinity_state affinity_pick(__u32 svc_id, __u32 cli
 
 	if (!svc || !svc->timeout_s)
 		return AFFINITY_OFF;
-	struct affinity_key key = {
-		.svc_id = svc_id,
-		.client_addr = client,
-	};
+	struct affinity_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.svc_id = svc_id;
+	key.client_addr = client;
 	struct affinity_value *last = affinity.lookup(&key);
 	/* Signed: another CPU's or program's clock may be a tick behind the one that wrote it. */
 	if (!last || (__s64)(now - last->last_used_ns) > (__s64)(svc->timeout_s * AFFINITY_NS_PER_S))
 		return AFFINITY_NONE;
-	struct affinity_be_key member = {
-		.svc_id = svc_id,
-		.addr = last->backend_addr,
-		.port = last->backend_port,
-	};
+	struct affinity_be_key member;
+
+	__builtin_memset(&member, 0, sizeof(member));
+	member.svc_id = svc_id;
+	member.addr = last->backend_addr;
+	member.port = last->backend_port;
 	__u32 *at = affinity_be.lookup(&member);
 	if (!at || *at >= n)
 		return AFFINITY_NONE;
+	__builtin_memset(be, 0, sizeof(*be));
 	be->addr = member.addr;
 	be->port = member.port;
-	be->pad = 0;
 	*ordinal = *at;
 	return AFFINITY_HIT;
 }
@@ -58,15 +60,16 @@ static __always_inline enum affinity_state affinity_pick(__u32 svc_id, __u32 cli
 /* The client's new connection went to `be`: remember it, from now. */
 static __always_inline void affinity_remember(__u32 svc_id, __u32 client, const struct nat_be_value *be, __u64 now)
 {
-	struct affinity_key key = {
-		.svc_id = svc_id,
-		.client_addr = client,
-	};
-	struct affinity_value value = {
-		.last_used_ns = now,
-		.backend_addr = be->addr,
-		.backend_port = be->port,
-	};
+	struct affinity_key key;
+	struct affinity_value value;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.svc_id = svc_id;
+	key.client_addr = client;
+	__builtin_memset(&value, 0, sizeof(value));
+	value.last_used_ns = now;
+	value.backend_addr = be->addr;
+	value.backend_port = be->port;
 	affinity.update(&key, &value);
 }
 

@@ -96,8 +96,8 @@ static __always_inline int ct_sweep_key(struct ct_key *key, const struct ct_swee
 		return 0;   /* gone since the agent read the key (its twin's sweep took it, or a packet) */
 	struct ct_value judged = *entry;
 	struct ct_value judged_twin = {};   /* type 0: no twin */
-	struct ct_key twin_key = judged.twin;
-	struct ct_value *twin = ct.lookup(&twin_key);
+	/* judged.twin, not a copy: the stack holds two 112-byte values already */
+	struct ct_value *twin = ct.lookup(&judged.twin);
 	if (twin && ct_key_equal(&twin->twin, key)) {
 		judged_twin = *twin;
 		if (judged.type != CT_TYPE_NAT_REV && judged_twin.type == CT_TYPE_NAT_REV)

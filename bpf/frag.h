@@ -30,12 +30,21 @@
  * that came round again is not taken for an old datagram. */
 #define FRAG_TIMEOUT_NS (30ULL * 1000000000ULL)
 
+/* Addresses as structs.h keeps them (16 bytes, IPv4 in the first word, a family tag), and a 32-bit
+ * id: IPv6's fragment header carries one (IPv4's 16 bits are its first half). */
 struct frag_key {
-	__u32 saddr;   /* be */
-	__u32 daddr;   /* be */
-	__u16 ip_id;   /* be */
+	union {
+		__u32 saddr;   /* be */
+		__u32 saddr6[4];
+	};
+	union {
+		__u32 daddr;   /* be */
+		__u32 daddr6[4];
+	};
+	__u32 ip_id;   /* be */
 	__u8 proto;
-	__u8 pad;
+	__u8 family;   /* FAMILY_* */
+	__u8 pad[2];
 };
 
 struct frag_value {
@@ -49,19 +58,24 @@ BPF_TABLE("lru_hash", struct frag_key, struct frag_value, frags, FRAG_MAX);
 
 static __always_inline void frag_key_of(const struct packet *p, struct frag_key *k)
 {
+	__builtin_memset(k, 0, sizeof(*k));
 	k->saddr = p->saddr;
 	k->daddr = p->daddr;
 	k->ip_id = p->ip_id;
 	k->proto = p->proto;
-	k->pad = 0;
 }
 
 /* A datagram handed to the stack to fragment: the source its fragments leave with. */
 struct frag_snat_value {
 	__u64 seen_ns;   /* when it was handed up (clock.h) */
-	__u32 saddr;     /* be */
+	union {
+		__u32 saddr;     /* be */
+		__u32 saddr6[4];
+	};
 	__u16 sport;     /* be; its later fragments have none */
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
+	__u32 pad2;
 };
 
 BPF_TABLE("lru_hash", struct frag_key, struct frag_snat_value, frag_snats, FRAG_MAX);
@@ -102,11 +116,12 @@ static __always_inline int frag_ports(struct packet *p)
 static __always_inline void frag_snat_remember(const struct packet *p, __u32 daddr, __u32 saddr, __u16 sport)
 {
 	struct frag_key k;
-	struct frag_snat_value v = {
-		.seen_ns = clock_now(),
-		.saddr = saddr,
-		.sport = sport,
-	};
+	struct frag_snat_value v;
+
+	__builtin_memset(&v, 0, sizeof(v));
+	v.seen_ns = clock_now();
+	v.saddr = saddr;
+	v.sport = sport;
 
 	frag_key_of(p, &k);
 	k.daddr = daddr;

@@ -29,13 +29,14 @@
 static __always_inline int icmp_error_target(enum nat_hook hook, const struct packet *p, const struct icmp_quote *q,
 					     struct nat_target *t)
 {
-	struct ct_key k = {
-		.src_addr = q->daddr,
-		.dst_addr = q->saddr,
-		.src_port = q->dport,
-		.dst_port = q->sport,
-		.proto = q->proto,
-	};
+	struct ct_key k;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	k.src_addr = q->daddr;
+	k.dst_addr = q->saddr;
+	k.src_port = q->dport;
+	k.dst_port = q->sport;
+	k.proto = q->proto;
 	/* The error goes where the quoted packet came from; one that does not is no part of it. */
 	if (p->daddr != q->saddr)
 		return NAT_PATH_NONE;

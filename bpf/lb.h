@@ -8,11 +8,12 @@
 
 static __always_inline struct nat_fe_value *lb_lookup(__u32 addr, __u16 port, __u8 proto)
 {
-	struct nat_fe_key key = {
-		.addr = addr,
-		.port = port,
-		.proto = proto,
-	};
+	struct nat_fe_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.addr = addr;
+	key.port = port;
+	key.proto = proto;
 	return nat_fe.lookup(&key);
 }
 
@@ -35,7 +36,11 @@ static __always_inline int lb_maybe_frontend_addr(__u32 addr)
 
 static __always_inline int lb_is_service_ip(__u32 addr)
 {
-	return svc_ips.lookup(&addr) != NULL;
+	struct svc_ip_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.addr = addr;
+	return svc_ips.lookup(&key) != NULL;
 }
 
 /* lb_is_service_ip() behind the bit test: what most packets that ask are not. */
@@ -69,11 +74,12 @@ static __always_inline int lb_source_allowed(const struct nat_fe_value *fe, __u3
 {
 	if (!(fe->flags & NAT_FLG_SRC_RANGES))
 		return 1;
-	struct src_range_key key = {
-		.prefixlen = 64,   /* all of id and all of the address */
-		.id = fe->id,
-		.addr = saddr,
-	};
+	struct src_range_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.prefixlen = SRC_RANGE_PREFIX_BASE + 32;   /* all of id, family and the address */
+	key.id = fe->id;
+	key.addr = saddr;
 	return src_ranges.lookup(&key) != NULL;
 }
 

@@ -20,7 +20,7 @@ BPF_TABLE_PINNED("hash", struct nat_fe_key, struct nat_fe_value, nat_fe, NAT_FE_
 		 PINNED(nat_fe), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("hash", struct nat_be_key, struct nat_be_value, nat_be, NAT_BE_MAP_MAX,
 		 PINNED(nat_be), BPF_F_NO_PREALLOC);
-BPF_TABLE_PINNED("hash", __u32, struct svc_ip_value, svc_ips, SVC_IP_MAX,
+BPF_TABLE_PINNED("hash", struct svc_ip_key, struct svc_ip_value, svc_ips, SVC_IP_MAX,
 		 PINNED(svc_ips), BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("lru_hash", struct ct_key, struct ct_value, ct, CT_MAP_MAX, PINNED(ct));
 BPF_TABLE_PINNED("percpu_array", __u32, struct svc_counters, svc_counters, SVC_COUNTERS_MAX,

@@ -76,11 +76,12 @@ static __always_inline int is_loopback(__u32 addr)
 static __always_inline int sock_remember(__u64 cookie, const struct nat_be_value *be,
 					 const struct sock_rev_value *want)
 {
-	struct sock_rev_key key = {
-		.cookie = cookie,
-		.addr = be->addr,
-		.port = be->port,
-	};
+	struct sock_rev_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = cookie;
+	key.addr = be->addr;
+	key.port = be->port;
 	struct sock_rev_value *have = sock_rev.lookup(&key);
 
 	if (have && have->addr == want->addr && have->fe_addr == want->fe_addr && have->port == want->port &&
@@ -145,13 +146,14 @@ static __always_inline int sock_forward(struct bpf_sock_addr *ctx, __u32 *addr_i
 	if (!be)
 		return sock_refuse(SOCK_EHOSTUNREACH, DROP_NO_BACKEND);
 
-	struct sock_rev_value rev = {
-		.addr = addr,
-		.fe_addr = fe_addr,
-		.port = port,
-		.proto = proto,
-		.svc_id = fe->id,
-	};
+	struct sock_rev_value rev;
+
+	__builtin_memset(&rev, 0, sizeof(rev));
+	rev.addr = addr;
+	rev.fe_addr = fe_addr;
+	rev.port = port;
+	rev.proto = proto;
+	rev.svc_id = fe->id;
 	if (sock_remember(cookie, be, &rev) < 0)
 		return sock_refuse(SOCK_ENOMEM, 0);   /* its answers could not be translated */
 	if (affinity != AFFINITY_OFF)
@@ -169,11 +171,12 @@ static __always_inline void sock_reverse(struct bpf_sock_addr *ctx, __u32 *addr,
 {
 	if (!sock_in_host_netns(ctx))
 		return;
-	struct sock_rev_key key = {
-		.cookie = bpf_get_socket_cookie(ctx),
-		.addr = *addr,
-		.port = *port,
-	};
+	struct sock_rev_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = bpf_get_socket_cookie(ctx);
+	key.addr = *addr;
+	key.port = *port;
 	struct sock_rev_value *rev = sock_rev.lookup(&key);
 	if (!rev)
 		return;

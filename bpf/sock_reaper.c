@@ -34,19 +34,21 @@ int bpf_iter__udp(struct bpf_iter__udp *ctx)
 
 	if (!sk || *(__u8 *)(sk + SKC_STATE) != SKC_STATE_ESTABLISHED)
 		return 0;
-	struct sock_rev_key key = {
-		.cookie = bpf_get_socket_cookie(sk),
-		.addr = *(__u32 *)(sk + SKC_DADDR),
-		.port = *(__u16 *)(sk + SKC_DPORT),
-	};
+	struct sock_rev_key key;
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.cookie = bpf_get_socket_cookie(sk);
+	key.addr = *(__u32 *)(sk + SKC_DADDR);
+	key.port = *(__u16 *)(sk + SKC_DPORT);
 	struct sock_rev_value *rev = sock_rev.lookup(&key);
 	if (!rev)
 		return 0;
-	struct sock_gone_key gone = {
-		.svc_id = rev->svc_id,
-		.addr = key.addr,
-		.port = key.port,
-	};
+	struct sock_gone_key gone;
+
+	__builtin_memset(&gone, 0, sizeof(gone));
+	gone.svc_id = rev->svc_id;
+	gone.addr = key.addr;
+	gone.port = key.port;
 	__u32 *aborted = sock_gone.lookup(&gone);
 	if (aborted && sock_destroy(sk) == 0)
 		(*aborted)++;   /* one iterator runs at a time */

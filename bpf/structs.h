@@ -9,7 +9,17 @@
  * Change a layout -> bump EBPFLB_LAYOUT_VERSION: readers refuse maps of another version.
  */
 
-#define EBPFLB_LAYOUT_VERSION 7
+#define EBPFLB_LAYOUT_VERSION 8
+
+/* Addresses of both families, one layout (layout 8): every key and value that holds an address
+ * keeps 16 bytes for it and a family tag. An IPv4 address lives in the first 4 bytes, in network
+ * order, and the other 12 are zero; an IPv6 address takes all 16. Each is an anonymous union whose
+ * first member keeps layout 7's name (`__u32 addr` etc.: the IPv4 address, the first word), so
+ * code that reads IPv4 reads it as before; `addr6` is the whole 16 bytes. FAMILY_IPV4 is 0: a key
+ * zeroed and given an IPv4 address is an IPv4 key. Keys are zeroed whole before their fields are
+ * set (a hash compares every byte, and the verifier refuses uninitialised stack). */
+#define FAMILY_IPV4 0
+#define FAMILY_IPV6 6
 
 /* Map sizes (entries). */
 #define NAT_FE_MAX 131072
@@ -24,7 +34,9 @@
 
 /* svc_addr_bits: one bit per hash of an address, set when a service frontend (or a ClusterIP) may
  * be there. bit = (addr_be * SVC_ADDR_HASH_MUL mod 2^32) >> (32 - SVC_ADDR_BITS_LOG2), in word
- * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/sync/addr_bits.py). */
+ * bit / 64 of the array, bit % 64 in it (the same formula in ebpflb/sync/addr_bits.py). An IPv6
+ * address is folded first: addr_be = the XOR of its four 32-bit words as memory holds them (an
+ * IPv4 address, its 12 other bytes zero, folds to itself). */
 #define SVC_ADDR_BITS_LOG2 20
 #define SVC_ADDR_HASH_MUL 2654435761
 #define SVC_ADDR_WORDS 16384
@@ -63,10 +75,13 @@
 
 /* A service frontend: (address, port, IP protocol). */
 struct nat_fe_key {
-	__u32 addr;  /* be */
+	union {
+		__u32 addr;      /* be: IPv4 */
+		__u32 addr6[4];  /* be: IPv6 (or IPv4 and 12 zero bytes) */
+	};
 	__u16 port;  /* be */
 	__u8 proto;
-	__u8 pad;
+	__u8 family; /* FAMILY_* */
 };
 
 /* A frontend names the generation of its backend slots: the agent writes a changed backend list
@@ -90,25 +105,45 @@ struct nat_be_key {
 };
 
 struct nat_be_value {
-	__u32 addr;  /* be */
+	union {
+		__u32 addr;      /* be */
+		__u32 addr6[4];
+	};
 	__u16 port;  /* be */
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
 };
 
 /* Addresses that belong to services: ports no service uses there are rejected, and the
  * address does not answer ping. */
+struct svc_ip_key {
+	union {
+		__u32 addr;      /* be */
+		__u32 addr6[4];
+	};
+	__u8 family;
+	__u8 pad[3];
+};
+
 struct svc_ip_value {
 	__u32 flags;
 };
 
 /* A conntrack key is directional: the tuple as the packet carries it. */
 struct ct_key {
-	__u32 src_addr;  /* be */
-	__u32 dst_addr;  /* be */
+	union {
+		__u32 src_addr;      /* be */
+		__u32 src_addr6[4];
+	};
+	union {
+		__u32 dst_addr;      /* be */
+		__u32 dst_addr6[4];
+	};
 	__u16 src_port;  /* be */
 	__u16 dst_port;  /* be */
 	__u8 proto;
-	__u8 pad[3];
+	__u8 family;     /* of both addresses */
+	__u8 pad[2];
 };
 
 /* A NATed flow has two entries: NAT_FWD keyed by what the client sends (client -> VIP) and
@@ -120,18 +155,25 @@ struct ct_value {
 	__u64 tcp_seen;      /* CT_TCP_*; authoritative in the NAT_REV entry */
 	__u8 type;           /* CT_TYPE_* */
 	__u8 flags;          /* CT_FLAG_* */
-	__u16 pad0;
+	__u8 family;         /* of nat_addr and snat_addr: the flow's (its key's) */
+	__u8 pad0;
 	__u32 svc_id;
 	/* NAT_FWD: destination becomes (nat_addr, nat_port), the backend.
 	 * NAT_REV: source becomes (nat_addr, nat_port), the service frontend. */
-	__u32 nat_addr;      /* be */
+	union {
+		__u32 nat_addr;      /* be */
+		__u32 nat_addr6[4];
+	};
 	__u16 nat_port;      /* be */
 	/* With CT_FLAG_SNAT: NAT_FWD source becomes (snat_addr, snat_port) (hairpin address, or
 	 * the node's address from the uplink); NAT_REV destination becomes it (the client). */
 	__u16 snat_port;     /* be; 0 = keep the port */
-	__u32 snat_addr;     /* be */
+	union {
+		__u32 snat_addr;     /* be */
+		__u32 snat_addr6[4];
+	};
 	__u32 pad2;
-	struct ct_key twin;
+	struct ct_key twin;  /* at a multiple of 8 bytes: ct_key_equal() compares it by 64-bit words */
 };
 
 /* One flow the agent's sweep judged expired, as it read it: an entry and its twin (twin_value.type
@@ -139,7 +181,7 @@ struct ct_value {
  * packet, after CT_SWEEP_PADDING bytes (a tc test run's packet starts with an Ethernet header),
  * and deletes a flow only while both halves still hold exactly what was judged: a pair goes as a
  * pair, and a flow that woke meanwhile keeps both halves. */
-#define CT_SWEEP_BATCH 16
+#define CT_SWEEP_BATCH 8   /* a test run's packet is at most a page less the skb's room: 14 + 8 * 264 */
 #define CT_SWEEP_PADDING 14
 struct ct_sweep_record {
 	struct ct_key key;
@@ -155,7 +197,7 @@ struct ct_sweep_record {
  * recently used). Its return value is the entries deleted, plus the entries judged expired that
  * woke before their delete times CT_SWEEP_SPARED. Timeouts in ns; now_ns: CLOCK_MONOTONIC, as
  * bpf_ktime_get_ns(). */
-#define CT_SWEEP_KEYS 32
+#define CT_SWEEP_KEYS 16   /* 14 + 72 + 16 * (40 + 112) bytes, within a test run's page */
 #define CT_SWEEP_SPARED 65536
 struct ct_sweep_args {
 	__u64 now_ns;
@@ -169,12 +211,19 @@ struct ct_sweep_args {
 	__u64 keys;
 };
 
-/* loadBalancerSourceRanges: an LPM trie keyed (id, source prefix). prefixlen counts the 32 bits
- * of id too: a /24 range is prefixlen 32 + 24. */
+/* loadBalancerSourceRanges: an LPM trie keyed (id, family, source prefix). prefixlen counts the
+ * 32 bits of id and the 32 of family and pad too: a /24 range is prefixlen
+ * SRC_RANGE_PREFIX_BASE + 24, an IPv6 /64 SRC_RANGE_PREFIX_BASE + 64. */
+#define SRC_RANGE_PREFIX_BASE 64
 struct src_range_key {
 	__u32 prefixlen;
 	__u32 id;
-	__u32 addr;  /* be */
+	__u8 family;
+	__u8 pad[3];
+	union {
+		__u32 addr;      /* be */
+		__u32 addr6[4];
+	};
 };
 
 /* Per service-port counters; a per-CPU array indexed by service-port id. */
@@ -201,7 +250,8 @@ struct svc_counters {
 #define DROP_FRAGMENT_UNKNOWN 13    /* a later fragment to a service whose first fragment was not seen */
 #define DROP_TTL_EXCEEDED 14        /* forwarded past the stack at TTL 1, and no time exceeded could be sent */
 #define DROP_ICMP_RATE_LIMITED 15   /* an ICMP error the programs would send, over --icmp-rate/--icmp-burst */
-#define DROPS_MAX 16
+#define DROP_NO_NEW_FLOW_PROGRAM 16 /* from_uplink's tail call to its new-flow program failed (none loaded) */
+#define DROPS_MAX 17
 struct drop_counters {
 	__u64 packets;
 	__u64 bytes;
@@ -221,21 +271,35 @@ struct affinity_svc {
 
 struct affinity_key {
 	__u32 svc_id;
-	__u32 client_addr;   /* be */
+	union {
+		__u32 client_addr;   /* be */
+		__u32 client_addr6[4];
+	};
+	__u8 family;
+	__u8 pad[3];
 };
 
 struct affinity_value {
 	__u64 last_used_ns;  /* CLOCK_MONOTONIC, as ct_value's: the client's last new connection */
-	__u32 backend_addr;  /* be */
+	union {
+		__u32 backend_addr;  /* be */
+		__u32 backend_addr6[4];
+	};
 	__u16 backend_port;  /* be */
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
+	__u32 pad2;
 };
 
 struct affinity_be_key {
 	__u32 svc_id;
-	__u32 addr;   /* be */
+	union {
+		__u32 addr;   /* be */
+		__u32 addr6[4];
+	};
 	__u16 port;   /* be */
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
 };
 /* affinity_be's value: the backend's ordinal (__u32), so a frontend that picks among the first n
  * (all, or the local ones) follows only an entry whose ordinal is below n. */
@@ -244,12 +308,14 @@ struct affinity_be_key {
 struct config {
 	__u32 layout_version;  /* EBPFLB_LAYOUT_VERSION of whoever created the maps */
 	__u32 flags;           /* CFG_FLG_* */
-	__u32 hairpin_addr;    /* be: source for a pod reaching itself through its service */
-	__u32 node_addr;       /* be: this node's uplink address, the SNAT source towards remote backends */
+	__u32 hairpin_addr;    /* be: source for a pod reaching itself through its service (IPv4) */
+	__u32 node_addr;       /* be: this node's uplink address, the SNAT source towards remote backends (IPv4) */
 	__u64 netns_cookie;    /* the agent's network namespace: the only one whose sockets bpf/sock.c
 				* translates (0: none) */
 	__u32 icmp_rate;       /* ICMP errors the programs send per second, node-wide (--icmp-rate) */
 	__u32 icmp_burst;      /* and at most this many at once (--icmp-burst); the bucket starts full */
+	__u32 hairpin_addr6[4];  /* be: hairpin_addr's IPv6 twin (all zero: none) */
+	__u32 node_addr6[4];     /* be: node_addr's IPv6 twin (all zero: none) */
 };
 
 #define ICMP_RATE_DEFAULT 1000   /* as the kernel's net.ipv4.icmp_msgs_per_sec */
@@ -269,17 +335,28 @@ struct icmp_bucket {
  * Keyed by the socket's cookie and the backend. */
 struct sock_rev_key {
 	__u64 cookie;
-	__u32 addr;     /* be: the backend */
+	union {
+		__u32 addr;     /* be: the backend */
+		__u32 addr6[4];
+	};
 	__u16 port;     /* be */
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
+	__u32 pad2;
 };
 
 struct sock_rev_value {
-	__u32 addr;     /* be: what the socket asked for (a frontend, or 127.x for a localhost NodePort) */
-	__u32 fe_addr;  /* be: the frontend found for it (= addr, or the node address for 127.x) */
+	union {
+		__u32 addr;     /* be: what the socket asked for (a frontend, or 127.x for a localhost NodePort) */
+		__u32 addr6[4];
+	};
+	union {
+		__u32 fe_addr;  /* be: the frontend found for it (= addr, or the node address for 127.x) */
+		__u32 fe_addr6[4];
+	};
 	__u16 port;     /* be */
 	__u8 proto;
-	__u8 pad;
+	__u8 family;    /* of both addresses */
 	__u32 svc_id;   /* the answer is translated only while the frontend still has this id */
 };
 
@@ -287,7 +364,11 @@ struct sock_rev_value {
  * sockets of this namespace that bpf/sock.c pointed at it for that port; the value counts them. */
 struct sock_gone_key {
 	__u32 svc_id;
-	__u32 addr;     /* be */
+	union {
+		__u32 addr;     /* be */
+		__u32 addr6[4];
+	};
 	__u16 port;     /* be */
-	__u16 pad;
+	__u8 family;
+	__u8 pad;
 };

@@ -88,58 +88,87 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 
-	struct ct_value fwd = {}, rev = {};
+	struct ct_pair_scratch *pair = ct_scratch_pair();
+	if (!pair)
+		return drop_skb(skb, DROP_CT_CLASH);
+	struct ct_value *fwd = &pair->fwd, *rev = &pair->rev;
 	struct ct_key rev_key;
-	ct_new_pair(p, fwd_key, fe->id, be->addr, be->port, &fwd, &rev, now);
-	fwd.flags = rev.flags = CT_FLAG_UPLINK;
+	ct_new_pair(p, fwd_key, fe->id, be->addr, be->port, fwd, rev, now);
+	fwd->flags = rev->flags = CT_FLAG_UPLINK;
 	if (ordinal < fe->local) {
 		/* Here: the client's address is kept, and to_uplink translates the reply. */
 		ct_reply_key(p, be->addr, be->port, p->saddr, p->sport, &rev_key);
-		if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key, old_rev) < 0)
+		if (ct_create_flow(p, fwd_key, &rev_key, fwd, rev, old_rev_key, old_rev) < 0)
 			return drop_skb(skb, DROP_CT_CLASH);
+		/* nat_target_of(fwd_key, fwd), from what is known here: read back from the per-CPU
+		 * slot, the flags would be unknown to the verifier, which would then walk every send
+		 * path from every way here (4x from_uplink's work). */
+		t->saddr = p->saddr;
+		t->sport = p->sport;
+		t->path = NAT_PATH_NEXT;
 	} else {
 		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated. */
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->node_addr)
 			return drop_skb(skb, DROP_NO_NAT_ADDRESS);
-		fwd.flags = rev.flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
-		rev.snat_addr = p->saddr;
-		rev.snat_port = p->sport;
+		fwd->flags = rev->flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
+		rev->snat_addr = p->saddr;
+		rev->snat_port = p->sport;
 		int adopted;
-		__u16 port = snat_reserve(p, fwd_key, be->addr, be->port, cfg->node_addr, &rev, &rev_key, &adopted);
+		__u16 port = snat_reserve(p, fwd_key, be->addr, be->port, cfg->node_addr, rev, &rev_key, &adopted);
 		if (!port) {
 			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
 			return drop_skb(skb, DROP_NO_SNAT_PORT);
 		}
-		fwd.snat_addr = cfg->node_addr;
-		fwd.snat_port = port;
-		if (ct_commit_flow(fwd_key, &rev_key, &fwd, old_rev_key) < 0)
+		fwd->snat_addr = cfg->node_addr;
+		fwd->snat_port = port;
+		if (ct_commit_flow(fwd_key, &rev_key, fwd, old_rev_key) < 0)
 			return drop_skb(skb, DROP_CT_CLASH);
+		t->saddr = cfg->node_addr;
+		t->sport = port;
+		t->path = NAT_PATH_FIB;
 	}
+	t->daddr = be->addr;
+	t->dport = be->port;
 	if (affinity != AFFINITY_OFF)
 		affinity_remember(fe->id, p->saddr, be, now);   /* the client's own address, before SNAT */
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
-	nat_target_of(fwd_key, &fwd, t);
 	*send = 1;   /* as *t says: the entry program's one uplink_send() */
 	return TC_ACT_NEXT;
 }
 
-int from_uplink(struct __sk_buff *skb)
+/* The new-flow path is a program of its own, from_uplink_new_flow, reached by a tail call: with
+ * layout 8's larger keys the verifier's work for from_uplink as one program passed four times
+ * its budget (the SNAT port search, walked once per candidate). The second program runs
+ * from_uplink's steps again from the packet (a few lookups, on a flow's first packet only) and
+ * goes on where the first stopped; another CPU's flow made meanwhile is found as any would be.
+ * Pinned beside the maps: programs and their tail calls outlive the agent, and an unpinned
+ * program array is emptied when its last file descriptor closes. The loader fills slot
+ * UPLINK_CALL_NEW_FLOW with the program it loads. */
+#define UPLINK_CALL_NEW_FLOW 0
+BPF_TABLE_PINNED("prog", int, int, uplink_calls, 1, PINNED(uplink_calls));
+
+/* from_uplink (new_flow_here 0) and from_uplink_new_flow (1): one body, the constant decides
+ * which side of the tail call is compiled. */
+static __always_inline int uplink_ingress(struct __sk_buff *skb, const int new_flow_here)
 {
 	struct packet p;
 	enum parse_result res = parse_packet(skb, &p);
 
+	/* The new-flow program meets only what from_uplink sent it (an unfragmented or first fragment,
+	 * not an ICMP error): it leaves out those paths, and their stack and verifier work. */
 	if (res == PARSE_FRAGMENT && p.frag == FRAG_LATER)
-		return frag_later_tc(skb, &p, HOOK_FROM_UPLINK, 0);
+		return new_flow_here ? TC_ACT_NEXT : frag_later_tc(skb, &p, HOOK_FROM_UPLINK, 0);
 	if (res != PARSE_OK)
 		return TC_ACT_NEXT;
-	if (p.frag == FRAG_FIRST)
+	if (p.frag == FRAG_FIRST && !new_flow_here)
 		frag_remember(&p);   /* its later fragments' ports (frag.h) */
 	if (p.proto == IPPROTO_ICMP && icmp_is_error(p.icmp_type))
-		return icmp_error_tc(skb, &p, HOOK_FROM_UPLINK, 0);   /* e.g. a router's frag-needed */
+		/* e.g. a router's frag-needed */
+		return new_flow_here ? TC_ACT_NEXT : icmp_error_tc(skb, &p, HOOK_FROM_UPLINK, 0);
 	if (!is_l4_with_ports(&p))
 		return TC_ACT_NEXT;
 
@@ -181,12 +210,26 @@ int from_uplink(struct __sk_buff *skb)
 	struct nat_fe_value *fe = lb_lookup_frontend(&p);
 	if (!fe || !(fe->flags & NAT_FLG_EXTERNAL))
 		return TC_ACT_NEXT;
+	if (!new_flow_here) {
+		uplink_calls.call(skb, UPLINK_CALL_NEW_FLOW);
+		return drop_skb(skb, DROP_NO_NEW_FLOW_PROGRAM);   /* only when the call failed */
+	}
 	int send = 0;
 	int verdict = new_external_flow(skb, &p, fe, &key, reopens, old_rev, clock_now(), &t, &send);
 	if (!send)
 		return verdict;
 send:
 	return uplink_send(skb, &p, &t);
+}
+
+int from_uplink(struct __sk_buff *skb)
+{
+	return uplink_ingress(skb, 0);
+}
+
+int from_uplink_new_flow(struct __sk_buff *skb)
+{
+	return uplink_ingress(skb, 1);
 }
 
 /* A fragment the stack cut from a packet from_uplink handed it (fib.h's forward_by_fib()): it leaves

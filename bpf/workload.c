@@ -76,30 +76,33 @@ static __always_inline int new_service_flow(struct __sk_buff *skb, const struct 
 	if (!be)
 		return drop_skb(skb, DROP_NO_BACKEND);
 
-	struct ct_value fwd = {}, rev = {};
+	struct ct_pair_scratch *pair = ct_scratch_pair();
+	if (!pair)
+		return drop_skb(skb, DROP_CT_CLASH);
+	struct ct_value *fwd = &pair->fwd, *rev = &pair->rev;
 	struct ct_key rev_key;
 	__u32 reply_dst = p->saddr;
 
-	ct_new_pair(p, fwd_key, fe->id, be->addr, be->port, &fwd, &rev, now);
+	ct_new_pair(p, fwd_key, fe->id, be->addr, be->port, fwd, rev, now);
 	if (be->addr == p->saddr) {
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->hairpin_addr)
 			return drop_skb(skb, DROP_NO_NAT_ADDRESS);
 		reply_dst = cfg->hairpin_addr;
-		fwd.flags = rev.flags = CT_FLAG_SNAT;
-		fwd.snat_addr = cfg->hairpin_addr;
-		rev.snat_addr = p->saddr;
+		fwd->flags = rev->flags = CT_FLAG_SNAT;
+		fwd->snat_addr = cfg->hairpin_addr;
+		rev->snat_addr = p->saddr;
 	}
 	ct_reply_key(p, be->addr, be->port, reply_dst, p->sport, &rev_key);
-	if (ct_create_flow(p, fwd_key, &rev_key, &fwd, &rev, old_rev_key, old_rev) < 0)
+	if (ct_create_flow(p, fwd_key, &rev_key, fwd, rev, old_rev_key, old_rev) < 0)
 		return drop_skb(skb, DROP_CT_CLASH);
 	if (affinity != AFFINITY_OFF)
 		affinity_remember(fe->id, p->saddr, be, now);
 
 	TRACE("service %d: %pI4 -> backend %pI4", fe->id, &p->saddr, &be->addr);
 	count_packet(skb, fe->id, 1);
-	nat_target_of(fwd_key, &fwd, t);
+	nat_target_of(fwd_key, fwd, t);
 	*send = 1;   /* as *t says: the entry program's one workload_send() */
 	return TC_ACT_NEXT;
 }

@@ -56,7 +56,7 @@ def program(dp, frontends, backends, local=0, ranges=()):
         service_ips=frozenset([VIP]))
     MapWriter(dp.maps).apply(desired)
     for cidr_addr, bits in ranges:
-        dp.maps.src_ranges.update(new("struct src_range_key", prefixlen=32 + bits, id=1, addr=ip_be(cidr_addr)),
+        dp.maps.src_ranges.update(new("struct src_range_key", prefixlen=C.SRC_RANGE_PREFIX_BASE + bits, id=1, addr=ip_be(cidr_addr)),
                                   ffi.new("__u32 *", 1))
 
 

@@ -8,11 +8,11 @@ from collections.abc import Mapping
 
 from ebpflb.core.model import Backend
 from ebpflb.datapath.maps import Maps
-from ebpflb.datapath.structs import ip_str, port_int, to_bytes
+from ebpflb.datapath.structs import addr_text, port_int, to_bytes
 
 
 def entry_backend(value) -> Backend:
-    return Backend(ip_str(value.backend_addr), port_int(value.backend_port))
+    return Backend(addr_text(value.backend_addr6, value.family), port_int(value.backend_port))
 
 
 def stale(entries, affinity: Mapping[int, int], backends: Mapping[int, tuple[Backend, ...]], now_ns: int) -> list:

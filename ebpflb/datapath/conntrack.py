@@ -5,7 +5,7 @@ from dataclasses import dataclass, fields
 
 from ebpflb.datapath.libbpf import prog_test_run
 from ebpflb.datapath.maps import Maps
-from ebpflb.datapath.structs import C, ffi, ip_be, ip_str, port_int, to_bytes
+from ebpflb.datapath.structs import C, addr_text, ffi, port_int, to_bytes
 
 
 @dataclass(frozen=True)
@@ -215,10 +215,10 @@ def service_ids(ct) -> set[int]:
 def remove_between(maps: Maps, proto: int, addr1: str, addr2: str) -> int:
     """Delete every entry of `proto` between the two addresses (either direction), and its twin.
     Returns entries deleted."""
-    pair = {ip_be(addr1), ip_be(addr2)}
+    pair = {addr1, addr2}
     doomed = []
     for key, value in maps.ct.items():
-        if key.proto == proto and {key.src_addr, key.dst_addr} == pair:
+        if key.proto == proto and {addr_text(key.src_addr6, key.family), addr_text(key.dst_addr6, key.family)} == pair:
             doomed += [key, ffi.new("struct ct_key *", value.twin)]
     return sum(maps.ct.delete(k) for k in doomed)
 
@@ -232,6 +232,6 @@ def forget_udp_flows_to(maps: Maps, gone: set[tuple[int, str, int]]) -> int:
     doomed = []
     for key, value in maps.ct.items():
         if key.proto == 17 and value.type == C.CT_TYPE_NAT_FWD and \
-                (value.svc_id, ip_str(value.nat_addr), port_int(value.nat_port)) in gone:
+                (value.svc_id, addr_text(value.nat_addr6, value.family), port_int(value.nat_port)) in gone:
             doomed.append(key)
     return sum(maps.ct.delete(k) for k in doomed)

@@ -42,8 +42,11 @@ PROGRAMS = {
         "sock_peername6": ("CGROUP_SOCK_ADDR", "CGROUP_INET6_GETPEERNAME"),
         "bpf_iter__udp": "TRACING",           # the socket reaper, run by the agent, never attached
     },
-    ("uplink.c",): {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP"},
+    ("uplink.c",): {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP",
+                    "from_uplink_new_flow": "SCHED_CLS"},   # from_uplink's tail call, never attached
 }
+# Program arrays the loader fills (pinned, bpf/uplink.c): table -> {slot: program}.
+TAIL_CALLS = {"uplink_calls": {0: "from_uplink_new_flow"}}
 SOCK_REAPER = "bpf_iter__udp"
 # Programs only some kernels can load: built only when the loader gives their -D flag.
 OPTIONAL = {SOCK_REAPER: "-DKFUNC_SOCK_DESTROY="}
@@ -206,15 +209,20 @@ class Datapath:
 
     def write_config(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None,
                      netns_cookie: int = 0, flags: int = 0, icmp_rate: int = C.ICMP_RATE_DEFAULT,
-                     icmp_burst: int = C.ICMP_BURST_DEFAULT) -> None:
+                     icmp_burst: int = C.ICMP_BURST_DEFAULT, hairpin_addr6: str | None = None,
+                     node_addr6: str | None = None) -> None:
         """What the programs need to know; written only when it differs. icmp_rate, icmp_burst: the
-        ICMP errors the programs may send node-wide, per second and at once (bpf/icmp_reject.h)."""
+        ICMP errors the programs may send node-wide, per second and at once (bpf/icmp_reject.h).
+        hairpin_addr6, node_addr6: the IPv6 twins (layout 8 has room; no program reads them yet)."""
         want = ffi.new("struct config *", {"layout_version": LAYOUT_VERSION,
                                            "flags": flags | C.CFG_FLG_ICMP_RATE_LIMIT,
                                            "hairpin_addr": ip_be(hairpin_addr),
                                            "node_addr": ip_be(node_addr) if node_addr else 0,
                                            "netns_cookie": netns_cookie,
                                            "icmp_rate": icmp_rate, "icmp_burst": icmp_burst})
+        for field, addr in (("hairpin_addr6", hairpin_addr6), ("node_addr6", node_addr6)):
+            if addr:
+                ffi.memmove(getattr(want, field), socket.inet_pton(socket.AF_INET6, addr), 16)
         have = self.maps.read_config()
         if to_bytes(have) != to_bytes(want):
             self.maps.config.update(ffi.new("__u32 *", 0), want)
@@ -281,11 +289,25 @@ def _child_main(sock_fd: int, request_json: str) -> int:
                     kind, attach = (kind, None) if isinstance(kind, str) else kind
                     extra = {"attach_type": getattr(BPFAttachType, attach)} if attach else {}
                     fds[name] = obj.load_func(name.encode(), getattr(BPF, kind), **extra).fd
+                _fill_tail_calls(obj, fds)
         except Exception as err:   # compile errors, verifier rejections: the parent raises LoadError
             sock.send(json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
             return 1
         socket.send_fds(sock, [json.dumps({"names": list(fds)}).encode()], list(fds.values()))
     return 0
+
+
+def _fill_tail_calls(obj, fds: dict) -> None:
+    """Point an object's program arrays (TAIL_CALLS) at the programs just loaded, before any of its
+    programs is handed out (attached)."""
+    import ctypes
+    for table_name, slots in TAIL_CALLS.items():
+        try:
+            table = obj[table_name.encode()]
+        except KeyError:
+            continue
+        for slot, program in slots.items():
+            table[ctypes.c_int(slot)] = ctypes.c_int(fds[program])
 
 
 def _fill_constant_tables(obj) -> None:

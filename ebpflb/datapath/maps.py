@@ -171,7 +171,7 @@ MAP_LAYOUT = {
     # pin name: (key type, value type, per-CPU)
     "nat_fe": ("struct nat_fe_key", "struct nat_fe_value", False),
     "nat_be": ("struct nat_be_key", "struct nat_be_value", False),
-    "svc_ips": ("__u32", "struct svc_ip_value", False),
+    "svc_ips": ("struct svc_ip_key", "struct svc_ip_value", False),
     "ct": ("struct ct_key", "struct ct_value", False),
     "svc_counters": ("__u32", "struct svc_counters", True),
     "drops": ("__u32", "struct drop_counters", True),

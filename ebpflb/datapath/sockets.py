@@ -7,7 +7,7 @@ import struct
 
 from ebpflb.datapath import libbpf
 from ebpflb.datapath.maps import Maps
-from ebpflb.datapath.structs import C, ffi, ip_be, port_be
+from ebpflb.datapath.structs import C, addr16, addr_family, ffi, port_be
 
 SO_NETNS_COOKIE = 71     # Linux >= 5.14
 BPF_TRACE_ITER = 28
@@ -35,7 +35,9 @@ class SocketReaper:
         for start in range(0, len(gone), C.SOCK_GONE_MAX):
             keys = []
             for svc_id, addr, port in gone[start:start + C.SOCK_GONE_MAX]:
-                key = ffi.new("struct sock_gone_key *", {"svc_id": svc_id, "addr": ip_be(addr), "port": port_be(port)})
+                key = ffi.new("struct sock_gone_key *", {"svc_id": svc_id, "port": port_be(port),
+                                                         "family": addr_family(addr)})
+                ffi.memmove(key.addr6, addr16(addr), 16)
                 self.maps.sock_gone.update(key, ffi.new("__u32 *", 0))
                 keys.append(key)
             try:

@@ -59,6 +59,37 @@ def port_int(be: int) -> int:
     return socket.ntohs(be)
 
 
+def addr_family(addr: str) -> int:
+    """The family tag (FAMILY_IPV4 or FAMILY_IPV6) of an address in text."""
+    return C.FAMILY_IPV6 if ":" in addr else C.FAMILY_IPV4
+
+
+def addr16(addr: str) -> bytes:
+    """An address of either family -> the 16 bytes a layout-8 address field holds: IPv4's 4 in
+    network order then 12 zero bytes, or IPv6's 16."""
+    if ":" in addr:
+        return socket.inet_pton(socket.AF_INET6, addr)
+    return socket.inet_aton(addr) + bytes(12)
+
+
+def addr_text(words, family: int) -> str:
+    """An address field as read (its addr6 words, or the 16 bytes) and its family tag -> text."""
+    data = bytes(ffi.buffer(words)) if isinstance(words, ffi.CData) else bytes(words)
+    if family == C.FAMILY_IPV6:
+        return socket.inet_ntop(socket.AF_INET6, data)
+    return socket.inet_ntoa(data[:4])
+
+
+def addr_columns(field: str, addrs) -> dict:
+    """struct_array columns for an address field (`field`, whose union's 16 bytes are `field`6)
+    and its struct's `family`: only the first word when every address is IPv4 (the other 12
+    bytes and the family tag stay zero: FAMILY_IPV4), else all 16 bytes and the tags."""
+    try:
+        return {field: ip_be_column(addrs)}
+    except OSError:   # an IPv6 address among them
+        return {field + "6": b"".join(map(addr16, addrs)), "family": [addr_family(a) for a in addrs]}
+
+
 def ip_be_column(addrs) -> bytes:
     """Dotted IPv4 addresses -> the memory of their __u32 fields, one after another (ip_be for many)."""
     return b"".join(map(socket.inet_aton, addrs))
@@ -83,7 +114,9 @@ def struct_array(ctype: str, length: int, /, **columns):
     size, fields, memory = ffi.sizeof(ctype), dict(ffi.typeof(ctype).fields), memoryview(ffi.buffer(structs))
     for name, values in columns.items():
         field = fields[name]
-        width = ffi.sizeof(field.type)
+        # An array field (a layout-8 address's 16 bytes): its items one after another per struct.
+        item = field.type.item if field.type.kind == "array" else field.type
+        width, items = ffi.sizeof(item), ffi.sizeof(field.type) // ffi.sizeof(item)
         if field.offset % width or size % width:
             raise ValueError(f"{ctype}.{name}: not aligned to its own size")
         code = _UNSIGNED[width]
@@ -91,7 +124,9 @@ def struct_array(ctype: str, length: int, /, **columns):
             column = memoryview(values).cast("B").cast(code)
         except TypeError:   # not bytes-like: ints
             column = array(code, values)
-        memory.cast(code)[field.offset // width::size // width] = column
+        words = memory.cast(code)
+        for i in range(items):
+            words[field.offset // width + i::size // width] = column[i::items]
     return structs
 
 

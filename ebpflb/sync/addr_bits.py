@@ -9,14 +9,19 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ebpflb.datapath.maps import BpfMap
-from ebpflb.datapath.structs import C, ffi, ip_be
+import struct
+
+from ebpflb.datapath.structs import C, addr16, ffi
 
 WORD_BITS = 64
 
 
 def addr_bit(addr: str) -> int:
-    """The bit of an address (the formula bpf/structs.h gives for SVC_ADDR_HASH_MUL)."""
-    return (ip_be(addr) * C.SVC_ADDR_HASH_MUL & 0xFFFFFFFF) >> (32 - C.SVC_ADDR_BITS_LOG2)
+    """The bit of an address (the formula bpf/structs.h gives for SVC_ADDR_HASH_MUL): its 16 bytes'
+    four words (as memory holds them) XORed, so an IPv4 address (12 zero bytes after it) is its
+    own __u32, as before layout 8."""
+    a, b, c, d = struct.unpack("=4I", addr16(addr))
+    return ((a ^ b ^ c ^ d) * C.SVC_ADDR_HASH_MUL & 0xFFFFFFFF) >> (32 - C.SVC_ADDR_BITS_LOG2)
 
 
 class AddressBits:

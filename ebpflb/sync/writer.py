@@ -55,7 +55,7 @@ from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.core.tracker import Changes
 from ebpflb.datapath.libbpf import BPFError
 from ebpflb.datapath.maps import Maps
-from ebpflb.datapath.structs import ffi, ip_be, ip_be_column, ip_str, port_be_column, port_int, struct_array
+from ebpflb.datapath.structs import C, addr_columns, addr_text, ffi, port_be_column, port_int, struct_array
 from ebpflb.sync.addr_bits import AddressBits
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class WriteStats:
 # The map structs for many entries at once, a field at a time (struct_array); one entry's is an array
 # of one. Making a struct per entry and setting its fields one by one took ≈ 1 s of a cold start.
 def frontend_keys(keys: Sequence[FrontendKey]):
-    return struct_array("struct nat_fe_key", len(keys), addr=ip_be_column(k.addr for k in keys),
+    return struct_array("struct nat_fe_key", len(keys), **addr_columns("addr", [k.addr for k in keys]),
                         port=port_be_column(k.port for k in keys), proto=[k.proto for k in keys])
 
 
@@ -134,27 +134,27 @@ def backend_keys(ids: Sequence[int], ordinals: Sequence[int], gens: Sequence[int
 
 def backend_values(backends: Sequence[Backend]):
     addrs, ports = _columns(backends, 2)
-    return struct_array("struct nat_be_value", len(backends), addr=ip_be_column(addrs), port=port_be_column(ports))
+    return struct_array("struct nat_be_value", len(backends), **addr_columns("addr", addrs), port=port_be_column(ports))
 
 
 def src_range_keys(ranges: Sequence[tuple[int, str]]):
     """Of (id, CIDR) pairs."""
     ids, cidrs = _columns(ranges, 2)
     addrs, _, bits = _columns([cidr.partition("/") for cidr in cidrs], 3)
-    return struct_array("struct src_range_key", len(ranges), prefixlen=[32 + int(b) for b in bits], id=ids,
-                        addr=ip_be_column(addrs))
+    return struct_array("struct src_range_key", len(ranges), prefixlen=[C.SRC_RANGE_PREFIX_BASE + int(b) for b in bits],
+                        id=ids, **addr_columns("addr", addrs))
 
 
 def affinity_member_keys(members: Sequence[tuple[int, Backend]]):
     """Of (id, backend) pairs."""
     ids, backends = _columns(members, 2)
     addrs, ports = _columns(backends, 2)
-    return struct_array("struct affinity_be_key", len(members), svc_id=ids, addr=ip_be_column(addrs),
+    return struct_array("struct affinity_be_key", len(members), svc_id=ids, **addr_columns("addr", addrs),
                         port=port_be_column(ports))
 
 
 def service_ip_keys(addrs: Sequence[str]):
-    return ffi.new("__u32[]", [ip_be(addr) for addr in addrs])
+    return struct_array("struct svc_ip_key", len(addrs), **addr_columns("addr", addrs))
 
 
 def _columns(rows: Sequence[tuple], width: int) -> tuple:
@@ -181,17 +181,17 @@ def src_range_key(svc_id: int, cidr: str):
 def read_contents(maps: Maps) -> MapContents:
     contents = MapContents()
     for k, v in maps.nat_fe.items():
-        key = FrontendKey(ip_str(k.addr), port_int(k.port), k.proto)
+        key = FrontendKey(addr_text(k.addr6, k.family), port_int(k.port), k.proto)
         contents.frontends[key] = Frontend(v.id, v.count, v.local, v.flags, v.owner)
         contents.generations[key] = v.gen
     for k, v in maps.nat_be.items():
-        contents.slots[(k.id, k.gen, k.ordinal)] = Backend(ip_str(v.addr), port_int(v.port))
-    contents.service_ips = {ip_str(k[0]) for k, _ in maps.svc_ips.items()}
+        contents.slots[(k.id, k.gen, k.ordinal)] = Backend(addr_text(v.addr6, v.family), port_int(v.port))
+    contents.service_ips = {addr_text(k.addr6, k.family) for k, _ in maps.svc_ips.items()}
     for k, _ in maps.src_ranges.items():
-        contents.src_ranges.setdefault(k.id, set()).add(f"{ip_str(k.addr)}/{k.prefixlen - 32}")
+        contents.src_ranges.setdefault(k.id, set()).add(f"{addr_text(k.addr6, k.family)}/{k.prefixlen - C.SRC_RANGE_PREFIX_BASE}")
     contents.affinity = maps.affinity_svc.nonzero_u32()
     for k, v in maps.affinity_be.items():
-        contents.affinity_members.setdefault(k.svc_id, {})[Backend(ip_str(k.addr), port_int(k.port))] = v[0]
+        contents.affinity_members.setdefault(k.svc_id, {})[Backend(addr_text(k.addr6, k.family), port_int(k.port))] = v[0]
     return contents
 
 

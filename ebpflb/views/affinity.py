@@ -5,7 +5,7 @@ import ipaddress
 
 from ebpflb.core.model import Backend, Frontend, FrontendKey
 from ebpflb.datapath.affinity import entry_backend
-from ebpflb.datapath.structs import C, ip_str
+from ebpflb.datapath.structs import C, addr_text
 from ebpflb.views.conntrack import go_duration
 
 
@@ -14,7 +14,7 @@ def service_frontends(frontends: dict[FrontendKey, Frontend]) -> dict[int, Front
     lowest address."""
     best: dict[int, tuple] = {}
     for key, fe in frontends.items():
-        rank = (bool(fe.flags & C.NAT_FLG_EXTERNAL), ipaddress.IPv4Address(key.addr), key.port)
+        rank = (bool(fe.flags & C.NAT_FLG_EXTERNAL), ipaddress.ip_address(key.addr).version, ipaddress.ip_address(key.addr), key.port)
         if fe.svc_id not in best or rank < best[fe.svc_id][0]:
             best[fe.svc_id] = (rank, key)
     return {svc_id: key for svc_id, (_, key) in best.items()}
@@ -41,7 +41,7 @@ def affinity_records(entries, frontends: dict[FrontendKey, Frontend], timeouts: 
         age_s = max(0.0, (now_ns - value.last_used_ns) / 1e9)
         timeout = timeouts.get(key.svc_id, 0)
         records.append({
-            "client": ip_str(key.client_addr), "id": key.svc_id,
+            "client": addr_text(key.client_addr6, key.family), "id": key.svc_id,
             "proto": frontend.proto if frontend else None,
             "service": frontend.addr if frontend else None, "service_port": frontend.port if frontend else None,
             "backend": backend.addr, "backend_port": backend.port, "ts": value.last_used_ns,

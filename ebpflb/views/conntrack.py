@@ -5,7 +5,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ebpflb.datapath.conntrack import by_key, tcp_state, twin_of
-from ebpflb.datapath.structs import C, ip_str, names_of, port_int
+from ebpflb.datapath.structs import C, addr_text, names_of, port_int
 
 TCP_STATES = ("ESTABLISHED", "SYN-SENT", "CLOSED", "RESET")
 TYPE_NAMES = names_of("CT_TYPE_")
@@ -54,10 +54,10 @@ def flow_of(key, value, twin_value, now_ns: int) -> Flow | None:
     ago = max((now_ns - last_seen) / 1e9, 0.0)
     state = tcp_state(value.tcp_seen) if key.proto == socket.IPPROTO_TCP else None
     if value.type == C.CT_TYPE_NAT_REV:
-        client = ip_str(value.snat_addr if value.flags & C.CT_FLAG_SNAT else key.dst_addr)
-        return Flow(key.proto, client, port_int(key.dst_port), ip_str(value.nat_addr), port_int(value.nat_port),
-                    ip_str(key.src_addr), port_int(key.src_port), ago, state)
-    return Flow(key.proto, ip_str(key.src_addr), port_int(key.src_port), ip_str(key.dst_addr),
+        client = addr_text(value.snat_addr6 if value.flags & C.CT_FLAG_SNAT else key.dst_addr6, key.family)
+        return Flow(key.proto, client, port_int(key.dst_port), addr_text(value.nat_addr6, key.family), port_int(value.nat_port),
+                    addr_text(key.src_addr6, key.family), port_int(key.src_port), ago, state)
+    return Flow(key.proto, addr_text(key.src_addr6, key.family), port_int(key.src_port), addr_text(key.dst_addr6, key.family),
                 port_int(key.dst_port), None, None, ago, state)
 
 
@@ -99,8 +99,8 @@ def flow_records(entries, now_ns: int) -> list[dict]:
 
 
 def key_text(key) -> str:
-    return (f"proto={key.proto} {ip_str(key.src_addr)}:{port_int(key.src_port)} -> "
-            f"{ip_str(key.dst_addr)}:{port_int(key.dst_port)}")
+    return (f"proto={key.proto} {addr_text(key.src_addr6, key.family)}:{port_int(key.src_port)} -> "
+            f"{addr_text(key.dst_addr6, key.family)}:{port_int(key.dst_port)}")
 
 
 def bits_text(bits: int, names: dict[int, str]) -> str:
@@ -116,8 +116,8 @@ def raw_line(key, value, now_ns: int) -> str:
     return (f"ConntrackKey{{{key_text(key)}}} -> Entry{{Type:{TYPE_NAMES.get(value.type, value.type)}, "
             f"Created:{stamp(value.created_ns)}, LastSeen:{stamp(value.last_seen_ns)}, "
             f"Flags:{bits_text(value.flags, FLAG_NAMES)}, TCP:{bits_text(value.tcp_seen, TCP_FLAG_NAMES)}, "
-            f"SvcID:{value.svc_id}, NAT:{ip_str(value.nat_addr)}:{port_int(value.nat_port)}, "
-            f"SNAT:{ip_str(value.snat_addr)}, Twin:{{{key_text(value.twin)}}}}}")
+            f"SvcID:{value.svc_id}, NAT:{addr_text(value.nat_addr6, key.family)}:{port_int(value.nat_port)}, "
+            f"SNAT:{addr_text(value.snat_addr6, key.family)}, Twin:{{{key_text(value.twin)}}}}}")
 
 
 def raw_lines(entries, now_ns: int) -> list[str]:

@@ -20,7 +20,7 @@ def frontend_line(key: FrontendKey, fe: Frontend) -> str:
 def sorted_frontends(frontends: dict[FrontendKey, Frontend], only: FrontendKey | None = None) -> list[FrontendKey]:
     """Keys by (address, port, proto); just `only` (when it is there) if given."""
     keys = [k for k in frontends if only is None or k == only]
-    return sorted(keys, key=lambda k: (ipaddress.IPv4Address(k.addr), k.port, k.proto))
+    return sorted(keys, key=lambda k: (ipaddress.ip_address(k.addr).version, ipaddress.ip_address(k.addr), k.port, k.proto))
 
 
 def nat_dump_lines(frontends: dict[FrontendKey, Frontend], backends: dict[tuple[int, int], Backend],
