@@ -180,11 +180,11 @@ def test_drops_sum_the_cpus_name_every_reason_and_keep_an_unknown_one_that_count
 
     entries = [((C.DROP_SOURCE_RANGE,), per_cpu((2, 120), (1, 60))),
                ((C.DROP_NO_ROUTE,), per_cpu((0, 0), (0, 0))),
-               ((16,), per_cpu((1, 90), (0, 0))),        # a reason a newer program knows
-               ((17,), per_cpu((0, 0), (0, 0)))]
+               ((17,), per_cpu((1, 90), (0, 0))),        # a reason a newer program knows
+               ((18,), per_cpu((0, 0), (0, 0)))]
     totals = drop_totals(entries)
-    assert totals["source-range"] == (3, 180) and totals["no-route"] == (0, 0) and totals["reason-16"] == (1, 90)
-    assert "reason-17" not in totals and list(totals)[:2] == ["no-local-endpoint", "no-endpoints"]
+    assert totals["source-range"] == (3, 180) and totals["no-route"] == (0, 0) and totals["reason-17"] == (1, 90)
+    assert "reason-18" not in totals and list(totals)[:2] == ["no-local-endpoint", "no-endpoints"]
     assert len(totals) == len(REASONS) + 1              # every reason, and the unknown one
     lines = drop_lines(totals)
     assert lines[4] == "source-range                    3 packets             180 bytes"
