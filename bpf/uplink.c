@@ -59,6 +59,33 @@ static __always_inline int uplink_send(struct __sk_buff *skb, const struct packe
 	return forward_by_fib(skb, p, t, 0);
 }
 
+/* The new-flow path is a program of its own, from_uplink_new_flow, reached by a tail call, and
+ * its SNAT towards a backend elsewhere a third, from_uplink_snat: with layout 8's larger keys the
+ * verifier's work for from_uplink as one program passed four times its budget (the SNAT port
+ * search, walked once per candidate for every way there). from_uplink_new_flow runs from_uplink's
+ * steps again from the packet (a few lookups, on a flow's first packet only) and goes on where the
+ * first stopped; another CPU's flow made meanwhile is found as any would be. from_uplink_snat
+ * takes the flow as from_uplink_new_flow left it in the per-CPU slots (ct_scratch, snat_handoff):
+ * tail calls run on the same CPU, one after the other, the packet unchanged.
+ * Pinned beside the maps: programs and their tail calls outlive the agent, and an unpinned
+ * program array is emptied when its last file descriptor closes. The loader fills the slots. */
+#define UPLINK_CALL_NEW_FLOW 0
+#define UPLINK_CALL_SNAT 1
+BPF_TABLE_PINNED("prog", int, int, uplink_calls, 2, PINNED(uplink_calls));
+
+/* What from_uplink_snat needs beside the two values in ct_scratch. */
+struct snat_handoff {
+	struct ct_key old_rev_key;   /* with reopens: the reply tuple of the closed flow reopened */
+	__u64 now;
+	__u32 be_addr;               /* be */
+	__u16 be_port;               /* be */
+	__u8 reopens;
+	__u8 affinity;               /* remember the client's backend (affinity on) */
+	__u32 svc_id;
+	__u32 pad;
+};
+BPF_PERCPU_ARRAY(snat_handoffs, struct snat_handoff, 1);
+
 /* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL;
  * old_rev: what ct_is_reopen_of() found at it. */
 static __always_inline int new_external_flow(struct __sk_buff *skb, const struct packet *p,
@@ -101,33 +128,34 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 		if (ct_create_flow(p, fwd_key, &rev_key, fwd, rev, old_rev_key, old_rev) < 0)
 			return drop_skb(skb, DROP_CT_CLASH);
 		/* nat_target_of(fwd_key, fwd), from what is known here: read back from the per-CPU
-		 * slot, the flags would be unknown to the verifier, which would then walk every send
-		 * path from every way here (4x from_uplink's work). */
+		 * slot, the flags would be unknown to the verifier, which would walk every send path. */
 		t->saddr = p->saddr;
 		t->sport = p->sport;
 		t->path = NAT_PATH_NEXT;
 	} else {
-		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated. */
+		/* Elsewhere: SNAT, or its reply would go straight to the client, untranslated: from_uplink_snat. */
 		__u32 zero = 0;
 		struct config *cfg = config.lookup(&zero);
 		if (!cfg || !cfg->node_addr)
 			return drop_skb(skb, DROP_NO_NAT_ADDRESS);
+		struct snat_handoff *h = snat_handoffs.lookup(&zero);
+		if (!h)
+			return drop_skb(skb, DROP_NO_NEW_FLOW_PROGRAM);
 		fwd->flags = rev->flags = CT_FLAG_UPLINK | CT_FLAG_SNAT;
 		rev->snat_addr = p->saddr;
 		rev->snat_port = p->sport;
-		int adopted;
-		__u16 port = snat_reserve(p, fwd_key, be->addr, be->port, cfg->node_addr, rev, &rev_key, &adopted);
-		if (!port) {
-			TRACE("service %d: no free SNAT port towards %pI4, dropped", fe->id, &be->addr);
-			return drop_skb(skb, DROP_NO_SNAT_PORT);
+		__builtin_memset(h, 0, sizeof(*h));
+		if (old_rev_key) {
+			h->old_rev_key = *old_rev_key;
+			h->reopens = 1;
 		}
-		fwd->snat_addr = cfg->node_addr;
-		fwd->snat_port = port;
-		if (ct_commit_flow(fwd_key, &rev_key, fwd, old_rev_key) < 0)
-			return drop_skb(skb, DROP_CT_CLASH);
-		t->saddr = cfg->node_addr;
-		t->sport = port;
-		t->path = NAT_PATH_FIB;
+		h->now = now;
+		h->be_addr = be->addr;
+		h->be_port = be->port;
+		h->affinity = affinity != AFFINITY_OFF;
+		h->svc_id = fe->id;
+		uplink_calls.call(skb, UPLINK_CALL_SNAT);
+		return drop_skb(skb, DROP_NO_NEW_FLOW_PROGRAM);   /* only when the call failed */
 	}
 	t->daddr = be->addr;
 	t->dport = be->port;
@@ -140,16 +168,6 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	return TC_ACT_NEXT;
 }
 
-/* The new-flow path is a program of its own, from_uplink_new_flow, reached by a tail call: with
- * layout 8's larger keys the verifier's work for from_uplink as one program passed four times
- * its budget (the SNAT port search, walked once per candidate). The second program runs
- * from_uplink's steps again from the packet (a few lookups, on a flow's first packet only) and
- * goes on where the first stopped; another CPU's flow made meanwhile is found as any would be.
- * Pinned beside the maps: programs and their tail calls outlive the agent, and an unpinned
- * program array is emptied when its last file descriptor closes. The loader fills slot
- * UPLINK_CALL_NEW_FLOW with the program it loads. */
-#define UPLINK_CALL_NEW_FLOW 0
-BPF_TABLE_PINNED("prog", int, int, uplink_calls, 1, PINNED(uplink_calls));
 
 /* from_uplink (new_flow_here 0) and from_uplink_new_flow (1): one body, the constant decides
  * which side of the tail call is compiled. */
@@ -230,6 +248,53 @@ int from_uplink(struct __sk_buff *skb)
 int from_uplink_new_flow(struct __sk_buff *skb)
 {
 	return uplink_ingress(skb, 1);
+}
+
+/* The SNAT of a new flow towards a backend elsewhere, as from_uplink_new_flow chose it: a source
+ * port whose reply tuple is free (snat.h), both halves written, and the packet sent. */
+int from_uplink_snat(struct __sk_buff *skb)
+{
+	struct packet p;
+	__u32 zero = 0;
+
+	if (parse_packet(skb, &p) != PARSE_OK || !is_l4_with_ports(&p))
+		return TC_ACT_NEXT;   /* not what from_uplink_new_flow sends here */
+	struct ct_pair_scratch *pair = ct_scratch.lookup(&zero);   /* as from_uplink_new_flow left it */
+	struct snat_handoff *h = snat_handoffs.lookup(&zero);
+	struct config *cfg = config.lookup(&zero);
+	if (!pair || !h || !cfg || !cfg->node_addr)
+		return drop_skb(skb, DROP_NO_NAT_ADDRESS);
+	struct ct_key fwd_key, rev_key, old_rev_key = h->old_rev_key;
+	ct_key_of(&p, &fwd_key);
+	__u32 be_addr = h->be_addr, node_addr = cfg->node_addr, svc_id = h->svc_id;
+	__u16 be_port = h->be_port;
+	int adopted;
+	__u16 port = snat_reserve(&p, &fwd_key, be_addr, be_port, node_addr, &pair->rev, &rev_key, &adopted);
+	if (!port) {
+		TRACE("service %d: no free SNAT port towards %pI4, dropped", svc_id, &be_addr);
+		return drop_skb(skb, DROP_NO_SNAT_PORT);
+	}
+	pair->fwd.snat_addr = node_addr;
+	pair->fwd.snat_port = port;
+	if (ct_commit_flow(&fwd_key, &rev_key, &pair->fwd, h->reopens ? &old_rev_key : NULL) < 0)
+		return drop_skb(skb, DROP_CT_CLASH);
+	if (h->affinity) {
+		struct nat_be_value be;
+		__builtin_memset(&be, 0, sizeof(be));
+		be.addr = be_addr;
+		be.port = be_port;
+		affinity_remember(svc_id, p.saddr, &be, h->now);   /* the client's own address, before SNAT */
+	}
+	TRACE("service %d: %pI4 -> backend %pI4", svc_id, &p.saddr, &be_addr);
+	count_packet(skb, svc_id, 1);
+	struct nat_target t = {
+		.saddr = node_addr,
+		.daddr = be_addr,
+		.sport = port,
+		.dport = be_port,
+		.path = NAT_PATH_FIB,
+	};
+	return uplink_send(skb, &p, &t);
 }
 
 /* A fragment the stack cut from a packet from_uplink handed it (fib.h's forward_by_fib()): it leaves

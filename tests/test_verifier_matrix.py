@@ -17,11 +17,6 @@ BUDGET = VERIFIER_LIMIT // 4        # ours: a program that needs more than this 
 # its plain build's work (144k plain, 252k traced, 2026-12-07). Their own budget, still far
 # below the kernel's limit; the plain builds keep BUDGET.
 TRACE_BUDGET = VERIFIER_LIMIT * 3 // 10
-# from_uplink_new_flow (layout 8, issue 19): from_uplink's new-flow path, a tail-called program of
-# its own since the 16-byte addresses. Its plain build takes ~446k (its --bpf-trace build 240k,
-# 2026-12-08): the verifier prunes the plain build's SNAT port search worse, once per candidate.
-# Over BUDGET, so it has its own until that is found; far below the kernel's limit.
-OWN_BUDGETS = {"from_uplink_new_flow": VERIFIER_LIMIT // 2}
 PROGRAM_NAMES = [name for programs in PROGRAMS.values() for name in programs]
 OPTIONS = [DatapathOptions(reject_no_endpoints=reject, trace=trace, skb_csum_btf=btf)
            for reject, trace, btf in itertools.product((True, False), (False, True), (True, False))]
@@ -59,8 +54,7 @@ def test_every_program_loads_within_budget(options, pin_dir, table):
         for name in PROGRAM_NAMES:
             info = libbpf.prog_info(datapath.fds[name])
             column[name] = (info.verified_insns, info.xlated_prog_len // 8, info.jited_prog_len)
-            budget = max(TRACE_BUDGET if options.trace else BUDGET, OWN_BUDGETS.get(name, 0))
-            assert 0 < info.verified_insns <= budget, (name, info.verified_insns)
+            assert 0 < info.verified_insns <= (TRACE_BUDGET if options.trace else BUDGET), (name, info.verified_insns)
             assert info.jited_prog_len > 0, f"{name} is not JITed"
     finally:
         datapath.close()

@@ -43,10 +43,11 @@ PROGRAMS = {
         "bpf_iter__udp": "TRACING",           # the socket reaper, run by the agent, never attached
     },
     ("uplink.c",): {"from_uplink": "SCHED_CLS", "to_uplink": "SCHED_CLS", "xdp_uplink": "XDP",
-                    "from_uplink_new_flow": "SCHED_CLS"},   # from_uplink's tail call, never attached
+                    # from_uplink's tail calls (bpf/uplink.c), never attached
+                    "from_uplink_new_flow": "SCHED_CLS", "from_uplink_snat": "SCHED_CLS"},
 }
 # Program arrays the loader fills (pinned, bpf/uplink.c): table -> {slot: program}.
-TAIL_CALLS = {"uplink_calls": {0: "from_uplink_new_flow"}}
+TAIL_CALLS = {"uplink_calls": {0: "from_uplink_new_flow", 1: "from_uplink_snat"}}
 SOCK_REAPER = "bpf_iter__udp"
 # Programs only some kernels can load: built only when the loader gives their -D flag.
 OPTIONAL = {SOCK_REAPER: "-DKFUNC_SOCK_DESTROY="}
