@@ -1,5 +1,7 @@
 """Packets through the uplink programs (from_uplink, to_uplink) with BPF_PROG_TEST_RUN: NodePort,
 LB and external traffic, as kube-proxy serves it."""
+import os
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -143,6 +145,33 @@ def test_local_policy_without_local_backend_drops(dp):
     before = drops(dp)
     assert run(dp, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT
     assert dropped_since(dp, before) == {"no-local-endpoint": 1}
+
+
+def test_without_its_tail_calls_from_uplink_drops_new_flows_counted_and_keeps_established_ones(dp, routed):
+    """from_uplink hands a flow's first packet to from_uplink_new_flow, and that one a SNATed flow's
+    to from_uplink_snat (the pinned uplink_calls the loader fills). A slot left empty drops the
+    packet as no-new-flow-program, never lets it pass untranslated; established flows need no slot."""
+    from ebpflb.datapath import libbpf
+    program(dp, [(NODE_ADDR, NODEPORT, EXT)], [B])
+    assert run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))[0] == TC_ACT_REDIRECT
+    calls = libbpf.obj_get(f"{dp.pin_dir}/uplink_calls")
+    try:
+        for slot, program_name in ((1, "from_uplink_snat"), (0, "from_uplink_new_flow")):
+            key = ffi.new("int *", slot)
+            libbpf.check(libbpf.lib.bpf_map_delete_elem(calls, key), "uplink_calls delete")
+            try:
+                before = drops(dp)
+                assert run_routed(dp, routed, "from_uplink", syn(OTHER_CLIENT, NODE_ADDR))[0] == TC_ACT_SHOT
+                assert dropped_since(dp, before) == {"no-new-flow-program": 1}
+                assert (OTHER_CLIENT, 40000, NODE_ADDR, NODEPORT, 6) not in ct_entries(dp)
+                verdict, out = run_routed(dp, routed, "from_uplink",
+                                          inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A")))
+                assert verdict == TC_ACT_REDIRECT and Ether(out)[IP].dst == B
+            finally:
+                libbpf.check(libbpf.lib.bpf_map_update_elem(calls, key, ffi.new("int *", dp.fds[program_name]), 0),
+                             "uplink_calls update")
+    finally:
+        os.close(calls)
 
 
 def test_cluster_policy_without_endpoints_gets_port_unreachable(dp):
