@@ -163,6 +163,9 @@ class Agent:
         sweeper = threading.Thread(target=self._sweep_loop, name="conntrack-sweep", daemon=True)
         try:
             links.start()
+            # Attached everywhere now (and the host-socket hooks): an upgrade from layout 7 copies
+            # the old programs' last flows and drops their maps.
+            self.datapath.finish_upgrade()
             self.uplink_addrs = links.addresses   # as they are now, after the programs' compile
             self.source_started = time.monotonic()
             source.start(self.tracker, self.lock, self.wake)

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ebpflb.datapath import upgrade
 from ebpflb.datapath.btf import SkbCsumFacts, SockReaperFacts, skb_csum_facts, sock_reaper_facts
 from ebpflb.datapath.maps import LayoutMismatch, Maps, read_layout_version
 from ebpflb.paths import BPF_DIR
@@ -167,6 +168,7 @@ class Datapath:
         self.options = options
         self.fds: dict[str, int] = {}   # program name -> fd; ours, closed by close()
         self.maps: Maps | None = None
+        self.upgrade_aside: str | None = None   # layout 7's maps, moved aside, while upgrading
 
     def load(self, hairpin_addr: str = DEFAULT_HAIRPIN_ADDR, node_addr: str | None = None,
              netns_cookie: int = 0, flags: int = 0, icmp_rate: int = C.ICMP_RATE_DEFAULT,
@@ -177,9 +179,14 @@ class Datapath:
             raise ValueError(f"pin dir {self.pin_dir} is not under {BPFFS}")
         ensure_bpffs()
         os.makedirs(self.pin_dir, exist_ok=True)
+        # Layout 7's pins (the previous version's) are upgraded (datapath/upgrade.py): set aside
+        # now, copied into the new maps below, finished by finish_upgrade() once attached.
+        self.upgrade_aside = upgrade.pending(self.pin_dir)
         if os.path.exists(os.path.join(self.pin_dir, "config")):
             found = read_layout_version(self.pin_dir)
-            if found not in (0, LAYOUT_VERSION):
+            if found == upgrade.FROM_LAYOUT and self.upgrade_aside is None:
+                self.upgrade_aside = upgrade.set_aside(self.pin_dir)
+            elif found not in (0, LAYOUT_VERSION):
                 raise LayoutMismatch(found, LAYOUT_VERSION, self.pin_dir)
         self._check_pinned_sizes()
         facts = skb_csum_facts() if self.options.skb_csum_btf else None
@@ -190,8 +197,20 @@ class Datapath:
         self.fds = compile_in_child([f'-DPIN_DIR="{self.pin_dir}"', *self.options.cflags(), *kernel_cflags(facts),
                                      *sock_reaper_cflags(reaper)], kfuncs)
         self.maps = Maps.open(self.pin_dir)
+        if self.upgrade_aside:
+            # BPF_NOEXIST: an upgrade that died halfway left entries the new programs wrote since.
+            copied = upgrade.copy_maps(self.upgrade_aside, self.maps, upgrade.COPIED, upgrade.BPF_NOEXIST)
+            log.info("layout %d entries copied: %s", upgrade.FROM_LAYOUT,
+                     ", ".join(f"{n} {name}" for name, n in copied.items() if n))
         self.write_config(hairpin_addr, node_addr, netns_cookie, flags, icmp_rate, icmp_burst)
         return self
+
+    def finish_upgrade(self) -> None:
+        """Once the new programs are attached everywhere: the old programs' last flows, and the old
+        maps removed (a no-op without an upgrade)."""
+        if self.upgrade_aside:
+            upgrade.finish(self.upgrade_aside, self.maps)
+            self.upgrade_aside = None
 
     def _check_pinned_sizes(self) -> None:
         """bcc takes a pinned map as it is: a size that differs must be said, not ignored."""
