@@ -718,13 +718,16 @@ class Lab:
                 return str(cand)
         return shutil.which("ebpflb")
 
-    def _node_cmd(self, node: str, args) -> list[str]:
+    def _node_cmd(self, node: str, args, code: Path | None = None) -> list[str]:
+        """code: another tree of ebpflb (its bpf/ and ebpflb/, e.g. an older version's) to run instead."""
         exe = self.ebpflb_bin()
         if exe is None:
             raise LabError("ebpflb is not installed (no .venv/bin/ebpflb); run scripts/install.sh")
+        if code is not None:
+            exe = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(code)!r}); from ebpflb.cli import main; main()"]
         node = self.node(node)
-        return self._in_node_cgroup(node, ["nsenter", f"--net=/run/netns/{self.node_ns[node]}", exe,
-                                           *map(str, args)])
+        return self._in_node_cgroup(node, ["nsenter", f"--net=/run/netns/{self.node_ns[node]}",
+                                           *(exe if isinstance(exe, list) else [exe]), *map(str, args)])
 
     def _ensure_bpffs(self) -> None:
         if not _bpffs_mounted():
@@ -741,10 +744,11 @@ class Lab:
         except OSError:
             return ""
 
-    def start_agent(self, node: str, manifests_dir=None, *extra_args, kubeconfig=None) -> subprocess.Popen:
+    def start_agent(self, node: str, manifests_dir=None, *extra_args, kubeconfig=None,
+                    code: Path | None = None) -> subprocess.Popen:
         """ebpflb agent for node, in the node's network namespace only (nsenter --net), so it
         sees the real /sys/fs/bpf. Its source: manifests_dir, or the API through kubeconfig.
-        Log: agent_log(node)."""
+        code: another tree of ebpflb to run (an older version's). Log: agent_log(node)."""
         node = self.node(node)
         if not self._built:
             raise LabError("lab not built")
@@ -755,7 +759,7 @@ class Lab:
         source = ["--kubeconfig", kubeconfig] if kubeconfig else ["--manifests", manifests_dir]
         cgroup = [] if "--cgroup-root" in extra_args else ["--cgroup-root", self.cgroup(node)]
         cmd = self._node_cmd(node, ["agent", *source, "--node-name", node,
-                                    "--pin-dir", self.pin_dir(node), *cgroup, *extra_args])
+                                    "--pin-dir", self.pin_dir(node), *cgroup, *extra_args], code)
         log = self._open_log(f"agent-{node}")
         log.write(f"### {' '.join(cmd)}\n".encode())
         log.flush()
