@@ -168,7 +168,6 @@ static __always_inline int new_external_flow(struct __sk_buff *skb, const struct
 	return TC_ACT_NEXT;
 }
 
-
 /* from_uplink (new_flow_here 0) and from_uplink_new_flow (1): one body, the constant decides
  * which side of the tail call is compiled. */
 static __always_inline int uplink_ingress(struct __sk_buff *skb, const int new_flow_here)
