@@ -17,7 +17,7 @@ from scapy.layers.l2 import Ether
 from ebpflb.datapath import upgrade
 from ebpflb.datapath.loader import Datapath
 from ebpflb.datapath.maps import read_layout_version
-from ebpflb.datapath.structs import LAYOUT_VERSION, ip_str, port_int
+from ebpflb.datapath.structs import C, LAYOUT_VERSION, ffi, ip_be, ip_str, new, port_be, port_int, to_bytes
 from tests.conftest import NODE_ADDR
 from tests.test_datapath_packets import TC_ACT_NEXT, run
 
@@ -110,3 +110,28 @@ def test_flows_of_layout_7_go_on_through_layout_8(layout7_code, pin_dir):
         assert Ether(out)[IP].dst == B and len(dp.maps.ct.items()) == 6
     finally:
         dp.close()
+
+
+def test_layout_7_structs_convert_field_by_field():
+    """IPv4 to the first word of 16 bytes (family 0), the twin key inside a conntrack value too, a bare
+    __u32 service address to struct svc_ip_key, and an LPM key's prefix length to layout 8's base."""
+    old_key = upgrade.ffi7.new("struct ct_key *", {"src_addr": ip_be(C_POD), "dst_addr": ip_be(VIP),
+                                                   "src_port": port_be(40000), "dst_port": port_be(80), "proto": 6})
+    want_key = new("struct ct_key", src_addr=ip_be(C_POD), dst_addr=ip_be(VIP), src_port=port_be(40000),
+                   dst_port=port_be(80), proto=6)
+    assert upgrade.convert(old_key, "struct ct_key", "struct ct_key") == to_bytes(want_key)
+    old_value = upgrade.ffi7.new("struct ct_value *", {"created_ns": 5, "last_seen_ns": 7, "tcp_seen": 3, "type": 1,
+                                                       "flags": 1, "svc_id": 9, "nat_addr": ip_be(B),
+                                                       "nat_port": port_be(8080), "snat_addr": ip_be("169.254.42.1"),
+                                                       "twin": old_key[0]})
+    value = ffi.new("struct ct_value *")
+    ffi.memmove(value, upgrade.convert(old_value, "struct ct_value", "struct ct_value"), ffi.sizeof("struct ct_value"))
+    assert (value.created_ns, value.last_seen_ns, value.tcp_seen, value.type, value.flags, value.svc_id) == (5, 7, 3, 1, 1, 9)
+    assert (ip_str(value.nat_addr), list(value.nat_addr6)[1:], port_int(value.nat_port), ip_str(value.snat_addr)) == \
+        (B, [0, 0, 0], 8080, "169.254.42.1")
+    assert to_bytes(ffi.addressof(value, "twin")) == to_bytes(want_key) and value.family == C.FAMILY_IPV4
+    assert upgrade.convert(upgrade.ffi7.new("__u32 *", ip_be(VIP)), "__u32", "struct svc_ip_key") == \
+        to_bytes(new("struct svc_ip_key", addr=ip_be(VIP)))
+    old_range = upgrade.ffi7.new("struct src_range_key *", {"prefixlen": 32 + 24, "id": 4, "addr": ip_be("10.1.2.0")})
+    assert upgrade.convert(old_range, "struct src_range_key", "struct src_range_key") == \
+        to_bytes(new("struct src_range_key", prefixlen=C.SRC_RANGE_PREFIX_BASE + 24, id=4, addr=ip_be("10.1.2.0")))

@@ -19,7 +19,7 @@ from cffi import FFI
 
 from ebpflb.datapath import libbpf
 from ebpflb.datapath.maps import MAP_LAYOUT, Maps
-from ebpflb.datapath.structs import ffi
+from ebpflb.datapath.structs import C, ffi
 from ebpflb.paths import BPF_DIR
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,13 @@ WRITTEN_BY_PROGRAMS = ["ct", "affinity", "sock_rev"]
 BPF_NOEXIST = 1
 
 
+# What a field-by-field copy gets wrong: an LPM key's prefix length counted id (32 bits) before the
+# address in layout 7; it counts id, family and pad (SRC_RANGE_PREFIX_BASE) in layout 8.
+LAYOUT7_SRC_RANGE_PREFIX_BASE = 32
+FIXUPS = {"struct src_range_key": lambda old, new: setattr(
+    new, "prefixlen", old.prefixlen - LAYOUT7_SRC_RANGE_PREFIX_BASE + C.SRC_RANGE_PREFIX_BASE)}
+
+
 def convert(old, old_type: str, new_type: str) -> bytes:
     """A layout-7 struct (or scalar) as layout 8 holds it: each named field to the field of the same
     name (an IPv4 address to the first word of its 16 bytes, family FAMILY_IPV4 = 0), padding left
@@ -52,6 +59,8 @@ def convert(old, old_type: str, new_type: str) -> bytes:
         new.addr = old[0]
         return bytes(ffi.buffer(new))
     _copy_fields(old[0], ffi7.typeof(old_type), new[0])
+    if new_type in FIXUPS:
+        FIXUPS[new_type](old[0], new[0])
     return bytes(ffi.buffer(new))
 
 
