@@ -104,7 +104,32 @@ WORKLOAD_PROGRAMS = {"from_workload", "to_workload"}
 NOT_IPV4, MALFORMED, FRAGMENT, WHOLE = "not-ipv4", "malformed", "fragment", "whole"
 FWD, REV = C.CT_TYPE_NAT_FWD, C.CT_TYPE_NAT_REV
 SNAT, UPLINK = C.CT_FLAG_SNAT, C.CT_FLAG_UPLINK
-CT_VALUE = struct.Struct("=QQQBBHI4s2s2s4sI16s")   # struct ct_value, addresses and ports as raw bytes
+# struct ct_value (layout 8), addresses (IPv4: the first 4 of their 16 bytes) and ports as raw bytes:
+# created, last seen, tcp_seen, type, flags, family and pad0, svc_id, nat_addr, nat_port, snat_port,
+# snat_addr, pad2, twin. Checked against the header's own offsets below.
+CT_VALUE = struct.Struct("=QQQBBHI4s12x2s2s4s12xI40s")
+assert CT_VALUE.size == ffi.sizeof("struct ct_value") and \
+    [ffi.offsetof("struct ct_value", f) for f in ("svc_id", "nat_addr", "nat_port", "snat_addr", "twin")] == \
+    [28, 32, 48, 52, 72], "tests/fuzz_oracle.py's CT_VALUE no longer matches bpf/structs.h"
+CT_KEY_SIZE = ffi.sizeof("struct ct_key")
+_KEY_AT = {f: ffi.offsetof("struct ct_key", f) for f in ("src_addr", "dst_addr", "src_port", "dst_port", "proto")}
+
+
+def ct_key_bytes(src: bytes, dst: bytes, sport: bytes, dport: bytes, proto: int) -> bytes:
+    """An IPv4 struct ct_key from the bytes a packet carries: the rest (IPv6 words, family, pad) zero."""
+    key = bytearray(CT_KEY_SIZE)
+    for field, value in (("src_addr", src), ("dst_addr", dst), ("src_port", sport), ("dst_port", dport),
+                         ("proto", bytes((proto,)))):
+        key[_KEY_AT[field]:_KEY_AT[field] + len(value)] = value
+    return bytes(key)
+
+
+def ct_key_fields(key: bytes) -> tuple[bytes, bytes, bytes, bytes, int, bytes]:
+    """(src, dst, sport, dport, proto, everything else) of an IPv4 struct ct_key's bytes."""
+    src, dst = key[_KEY_AT["src_addr"]:_KEY_AT["src_addr"] + 4], key[_KEY_AT["dst_addr"]:_KEY_AT["dst_addr"] + 4]
+    sport, dport = key[_KEY_AT["src_port"]:_KEY_AT["src_port"] + 2], key[_KEY_AT["dst_port"]:_KEY_AT["dst_port"] + 2]
+    proto = key[_KEY_AT["proto"]]
+    return src, dst, sport, dport, proto, ct_key_bytes(src, dst, sport, dport, proto) != key
 FLOW_PROTOS = (TCP_PROTO, UDP_PROTO, SCTP_PROTO)
 ICMP_ERRORS = (3, 11, 12)   # destination unreachable, time exceeded, parameter problem (bpf/icmp_error_parse.h)
 UPLINK_MTU = 1500   # the fuzzer's uplink namespace (tests/lab.py routed_uplink: a veth)
@@ -214,7 +239,7 @@ class Oracle:
         self.tally = Tally()
         self.frag_ports: dict[str, dict] = {"workload": {}, "uplink": {}}   # per bcc object, as bpf/frag.h
         self.handed: dict[tuple, tuple] = {}   # the uplink's frag_snats (bpf/frag.h): key -> (source, port)
-        self._key = bpf_ffi.new("char[16]")
+        self._key = bpf_ffi.new("char[]", CT_KEY_SIZE)
         self._value = bpf_ffi.new("char[]", CT_VALUE.size)
 
     # --- conntrack lookups, keyed by the bytes the packet carries
@@ -225,7 +250,8 @@ class Oracle:
 
     def ct_lookup(self, tuple_bytes: bytes, proto: int):
         """The ct_value for source + destination addresses + ports (12 bytes as carried), or None."""
-        bpf_ffi.memmove(self._key, tuple_bytes + bytes((proto, 0, 0, 0)), 16)
+        t = tuple_bytes
+        bpf_ffi.memmove(self._key, ct_key_bytes(t[0:4], t[4:8], t[8:10], t[10:12], proto), CT_KEY_SIZE)
         if lib.bpf_map_lookup_elem(self.ct_fd, self._key, self._value) != 0:
             return None
         return CT_VALUE.unpack(bpf_ffi.buffer(self._value)[:])
@@ -809,13 +835,14 @@ def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
         problems.setdefault(kind, []).append(describe_ct(key, value))
 
     for key, v in entries.items():
-        src, dst, sport, dport, proto = key[0:4], key[4:8], key[8:10], key[10:12], key[12]
+        src, dst, sport, dport, proto, stray = ct_key_fields(key)
         twin = to_bytes(ffi.addressof(v, "twin"))
+        t_src, t_dst, t_sport, t_dport, t_proto, t_stray = ct_key_fields(twin)
         nat = (struct.pack("=I", v.nat_addr), struct.pack("=H", v.nat_port))
         snat_addr, snat_port = struct.pack("=I", v.snat_addr), struct.pack("=H", v.snat_port)
         kinds[(v.type, v.flags)] += 1
-        if key[13:16] != b"\0\0\0" or twin[13:16] != b"\0\0\0" or proto not in FLOW_PROTOS or \
-                twin[12] != proto or v.pad0 or v.pad2 or v.tcp_seen & ~0x3f or v.flags & ~(SNAT | UPLINK) or \
+        if stray or t_stray or proto not in FLOW_PROTOS or any(v.nat_addr6[1:4]) or any(v.snat_addr6[1:4]) or \
+                t_proto != proto or v.family or v.pad0 or v.pad2 or v.tcp_seen & ~0x3f or v.flags & ~(SNAT | UPLINK) or \
                 v.svc_id not in oracle.ids or not 0 < v.created_ns <= v.last_seen_ns:
             bad("malformed entry", key, v)
             continue
@@ -838,7 +865,7 @@ def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
                 reply = (snat_addr, sport)
                 if snat_addr != oracle.hairpin or src != nat[0] or v.snat_port:
                     bad("workload NAT_FWD SNATed other than a hairpin", key, v)
-            if twin != nat[0] + reply[0] + nat[1] + reply[1] + key[12:16]:
+            if twin != ct_key_bytes(nat[0], reply[0], nat[1], reply[1], proto):
                 bad("NAT_FWD twin is not the reply tuple of its translation", key, v)
             if other is None or other.type != REV or other.svc_id != v.svc_id:
                 bad("NAT_FWD without its NAT_REV", key, v)
@@ -847,10 +874,10 @@ def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
         elif v.type == REV:
             if (src, sport) not in backend_keys or nat + (proto,) not in frontends:
                 bad("NAT_REV not from a backend to a frontend of its id", key, v)
-            if twin[4:8] != nat[0] or twin[10:12] != nat[1]:
+            if t_dst != nat[0] or t_dport != nat[1]:
                 bad("NAT_REV twin does not name its frontend", key, v)
-            if v.flags & SNAT and v.flags & UPLINK and (dst != oracle.node_addr or twin[0:4] != snat_addr
-                                                        or twin[8:10] != snat_port):
+            if v.flags & SNAT and v.flags & UPLINK and (dst != oracle.node_addr or t_src != snat_addr
+                                                        or t_sport != snat_port):
                 bad("uplink SNAT NAT_REV inconsistent with its twin", key, v)
             if v.flags & SNAT and not v.flags & UPLINK and (dst != oracle.hairpin or snat_addr != src):
                 bad("hairpin NAT_REV inconsistent", key, v)
@@ -865,10 +892,11 @@ def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
 
 
 def describe_ct(key: bytes, v) -> str:
-    src, dst = ip_str(struct.unpack("=I", key[0:4])[0]), ip_str(struct.unpack("=I", key[4:8])[0])
-    sport, dport = int.from_bytes(key[8:10], "big"), int.from_bytes(key[10:12], "big")
+    src_b, dst_b, sport_b, dport_b, proto, _ = ct_key_fields(key)
+    src, dst = ip_str(struct.unpack("=I", src_b)[0]), ip_str(struct.unpack("=I", dst_b)[0])
+    sport, dport = int.from_bytes(sport_b, "big"), int.from_bytes(dport_b, "big")
     t = v.twin
-    return (f"{src}:{sport}->{dst}:{dport}/{key[12]} type {v.type} flags {v.flags} id {v.svc_id} "
+    return (f"{src}:{sport}->{dst}:{dport}/{proto} type {v.type} flags {v.flags} id {v.svc_id} "
             f"nat {ip_str(v.nat_addr)}:{int.from_bytes(struct.pack('=H', v.nat_port), 'big')} "
             f"snat {ip_str(v.snat_addr)}:{int.from_bytes(struct.pack('=H', v.snat_port), 'big')} "
             f"twin {ip_str(t.src_addr)}:{int.from_bytes(struct.pack('=H', t.src_port), 'big')}->"
