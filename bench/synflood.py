@@ -23,10 +23,11 @@ lab               tests/lab.py (run_lab()): outside client X -> node-0's NodePor
                   second, up to RECOVERY_WAIT_S), and node-0's drops by reason. Not a line-rate
                   generator: one Python process, a syscall per frame (no pktgen module on this
                   kernel); the rate is what it reaches here. Generator, node, B and iperf3 share
-                  this machine's 2 CPUs, so the same run has a control arm: the same generator
-                  for as long to CONTROL_PORT of node-0, which no Service uses (the programs pass
-                  it, node-0's kernel resets it): throughput during the NodePort flood over
-                  throughput during the control flood is the data plane's own share.
+                  this machine's 2 CPUs, so the same run has a control arm after the flood: the
+                  same generator for as long, paced at the rate it reached in the flood, to
+                  CONTROL_PORT of node-0, which no Service uses (the programs pass it, node-0's
+                  kernel resets it): throughput during the NodePort flood over throughput during
+                  the control flood is the data plane's own share.
 
 conntrack at its default size (CT_MAX entries), filled with idle flows first (a busy node's map is
 full: the established packets' cost before the flood is taken at the same fill). ESTABLISHED pod
@@ -143,10 +144,10 @@ def _fold(s: int) -> int:
     return s
 
 
-def generate(dst_mac: str, dst_ip: str, dport: int, seconds: float) -> dict:
+def generate(dst_mac: str, dst_ip: str, dport: int, seconds: float, rate: float = 0) -> dict:
     """SYNs out of this namespace's eth0 to dst_ip:dport, a new source address each (FLOOD_NET + i),
-    for `seconds`: checksums whole, kept incrementally (the source is the only field that changes).
-    {"sent": frames, "seconds": elapsed}."""
+    for `seconds`, as fast as it can or at `rate` a second: checksums whole, kept incrementally (the
+    source is the only field that changes). {"sent": frames, "seconds": elapsed}."""
     import socket
     import struct
     src_mac = open("/sys/class/net/eth0/address").read().strip()
@@ -175,8 +176,11 @@ def generate(dst_mac: str, dst_ip: str, dport: int, seconds: float) -> dict:
                 sent += 1
             except OSError:          # ENOBUFS: the device's queue is full, as a wire would drop it
                 refused += 1
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             break
+        if rate and (ahead := started + (sent + refused) / rate - now) > 0:
+            time.sleep(ahead)
     return {"sent": sent, "refused": refused, "seconds": time.monotonic() - started}
 
 
@@ -241,7 +245,7 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                 r = lab.run("X", sys.executable, "-c", code, timeout=10, check=False)
                 return float(r.stdout) if r.returncode == 0 else None
 
-            def under(dport: int | None) -> dict:
+            def under(dport: int | None, rate: float = 0) -> dict:
                 """iperf3 during a flood to dport (None: alone), sampling the established pairs and,
                 during a flood, trying a new connection through the NodePort every second."""
                 gen, samples, tries, done = None, [], [], threading.Event()
@@ -249,7 +253,8 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                 before = drops()
                 if dport:
                     gen = lab.spawn("X", sys.executable, "-m", "bench.synflood", "--generate",
-                                    node_mac, node_ip, str(dport), str(seconds + 1.5), stdout=subprocess.PIPE,
+                                    node_mac, node_ip, str(dport), str(seconds + 1.5), "--rate", str(rate),
+                                    stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
                     time.sleep(0.5)
 
@@ -310,13 +315,8 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
 
             under(None)                                   # warm-up
             out["alone"] = under(None)
-            # The control arm: the same generator at the same rate to a port of node-0 no Service
-            # uses (the programs pass those SYNs, node-0's kernel answers each with a reset), so
-            # flood / control is the data plane's own share of the slowdown, the generator's CPU
-            # being in both.
-            out["control"] = under(CONTROL_PORT)
             before = drops()
-            out["flood"] = under(LAB_NODEPORT)
+            out["flood"] = under(LAB_NODEPORT)            # the generator's full rate
             flood_over = time.monotonic()
             out["ct_entries_after"] = maps.ct.count()
             out["held_after"] = held()
@@ -335,6 +335,11 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                             for reason in after if after[reason][0] != before[reason][0]}
             if waited is not None:
                 out["alone_after"] = under(None)
+            # The control arm: the same generator at the rate it reached in the flood, to a port of
+            # node-0 no Service uses (the programs pass those SYNs, node-0's kernel answers each
+            # with a reset), so flood / control is the data plane's own share of the slowdown, the
+            # generator's CPU being in both.
+            out["control"] = under(CONTROL_PORT, rate=out["flood"]["sent_per_s"])
             out["flood_vs_control"] = out["flood"]["gbps"] / out["control"]["gbps"]
             out["flood_vs_alone"] = out["flood"]["gbps"] / out["alone"]["gbps"]
         finally:
@@ -351,10 +356,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("programs", "lab"))
     parser.add_argument("--generate", nargs=4, metavar=("DST_MAC", "DST_IP", "DPORT", "SECONDS"),
                         help="(the lab's flood generator, run in X's namespace)")
+    parser.add_argument("--rate", type=float, default=0, help="(the generator's SYNs a second; 0: as fast as it can)")
     args = parser.parse_args(argv)
     if args.generate:
         mac, ip, dport, seconds = args.generate
-        print(json.dumps(generate(mac, ip, int(dport), float(seconds))), flush=True)
+        print(json.dumps(generate(mac, ip, int(dport), float(seconds), args.rate)), flush=True)
         return 0
     from bench.common import load_results
     results = load_results().get("synflood", {}) if args.only == "lab" else {}
