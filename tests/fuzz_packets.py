@@ -2,6 +2,11 @@
 byte-level mutator that makes the many from them with plain bytes operations (scapy per packet
 would take minutes for a million).
 
+IPv6 base packets carry extension header chains (hop-by-hop, routing, destination options,
+fragment, AH, jumbo payloads), fragments and ICMPv6 errors; their own mutations rewrite the chain
+(next headers, header lengths, fragment fields, payload length, cuts at its boundaries) and the
+destination, besides the byte-level ones.
+
 Mutations: truncation at every layer boundary and inside headers, wrong IHL and version, total
 length bigger or smaller than the frame, trailing bytes, random byte flips, fragment flags and
 offsets, protocol and ethertype changes, TCP flags, and retargeting to the addresses and ports
@@ -10,12 +15,15 @@ tuples, odd sources like 0.0.0.0 or multicast). After a semantic change the chec
 usually recomputed, so most translated packets start with valid checksums and some with wrong
 ones (a translation must keep either as it was).
 """
+import ipaddress
 import random
 import struct
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPOption_Timestamp, fragment
-from scapy.layers.inet6 import IPv6
-from scapy.layers.ipsec import ESP
+from scapy.layers.inet6 import (ICMPv6DestUnreach, ICMPv6EchoRequest, ICMPv6PacketTooBig, ICMPv6TimeExceeded, IPv6,
+                                IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting,
+                                IPv6ExtHdrSegmentRouting, Jumbo, PadN, fragment6)
+from scapy.layers.ipsec import AH, ESP
 from scapy.layers.l2 import ARP, GRE, Dot1Q, Ether
 from scapy.layers.sctp import SCTP, SCTPChunkInit
 from scapy.packet import Raw
@@ -26,7 +34,15 @@ from tests.fuzz_cluster import (CLIENT, FAR_CLIENT, GW_MAC, HAIRPIN, LOCAL_CLIEN
                                 ROUTER_MAC, Opened)
 
 ETH_HLEN = 14
+IPV6_HLEN = 40
 TCP_PROTO, UDP_PROTO, SCTP_PROTO = 6, 17, 132
+# IPv6 next-header values: the extension headers a parser walks (hop-by-hop, routing, fragment,
+# destination options, AH), and those that end the chain
+NH_HOP, NH_ROUTING, NH_FRAGMENT, NH_ESP, NH_AH, NH_ICMPV6, NH_NONE, NH_DSTOPT = 0, 43, 44, 50, 51, 58, 59, 60
+EXTENSION_HEADERS = (NH_HOP, NH_ROUTING, NH_FRAGMENT, NH_AH, NH_DSTOPT)
+# Addresses a dual-stack service, its backends and clients would use, and odd ones
+VIP6, BACKEND6, POD6, CLIENT6 = "fd00:10:96::a", "fd00:10:200:1::2", "fd00:10:200::9", "fd00:192:168:64::100"
+ODD_ADDRESSES6 = ("::", "::1", "fe80::1", "ff02::1", "::ffff:10.96.0.10", "64:ff9b::a60:a", "2001:db8::1")
 
 
 # --- Checksums: the one's complement sum of 16-bit words is the big integer modulo 0xffff
@@ -223,6 +239,7 @@ def corpus(state: DesiredState, opened: list[Opened]) -> list[tuple[str, bytes]]
     add("ipv6/tcp", Ether(src=POD_MAC, dst=GW_MAC) / IPv6(src="fd00::9", dst="fd00::10") / _tcp(45202, 80))
     add("ipv6-in-ipv4-ethertype", Ether(src=POD_MAC, dst=GW_MAC, type=0x0800) / IPv6(src="fd00::9", dst="fd00::10") /
         _tcp(45203, 80))
+    ipv6_corpus(add)
     add("lldp", Ether(src=POD_MAC, dst="01:80:c2:00:00:0e", type=0x88cc) / Raw(b"\x02\x07\x04" + b"\0" * 40))
 
     add("pod-to-pod", _pod(IP(src=LOCAL_CLIENT_POD, dst="10.200.1.2") / _tcp(45300, 8080)))
@@ -231,6 +248,75 @@ def corpus(state: DesiredState, opened: list[Opened]) -> list[tuple[str, bytes]]
     add("backend-reply-without-flow", _pod(IP(src="10.200.1.2", dst=LOCAL_CLIENT_POD) / _tcp(8080, 50000, "SA")))
     add("hairpin-address", _pod(IP(src="10.200.0.2", dst=HAIRPIN) / _tcp(8080, 50001, "A")))
     return [(name, bytes(pkt)) for name, pkt in out]
+
+
+def ipv6_corpus(add) -> None:
+    """IPv6 shapes: extension header chains in front of every L4, fragments (first, later, atomic,
+    overlapping the L4 header), ICMPv6 errors quoting a flow, and odd addresses."""
+    chains = {
+        "hop": lambda: IPv6ExtHdrHopByHop(options=[PadN(optdata=b"\0" * 4)]),
+        "routing": lambda: IPv6ExtHdrRouting(addresses=[BACKEND6]),
+        "srh": lambda: IPv6ExtHdrSegmentRouting(addresses=[BACKEND6, VIP6]),
+        "dstopt": lambda: IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\0" * 12)]),
+        "hop-dstopt-routing-dstopt": lambda: (IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt() /
+                                              IPv6ExtHdrRouting(addresses=[VIP6]) / IPv6ExtHdrDestOpt()),
+        "hop-fragment-atomic": lambda: IPv6ExtHdrHopByHop() / IPv6ExtHdrFragment(offset=0, m=0, id=9),
+        "eight-dstopts": lambda: IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() /
+        IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt() / IPv6ExtHdrDestOpt(),
+    }
+    for name, chain in chains.items():
+        add(f"ipv6-{name}/tcp", _pod(IPv6(src=POD6, dst=VIP6) / chain() / _tcp(46000, 80)))
+        add(f"ipv6-{name}/udp", _pod(IPv6(src=POD6, dst=VIP6) / chain() / _udp(46001, 53)))
+    for proto, l4 in ((TCP_PROTO, _tcp(46014, 80)), (UDP_PROTO, _udp(46015, 53))):
+        # AH's length counts 4-byte words, less 2: 12 fixed bytes and a 12-byte ICV
+        add(f"ipv6-ah/{proto}", _pod(IPv6(src=POD6, dst=VIP6) / AH(nh=proto, payloadlen=4, spi=1, seq=1, icv=b"\0" * 12) /
+                                     l4))
+    add("ipv6-plain/tcp-backend-reply", _pod(IPv6(src=BACKEND6, dst=POD6) / _tcp(8080, 46002, "SA")))
+    add("ipv6-plain/udp-nocsum", _pod(IPv6(src=POD6, dst=VIP6) / UDP(sport=46003, dport=53, chksum=0) / Raw(b"q")))
+    add("ipv6-plain/sctp", _pod(IPv6(src=POD6, dst=VIP6) / SCTP(sport=46004, dport=9000) / SCTPChunkInit()))
+    add("ipv6-nodeport/tcp", _outside(IPv6(src=CLIENT6, dst="fd00:192:168:64::4") / _tcp(46005, 30081)))
+    add("ipv6-no-next-header", _pod(IPv6(src=POD6, dst=VIP6, nh=NH_NONE) / Raw(b"\0" * 8)))
+    add("ipv6-esp", _pod(IPv6(src=POD6, dst=VIP6) / ESP(spi=1, seq=1) / Raw(b"\0" * 16)))
+    add("ipv6-jumbo", _pod(IPv6(src=POD6, dst=VIP6, plen=0) / IPv6ExtHdrHopByHop(options=[Jumbo(jumboplen=68)]) /
+                           _tcp(46006, 80, "A", b"j" * 40)))
+    add("ipv6-ping", _pod(IPv6(src=POD6, dst=VIP6) / ICMPv6EchoRequest(id=1, seq=1)))
+    for addr in ODD_ADDRESSES6:
+        add(f"ipv6-odd/{addr}", _pod(IPv6(src=addr, dst=VIP6) / _tcp(46007, 80)))
+        add(f"ipv6-odd-dst/{addr}", _pod(IPv6(src=POD6, dst=addr) / _udp(46008, 53)))
+    # fragments: a datagram cut after its fragment header, and cut inside its L4 header
+    datagram = IPv6(src=POD6, dst=VIP6) / IPv6ExtHdrFragment(id=77) / _udp(46009, 53, b"f" * 2000)
+    for n, frag in enumerate(fragment6(datagram, 1280)):
+        add(f"ipv6-fragment-{n}", _pod(frag))
+    add("ipv6-fragment-inside-l4", _pod(IPv6(src=POD6, dst=VIP6) / IPv6ExtHdrFragment(id=78, m=1, nh=TCP_PROTO) /
+                                        Raw(bytes(_tcp(46010, 80))[:8])))
+    add("ipv6-fragment-later-only", _pod(IPv6(src=POD6, dst=VIP6) / IPv6ExtHdrFragment(id=79, offset=10, nh=UDP_PROTO) /
+                                         Raw(b"l" * 64)))
+    # ICMPv6 errors about a flow, both ways, whole and cut
+    seen_by_backend = bytes(IPv6(src=POD6, dst=BACKEND6, hlim=63) / _udp(46011, 53, b"p" * 24))
+    seen_by_client = bytes(IPv6(src=VIP6, dst=POD6, hlim=63) / _tcp(80, 46012, "A", b"p" * 24))
+    for error, cut in ((ICMPv6DestUnreach(code=4), None), (ICMPv6PacketTooBig(mtu=1280), 48),
+                       (ICMPv6TimeExceeded(), 44), (ICMPv6DestUnreach(code=1), 40)):
+        add(f"ipv6-icmp-{error.type}.{error.code}-from-backend", _pod(IPv6(src=BACKEND6, dst=POD6) / error.copy() /
+                                                                     Raw(seen_by_backend[:cut])))
+        add(f"ipv6-icmp-{error.type}.{error.code}-from-client", _pod(IPv6(src=POD6, dst=VIP6) / error.copy() /
+                                                                    Raw(seen_by_client[:cut])))
+    add("ipv6-vlan/tcp", Ether(src=POD_MAC, dst=GW_MAC) / Dot1Q(vlan=7) / IPv6(src=POD6, dst=VIP6) / _tcp(46013, 80))
+
+
+def ipv6_chain(buf: bytes) -> list[tuple[int, int]]:
+    """(offset of the next-header field, offset of the header it names) along an IPv6 frame's
+    chain, as far as the headers are whole; [] when the frame is not IPv6."""
+    if len(buf) < ETH_HLEN + IPV6_HLEN or buf[12:14] != b"\x86\xdd":
+        return []
+    chain, field, off = [], ETH_HLEN + 6, ETH_HLEN + IPV6_HLEN
+    for _ in range(12):
+        chain.append((field, off))
+        nh = buf[field]
+        if nh not in EXTENSION_HEADERS or off + 8 > len(buf):
+            break
+        field = off
+        off += 8 if nh == NH_FRAGMENT else (buf[off + 1] + 2) * 4 if nh == NH_AH else (buf[off + 1] + 1) * 8
+    return chain
 
 
 # --- Mutation
@@ -265,6 +351,12 @@ class Mutator:
                     (self.set_protocol, 1), (self.set_ethertype, 1), (self.append_bytes, 1),
                     (self.break_checksum, 1), (self.zero_udp_checksum, 1)]
         self.op_table = [op for op, weight in self.ops for _ in range(weight)]
+        # IPv6 frames get their own operations and the byte-level ones (the others find no IPv4 header)
+        self.ops6 = [(self.retarget6, 3), (self.set_next_header6, 3), (self.set_extension_length6, 2),
+                     (self.truncate_in_chain6, 3), (self.set_payload_length6, 2), (self.set_fragment6, 2),
+                     (self.set_ports6, 2), (self.set_tcp_flags6, 1), (self.flip_bytes, 3), (self.truncate_anywhere, 1),
+                     (self.set_ethertype, 1), (self.append_bytes, 1)]
+        self.op_table6 = [op for op, weight in self.ops6 for _ in range(weight)]
 
     def mutate(self, base: bytes) -> tuple[bytes, tuple[str, ...]]:
         """A mutated copy of `base` (always at least an Ethernet header) and the names of the
@@ -274,8 +366,9 @@ class Mutator:
         if rng.random() < 0.05:
             return base, ()
         applied = []
+        table = self.op_table6 if base[12:14] == b"\x86\xdd" else self.op_table
         for _ in range(1 + (rng.random() < 0.35) + (rng.random() < 0.1)):
-            op = rng.choice(self.op_table)
+            op = rng.choice(table)
             op(buf)
             applied.append(op.__name__)
         if len(buf) < ETH_HLEN:   # the kernel's test run refuses less than an Ethernet header
@@ -422,3 +515,68 @@ class Mutator:
         l4 = self._l4(buf)
         if l4 and buf[23] == UDP_PROTO and l4 + 8 <= len(buf):
             buf[l4 + 6:l4 + 8] = b"\0\0"
+
+    # IPv6: the chain's fields; after a change the L4 checksum is left as it was (the programs pass
+    # IPv6 whatever its checksums)
+
+    def retarget6(self, buf: bytearray) -> None:
+        if len(buf) >= ETH_HLEN + IPV6_HLEN:
+            field = ETH_HLEN + 24 if self.rng.random() < 0.7 else ETH_HLEN + 8   # destination, or source
+            addr = self.rng.choice((VIP6, BACKEND6, POD6, CLIENT6, *ODD_ADDRESSES6))
+            buf[field:field + 16] = ipaddress.IPv6Address(addr).packed
+
+    def set_next_header6(self, buf: bytearray) -> None:
+        chain = ipv6_chain(buf)
+        if chain:
+            field, _ = self.rng.choice(chain)
+            buf[field] = self.rng.choice((*EXTENSION_HEADERS, NH_ESP, NH_ICMPV6, NH_NONE, TCP_PROTO, UDP_PROTO,
+                                          SCTP_PROTO, 4, 41, 135, 139, 253, self.rng.randrange(256)))
+
+    def set_extension_length6(self, buf: bytearray) -> None:
+        headers = [off for field, off in ipv6_chain(buf) if buf[field] in EXTENSION_HEADERS and off + 2 <= len(buf)]
+        if headers:
+            off = self.rng.choice(headers)
+            buf[off + 1] = self.rng.choice((0, 1, 2, 31, 255, self.rng.randrange(256)))
+
+    def truncate_in_chain6(self, buf: bytearray) -> None:
+        """Cut where a header of the chain starts, a byte past it, or inside it."""
+        chain = ipv6_chain(buf)
+        if chain:
+            _, off = self.rng.choice(chain)
+            del buf[max(ETH_HLEN, off + self.rng.choice((-1, 0, 1, 2, 4, 7, 8, 13))):]
+
+    def set_payload_length6(self, buf: bytearray) -> None:
+        if len(buf) >= ETH_HLEN + 6:
+            rng = self.rng
+            actual = len(buf) - ETH_HLEN - IPV6_HLEN
+            value = rng.choice((actual + 1, actual - 1, actual + rng.randrange(1, 2000), 0, 8, 0xffff,
+                                rng.randrange(65536)))
+            buf[ETH_HLEN + 4:ETH_HLEN + 6] = (value & 0xffff).to_bytes(2, "big")
+
+    def set_fragment6(self, buf: bytearray) -> None:
+        frags = [off for field, off in ipv6_chain(buf) if buf[field] == NH_FRAGMENT and off + 8 <= len(buf)]
+        if frags:
+            rng = self.rng
+            off = rng.choice(frags)
+            offset = rng.choice((0, 0, 1, 3, 160, 8191))   # in 8-byte units; low bits: M and reserved
+            buf[off + 2:off + 4] = (offset << 3 | rng.choice((0, 1, 1, 6, 7))).to_bytes(2, "big")
+
+    def _l4_6(self, buf: bytearray) -> int:
+        """Offset of the L4 header at the end of the chain, or 0 without room for its ports."""
+        chain = ipv6_chain(buf)
+        if not chain:
+            return 0
+        field, off = chain[-1]
+        return off if buf[field] in (TCP_PROTO, UDP_PROTO, SCTP_PROTO) and off + 4 <= len(buf) else 0
+
+    def set_ports6(self, buf: bytearray) -> None:
+        l4 = self._l4_6(buf)
+        if l4:
+            rng = self.rng
+            which = l4 + 2 * rng.randrange(2)
+            buf[which:which + 2] = rng.choice((80, 53, 30081, 0, 8080, rng.randrange(65536))).to_bytes(2, "big")
+
+    def set_tcp_flags6(self, buf: bytearray) -> None:
+        l4 = self._l4_6(buf)
+        if l4 and l4 + 14 <= len(buf):
+            buf[l4 + 13] = self.rng.choice((0x02, 0x12, 0x10, 0x11, 0x04, 0xff, self.rng.randrange(256)))

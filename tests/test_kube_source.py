@@ -15,7 +15,7 @@ from tests.apiserver import FakeApiServer, endpoint_slice, node, service
 from tests.lab import in_netns
 
 
-def test_node_addresses_are_the_ipv4_internal_and_external_ones(tmp_path):
+def test_node_addresses_are_the_internal_and_external_ones_of_both_families(tmp_path):
     """An address with a dot was taken as IPv4: "192.168.64.256" then stopped the agent (ValueError where
     NodePorts are planned). The client is only configured here: nothing connects."""
     source = KubeSource(FakeApiServer().write_kubeconfig(tmp_path / "kubeconfig"))
@@ -28,7 +28,7 @@ def test_node_addresses_are_the_ipv4_internal_and_external_ones(tmp_path):
                                    {"type": "InternalDNS", "address": "10.0.0.7"}, "10.0.0.8"]
     objects = {"node-2": odd, "no-status": {"status": ["Ready"]}, "no-addresses": {"status": {"addresses": {}}}}
     source.nodes = {name: node_info_of(obj) for name, obj in objects.items()}   # what the reflector keeps
-    assert source.node_addresses("node-2") == ["192.168.64.6", "203.0.113.6"]
+    assert source.node_addresses("node-2") == ["192.168.64.6", "203.0.113.6", "fd00::6"]
     assert source.node_addresses("no-status") == source.node_addresses("no-addresses") == []
     assert source.node_addresses("elsewhere") == []
 

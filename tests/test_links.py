@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from ebpflb.datapath.attach import EVENT_GROUPS, LinkAttacher, our_filters
+from ebpflb.datapath.attach import EVENT_GROUPS, LinkAttacher, first_ipv4, link_addresses, our_filters
 from tests.lab import in_netns
 
 
@@ -32,7 +32,35 @@ def test_only_link_and_address_notifications_are_subscribed(loaded, netns):
         attacher = LinkAttacher(loaded.fds, r"^vethp")
         try:
             groups = socket.socket(fileno=os.dup(attacher.events.fileno())).getsockname()[1]
-            assert groups == EVENT_GROUPS == 0x11   # RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+            assert groups == EVENT_GROUPS == 0x111   # RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+        finally:
+            attacher.close()
+
+
+def test_uplink_addresses_are_ipv4_then_the_usable_ipv6_ones(loaded, netns):
+    """NodePorts listen on what link_addresses() says: IPv4 first (the SNAT source is the first IPv4
+    one), then IPv6 of global scope once duplicate address detection passed; never link-local."""
+    def ip(*args):
+        subprocess.run(["ip", "-n", netns, *args], check=True)
+    ip("link", "add", "up0", "type", "veth", "peer", "name", "far0")   # no dummy module on this kernel
+    ip("link", "add", "up1", "type", "veth", "peer", "name", "far1")
+    ip("address", "add", "fd00:1::4/64", "dev", "up0", "nodad")
+    ip("address", "add", "192.0.2.4/24", "dev", "up0")
+    ip("address", "add", "fe80::4/64", "dev", "up0", "nodad")
+    ip("address", "add", "198.51.100.4/24", "dev", "up1")
+    ip("address", "add", "fd00:2::4/64", "dev", "up1", "nodad")
+    for link in ("far0", "up1", "far1"):   # up0 stays down: an address added there stays tentative
+        ip("link", "set", link, "up")
+    with in_netns(netns):
+        attacher = LinkAttacher(loaded.fds, r"^vethp", uplinks=["up1", "up0"])
+        try:
+            ip("address", "add", "fd00:3::4/64", "dev", "up0")   # duplicate address detection waits for the link
+            assert attacher.uplink_addresses() == link_addresses(attacher.ipr, ["up1", "up0"]) == [
+                "198.51.100.4", "192.0.2.4", "fd00:2::4", "fd00:1::4"]
+            assert first_ipv4(attacher.uplink_addresses()) == "198.51.100.4"
+            assert first_ipv4(["fd00:2::4"]) is None
+            ip("address", "flush", "dev", "up1")
+            assert attacher.uplink_addresses() == ["192.0.2.4", "fd00:1::4"]
         finally:
             attacher.close()
 

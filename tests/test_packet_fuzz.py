@@ -173,9 +173,10 @@ def test_a_million_fuzzed_packets_through_every_program(dp, uplink, figure):
            f"{refused} runs of short frames the kernel's tc test run refuses; "
            f"conntrack entries at checkpoints {ct_sizes}; translated with a wrong checksum kept wrong: "
            f"{tally.wrong_checksum_kept}, with UDP checksum 0 kept 0: {tally.zero_udp_checksum_kept}")
-    figure(f"  {'program':<14}{'runs':>9}" + "".join(f"{o:>14}" for o in outcomes))
+    width = max(map(len, outcomes)) + 2
+    figure(f"  {'program':<14}{'runs':>9}" + "".join(f"{o:>{width}}" for o in outcomes))
     for prog in PROGRAMS:
-        figure(f"  {prog:<14}{by_prog[prog]:>9}" + "".join(f"{tally.outcomes[(prog, o)]:>14}" for o in outcomes))
+        figure(f"  {prog:<14}{by_prog[prog]:>9}" + "".join(f"{tally.outcomes[(prog, o)]:>{width}}" for o in outcomes))
 
     assert snapshot(maps) == read_only, "the programs changed a map they only read"
     for problem in check_counters(counted_before, counters(maps), tally, oracle.ids):

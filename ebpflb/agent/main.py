@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
-from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links, link_addresses
+from ebpflb.datapath.attach import DEFAULT_WORKLOAD_IFACES, default_route_links, first_ipv4, link_addresses
 from ebpflb.agent.healthcheck import HealthCheckServers
 from ebpflb.agent.links import LinkKeeper
 from ebpflb.datapath import affinity
@@ -126,7 +126,7 @@ class Agent:
             self.uplinks = list(cfg.uplinks) if cfg.uplinks is not None else default_route_links(ipr)
             self.uplink_addrs = link_addresses(ipr, self.uplinks)
         threading.Thread(target=import_source_modules, args=(cfg,), name="import-source", daemon=True).start()
-        self.snat_addr = (self.uplink_addrs or [None])[0]
+        self.snat_addr = first_ipv4(self.uplink_addrs)
         # What the config map says besides the node address (the SNAT source follows the uplink).
         self.config_rest = dict(hairpin_addr=cfg.hairpin_addr, netns_cookie=netns_cookie() if cfg.socket_lb else 0,
                                 flags=C.CFG_FLG_LOCALHOST_NODEPORTS if cfg.localhost_nodeports else 0,
@@ -218,9 +218,9 @@ class Agent:
         """What this node's Node object says, as it changes: NodePorts listen on the uplinks' addresses
         and on those it lists; its zone label picks the topology hints; being deleted fails kube-proxy's
         /healthz. Without the API (manifests) there is no Node: no zone, always eligible. The SNAT
-        source is the uplinks' first address."""
+        source is the uplinks' first IPv4 address."""
         uplink_addrs = self.uplink_addrs   # replaced whole by the links thread
-        snat = uplink_addrs[0] if uplink_addrs else None
+        snat = first_ipv4(uplink_addrs)
         if snat != self.snat_addr:
             self.datapath.write_config(node_addr=snat, **self.config_rest)
             log.info("SNAT source (node address) now %s", snat or "none")

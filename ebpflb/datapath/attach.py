@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_LINK
+from pyroute2.netlink.rtnl import RTMGRP_IPV4_IFADDR, RTMGRP_IPV6_IFADDR, RTMGRP_LINK
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,26 @@ def default_route_links(ipr: IPRoute) -> list[str]:
     return sorted(set(names))
 
 
+IFA_F_DADFAILED, IFA_F_TENTATIVE = 0x08, 0x40   # linux/if_addr.h: not (yet) usable as an address
+RT_SCOPE_UNIVERSE = 0
+
+
 def link_addresses(ipr: IPRoute, names: list[str]) -> list[str]:
-    """IPv4 addresses of the named links, in order."""
-    addrs = []
+    """The named links' addresses, in the links' order: the IPv4 ones, then the IPv6 ones a NodePort
+    can be reached on (global scope, duplicate address detection passed; not link-local)."""
+    v4, v6 = [], []
     for name in names:
         for index in ipr.link_lookup(ifname=name):
-            addrs += [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)]
-    return addrs
+            v4 += [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET)]
+            v6 += [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=socket.AF_INET6)
+                   if a["scope"] == RT_SCOPE_UNIVERSE and
+                   not (a.get_attr("IFA_FLAGS") or a["flags"]) & (IFA_F_TENTATIVE | IFA_F_DADFAILED)]
+    return v4 + v6
+
+
+def first_ipv4(addresses: list[str]) -> str | None:
+    """The SNAT source among the uplinks' addresses: the first IPv4 one."""
+    return next((a for a in addresses if ":" not in a), None)
 
 
 XDP_FLAGS_DRV_MODE = 1 << 2   # native: in the driver, before an skb exists
@@ -131,7 +144,7 @@ class UplinkXdp:
 
 # Notifications the attacher listens to: links (new pod veths) and IPv4 addresses (the uplinks'); not
 # routes or neighbours, which change all the time on a busy node and would each mean a dump.
-EVENT_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR
+EVENT_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 NOTIFICATION_BUFFER = 1 << 20   # bytes: a few thousand link notifications between two reads
 SO_RCVBUFFORCE = 33             # linux/asm-generic/socket.h: past rmem_max (CAP_NET_ADMIN)
 
@@ -175,7 +188,7 @@ class LinkAttacher:
         return self.events.fileno()
 
     def uplink_addresses(self) -> list[str]:
-        """The uplinks' IPv4 addresses now, in the order the uplinks were given."""
+        """The uplinks' addresses now (link_addresses())."""
         return link_addresses(self.ipr, self.uplink_order)
 
     def _consider(self, ifindex: int, name: str) -> None:

@@ -272,22 +272,24 @@ def node_info_of(node) -> NodeInfo:
 
 
 def node_addresses_of(node) -> tuple[str, ...]:
-    """The IPv4 InternalIP and ExternalIP addresses of a Node object; what is no address is left out
-    (it was taken on a dot and crashed the agent where NodePorts are planned)."""
+    """The InternalIP and ExternalIP addresses of a Node object, of both families; what is no address is
+    left out (it was taken on a dot and crashed the agent where NodePorts are planned)."""
     status = node.get("status") if isinstance(node, dict) else None
     addresses = status.get("addresses") if isinstance(status, dict) else None
     if not isinstance(addresses, list):
         return ()
     return tuple(a["address"] for a in addresses
-                 if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and _is_ipv4(a.get("address")))
+                 if isinstance(a, dict) and a.get("type") in ("InternalIP", "ExternalIP") and _is_address(a.get("address")))
 
 
-def _is_ipv4(text) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET, text)
-        return True
-    except (OSError, TypeError, ValueError):   # not an address; not text; an embedded NUL
-        return False
+def _is_address(text) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+            return True
+        except (OSError, TypeError, ValueError):   # not an address; not text; an embedded NUL
+            pass
+    return False
 
 
 def _short(err: Exception) -> str:
@@ -365,7 +367,7 @@ class KubeSource:
         pass
 
     def node_addresses(self, node_name: str) -> list[str]:
-        """The IPv4 InternalIP and ExternalIP addresses of this node's Node object (node_addresses_of)."""
+        """The InternalIP and ExternalIP addresses of this node's Node object (node_addresses_of)."""
         return list(self.node(node_name).addresses)
 
     def node(self, node_name: str) -> NodeInfo:
