@@ -183,6 +183,9 @@ def test_a_reclaim_racing_the_flows_first_ack_on_the_other_cpu_never_cross_wires
         with in_netns(routed[0]):
             for i in range(rounds):
                 lockstep()
+                if cpu:   # the ACK later by 0-10 µs, round by round: both orders, and overlaps (~40 ACKs meet a claim)
+                    for _ in range(i % 400):
+                        pass
                 frame = syns[i] if cpu == 0 else acks[i]
                 if frame is None:
                     got.append(None)
