@@ -112,8 +112,18 @@ static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_val
 	if (with_fwd) {
 		struct ct_key fwd_key = *twin;
 		struct ct_value *fwd = ct.lookup(&fwd_key);
-		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key))
+		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key)) {
+			/* Claimed too: a packet of the flow holding this forward half that finds its reply
+			 * half gone (deleted next) must not put it back (ct_check_reply_half()). A touch may
+			 * move last_seen between the read and the swap, once a tick: tried again. */
+			for (int i = 0; i < 3; i++) {
+				__u64 fwd_seen = fwd->last_seen_ns;
+				if (fwd_seen == CT_CLAIMED ||
+				    __sync_val_compare_and_swap(&fwd->last_seen_ns, fwd_seen, CT_CLAIMED) == fwd_seen)
+					break;
+			}
 			ct.delete(&fwd_key);
+		}
 	}
 	ct.delete((struct ct_key *)rev_key);
 	return 0;
