@@ -99,6 +99,7 @@ static __always_inline int ct_still(const struct ct_value *entry, const struct c
  * another: after the claim, the element must still be the one at rev_key and still be what the
  * decision was made on (cond, naming twin), or the claim is given back. -1 when it was not ours
  * to forget (claimed by someone else, or changed). */
+#define CT_FORGET_LIVE_FWD 2   /* with_fwd: the forward half of a flow that is still live goes too */
 static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_value *rev, const struct ct_key *twin,
 				     enum ct_forget_if cond, int with_fwd)
 {
@@ -113,15 +114,12 @@ static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_val
 		struct ct_key fwd_key = *twin;
 		struct ct_value *fwd = ct.lookup(&fwd_key);
 		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key)) {
-			/* Claimed too: a packet of the flow holding this forward half that finds its reply
-			 * half gone (deleted next) must not put it back (ct_check_reply_half()). A touch may
-			 * move last_seen between the read and the swap, once a tick: tried again. */
-			for (int i = 0; i < 3; i++) {
-				__u64 fwd_seen = fwd->last_seen_ns;
-				if (fwd_seen == CT_CLAIMED ||
-				    __sync_val_compare_and_swap(&fwd->last_seen_ns, fwd_seen, CT_CLAIMED) == fwd_seen)
-					break;
-			}
+			/* CT_FORGET_LIVE_FWD: a live flow's (snat.h's reclaim): claimed too, so a packet of
+			 * the flow holding this forward half that finds its reply half gone (deleted next)
+			 * does not put it back (ct_check_reply_half()). A swap lost to a touch (once a
+			 * tick) leaves that window open, as before. */
+			if (with_fwd == CT_FORGET_LIVE_FWD)
+				__sync_val_compare_and_swap(&fwd->last_seen_ns, fwd->last_seen_ns, CT_CLAIMED);
 			ct.delete(&fwd_key);
 		}
 	}

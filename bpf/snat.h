@@ -56,7 +56,7 @@ static __always_inline __u16 snat_reclaim(const struct packet *p, const struct c
 	if (!held || held->type != CT_TYPE_NAT_REV)
 		return 0;
 	struct ct_key holder = held->twin;
-	if (ct_forget(rev_key, held, &holder, CT_IF_HALF_OPEN, 1) < 0 || ct.insert(rev_key, rev) != 0)
+	if (ct_forget(rev_key, held, &holder, CT_IF_HALF_OPEN, CT_FORGET_LIVE_FWD) < 0 || ct.insert(rev_key, rev) != 0)
 		return 0;
 	return port;
 }
