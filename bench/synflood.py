@@ -16,12 +16,18 @@ lab               tests/lab.py (run_lab()): outside client X -> node-0's NodePor
                   them). Figures: the generator's rate, the new flows node-0 counted
                   (svc_counters' connections) per second, iperf3's throughput each time, and,
                   sampled every 0.2 s, whether every established connection's two conntrack
-                  halves were there and its own; after the flood, how long until a new
-                  connection through the NodePort gets through (tried every second, up to
-                  RECOVERY_WAIT_S), and node-0's drops by reason over the flood and that wait. Not a line-rate generator: one Python process,
-                  a syscall per frame (no pktgen module on this kernel); the rate is what it
-                  reaches here. Generator, node, B and iperf3 share this machine's 2 CPUs, so
-                  the throughput during the flood also pays for the generator's CPU.
+                  halves were there and its own; during the flood, a new connection from X
+                  through the NodePort tried every second (a TCP handshake, 3 s allowed); after
+                  it, the flows node-0 holds towards B by TCP state, a handshake right away, how
+                  long until a new iperf3 test through the NodePort gets through (tried every
+                  second, up to RECOVERY_WAIT_S), and node-0's drops by reason. Not a line-rate
+                  generator: one Python process, a syscall per frame (no pktgen module on this
+                  kernel); the rate is what it reaches here. Generator, node, B and iperf3 share
+                  this machine's 2 CPUs, so the same run has a control arm after the flood: the
+                  same generator for as long, paced at the rate it reached in the flood, to
+                  CONTROL_PORT of node-0, which no Service uses (the programs pass it, node-0's
+                  kernel resets it): throughput during the NodePort flood over throughput during
+                  the control flood is the data plane's own share.
 
 conntrack at its default size (CT_MAX entries), filled with idle flows first (a busy node's map is
 full: the established packets' cost before the flood is taken at the same fill). ESTABLISHED pod
@@ -124,6 +130,7 @@ def run() -> dict:
 # ---------------------------------------------------------------- the lab
 
 STREAMS, FLOOD_SECONDS, RECOVERY_WAIT_S = 4, 6, 60
+CONTROL_PORT = 9                # node-0's discard port: no Service, nothing listening
 FLOOD_NET = 0x64400000          # 100.64.0.0/10: sources never used twice
 
 
@@ -137,10 +144,10 @@ def _fold(s: int) -> int:
     return s
 
 
-def generate(dst_mac: str, dst_ip: str, dport: int, seconds: float) -> dict:
+def generate(dst_mac: str, dst_ip: str, dport: int, seconds: float, rate: float = 0) -> dict:
     """SYNs out of this namespace's eth0 to dst_ip:dport, a new source address each (FLOOD_NET + i),
-    for `seconds`: checksums whole, kept incrementally (the source is the only field that changes).
-    {"sent": frames, "seconds": elapsed}."""
+    for `seconds`, as fast as it can or at `rate` a second: checksums whole, kept incrementally (the
+    source is the only field that changes). {"sent": frames, "seconds": elapsed}."""
     import socket
     import struct
     src_mac = open("/sys/class/net/eth0/address").read().strip()
@@ -169,8 +176,11 @@ def generate(dst_mac: str, dst_ip: str, dport: int, seconds: float) -> dict:
                 sent += 1
             except OSError:          # ENOBUFS: the device's queue is full, as a wire would drop it
                 refused += 1
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             break
+        if rate and (ahead := started + (sent + refused) / rate - now) > 0:
+            time.sleep(ahead)
     return {"sent": sent, "refused": refused, "seconds": time.monotonic() - started}
 
 
@@ -179,7 +189,9 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
     import threading
     from bench.common import ensure_apt_tool
     from bench.xdp import IPERF_PORT, LAB_NODE, LAB_NODEPORT, LabBench, lab_manifests
+    from ebpflb.datapath.conntrack import tcp_state
     from ebpflb.datapath.maps import Maps
+    from ebpflb.datapath.structs import port_int
     from ebpflb.views.drops import drop_totals
     from tests.lab import NODE_IPS, OUTSIDE, Lab
 
@@ -223,13 +235,26 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                 return {"gbps": end["end"]["sum_received"]["bits_per_second"] / 1e9,
                         "retransmits": end["end"]["sum_sent"].get("retransmits", 0)}
 
-            def under(dport: int | None) -> dict:
-                """iperf3 during a flood to dport (None: alone), sampling the established pairs."""
-                gen, samples, done = None, [], threading.Event()
+            def handshake() -> float | None:
+                """A new connection from X through the NodePort (B's iperf3 server accepts it even
+                while busy with a test): seconds to connect, None when refused within 3 s (a SYN
+                retransmission included)."""
+                code = ("import socket, time; t = time.monotonic(); "
+                        f"s = socket.create_connection(('{node_ip}', {LAB_NODEPORT}), timeout=3); "
+                        "print(time.monotonic() - t)")
+                r = lab.run("X", sys.executable, "-c", code, timeout=10, check=False)
+                return float(r.stdout) if r.returncode == 0 else None
+
+            def under(dport: int | None, rate: float = 0) -> dict:
+                """iperf3 during a flood to dport (None: alone), sampling the established pairs and,
+                during a flood, trying a new connection through the NodePort every second."""
+                gen, samples, tries, done = None, [], [], threading.Event()
                 conns = connections()
+                before = drops()
                 if dport:
                     gen = lab.spawn("X", sys.executable, "-m", "bench.synflood", "--generate",
-                                    node_mac, node_ip, str(dport), str(seconds + 1.5), stdout=subprocess.PIPE,
+                                    node_mac, node_ip, str(dport), str(seconds + 1.5), "--rate", str(rate),
+                                    stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)
                     time.sleep(0.5)
 
@@ -238,13 +263,18 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                     while not done.wait(0.2):
                         ports = ports if len(ports) == streams + 1 else iperf_ports()
                         samples.append((len(ports), pairs_whole(ports)))
-                watcher = threading.Thread(target=sample)
-                watcher.start()
+                def try_new():
+                    while not done.wait(1):
+                        tries.append(handshake())
+                watchers = [threading.Thread(target=sample)] + ([threading.Thread(target=try_new)] if dport else [])
+                for watcher in watchers:
+                    watcher.start()
                 try:
                     result = iperf()
                 finally:
                     done.set()
-                    watcher.join()
+                    for watcher in watchers:
+                        watcher.join()
                 if gen:
                     stdout, stderr = gen.communicate(timeout=30)
                     if gen.returncode:
@@ -254,6 +284,12 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                                   sent_per_s=flood["sent"] / flood["seconds"],
                                   new_flows=connections() - conns - 1 - streams)
                     result["new_flows_per_s"] = result["new_flows"] / flood["seconds"]
+                    result["new_connections_tried"] = len(tries)
+                    result["new_connections_made"] = sum(t is not None for t in tries)
+                    result["new_connection_s_max"] = max((t for t in tries if t is not None), default=None)
+                    after = drops()
+                    result["drops"] = {reason: after[reason][0] - before.get(reason, (0, 0))[0]
+                                       for reason in after if after[reason][0] != before.get(reason, (0, 0))[0]}
                 full = [whole for seen, whole in samples if seen == streams + 1]
                 result.update(pairs_sampled=len(full), pairs_expected=streams + 1,
                               pairs_whole_min=min(full, default=0))
@@ -268,12 +304,23 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                             "-J", timeout=20, check=False)
                 return r.returncode == 0 and "error" not in json.loads(r.stdout or "{}")
 
+            def held() -> dict:
+                """The flows towards B's iperf3 port node-0 holds, by TCP state (its SNAT ports)."""
+                states = {}
+                for _, value in maps.ct.items():
+                    if value.type == 2 and value.flags & 1 and port_int(value.nat_port) == LAB_NODEPORT:
+                        state = tcp_state(value.tcp_seen)
+                        states[state] = states.get(state, 0) + 1
+                return states
+
             under(None)                                   # warm-up
             out["alone"] = under(None)
             before = drops()
-            out["flood"] = under(LAB_NODEPORT)
+            out["flood"] = under(LAB_NODEPORT)            # the generator's full rate
             flood_over = time.monotonic()
             out["ct_entries_after"] = maps.ct.count()
+            out["held_after"] = held()
+            out["new_connection_right_after_s"] = handshake()
             # Through a SNAT NodePort, a flood's half-open flows hold the SNAT ports towards the
             # backend until they expire (tcp_syn_sent): is a new connection refused meanwhile?
             waited = None
@@ -288,6 +335,14 @@ def run_lab(streams: int = STREAMS, seconds: int = FLOOD_SECONDS) -> dict:
                             for reason in after if after[reason][0] != before[reason][0]}
             if waited is not None:
                 out["alone_after"] = under(None)
+            # The control arm: the same generator at the rate it reached in the flood, to a port of
+            # node-0 no Service uses (the programs pass those SYNs, node-0's kernel answers each
+            # with a reset), so flood / control is the data plane's own share of the slowdown, the
+            # generator's CPU being in both.
+            if waited is not None:   # else no iperf3 gets through the NodePort (the ports held)
+                out["control"] = under(CONTROL_PORT, rate=out["flood"]["sent_per_s"])
+                out["flood_vs_control"] = out["flood"]["gbps"] / out["control"]["gbps"]
+            out["flood_vs_alone"] = out["flood"]["gbps"] / out["alone"]["gbps"]
         finally:
             for m in vars(maps).values():
                 if hasattr(m, "close"):
@@ -302,10 +357,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=("programs", "lab"))
     parser.add_argument("--generate", nargs=4, metavar=("DST_MAC", "DST_IP", "DPORT", "SECONDS"),
                         help="(the lab's flood generator, run in X's namespace)")
+    parser.add_argument("--rate", type=float, default=0, help="(the generator's SYNs a second; 0: as fast as it can)")
     args = parser.parse_args(argv)
     if args.generate:
         mac, ip, dport, seconds = args.generate
-        print(json.dumps(generate(mac, ip, int(dport), float(seconds))), flush=True)
+        print(json.dumps(generate(mac, ip, int(dport), float(seconds), args.rate)), flush=True)
         return 0
     from bench.common import load_results
     results = load_results().get("synflood", {}) if args.only == "lab" else {}

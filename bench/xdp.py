@@ -137,6 +137,10 @@ def program_flows(dp, syn: bytes, ns: str, index: int) -> None:
         verdict, out, _ = prog_test_run(dp.fds["from_uplink"], syn, ifindex=index)
     if verdict != TC_ACT_REDIRECT:
         raise AssertionError(f"the SYN to the NodePort was not forwarded (verdict {verdict})")
+    with in_netns(ns):   # the client's first ACK (tc's: XDP forwards a TCP flow only once it has it)
+        verdict, out, _ = prog_test_run(dp.fds["from_uplink"], frames()[0], ifindex=index)
+    if verdict != TC_ACT_REDIRECT:
+        raise AssertionError(f"the client's first ACK was not forwarded (verdict {verdict})")
 
     def key(src, sport, dst, dport):
         return new("struct ct_key", src_addr=ip_be(src), dst_addr=ip_be(dst), src_port=port_be(sport),
@@ -149,7 +153,7 @@ def program_flows(dp, syn: bytes, ns: str, index: int) -> None:
     rev = new("struct ct_value", created_ns=now, last_seen_ns=now, type=C.CT_TYPE_NAT_REV,
               flags=C.CT_FLAG_UPLINK | C.CT_FLAG_SNAT, svc_id=2, nat_addr=ip_be(CLIENT), nat_port=port_be(CPORT),
               snat_addr=ip_be(NODE_ADDR), snat_port=port_be(NODEPORT),
-              tcp_seen=C.CT_TCP_SYN_FWD | C.CT_TCP_SYN_REV | C.CT_TCP_ACK_REV)
+              tcp_seen=C.CT_TCP_SYN_FWD | C.CT_TCP_SYN_REV | C.CT_TCP_ACK_REV | C.CT_TCP_ACK_FWD)
     rev.twin = key(B, BPORT, "10.255.255.1", 1)[0]    # no twin: only a SYN-ACK on a closed flow looks
     dp.maps.ct.update(key(NODE_ADDR, CPORT, B, BPORT), rev)
 

@@ -66,6 +66,8 @@ static __always_inline __u64 ct_tcp_bits(const struct packet *p, int reply)
 		bits |= CT_TCP_RST;
 	if (reply && (p->tcp_flags & TCP_FL_ACK))
 		bits |= CT_TCP_ACK_REV;
+	if (!reply && (p->tcp_flags & (TCP_FL_ACK | TCP_FL_SYN)) == TCP_FL_ACK)
+		bits |= CT_TCP_ACK_FWD;   /* the client has the backend's SYN-ACK */
 	return bits;
 }
 
@@ -94,6 +96,7 @@ enum ct_forget_if {
 	CT_IF_NAMED,    /* still names the same twin */
 	CT_IF_ENDING,   /* and has seen a FIN or RST */
 	CT_IF_CLOSED,   /* and is closed (ct_tcp_closed()) */
+	CT_IF_HALF_OPEN,   /* and has not seen the client's ACK (snat.h's reclaim) */
 };
 
 static __always_inline int ct_still(const struct ct_value *entry, const struct ct_key *twin, enum ct_forget_if cond)
@@ -102,6 +105,8 @@ static __always_inline int ct_still(const struct ct_value *entry, const struct c
 		return 0;
 	if (cond == CT_IF_CLOSED)
 		return ct_tcp_closed(entry);
+	if (cond == CT_IF_HALF_OPEN)
+		return !(entry->tcp_seen & CT_TCP_ACK_FWD);
 	if (cond == CT_IF_ENDING)
 		return (entry->tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV | CT_TCP_RST)) != 0;
 	return 1;
@@ -116,6 +121,7 @@ static __always_inline int ct_still(const struct ct_value *entry, const struct c
  * another: after the claim, the element must still be the one at rev_key and still be what the
  * decision was made on (cond, naming twin), or the claim is given back. -1 when it was not ours
  * to forget (claimed by someone else, or changed). */
+#define CT_FORGET_LIVE_FWD 2   /* with_fwd: the forward half of a flow that is still live goes too */
 static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_value *rev, const struct ct_key *twin,
 				     enum ct_forget_if cond, int with_fwd)
 {
@@ -129,8 +135,15 @@ static __always_inline int ct_forget(const struct ct_key *rev_key, struct ct_val
 	if (with_fwd) {
 		struct ct_key fwd_key = *twin;
 		struct ct_value *fwd = ct.lookup(&fwd_key);
-		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key))
+		if (fwd && fwd->type == CT_TYPE_NAT_FWD && ct_key_equal(&fwd->twin, rev_key)) {
+			/* CT_FORGET_LIVE_FWD: a live flow's (snat.h's reclaim): claimed too, so a packet of
+			 * the flow holding this forward half that finds its reply half gone (deleted next)
+			 * does not put it back (ct_check_reply_half()). A swap lost to a touch (once a
+			 * tick) leaves that window open, as before. */
+			if (with_fwd == CT_FORGET_LIVE_FWD)
+				__sync_val_compare_and_swap(&fwd->last_seen_ns, fwd->last_seen_ns, CT_CLAIMED);
 			ct.delete(&fwd_key);
+		}
 	}
 	ct.delete((struct ct_key *)rev_key);
 	return 0;
@@ -180,16 +193,45 @@ static __always_inline void ct_add_tcp_bits(struct ct_value *rev, __u64 bits)
 		__sync_fetch_and_or(&rev->tcp_seen, bits);   /* another CPU may add its bits meanwhile */
 }
 
-/* Record a forward packet: last seen, and FIN/RST in the flow's state (kept in NAT_REV). */
-static __always_inline void ct_touch_fwd(const struct packet *p, struct ct_value *fwd, __u64 now)
+/* The client's first ACK (or a FIN or RST before it) on a flow whose forward half lacks
+ * CT_TCP_ACK_FWD: into the reply half first, then the forward half. -1: the reply half is not this
+ * flow's or is claimed (a SYN reclaiming the half-open flow's SNAT port, snat.h, or the sweep): the
+ * packet must not leave with that port. The atomic OR comes before the claim check, as the claimer's
+ * claim comes before it checks the bit (ct_forget()): one of the two sees the other, so a flow is
+ * never both acknowledged and reclaimed. */
+static __always_inline int ct_first_ack(const struct packet *p, const struct ct_key *fwd_key, struct ct_value *fwd)
+{
+	__u64 bits = ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST | CT_TCP_ACK_FWD);
+	if (!bits)
+		return 0;   /* a SYN again, or not TCP */
+	struct ct_key rev_key = fwd->twin;
+	struct ct_value *rev = ct.lookup(&rev_key);
+	if (!rev || rev->type != CT_TYPE_NAT_REV || !ct_key_equal(&rev->twin, fwd_key))
+		return -1;   /* the tick's check mends a lost reply half; the client sends again */
+	__sync_fetch_and_or(&rev->tcp_seen, bits);
+	if (rev->last_seen_ns == CT_CLAIMED || rev->type != CT_TYPE_NAT_REV || !ct_key_equal(&rev->twin, fwd_key))
+		return -1;
+	if (bits & CT_TCP_ACK_FWD)
+		__sync_fetch_and_or(&fwd->tcp_seen, CT_TCP_ACK_FWD);
+	return 0;
+}
+
+/* Record a forward packet: last seen, and FIN/RST in the flow's state (kept in NAT_REV). Until the
+ * client's first ACK, ct_first_ack() (once the bit is in, this is one well-predicted branch): -1
+ * when the packet must be dropped. */
+static __always_inline int ct_touch_fwd(const struct packet *p, const struct ct_key *fwd_key, struct ct_value *fwd,
+					__u64 now)
 {
 	ct_touch_time(fwd, now);
+	if (!(fwd->tcp_seen & CT_TCP_ACK_FWD))
+		return ct_first_ack(p, fwd_key, fwd);
 	__u64 bits = ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST);
 	if (!bits)
-		return;
+		return 0;
 	struct ct_value *rev = ct.lookup((struct ct_key *)&fwd->twin);
 	if (rev)
 		ct_add_tcp_bits(rev, bits);
+	return 0;
 }
 
 static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value *rev, __u64 now)
@@ -201,14 +243,14 @@ static __always_inline void ct_touch_rev(const struct packet *p, struct ct_value
 }
 
 /* The reply half of the flow fwd_key, made from its forward half: what the flow's first packet
- * wrote, but the TCP state, which was in the lost half: a live flow (SYN seen), established
- * again by the backend's next packet. */
+ * wrote, but the TCP state, which was in the lost half: a live flow (SYN seen, and the client's ACK
+ * when the forward half has it), established again by the backend's next packet. */
 static __always_inline void ct_reply_half_of(const struct ct_key *fwd_key, const struct ct_value *fwd,
 					     struct ct_value *rev, __u64 now)
 {
 	rev->created_ns = fwd->created_ns;
 	rev->last_seen_ns = now;
-	rev->tcp_seen = fwd_key->proto == IPPROTO_TCP ? CT_TCP_SYN_FWD : 0;
+	rev->tcp_seen = fwd_key->proto == IPPROTO_TCP ? CT_TCP_SYN_FWD | (fwd->tcp_seen & CT_TCP_ACK_FWD) : 0;
 	rev->type = CT_TYPE_NAT_REV;
 	rev->flags = fwd->flags;
 	rev->svc_id = fwd->svc_id;
@@ -306,7 +348,7 @@ static __always_inline enum ct_reservation ct_reserve_reply(const struct packet 
 	int closed = p->proto == IPPROTO_TCP && ct_tcp_closed(held);
 	if (ct_key_equal(&holder, fwd_key)) {
 		if (!closed) {
-			ct_add_tcp_bits(held, ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST));
+			ct_add_tcp_bits(held, ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST | CT_TCP_ACK_FWD));
 			return CT_ADOPTED;
 		}
 	} else if (!closed) {
@@ -346,6 +388,7 @@ static __always_inline void ct_new_pair(const struct packet *p, const struct ct_
 	/* A connection met mid-stream (both halves lost) counts as one whose SYN was seen: the
 	 * backend's next packet marks it established, or its reset ends it. */
 	rev->tcp_seen = ct_tcp_bits(p, 0) | (ct_tcp_midstream(p) ? CT_TCP_SYN_FWD : 0);
+	fwd->tcp_seen = rev->tcp_seen & CT_TCP_ACK_FWD;   /* mid-stream with an ACK: the handshake is done */
 	rev->twin = *fwd_key;
 }
 

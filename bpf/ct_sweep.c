@@ -49,7 +49,10 @@ static __always_inline __u64 ct_timeout_ns(const struct ct_sweep_args *a, __u8 p
 			return a->tcp_rst_ns;
 		if ((tcp_seen & (CT_TCP_FIN_FWD | CT_TCP_FIN_REV)) == (CT_TCP_FIN_FWD | CT_TCP_FIN_REV))
 			return a->tcp_fin_ns;
-		if ((tcp_seen & CT_TCP_SYN_FWD) && (tcp_seen & (CT_TCP_SYN_REV | CT_TCP_ACK_REV)))
+		/* Established once the client's ACK followed the backend's answer: a flood's spoofed
+		 * sources never send it, and their half-open flows go by tcp_syn_sent. */
+		if ((tcp_seen & (CT_TCP_SYN_FWD | CT_TCP_ACK_FWD)) == (CT_TCP_SYN_FWD | CT_TCP_ACK_FWD) &&
+		    (tcp_seen & (CT_TCP_SYN_REV | CT_TCP_ACK_REV)))
 			return a->tcp_established_ns;
 		return a->tcp_syn_sent_ns;
 	}

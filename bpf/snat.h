@@ -19,6 +19,48 @@ static __always_inline __u16 snat_candidate(const struct packet *p, __u32 hash, 
 	return bpf_htons(SNAT_PORT_MIN + (hash + i * stride) % SNAT_PORT_RANGE);
 }
 
+/* Every candidate is another live flow's. A SYN may take the port of the candidate flow that is
+ * half-open (the backend answered or not, but no ACK from its client: CT_TCP_ACK_FWD), the oldest of
+ * them, and only one older than SNAT_RECLAIM_MIN_AGE_NS: a SYN flood from spoofed sources holds
+ * every port with flows that never complete (a backend's SYN-ACK alone does not establish one), and
+ * a legitimate client's SYN would otherwise wait for them to expire (tcp_syn_sent). The oldest: a
+ * port lives about range / flood rate before it is reclaimed, ~0.3 s at 100k SYNs/s, ample for
+ * a real handshake's ACK to come back. The minimum age keeps a handshake in flight for at least
+ * that long whatever the rate (a flood recycling the whole range faster lets no handshake through
+ * anyway). An established flow's port is never taken. The pair goes by ct_forget(): claimed
+ * first, so exactly one CPU takes it, and checked still half-open after the claim (the client's
+ * first ACK sets its bit before it checks for a claim, ct_first_ack(): one of them sees the
+ * other, and that ACK is dropped rather than sent with a port now another flow's). */
+#define SNAT_RECLAIM_MIN_AGE_NS 50000000ULL   /* 50 ms */
+static __always_inline __u16 snat_reclaim(const struct packet *p, const struct ct_key *fwd_key, __u32 hash,
+					  struct ct_value *rev, struct ct_key *rev_key)
+{
+	if (p->proto != IPPROTO_TCP || (p->tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != TCP_FL_SYN ||
+	    rev->created_ns < SNAT_RECLAIM_MIN_AGE_NS)
+		return 0;
+	__u64 oldest = rev->created_ns - SNAT_RECLAIM_MIN_AGE_NS;
+	__u16 port = 0;
+	for (__u32 i = 0; i < SNAT_TRIES; i++) {
+		rev_key->dst_port = snat_candidate(p, hash, i);
+		struct ct_value *held = ct.lookup(rev_key);
+		if (held && held->type == CT_TYPE_NAT_REV && held->last_seen_ns != CT_CLAIMED &&
+		    !(held->tcp_seen & CT_TCP_ACK_FWD) && held->created_ns <= oldest) {
+			oldest = held->created_ns;
+			port = rev_key->dst_port;
+		}
+	}
+	if (!port)
+		return 0;
+	rev_key->dst_port = port;
+	struct ct_value *held = ct.lookup(rev_key);
+	if (!held || held->type != CT_TYPE_NAT_REV)
+		return 0;
+	struct ct_key holder = held->twin;
+	if (ct_forget(rev_key, held, &holder, CT_IF_HALF_OPEN, CT_FORGET_LIVE_FWD) < 0 || ct.insert(rev_key, rev) != 0)
+		return 0;
+	return port;
+}
+
 /* Reserve the reply tuple (backend -> node_addr:port) for the flow fwd_key, whose new reply half
  * is rev: returns the port (be), or 0 when every candidate was another live flow's. *adopted is
  * set when the flow's own reply half was there already (kept as it is). A closed TCP flow frees
@@ -41,6 +83,7 @@ static __always_inline __u16 snat_reserve(const struct packet *p, const struct c
 			struct ct_value *held = ct.lookup(rev_key);
 			if (held && held->type == CT_TYPE_NAT_REV && held->last_seen_ns != CT_CLAIMED &&
 			    ct_key_equal(&held->twin, fwd_key) && !ct_tcp_closed(held)) {
+				ct_add_tcp_bits(held, ct_tcp_bits(p, 0) & (CT_TCP_FIN_FWD | CT_TCP_RST | CT_TCP_ACK_FWD));
 				*adopted = 1;
 				return rev_key->dst_port;
 			}
@@ -54,5 +97,5 @@ static __always_inline __u16 snat_reserve(const struct packet *p, const struct c
 			return rev_key->dst_port;
 		}
 	}
-	return 0;
+	return snat_reclaim(p, fwd_key, hash, rev, rev_key);
 }

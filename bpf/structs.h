@@ -63,6 +63,11 @@
 #define CT_TCP_FIN_REV 8
 #define CT_TCP_RST 16
 #define CT_TCP_ACK_REV 32
+/* The client's ACK, a packet it sends only once it has the backend's SYN-ACK (a spoofed source never
+ * does): with SYN_FWD and SYN_REV (or ACK_REV), the flow is established; until then it is half-open,
+ * expires by tcp_syn_sent, and its SNAT port may be reclaimed (bpf/snat.h). Set in the reply half
+ * (where the sweep judges it), then in the forward half, whose packets test it there. */
+#define CT_TCP_ACK_FWD 64
 
 /* ct_value.last_seen_ns of an entry someone is deleting (or replacing): claimed with an atomic
  * compare-and-swap, so one deleter wins and a packet's touch never moves it (bpf/conntrack.h). */

@@ -213,7 +213,8 @@ static __always_inline int uplink_ingress(struct __sk_buff *skb, const int new_f
 			__u64 now = clock_now();
 			/* Once a tick: is the flow's reply half still there, and still its own? */
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
-				ct_touch_fwd(&p, entry, now);
+				if (ct_touch_fwd(&p, &key, entry, now) < 0)
+					return drop_skb(skb, DROP_CT_CLASH);   /* its SNAT port being reclaimed */
 				count_packet(skb, entry->svc_id, 0);
 				nat_target_of(&key, entry, &t);
 				goto send;
@@ -343,7 +344,8 @@ int to_uplink(struct __sk_buff *skb)
 
 /* Translate an established SNATed flow in XDP and send it on. XDP_PASS (untouched) whenever
  * something is missing: tc does the same work the slow way. */
-static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *p, struct ct_value *entry,
+static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *p, const struct ct_key *key,
+				       struct ct_value *entry,
 				       __u32 saddr, __u16 sport, __u32 daddr, __u16 dport, __u64 now)
 {
 	__u8 macs[12];
@@ -365,7 +367,7 @@ static __always_inline int xdp_forward(struct xdp_md *ctx, const struct packet *
 	__builtin_memcpy(data, macs, sizeof(macs));
 	ip_decrement_ttl(iph);   /* forwarded past the stack (forward.h) */
 	if (entry->type == CT_TYPE_NAT_FWD)
-		ct_touch_fwd(p, entry, now);
+		ct_touch_fwd(p, key, entry, now);   /* 0: xdp_uplink leaves a flow before its client's ACK to tc */
 	else
 		ct_touch_rev(p, entry, now);
 	count_bytes(entry->svc_id, data_end - data, 0);
@@ -384,12 +386,14 @@ int xdp_uplink(struct xdp_md *ctx)
 	struct ct_value *entry = ct.lookup(&key);
 	if (entry && (entry->flags & (CT_FLAG_UPLINK | CT_FLAG_SNAT)) == (CT_FLAG_UPLINK | CT_FLAG_SNAT)) {
 		__u64 now = clock_now();
-		if (entry->type == CT_TYPE_NAT_FWD && !ct_is_reopen(&p, &key, entry) &&
+		/* A TCP flow before its client's ACK goes to tc, which may have to drop that ACK (ct_first_ack()). */
+		if (entry->type == CT_TYPE_NAT_FWD && (p.proto != IPPROTO_TCP || (entry->tcp_seen & CT_TCP_ACK_FWD)) &&
+		    !ct_is_reopen(&p, &key, entry) &&
 		    (now <= entry->last_seen_ns || ct_reply_half_whole(&key, entry)))   /* else tc mends it */
-			return xdp_forward(ctx, &p, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
+			return xdp_forward(ctx, &p, &key, entry, entry->snat_addr, entry->snat_port ? entry->snat_port : p.sport,
 					   entry->nat_addr, entry->nat_port, now);
 		if (entry->type == CT_TYPE_NAT_REV && (p.tcp_flags & (TCP_FL_SYN | TCP_FL_ACK)) != (TCP_FL_SYN | TCP_FL_ACK))
-			return xdp_forward(ctx, &p, entry, entry->nat_addr, entry->nat_port,
+			return xdp_forward(ctx, &p, &key, entry, entry->nat_addr, entry->nat_port,
 					   entry->snat_addr, entry->snat_port ? entry->snat_port : p.dport, now);
 		return XDP_PASS;
 	}

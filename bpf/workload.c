@@ -153,7 +153,8 @@ int from_workload(struct __sk_buff *skb)
 			__u64 now = clock_now();
 			/* Once a tick: is the flow's reply half still there, and still its own? */
 			if (now <= entry->last_seen_ns || ct_check_reply_half(&key, entry, now) == 0) {
-				ct_touch_fwd(&p, entry, now);
+				if (ct_touch_fwd(&p, &key, entry, now) < 0)
+					return drop_skb(skb, DROP_CT_CLASH);   /* its SNAT port being reclaimed */
 				count_packet(skb, entry->svc_id, 0);
 				nat_target_of(&key, entry, &t);
 				goto send;

@@ -842,7 +842,7 @@ def check_conntrack(maps, oracle: Oracle) -> tuple[list[str], Counter]:
         snat_addr, snat_port = struct.pack("=I", v.snat_addr), struct.pack("=H", v.snat_port)
         kinds[(v.type, v.flags)] += 1
         if stray or t_stray or proto not in FLOW_PROTOS or any(v.nat_addr6[1:4]) or any(v.snat_addr6[1:4]) or \
-                t_proto != proto or v.family or v.pad0 or v.pad2 or v.tcp_seen & ~0x3f or v.flags & ~(SNAT | UPLINK) or \
+                t_proto != proto or v.family or v.pad0 or v.pad2 or v.tcp_seen & ~0x7f or v.flags & ~(SNAT | UPLINK) or \
                 v.svc_id not in oracle.ids or not 0 < v.created_ns <= v.last_seen_ns:
             bad("malformed entry", key, v)
             continue

@@ -42,6 +42,7 @@ def flows(dp):
     program(dp, (VIP, 8080, 6, [B], 0), (VIP, 5353, 17, [B], 0))
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
     run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A")))
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
 
 
@@ -97,11 +98,11 @@ def test_conntrack_dump_raw_shows_both_halves(dp):
     assert len(lines) == 4
     assert re.fullmatch(
         rf"ConntrackKey{{proto=6 {B}:8080 -> {C_POD}:40000}} -> Entry{{Type:NAT_REV, Created:{stamp}, "
-        rf"LastSeen:{stamp}, Flags:<none>, TCP:SYN_FWD\|SYN_REV\|ACK_REV, SvcID:1, NAT:{VIP}:8080, SNAT:0.0.0.0, "
+        rf"LastSeen:{stamp}, Flags:<none>, TCP:SYN_FWD\|SYN_REV\|ACK_REV\|ACK_FWD, SvcID:1, NAT:{VIP}:8080, SNAT:0.0.0.0, "
         rf"Twin:{{proto=6 {C_POD}:40000 -> {VIP}:8080}}}}", lines[0]), lines[0]
     assert re.fullmatch(
         rf"ConntrackKey{{proto=6 {C_POD}:40000 -> {VIP}:8080}} -> Entry{{Type:NAT_FWD, Created:{stamp}, "
-        rf"LastSeen:{stamp}, Flags:<none>, TCP:<none>, SvcID:1, NAT:{B}:8080, SNAT:0.0.0.0, "
+        rf"LastSeen:{stamp}, Flags:<none>, TCP:ACK_FWD, SvcID:1, NAT:{B}:8080, SNAT:0.0.0.0, "
         rf"Twin:{{proto=6 {B}:8080 -> {C_POD}:40000}}}}", lines[1]), lines[1]
     assert [line.split("}")[0] for line in lines[2:]] == [f"ConntrackKey{{proto=17 {B}:5353 -> {C_POD}:5000",
                                                           f"ConntrackKey{{proto=17 {C_POD}:5000 -> {VIP}:5353"]

@@ -227,6 +227,7 @@ def established_snat_flow(dp, routed, client=CLIENT, sport=40000) -> int:
     assert verdict == TC_ACT_REDIRECT
     snat_port = Ether(out)[TCP].sport
     assert reply_to(dp, routed, snat_port, flags="SA")[0] == TC_ACT_REDIRECT
+    assert client_ack(dp, routed, client, sport)[0] == TC_ACT_REDIRECT   # the handshake's last packet
     return snat_port
 
 

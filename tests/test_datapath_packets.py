@@ -9,7 +9,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from ebpflb.datapath.conntrack import (Timeouts, delete_unchanged, entries_of, expired, forget_udp_flows_to, in_kernel,
-                                       sweep)
+                                       sweep, sweep_in_kernel)
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.datapath.libbpf import prog_test_run
 from ebpflb.datapath.loader import DEFAULT_HAIRPIN_ADDR
@@ -316,17 +316,26 @@ def test_syn_on_a_closed_flow_picks_again(dp):
     assert ct_entries(dp)[(B, 8080, C_POD, 40000, 6)].tcp_seen == C.CT_TCP_SYN_FWD
 
 
-def test_sweep_expires_by_state(dp):
+@pytest.mark.parametrize("where", ["kernel", "userspace"])
+def test_sweep_expires_by_state(dp, where):
+    """Established once the client's ACK follows the backend's SYN-ACK (3,600 s); a flow the backend
+    answered but whose client never did (a spoofed SYN's) is half-open: tcp_syn_sent (20 s)."""
     program(dp, (VIP, 8080, 6, [B], 0), (VIP, 5353, 17, [B], 0))
-    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(**SYN)))
-    run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="SA")))
+    for sport in (40000, 40001):
+        run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=sport, dport=8080, flags="S")))
+        run(dp, "to_workload", to_pod(IP(src=B, dst=C_POD) / TCP(sport=8080, dport=sport, flags="SA")))
+    run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=8080, flags="A")))
     run(dp, "from_workload", from_pod(IP(src=C_POD, dst=VIP) / UDP(sport=5000, dport=5353)))
     now = max(v.last_seen_ns for v in ct_entries(dp).values())
     t = Timeouts()
-    assert sweep(dp.maps, t, now + int(59e9)).deleted == 0
-    assert sweep(dp.maps, t, now + int(61e9)).deleted == 2          # UDP idle 61 s; TCP established stays
+    swept = (lambda at: sweep_in_kernel(dp.maps, dp.fds["ct_sweep_keys"], t, at)) if where == "kernel" else \
+        (lambda at: sweep(dp.maps, t, at))
+    assert swept(now + int(19e9)).deleted == 0
+    assert swept(now + int(21e9)).deleted == 2          # the half-open flow (client port 40001)
+    assert {(k[1], k[3]) for k in ct_entries(dp)} == {(40000, 8080), (5000, 5353), (8080, 40000), (5353, 5000)}
+    assert swept(now + int(61e9)).deleted == 2          # UDP idle 61 s; TCP established stays
     assert {k[4] for k in ct_entries(dp)} == {6}
-    assert sweep(dp.maps, t, now + int(3601e9)).deleted == 2
+    assert swept(now + int(3601e9)).deleted == 2
 
 
 def deleter(dp, where):

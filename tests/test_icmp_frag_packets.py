@@ -410,6 +410,9 @@ def tcp_nodeport(dp, routed, backend=B, local=False):
     verdict, out = run_routed(dp, routed, "from_uplink",
                               inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="S")))
     assert verdict == TC_ACT_REDIRECT
+    # The client's ACK, through tc (XDP forwards a TCP flow only once it has it).
+    run_routed(dp, routed, "from_uplink", inbound(IP(src=CLIENT, dst=NODE_ADDR) /
+                                                  TCP(sport=40000, dport=NODEPORT, flags="A")))
     return Ether(out)[TCP].sport
 
 

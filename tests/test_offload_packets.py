@@ -45,8 +45,12 @@ def data(l3_src, l3_dst, sport, dport, flags="A"):
 
 
 def snat_port_of(dp, routed):
+    """X's connection through the NodePort, to its client's ACK (through tc: XDP forwards a TCP flow
+    only once it has that ACK): its SNAT port."""
     verdict, out = run_routed(dp, routed, "from_uplink", syn(CLIENT, NODE_ADDR))
     assert verdict == TC_ACT_REDIRECT
+    ack = inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A"))
+    assert run_routed(dp, routed, "from_uplink", ack)[0] == TC_ACT_REDIRECT
     return Ether(out)[TCP].sport
 
 

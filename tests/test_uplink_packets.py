@@ -252,6 +252,8 @@ def test_xdp_translates_established_snated_flows_both_ways_like_tc(dp, routed):
     assert run_xdp(dp, routed, first) == (XDP_PASS, bytes(first))          # a new flow is tc's
     _, by_tc = run_routed(dp, routed, "from_uplink", first)
     data = inbound(IP(src=CLIENT, dst=NODE_ADDR) / TCP(sport=40000, dport=NODEPORT, flags="A", seq=8) / Raw(b"GET"))
+    assert run_xdp(dp, routed, data) == (XDP_PASS, bytes(data))           # the client's first ACK is tc's too
+    run_routed(dp, routed, "from_uplink", data)
     verdict, by_xdp = run_xdp(dp, routed, data)
     assert verdict == XDP_TX
     assert by_xdp == with_checksums(outbound(IP(src=NODE_ADDR, dst=B, ttl=63) /

@@ -71,7 +71,8 @@ def nat_flow(client, cport, vip, vport, backend, bport, proto=6, tcp_seen=0, ago
     common = dict(created_ns=seen - 10**9, last_seen_ns=seen, svc_id=svc_id,
                   flags=C.CT_FLAG_SNAT if hairpin else 0)
     fwd = new("struct ct_value", type=C.CT_TYPE_NAT_FWD, nat_addr=ip_be(backend), nat_port=port_be(bport),
-              snat_addr=ip_be(hairpin) if hairpin else 0, twin=rev_key[0], **common)
+              snat_addr=ip_be(hairpin) if hairpin else 0, tcp_seen=tcp_seen & C.CT_TCP_ACK_FWD, twin=rev_key[0],
+              **common)
     rev = new("struct ct_value", type=C.CT_TYPE_NAT_REV, nat_addr=ip_be(vip), nat_port=port_be(vport),
               snat_addr=ip_be(client) if hairpin else 0, tcp_seen=tcp_seen, twin=fwd_key[0], **common)
     return [(fwd_key, fwd), (rev_key, rev)]
@@ -86,13 +87,15 @@ def lines_of(*entries):
     return flow_lines([e for group in entries for e in (group if isinstance(group, list) else [group])], NOW)
 
 
-ESTABLISHED = C.CT_TCP_SYN_FWD | C.CT_TCP_SYN_REV
+ESTABLISHED = C.CT_TCP_SYN_FWD | C.CT_TCP_SYN_REV | C.CT_TCP_ACK_FWD
 
 
 @pytest.mark.parametrize("tcp_seen,state", [
     (C.CT_TCP_SYN_FWD, "SYN-SENT"),
+    (C.CT_TCP_SYN_FWD | C.CT_TCP_SYN_REV, "SYN-SENT"),   # half-open: the backend answered, the client did not
+    (C.CT_TCP_SYN_FWD | C.CT_TCP_ACK_FWD, "SYN-SENT"),   # an ACK nobody answered
     (ESTABLISHED, "ESTABLISHED"),
-    (C.CT_TCP_SYN_FWD | C.CT_TCP_ACK_REV, "ESTABLISHED"),
+    (C.CT_TCP_SYN_FWD | C.CT_TCP_ACK_REV | C.CT_TCP_ACK_FWD, "ESTABLISHED"),
     (ESTABLISHED | C.CT_TCP_FIN_FWD, "ESTABLISHED"),
     (ESTABLISHED | C.CT_TCP_FIN_FWD | C.CT_TCP_FIN_REV, "CLOSED"),
     (ESTABLISHED | C.CT_TCP_RST, "RESET"),
@@ -136,10 +139,10 @@ def test_raw_lines_show_both_halves_and_every_field():
     seen, created = NOW - 12 * 10**8, NOW - 22 * 10**8
     assert raw_lines(flow, NOW) == [
         "ConntrackKey{proto=6 10.200.0.2:8080 -> 169.254.42.1:40000} -> Entry{Type:NAT_REV, "
-        f"Created:{created} (2.2s ago), LastSeen:{seen} (1.2s ago), Flags:SNAT, TCP:SYN_FWD|SYN_REV, SvcID:2, "
+        f"Created:{created} (2.2s ago), LastSeen:{seen} (1.2s ago), Flags:SNAT, TCP:SYN_FWD|SYN_REV|ACK_FWD, SvcID:2, "
         "NAT:10.96.0.2:8080, SNAT:10.200.0.2, Twin:{proto=6 10.200.0.2:40000 -> 10.96.0.2:8080}}",
         "ConntrackKey{proto=6 10.200.0.2:40000 -> 10.96.0.2:8080} -> Entry{Type:NAT_FWD, "
-        f"Created:{created} (2.2s ago), LastSeen:{seen} (1.2s ago), Flags:SNAT, TCP:<none>, SvcID:2, "
+        f"Created:{created} (2.2s ago), LastSeen:{seen} (1.2s ago), Flags:SNAT, TCP:ACK_FWD, SvcID:2, "
         "NAT:10.200.0.2:8080, SNAT:169.254.42.1, Twin:{proto=6 10.200.0.2:8080 -> 169.254.42.1:40000}}",
     ]
 

@@ -36,12 +36,14 @@ class Timeouts:
 
 
 def tcp_state(tcp_seen: int) -> str:
-    """The flow's TCP state from the flags seen (as Calico names them)."""
+    """The flow's TCP state from the flags seen in its reply half (as Calico names them):
+    established only once the client's ACK followed the backend's answer (bpf/ct_sweep.c's judge)."""
     if tcp_seen & C.CT_TCP_RST:
         return "RESET"
     if tcp_seen & C.CT_TCP_FIN_FWD and tcp_seen & C.CT_TCP_FIN_REV:
         return "CLOSED"
-    if tcp_seen & C.CT_TCP_SYN_FWD and tcp_seen & (C.CT_TCP_SYN_REV | C.CT_TCP_ACK_REV):
+    if (tcp_seen & C.CT_TCP_SYN_FWD and tcp_seen & C.CT_TCP_ACK_FWD
+            and tcp_seen & (C.CT_TCP_SYN_REV | C.CT_TCP_ACK_REV)):
         return "ESTABLISHED"
     return "SYN-SENT"
 
