@@ -15,6 +15,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from ebpflb.datapath import upgrade
+from ebpflb.datapath.conntrack import Timeouts, sweep_in_kernel
 from ebpflb.datapath.loader import Datapath
 from ebpflb.datapath.maps import read_layout_version
 from ebpflb.datapath.structs import C, LAYOUT_VERSION, ffi, ip_be, ip_str, new, port_be, port_int, to_bytes
@@ -32,6 +33,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 from ebpflb.core.model import Backend, DesiredState, Frontend, FrontendKey
 from ebpflb.datapath.libbpf import prog_test_run
+from ebpflb.datapath.conntrack import Timeouts, sweep_in_kernel
 from ebpflb.datapath.loader import Datapath
 from ebpflb.datapath.structs import C, LAYOUT_VERSION
 from ebpflb.sync.writer import MapWriter
@@ -49,6 +51,9 @@ for prog, pkt in (("from_workload", IP(src=c_pod, dst=vip) / TCP(sport=40000, dp
     _, data, _ = prog_test_run(dp.fds[prog], bytes(Ether() / pkt), ifindex=1)
     ip = Ether(data)[IP]
     out[prog] = [ip.dst, ip[TCP].dport]
+# the backend answers the pod's SYN: established for layout 7
+prog_test_run(dp.fds["to_workload"], bytes(Ether() / IP(src=b, dst=c_pod) / TCP(sport=8080, dport=40000, flags="SA")),
+              ifindex=1)
 out["ct"] = len(dp.maps.ct.items())
 print(json.dumps(out))
 dp.close()
@@ -87,22 +92,33 @@ def test_flows_of_layout_7_go_on_through_layout_8(layout7_code, pin_dir):
             [(VIP, 80, 1), (NODE_ADDR, NODEPORT, 2)]
         assert len(dp.maps.ct.items()) == 4
 
-        def established(aside_gone: bool):
+        def established(aside_gone: bool, nodeport: bool = True):
             # the pod's flow: its next packet to the VIP goes to the backend the old program chose ...
             _, out = run(dp, "from_workload", Ether() / IP(src=C_POD, dst=VIP) / TCP(sport=40000, dport=80, flags="A"))
             assert (Ether(out)[IP].dst, Ether(out)[TCP].dport) == (B, 8080)
             # ... and the backend's answer comes back from the VIP
             _, out = run(dp, "to_workload", Ether() / IP(src=B, dst=C_POD) / TCP(sport=8080, dport=40000, flags="A"))
             assert (Ether(out)[IP].src, Ether(out)[TCP].sport) == (VIP, 80)
+            assert os.path.exists(os.path.join(pin_dir, upgrade.ASIDE)) != aside_gone
+            if not nodeport:
+                return
             # the outside client's NodePort flow to the local backend, both ways
             verdict, out = run(dp, "from_uplink", Ether() / IP(src=CLIENT, dst=NODE_ADDR) /
                                TCP(sport=40001, dport=NODEPORT, flags="A"))
             assert verdict == TC_ACT_NEXT and (Ether(out)[IP].dst, Ether(out)[TCP].dport) == (A0, 8080)
             _, out = run(dp, "to_uplink", Ether() / IP(src=A0, dst=CLIENT) / TCP(sport=8080, dport=40001, flags="A"))
             assert (Ether(out)[IP].src, Ether(out)[TCP].sport) == (NODE_ADDR, NODEPORT)
-            assert os.path.exists(os.path.join(pin_dir, upgrade.ASIDE)) != aside_gone
 
-        established(aside_gone=False)
+        # idle past tcp_syn_sent, not past tcp_established: the sweep keeps the flow layout 7 judged
+        # established (the pod's), and takes the NodePort flow its backend never answered
+        created = max(v.created_ns for _, v in dp.maps.ct.items())
+        swept = sweep_in_kernel(dp.maps, dp.fds["ct_sweep_keys"], Timeouts(),
+                                now_ns=created + int((Timeouts().tcp_syn_sent + 1) * 1e9))
+        assert sorted((ip_str(k.src_addr), port_int(k.src_port)) for k, _ in dp.maps.ct.items()) == \
+            [(B, 8080), (C_POD, 40000)], swept
+        established(aside_gone=False, nodeport=False)
+        # finishing copies what the old maps hold once more (BPF_NOEXIST: the old programs' last flows),
+        # the swept NodePort flow with it
         dp.finish_upgrade()
         established(aside_gone=True)
         # and a new flow is the new programs' own
@@ -126,7 +142,13 @@ def test_layout_7_structs_convert_field_by_field():
                                                        "twin": old_key[0]})
     value = ffi.new("struct ct_value *")
     ffi.memmove(value, upgrade.convert(old_value, "struct ct_value", "struct ct_value"), ffi.sizeof("struct ct_value"))
-    assert (value.created_ns, value.last_seen_ns, value.tcp_seen, value.type, value.flags, value.svc_id) == (5, 7, 3, 1, 1, 9)
+    # established for layout 7 (SYN both ways): established for layout 8 too, the client's ACK taken as seen
+    assert (value.created_ns, value.last_seen_ns, value.tcp_seen, value.type, value.flags, value.svc_id) == \
+        (5, 7, C.CT_TCP_SYN_FWD | C.CT_TCP_SYN_REV | C.CT_TCP_ACK_FWD, 1, 1, 9)
+    for half_open in (C.CT_TCP_SYN_FWD, 0):   # a SYN without answer, and UDP's none, stay as they were
+        old_value.tcp_seen = half_open
+        ffi.memmove(value, upgrade.convert(old_value, "struct ct_value", "struct ct_value"), ffi.sizeof("struct ct_value"))
+        assert value.tcp_seen == half_open
     assert (ip_str(value.nat_addr), list(value.nat_addr6)[1:], port_int(value.nat_port), ip_str(value.snat_addr)) == \
         (B, [0, 0, 0], 8080, "169.254.42.1")
     assert to_bytes(ffi.addressof(value, "twin")) == to_bytes(want_key) and value.family == C.FAMILY_IPV4

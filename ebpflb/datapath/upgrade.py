@@ -42,10 +42,23 @@ BPF_NOEXIST = 1
 
 
 # What a field-by-field copy gets wrong: an LPM key's prefix length counted id (32 bits) before the
-# address in layout 7; it counts id, family and pad (SRC_RANGE_PREFIX_BASE) in layout 8.
+# address in layout 7; it counts id, family and pad (SRC_RANGE_PREFIX_BASE) in layout 8. And a TCP
+# flow's state (_keep_established).
 LAYOUT7_SRC_RANGE_PREFIX_BASE = 32
+
+
+def _keep_established(old, new) -> None:
+    """Layout 7 counted a TCP flow established on the backend's answer; layout 8 also waits for the
+    client's ACK (CT_TCP_ACK_FWD), which layout 7 never recorded. A flow layout 7 judged established
+    keeps that judgement: else, idle through the upgrade, it would expire by tcp_syn_sent (20 s)."""
+    seen = old.tcp_seen
+    if seen & C.CT_TCP_SYN_FWD and seen & (C.CT_TCP_SYN_REV | C.CT_TCP_ACK_REV):
+        new.tcp_seen = seen | C.CT_TCP_ACK_FWD
+
+
 FIXUPS = {"struct src_range_key": lambda old, new: setattr(
-    new, "prefixlen", old.prefixlen - LAYOUT7_SRC_RANGE_PREFIX_BASE + C.SRC_RANGE_PREFIX_BASE)}
+              new, "prefixlen", old.prefixlen - LAYOUT7_SRC_RANGE_PREFIX_BASE + C.SRC_RANGE_PREFIX_BASE),
+          "struct ct_value": _keep_established}
 
 
 def convert(old, old_type: str, new_type: str) -> bytes:
