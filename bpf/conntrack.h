@@ -24,13 +24,15 @@
 /* A new flow's two values, 224 bytes with layout 8's 16-byte addresses: too much for the 512-byte
  * stack beside the rest, so they are built in a per-CPU slot. A tc or XDP program runs to its end
  * on its CPU without another of them starting there meanwhile (softirq, or bottom halves off), so
- * one slot a CPU is enough; the host-socket programs (preemptible) never use it. Not pinned: it
- * holds nothing between packets. */
+ * one slot a CPU is enough; the host-socket programs (preemptible) never use it. Pinned, though it
+ * holds nothing between packets: from_uplink's tail calls hand a flow over in it, and while a
+ * restarted agent fills the pinned uplink_calls slot by slot, one generation's program may call
+ * the other's (bpf/uplink.c); both must see the same slot. */
 struct ct_pair_scratch {
 	struct ct_value fwd;
 	struct ct_value rev;
 };
-BPF_PERCPU_ARRAY(ct_scratch, struct ct_pair_scratch, 1);
+BPF_TABLE_PINNED("percpu_array", __u32, struct ct_pair_scratch, ct_scratch, 1, PINNED(ct_scratch));
 
 /* The slot, zeroed; NULL never happens (an array of one), but the verifier wants it checked. */
 static __always_inline struct ct_pair_scratch *ct_scratch_pair(void)

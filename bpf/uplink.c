@@ -84,7 +84,9 @@ struct snat_handoff {
 	__u32 svc_id;
 	__u32 pad;
 };
-BPF_PERCPU_ARRAY(snat_handoffs, struct snat_handoff, 1);
+/* Pinned, as ct_scratch: shared by every generation of these programs (the loader fills
+ * uplink_calls one slot at a time). */
+BPF_TABLE_PINNED("percpu_array", __u32, struct snat_handoff, snat_handoffs, 1, PINNED(snat_handoffs));
 
 /* fwd_key: p's tuple; old_rev_key: the reply tuple of the closed flow p reopens there, or NULL;
  * old_rev: what ct_is_reopen_of() found at it. */
