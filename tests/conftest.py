@@ -54,6 +54,14 @@ def lab():
 CSUM_MODES = ["btf", "helpers"]
 
 
+@pytest.fixture
+def pin_dir():
+    """A fresh pin dir under /sys/fs/bpf, removed afterwards."""
+    path = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def loaded_datapath(csum_mode: str = "btf"):
     """The real programs loaded by bcc, maps pinned in a fresh dir under /sys/fs/bpf."""

@@ -2,10 +2,8 @@
 working program fds, and a compile error is a LoadError, not a hang or a leaked fd."""
 import os
 import re
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -14,13 +12,6 @@ from ebpflb.datapath import libbpf
 from ebpflb.datapath.btf import skb_csum_facts
 from ebpflb.datapath.loader import (BPF_CALL, BPF_PSEUDO_KFUNC_CALL, KFUNC_MARKER_CAST_TO_KERN_CTX, PROGRAMS, Datapath,
                            LoadError, compile_in_child, patch_kfunc_calls)
-
-
-@pytest.fixture
-def pin_dir():
-    path = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_the_loading_process_never_imports_bcc(pin_dir, tmp_path):

@@ -4,10 +4,8 @@ The old side is the previous version's own code (`git archive` of its last commi
 process of its own, making its flows with real packets through its programs."""
 import json
 import os
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -67,13 +65,6 @@ def layout7_code(tmp_path):
                              check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
     return tmp_path
-
-
-@pytest.fixture
-def pin_dir():
-    path = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def test_flows_of_layout_7_go_on_through_layout_8(layout7_code, pin_dir):

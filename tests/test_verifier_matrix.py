@@ -2,8 +2,6 @@
 suite prints how much work each one gives the verifier (instructions processed, like Cilium's
 complexity tests), so growth is seen at review. Also: a pinned map is never silently resized."""
 import itertools
-import shutil
-import uuid
 
 import pytest
 
@@ -26,13 +24,6 @@ OPTIONS = [DatapathOptions(reject_no_endpoints=reject, trace=trace, skb_csum_btf
 def label(options: DatapathOptions) -> str:
     return (f"{'reject' if options.reject_no_endpoints else 'drop'}{'+trace' if options.trace else ''}"
             f"{'' if options.skb_csum_btf else '+helpers'}")
-
-
-@pytest.fixture
-def pin_dir():
-    path = f"/sys/fs/bpf/ebpflb-test-{uuid.uuid4().hex[:8]}"
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
